@@ -1,0 +1,11 @@
+//! Cicada: a clustered MQTT 3.1 / 3.1.1 / 5.0 broker.
+//!
+//! # Layout
+//! - [`protocol`]: the wire format, pure and free of I/O.
+//! - [`client`]: an async MQTT client (3.1.1 and 5.0) with automatic reconnect, used by the CLI, the tests
+//!   and the load generator.
+//! - [`cli`]: the `cicada pub`, `sub` and `bench` commands.
+
+pub mod cli;
+pub mod client;
+pub mod protocol;
