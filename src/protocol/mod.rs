@@ -104,3 +104,5 @@ pub enum PacketKind {
 }
 #[cfg(test)]
 mod roundtrip_tests;
+#[cfg(test)]
+mod malformed_tests;
