@@ -5,7 +5,7 @@ use super::state::{AckOutcome, ClientSession};
 use super::transport::BoxStream;
 use super::{ClientError, ClientOptions, Command, Event, PubDone};
 use crate::protocol::{
-    self, ConnAck, Connect, Decoder, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubAck,
+    self, topic, ConnAck, Connect, Decoder, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubAck,
     Subscribe, SubscribeFilter, UnsubAck, Unsubscribe,
 };
 use bytes::BytesMut;
@@ -464,6 +464,10 @@ impl EventLoop {
                 }
             }
             Command::Subscribe { filters, mut properties, done } => {
+                if let Err(e) = validate_filters(filters.iter().map(|f| f.filter.as_str())) {
+                    let _ = done.send(Err(e));
+                    return None;
+                }
                 if !version.is_v5() {
                     properties = Properties::default();
                 }
@@ -479,6 +483,10 @@ impl EventLoop {
                 self.session.track_request(pkid, packet, RequestDone::Subscribe { filters, properties, done });
             }
             Command::Unsubscribe { filters, mut properties, done } => {
+                if let Err(e) = validate_filters(filters.iter().map(String::as_str)) {
+                    let _ = done.send(Err(e));
+                    return None;
+                }
                 if !version.is_v5() {
                     properties = Properties::default();
                 }
@@ -506,6 +514,13 @@ impl EventLoop {
     /// the message itself go to its caller; only an internal failure ends the connection.
     fn publish(&mut self, mut publish: Publish, done: PubDone, wbuf: &mut BytesMut) -> Result<(), ClientError> {
         let version = self.options.version;
+        let aliased = version.is_v5() && publish.topic.is_empty() && publish.properties.topic_alias.is_some();
+        if !aliased {
+            if let Err(error) = topic::validate_name(&publish.topic) {
+                let _ = done.send(Err(ClientError::InvalidTopic { topic: publish.topic, error }));
+                return Ok(());
+            }
+        }
         if publish.qos > self.server.max_qos {
             let _ = done.send(Err(ClientError::QoSNotSupported(publish.qos)));
             return Ok(());
@@ -577,6 +592,13 @@ fn complete(outcome: AckOutcome<PubDone>) {
         }
         AckOutcome::Release(_) | AckOutcome::Unknown { .. } => {}
     }
+}
+
+/// Refuses filters the server would disconnect us for, before they are sent.
+fn validate_filters<'a>(mut filters: impl Iterator<Item = &'a str>) -> Result<(), ClientError> {
+    filters.try_for_each(|f| {
+        topic::validate_filter(f).map_err(|error| ClientError::InvalidTopic { topic: f.to_string(), error })
+    })
 }
 
 fn fail_command(cmd: Command, error: ClientError) {

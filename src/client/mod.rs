@@ -57,6 +57,8 @@ pub enum ClientError {
     ConnectionLost(String),
     #[error("the client is closed")]
     Closed,
+    #[error("invalid topic {topic:?}: {error}")]
+    InvalidTopic { topic: String, error: crate::protocol::topic::TopicError },
 }
 
 impl From<std::io::Error> for ClientError {
