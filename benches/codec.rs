@@ -9,7 +9,9 @@ fn publish(size: usize, v5: bool) -> Packet {
     let mut properties = Properties::default();
     if v5 {
         properties.message_expiry_interval = Some(3600);
-        properties.user_properties.push(("source".into(), "sensor".into()));
+        properties
+            .user_properties
+            .push(("source".into(), "sensor".into()));
     }
     Packet::Publish(Publish {
         qos: QoS::AtLeastOnce,
@@ -30,19 +32,27 @@ fn codec(c: &mut Criterion) {
             encode(&packet, version, &mut wire).unwrap();
             let wire = wire.freeze();
             group.throughput(Throughput::Bytes(wire.len() as u64));
-            group.bench_with_input(BenchmarkId::new(format!("encode_{label}"), size), &packet, |b, p| {
-                let mut buf = BytesMut::with_capacity(4096);
-                b.iter(|| {
-                    buf.clear();
-                    encode(black_box(p), version, &mut buf).unwrap();
-                })
-            });
-            group.bench_with_input(BenchmarkId::new(format!("decode_{label}"), size), &wire, |b, w| {
-                b.iter(|| {
-                    let mut buf = BytesMut::from(&w[..]);
-                    black_box(decode(&mut buf, version, 1 << 20).unwrap());
-                })
-            });
+            group.bench_with_input(
+                BenchmarkId::new(format!("encode_{label}"), size),
+                &packet,
+                |b, p| {
+                    let mut buf = BytesMut::with_capacity(4096);
+                    b.iter(|| {
+                        buf.clear();
+                        encode(black_box(p), version, &mut buf).unwrap();
+                    })
+                },
+            );
+            group.bench_with_input(
+                BenchmarkId::new(format!("decode_{label}"), size),
+                &wire,
+                |b, w| {
+                    b.iter(|| {
+                        let mut buf = BytesMut::from(&w[..]);
+                        black_box(decode(&mut buf, version, 1 << 20).unwrap());
+                    })
+                },
+            );
         }
     }
     group.finish();

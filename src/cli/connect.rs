@@ -53,7 +53,7 @@ pub struct ConnectArgs {
     pub will_retain: bool,
     /// MQTT 5 property: -D COMMAND IDENTIFIER VALUE (user-property takes a key and a value), e.g.
     /// `-D PUBLISH user-property site berlin`, `-D CONNECT session-expiry-interval 60`.
-    #[arg(short = 'D', long = "property", num_args = 3..=4, action = clap::ArgAction::Append, allow_hyphen_values = true)]
+    #[arg(short = 'D', long = "property", num_args = 3..=4, action = clap::ArgAction::Append)]
     pub property: Vec<String>,
     /// Print debug messages.
     #[arg(short = 'd', long)]
@@ -75,16 +75,23 @@ pub fn parse_version(s: &str) -> Result<ProtocolVersion, String> {
         "31" | "mqttv31" | "3.1" => Ok(ProtocolVersion::V31),
         "311" | "mqttv311" | "3.1.1" => Ok(ProtocolVersion::V311),
         "5" | "mqttv5" | "5.0" => Ok(ProtocolVersion::V5),
-        other => Err(format!("unknown protocol version {other:?}; use 31, 311 or 5")),
+        other => Err(format!(
+            "unknown protocol version {other:?}; use 31, 311 or 5"
+        )),
     }
 }
 
 pub fn parse_qos(s: &str) -> Result<QoS, String> {
-    s.parse::<u8>().ok().and_then(QoS::from_u8).ok_or_else(|| format!("QoS must be 0, 1 or 2, not {s:?}"))
+    s.parse::<u8>()
+        .ok()
+        .and_then(QoS::from_u8)
+        .ok_or_else(|| format!("QoS must be 0, 1 or 2, not {s:?}"))
 }
 
 fn number<T: std::str::FromStr>(ident: &str, value: &str) -> Result<T, String> {
-    value.parse().map_err(|_| format!("invalid value {value:?} for property {ident}"))
+    value
+        .parse()
+        .map_err(|_| format!("invalid value {value:?} for property {ident}"))
 }
 
 impl ConnectArgs {
@@ -93,8 +100,12 @@ impl ConnectArgs {
         let mut out = PacketProperties::default();
         let mut rest = self.property.iter().map(String::as_str);
         while let Some(command) = rest.next() {
-            let ident = rest.next().ok_or("-D needs a command, an identifier and a value")?;
-            let value = rest.next().ok_or("-D needs a command, an identifier and a value")?;
+            let ident = rest
+                .next()
+                .ok_or("-D needs a command, an identifier and a value")?;
+            let value = rest
+                .next()
+                .ok_or("-D needs a command, an identifier and a value")?;
             let target = match command.to_ascii_lowercase().as_str() {
                 "connect" => &mut out.connect,
                 "publish" => &mut out.publish,
@@ -106,23 +117,39 @@ impl ConnectArgs {
             match ident {
                 "user-property" => {
                     let v = rest.next().ok_or("user-property needs a key and a value")?;
-                    target.user_properties.push((value.to_string(), v.to_string()));
+                    target
+                        .user_properties
+                        .push((value.to_string(), v.to_string()));
                 }
                 "content-type" => target.content_type = Some(value.into()),
                 "response-topic" => target.response_topic = Some(value.into()),
-                "correlation-data" => target.correlation_data = Some(Bytes::from(value.to_string())),
+                "correlation-data" => {
+                    target.correlation_data = Some(Bytes::from(value.to_string()))
+                }
                 "reason-string" => target.reason_string = Some(value.into()),
-                "payload-format-indicator" => target.payload_format_indicator = Some(number(ident, value)?),
-                "message-expiry-interval" => target.message_expiry_interval = Some(number(ident, value)?),
-                "session-expiry-interval" => target.session_expiry_interval = Some(number(ident, value)?),
+                "payload-format-indicator" => {
+                    target.payload_format_indicator = Some(number(ident, value)?)
+                }
+                "message-expiry-interval" => {
+                    target.message_expiry_interval = Some(number(ident, value)?)
+                }
+                "session-expiry-interval" => {
+                    target.session_expiry_interval = Some(number(ident, value)?)
+                }
                 "will-delay-interval" => target.will_delay_interval = Some(number(ident, value)?),
                 "receive-maximum" => target.receive_maximum = Some(number(ident, value)?),
                 "topic-alias-maximum" => target.topic_alias_maximum = Some(number(ident, value)?),
                 "topic-alias" => target.topic_alias = Some(number(ident, value)?),
                 "maximum-packet-size" => target.maximum_packet_size = Some(number(ident, value)?),
-                "subscription-identifier" => target.subscription_identifiers = vec![number(ident, value)?],
-                "request-problem-information" => target.request_problem_information = Some(value != "0"),
-                "request-response-information" => target.request_response_information = Some(value != "0"),
+                "subscription-identifier" => {
+                    target.subscription_identifiers = vec![number(ident, value)?]
+                }
+                "request-problem-information" => {
+                    target.request_problem_information = Some(value != "0")
+                }
+                "request-response-information" => {
+                    target.request_response_information = Some(value != "0")
+                }
                 other => return Err(format!("unknown property identifier {other:?}")),
             }
         }
@@ -133,10 +160,18 @@ impl ConnectArgs {
     }
 
     /// Client options from these arguments; `default_prefix` names the tool in generated ids.
-    pub fn client_options(&self, default_prefix: &str, props: &PacketProperties) -> Result<ClientOptions, String> {
+    pub fn client_options(
+        &self,
+        default_prefix: &str,
+        props: &PacketProperties,
+    ) -> Result<ClientOptions, String> {
         let id = match (&self.id, &self.id_prefix) {
             (Some(id), _) => id.clone(),
-            (None, prefix) => format!("{}{}", prefix.as_deref().unwrap_or(default_prefix), std::process::id()),
+            (None, prefix) => format!(
+                "{}{}",
+                prefix.as_deref().unwrap_or(default_prefix),
+                std::process::id()
+            ),
         };
         if self.no_clean && self.id.is_none() {
             return Err("a persistent session (-c) needs a client id (-i)".into());
@@ -148,7 +183,10 @@ impl ConnectArgs {
         opts.connect_properties = props.connect.clone();
         if let Some(secs) = self.session_expiry {
             opts = opts.session_expiry(secs);
-        } else if self.no_clean && self.version.is_v5() && props.connect.session_expiry_interval.is_none() {
+        } else if self.no_clean
+            && self.version.is_v5()
+            && props.connect.session_expiry_interval.is_none()
+        {
             // Like mosquitto: -c in MQTT 5 means a session that never expires.
             opts = opts.session_expiry(u32::MAX);
         }
@@ -167,7 +205,9 @@ impl ConnectArgs {
                 opts.password = p.as_ref().map(|p| Bytes::from(p.clone()));
             }
             (None, Some(p)) if self.version.is_v5() => opts.password = Some(Bytes::from(p.clone())),
-            (None, Some(_)) => return Err("a password (-P) needs a user name (-u) before MQTT 5".into()),
+            (None, Some(_)) => {
+                return Err("a password (-P) needs a user name (-u) before MQTT 5".into())
+            }
             (None, None) => {}
         }
         Ok(opts)
@@ -194,11 +234,28 @@ mod tests {
     #[test]
     fn dash_d_groups_are_split_by_identifier() {
         let t = T::parse_from([
-            "t", "-V", "5", "-D", "PUBLISH", "user-property", "k", "v", "-D", "connect", "session-expiry-interval", "60",
-            "-D", "publish", "content-type", "text/plain",
+            "t",
+            "-V",
+            "5",
+            "-D",
+            "PUBLISH",
+            "user-property",
+            "k",
+            "v",
+            "-D",
+            "connect",
+            "session-expiry-interval",
+            "60",
+            "-D",
+            "publish",
+            "content-type",
+            "text/plain",
         ]);
         let p = t.c.properties().unwrap();
-        assert_eq!(p.publish.user_properties, vec![("k".to_string(), "v".to_string())]);
+        assert_eq!(
+            p.publish.user_properties,
+            vec![("k".to_string(), "v".to_string())]
+        );
         assert_eq!(p.publish.content_type.as_deref(), Some("text/plain"));
         assert_eq!(p.connect.session_expiry_interval, Some(60));
     }

@@ -52,8 +52,15 @@ pub struct PubArgs {
 /// Runs `cicada pub`.
 pub async fn run(args: PubArgs) -> Result<(), CliError> {
     let props = args.connect.properties().map_err(CliError::usage)?;
-    let options = args.connect.client_options("cicada-pub-", &props).map_err(CliError::usage)?;
-    let source_given = args.message.is_some() || args.file.is_some() || args.stdin_line || args.stdin_file || args.null_message;
+    let options = args
+        .connect
+        .client_options("cicada-pub-", &props)
+        .map_err(CliError::usage)?;
+    let source_given = args.message.is_some()
+        || args.file.is_some()
+        || args.stdin_line
+        || args.stdin_file
+        || args.null_message;
     if !source_given {
         return Err(CliError::usage("give a message: -m, -f, -l, -s or -n"));
     }
@@ -66,25 +73,40 @@ pub async fn run(args: PubArgs) -> Result<(), CliError> {
     };
     // Read a file before connecting, so a missing file fails without touching the broker.
     let fixed = if let Some(path) = &args.file {
-        let data = tokio::fs::read(path).await.map_err(|e| CliError::failure(format!("cannot read {}: {e}", path.display())))?;
+        let data = tokio::fs::read(path)
+            .await
+            .map_err(|e| CliError::failure(format!("cannot read {}: {e}", path.display())))?;
         Some(Bytes::from(data))
     } else if args.stdin_file {
         let mut data = Vec::new();
-        tokio::io::stdin().read_to_end(&mut data).await.map_err(|e| CliError::failure(format!("cannot read stdin: {e}")))?;
+        tokio::io::stdin()
+            .read_to_end(&mut data)
+            .await
+            .map_err(|e| CliError::failure(format!("cannot read stdin: {e}")))?;
         Some(Bytes::from(data))
     } else if args.null_message {
         Some(Bytes::new())
     } else {
         args.message.clone().map(Bytes::from)
     };
-    let (client, _events, _) = Client::connect(options).await.map_err(|e| CliError::failure(format!("Connection error: {e}")))?;
+    let (client, _events, _) = Client::connect(options)
+        .await
+        .map_err(|e| CliError::failure(format!("Connection error: {e}")))?;
     let result = publish_all(&client, &args, &template, fixed).await;
-    let disconnect = Disconnect { properties: props.disconnect, ..Disconnect::default() };
+    let disconnect = Disconnect {
+        properties: props.disconnect,
+        ..Disconnect::default()
+    };
     let _ = client.disconnect_with(disconnect).await;
     result
 }
 
-async fn publish_all(client: &Client, args: &PubArgs, template: &Publish, fixed: Option<Bytes>) -> Result<(), CliError> {
+async fn publish_all(
+    client: &Client,
+    args: &PubArgs,
+    template: &Publish,
+    fixed: Option<Bytes>,
+) -> Result<(), CliError> {
     let send = |payload: Bytes| {
         let mut p = template.clone();
         p.payload = payload;
@@ -96,13 +118,21 @@ async fn publish_all(client: &Client, args: &PubArgs, template: &Publish, fixed:
                 if i > 0 && args.repeat_delay > 0.0 {
                     tokio::time::sleep(std::time::Duration::from_secs_f64(args.repeat_delay)).await;
                 }
-                send(payload.clone()).await.map_err(|e| CliError::failure(format!("Publish failed: {e}")))?;
+                send(payload.clone())
+                    .await
+                    .map_err(|e| CliError::failure(format!("Publish failed: {e}")))?;
             }
         }
         None => {
             let mut lines = BufReader::new(tokio::io::stdin()).lines();
-            while let Some(line) = lines.next_line().await.map_err(|e| CliError::failure(format!("cannot read stdin: {e}")))? {
-                send(Bytes::from(line)).await.map_err(|e| CliError::failure(format!("Publish failed: {e}")))?;
+            while let Some(line) = lines
+                .next_line()
+                .await
+                .map_err(|e| CliError::failure(format!("cannot read stdin: {e}")))?
+            {
+                send(Bytes::from(line))
+                    .await
+                    .map_err(|e| CliError::failure(format!("Publish failed: {e}")))?;
             }
         }
     }

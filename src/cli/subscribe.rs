@@ -67,7 +67,11 @@ pub async fn run(args: SubArgs) -> Result<(), CliError> {
         0 => RetainHandling::SendAtSubscribe,
         1 => RetainHandling::SendIfNew,
         2 => RetainHandling::DoNotSend,
-        other => return Err(CliError::usage(format!("retain handling must be 0, 1 or 2, not {other}"))),
+        other => {
+            return Err(CliError::usage(format!(
+                "retain handling must be 0, 1 or 2, not {other}"
+            )))
+        }
     };
     let filters: Vec<SubscribeFilter> = args
         .topic
@@ -82,14 +86,25 @@ pub async fn run(args: SubArgs) -> Result<(), CliError> {
             },
         })
         .collect();
-    let deadline = args.timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let deadline = args
+        .timeout
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
     let work = async {
-        let (client, mut events, _) =
-            Client::connect(options).await.map_err(|e| CliError::failure(format!("Connection error: {e}")))?;
-        let ack = client.subscribe_with(filters, props.subscribe.clone()).await?;
+        let (client, mut events, _) = Client::connect(options)
+            .await
+            .map_err(|e| CliError::failure(format!("Connection error: {e}")))?;
+        let ack = client
+            .subscribe_with(filters, props.subscribe.clone())
+            .await?;
         if ack.reasons.iter().all(|r| r.is_error()) {
-            let reason = ack.reasons.first().map(|r| r.to_string()).unwrap_or_default();
-            return Err(CliError::failure(format!("All subscription requests were denied: {reason}")));
+            let reason = ack
+                .reasons
+                .first()
+                .map(|r| r.to_string())
+                .unwrap_or_default();
+            return Err(CliError::failure(format!(
+                "All subscription requests were denied: {reason}"
+            )));
         }
         for (topic, reason) in args.topic.iter().zip(&ack.reasons) {
             if reason.is_error() {
@@ -133,13 +148,21 @@ pub async fn run(args: SubArgs) -> Result<(), CliError> {
     match deadline {
         Some(at) => match tokio::time::timeout_at(at, work).await {
             Ok(result) => result,
-            Err(_) => Err(CliError { code: EXIT_TIMEOUT, message: "Timed out".into() }),
+            Err(_) => Err(CliError {
+                code: EXIT_TIMEOUT,
+                message: "Timed out".into(),
+            }),
         },
         None => work.await,
     }
 }
 
-fn print_message(out: &mut impl Write, m: &Publish, verbose: bool, no_newline: bool) -> std::io::Result<()> {
+fn print_message(
+    out: &mut impl Write,
+    m: &Publish,
+    verbose: bool,
+    no_newline: bool,
+) -> std::io::Result<()> {
     if verbose {
         write!(out, "{} ", m.topic)?;
     }

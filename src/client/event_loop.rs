@@ -5,8 +5,8 @@ use super::state::{AckOutcome, ClientSession};
 use super::transport::BoxStream;
 use super::{ClientError, ClientOptions, Command, Event, PubDone};
 use crate::protocol::{
-    self, topic, ConnAck, Connect, Decoder, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubAck,
-    Subscribe, SubscribeFilter, UnsubAck, Unsubscribe,
+    self, topic, ConnAck, Connect, Decoder, Disconnect, Packet, Properties, ProtocolVersion,
+    Publish, QoS, ReasonCode, SubAck, Subscribe, SubscribeFilter, UnsubAck, Unsubscribe,
 };
 use bytes::BytesMut;
 use std::collections::{HashMap, VecDeque};
@@ -34,14 +34,21 @@ pub(crate) struct Opened {
 
 /// Opens the transport, sends CONNECT and waits for a successful CONNACK, all within the connect timeout.
 pub(crate) async fn open(options: &ClientOptions) -> Result<Opened, ClientError> {
-    timeout(options.connect_timeout, open_inner(options)).await.map_err(|_| ClientError::Timeout("CONNACK"))?
+    timeout(options.connect_timeout, open_inner(options))
+        .await
+        .map_err(|_| ClientError::Timeout("CONNACK"))?
 }
 
 async fn open_inner(options: &ClientOptions) -> Result<Opened, ClientError> {
-    let mut stream = options.connector.connect(&options.host, options.port).await?;
+    let mut stream = options
+        .connector
+        .connect(&options.host, options.port)
+        .await?;
     let mut properties = options.connect_properties.clone();
     if options.version.is_v5() {
-        properties.session_expiry_interval = options.session_expiry.or(properties.session_expiry_interval);
+        properties.session_expiry_interval = options
+            .session_expiry
+            .or(properties.session_expiry_interval);
         if properties.maximum_packet_size.is_none() {
             properties.maximum_packet_size = u32::try_from(options.max_packet_size).ok();
         }
@@ -57,17 +64,30 @@ async fn open_inner(options: &ClientOptions) -> Result<Opened, ClientError> {
         password: options.password.clone(),
     };
     let mut buf = BytesMut::new();
-    protocol::encode(&Packet::Connect(Box::new(connect)), options.version, &mut buf)?;
+    protocol::encode(
+        &Packet::Connect(Box::new(connect)),
+        options.version,
+        &mut buf,
+    )?;
     stream.write_all(&buf).await?;
     let mut decoder = Decoder::new(options.version, options.max_packet_size);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     loop {
         if let Some(packet) = decoder.decode(&mut rbuf)? {
             return match packet {
-                Packet::ConnAck(ack) if ack.reason.is_error() => Err(ClientError::Refused(ack.reason)),
-                Packet::ConnAck(connack) => Ok(Opened { stream, connack, rest: rbuf }),
+                Packet::ConnAck(ack) if ack.reason.is_error() => {
+                    Err(ClientError::Refused(ack.reason))
+                }
+                Packet::ConnAck(connack) => Ok(Opened {
+                    stream,
+                    connack,
+                    rest: rbuf,
+                }),
                 Packet::Disconnect(d) => Err(ClientError::ServerDisconnect(d.reason)),
-                other => Err(ClientError::Protocol(format!("expected CONNACK, got {:?}", other.kind()))),
+                other => Err(ClientError::Protocol(format!(
+                    "expected CONNACK, got {:?}",
+                    other.kind()
+                ))),
             };
         }
         if stream.read_buf(&mut rbuf).await? == 0 {
@@ -77,8 +97,15 @@ async fn open_inner(options: &ClientOptions) -> Result<Opened, ClientError> {
 }
 
 enum RequestDone {
-    Subscribe { filters: Vec<SubscribeFilter>, properties: Properties, done: oneshot::Sender<Result<SubAck, ClientError>> },
-    Unsubscribe { filters: Vec<String>, done: oneshot::Sender<Result<UnsubAck, ClientError>> },
+    Subscribe {
+        filters: Vec<SubscribeFilter>,
+        properties: Box<Properties>,
+        done: oneshot::Sender<Result<SubAck, ClientError>>,
+    },
+    Unsubscribe {
+        filters: Vec<String>,
+        done: oneshot::Sender<Result<UnsubAck, ClientError>>,
+    },
     /// A SUBSCRIBE the client re-sent itself after a reconnect without session.
     Resubscribe,
 }
@@ -117,7 +144,11 @@ pub(crate) struct EventLoop {
 }
 
 impl EventLoop {
-    pub fn new(options: ClientOptions, commands: mpsc::Receiver<Command>, events: mpsc::Sender<Event>) -> Self {
+    pub fn new(
+        options: ClientOptions,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<Event>,
+    ) -> Self {
         let session = ClientSession::new(usize::from(options.inflight), options.version.is_v5());
         let keep_alive = options.keep_alive;
         EventLoop {
@@ -129,7 +160,12 @@ impl EventLoop {
             session,
             subscriptions: Vec::new(),
             aliases: HashMap::new(),
-            server: ServerLimits { max_qos: QoS::ExactlyOnce, retain_available: true, max_packet_size: usize::MAX, keep_alive },
+            server: ServerLimits {
+                max_qos: QoS::ExactlyOnce,
+                retain_available: true,
+                max_packet_size: usize::MAX,
+                keep_alive,
+            },
             stashed: None,
         }
     }
@@ -177,9 +213,13 @@ impl EventLoop {
             self.options.client_id = id.clone();
         }
         let receive_max = p.receive_maximum.unwrap_or(u16::MAX);
-        self.session.set_window(usize::from(receive_max.min(self.options.inflight)));
+        self.session
+            .set_window(usize::from(receive_max.min(self.options.inflight)));
         self.server = ServerLimits {
-            max_qos: p.maximum_qos.and_then(QoS::from_u8).unwrap_or(QoS::ExactlyOnce),
+            max_qos: p
+                .maximum_qos
+                .and_then(QoS::from_u8)
+                .unwrap_or(QoS::ExactlyOnce),
             retain_available: p.retain_available.unwrap_or(true),
             max_packet_size: p.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
             keep_alive: p.server_keep_alive.unwrap_or(self.options.keep_alive),
@@ -232,7 +272,7 @@ impl EventLoop {
                     }
                     cmd = self.commands.recv(), if self.stashed.is_none() => match cmd {
                         None => return None,
-                        Some(Command::Disconnect { done, .. }) => {
+                        Some(Command::Disconnect { done, .. } | Command::Abort { done }) => {
                             let _ = done.send(());
                             return None;
                         }
@@ -347,7 +387,12 @@ impl EventLoop {
     }
 
     /// Handles every complete packet in `rbuf`; `Ok(true)` if a PINGRESP was among them.
-    fn decode_all(&mut self, decoder: &mut Decoder, rbuf: &mut BytesMut, wbuf: &mut BytesMut) -> Result<bool, ClientError> {
+    fn decode_all(
+        &mut self,
+        decoder: &mut Decoder,
+        rbuf: &mut BytesMut,
+        wbuf: &mut BytesMut,
+    ) -> Result<bool, ClientError> {
         let mut pong = false;
         while let Some(packet) = decoder.decode(rbuf)? {
             if matches!(packet, Packet::PingResp) {
@@ -391,11 +436,16 @@ impl EventLoop {
                 self.encode(&comp, wbuf)?;
             }
             Packet::SubAck(ack) => match self.session.complete_request(ack.pkid) {
-                Some(RequestDone::Subscribe { filters, properties, done }) => {
+                Some(RequestDone::Subscribe {
+                    filters,
+                    properties,
+                    done,
+                }) => {
                     for (filter, reason) in filters.into_iter().zip(&ack.reasons) {
                         if !reason.is_error() {
-                            self.subscriptions.retain(|(f, _)| f.filter != filter.filter);
-                            self.subscriptions.push((filter, properties.clone()));
+                            self.subscriptions
+                                .retain(|(f, _)| f.filter != filter.filter);
+                            self.subscriptions.push((filter, (*properties).clone()));
                         }
                     }
                     let _ = done.send(Ok(ack));
@@ -406,23 +456,35 @@ impl EventLoop {
                     }
                 }
                 Some(RequestDone::Unsubscribe { done, .. }) => {
-                    let _ = done.send(Err(ClientError::Protocol("SUBACK for an UNSUBSCRIBE".into())));
+                    let _ = done.send(Err(ClientError::Protocol(
+                        "SUBACK for an UNSUBSCRIBE".into(),
+                    )));
                 }
                 None => debug!(pkid = ack.pkid, "SUBACK for an unknown packet id"),
             },
             Packet::UnsubAck(ack) => match self.session.complete_request(ack.pkid) {
                 Some(RequestDone::Unsubscribe { filters, done }) => {
-                    self.subscriptions.retain(|(f, _)| !filters.contains(&f.filter));
+                    self.subscriptions
+                        .retain(|(f, _)| !filters.contains(&f.filter));
                     let _ = done.send(Ok(ack));
                 }
                 Some(RequestDone::Subscribe { done, .. }) => {
-                    let _ = done.send(Err(ClientError::Protocol("UNSUBACK for a SUBSCRIBE".into())));
+                    let _ = done.send(Err(ClientError::Protocol(
+                        "UNSUBACK for a SUBSCRIBE".into(),
+                    )));
                 }
-                Some(RequestDone::Resubscribe) | None => debug!(pkid = ack.pkid, "unexpected UNSUBACK"),
+                Some(RequestDone::Resubscribe) | None => {
+                    debug!(pkid = ack.pkid, "unexpected UNSUBACK")
+                }
             },
             Packet::Disconnect(d) => return Err(ClientError::ServerDisconnect(d.reason)),
             Packet::PingResp => {}
-            other => return Err(ClientError::Protocol(format!("unexpected {:?} from the server", other.kind()))),
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "unexpected {:?} from the server",
+                    other.kind()
+                )))
+            }
         }
         Ok(())
     }
@@ -435,7 +497,11 @@ impl EventLoop {
         if publish.topic.is_empty() {
             match self.aliases.get(&alias) {
                 Some(topic) => publish.topic = topic.clone(),
-                None => return Err(ClientError::Protocol(format!("unknown topic alias {alias}"))),
+                None => {
+                    return Err(ClientError::Protocol(format!(
+                        "unknown topic alias {alias}"
+                    )))
+                }
             }
         } else {
             self.aliases.insert(alias, publish.topic.clone());
@@ -446,16 +512,29 @@ impl EventLoop {
     /// Re-sends the granted subscriptions after a reconnect that found no session.
     fn resubscribe(&mut self, wbuf: &mut BytesMut) -> Result<(), ClientError> {
         for (filter, properties) in self.subscriptions.clone() {
-            let pkid = self.session.alloc_pkid().ok_or(ClientError::Protocol("no free packet identifier".into()))?;
-            let packet = Packet::Subscribe(Subscribe { pkid, properties, filters: vec![filter] });
+            let pkid = self
+                .session
+                .alloc_pkid()
+                .ok_or(ClientError::Protocol("no free packet identifier".into()))?;
+            let packet = Packet::Subscribe(Subscribe {
+                pkid,
+                properties,
+                filters: vec![filter],
+            });
             self.encode(&packet, wbuf)?;
-            self.session.track_request(pkid, packet, RequestDone::Resubscribe);
+            self.session
+                .track_request(pkid, packet, RequestDone::Resubscribe);
         }
         Ok(())
     }
 
     /// One command from the application; `Some` if it ended the connection.
-    async fn command<W: AsyncWriteExt + Unpin>(&mut self, cmd: Command, wbuf: &mut BytesMut, wr: &mut W) -> Option<Exit> {
+    async fn command<W: AsyncWriteExt + Unpin>(
+        &mut self,
+        cmd: Command,
+        wbuf: &mut BytesMut,
+        wr: &mut W,
+    ) -> Option<Exit> {
         let version = self.options.version;
         match cmd {
             Command::Publish { publish, done } => {
@@ -463,7 +542,11 @@ impl EventLoop {
                     return Some(Exit::Lost(e));
                 }
             }
-            Command::Subscribe { filters, mut properties, done } => {
+            Command::Subscribe {
+                filters,
+                mut properties,
+                done,
+            } => {
                 if let Err(e) = validate_filters(filters.iter().map(|f| f.filter.as_str())) {
                     let _ = done.send(Err(e));
                     return None;
@@ -472,17 +555,35 @@ impl EventLoop {
                     properties = Properties::default();
                 }
                 let Some(pkid) = self.session.alloc_pkid() else {
-                    let _ = done.send(Err(ClientError::Protocol("no free packet identifier".into())));
+                    let _ = done.send(Err(ClientError::Protocol(
+                        "no free packet identifier".into(),
+                    )));
                     return None;
                 };
-                let packet = Packet::Subscribe(Subscribe { pkid, properties: properties.clone(), filters: filters.clone() });
+                let packet = Packet::Subscribe(Subscribe {
+                    pkid,
+                    properties: properties.clone(),
+                    filters: filters.clone(),
+                });
                 if let Err(e) = self.encode(&packet, wbuf) {
                     let _ = done.send(Err(e));
                     return None;
                 }
-                self.session.track_request(pkid, packet, RequestDone::Subscribe { filters, properties, done });
+                self.session.track_request(
+                    pkid,
+                    packet,
+                    RequestDone::Subscribe {
+                        filters,
+                        properties: Box::new(properties),
+                        done,
+                    },
+                );
             }
-            Command::Unsubscribe { filters, mut properties, done } => {
+            Command::Unsubscribe {
+                filters,
+                mut properties,
+                done,
+            } => {
                 if let Err(e) = validate_filters(filters.iter().map(String::as_str)) {
                     let _ = done.send(Err(e));
                     return None;
@@ -491,20 +592,36 @@ impl EventLoop {
                     properties = Properties::default();
                 }
                 let Some(pkid) = self.session.alloc_pkid() else {
-                    let _ = done.send(Err(ClientError::Protocol("no free packet identifier".into())));
+                    let _ = done.send(Err(ClientError::Protocol(
+                        "no free packet identifier".into(),
+                    )));
                     return None;
                 };
-                let packet = Packet::Unsubscribe(Unsubscribe { pkid, properties, filters: filters.clone() });
+                let packet = Packet::Unsubscribe(Unsubscribe {
+                    pkid,
+                    properties,
+                    filters: filters.clone(),
+                });
                 if let Err(e) = self.encode(&packet, wbuf) {
                     let _ = done.send(Err(e));
                     return None;
                 }
-                self.session.track_request(pkid, packet, RequestDone::Unsubscribe { filters, done });
+                self.session.track_request(
+                    pkid,
+                    packet,
+                    RequestDone::Unsubscribe { filters, done },
+                );
             }
             Command::Disconnect { disconnect, done } => {
                 let exit = close(wbuf, wr, version, disconnect).await;
                 let _ = done.send(());
                 return Some(exit);
+            }
+            Command::Abort { done } => {
+                // The socket halves are dropped when `serve` returns: no DISCONNECT goes out.
+                wbuf.clear();
+                let _ = done.send(());
+                return Some(Exit::Closed);
             }
         }
         None
@@ -512,12 +629,21 @@ impl EventLoop {
 
     /// Encodes a publish into the write buffer after checking it against the server's limits. Errors in
     /// the message itself go to its caller; only an internal failure ends the connection.
-    fn publish(&mut self, mut publish: Publish, done: PubDone, wbuf: &mut BytesMut) -> Result<(), ClientError> {
+    fn publish(
+        &mut self,
+        mut publish: Publish,
+        done: PubDone,
+        wbuf: &mut BytesMut,
+    ) -> Result<(), ClientError> {
         let version = self.options.version;
-        let aliased = version.is_v5() && publish.topic.is_empty() && publish.properties.topic_alias.is_some();
+        let aliased =
+            version.is_v5() && publish.topic.is_empty() && publish.properties.topic_alias.is_some();
         if !aliased {
             if let Err(error) = topic::validate_name(&publish.topic) {
-                let _ = done.send(Err(ClientError::InvalidTopic { topic: publish.topic, error }));
+                let _ = done.send(Err(ClientError::InvalidTopic {
+                    topic: publish.topic,
+                    error,
+                }));
                 return Ok(());
             }
         }
@@ -537,7 +663,9 @@ impl EventLoop {
             match self.session.alloc_pkid() {
                 Some(id) => publish.pkid = id,
                 None => {
-                    let _ = done.send(Err(ClientError::Protocol("no free packet identifier".into())));
+                    let _ = done.send(Err(ClientError::Protocol(
+                        "no free packet identifier".into(),
+                    )));
                     return Ok(());
                 }
             }
@@ -554,7 +682,10 @@ impl EventLoop {
         };
         if size > self.server.max_packet_size {
             wbuf.truncate(mark);
-            let _ = done.send(Err(ClientError::TooLarge { size, max: self.server.max_packet_size }));
+            let _ = done.send(Err(ClientError::TooLarge {
+                size,
+                max: self.server.max_packet_size,
+            }));
             return Ok(());
         }
         if publish.qos == QoS::AtMostOnce {
@@ -597,7 +728,10 @@ fn complete(outcome: AckOutcome<PubDone>) {
 /// Refuses filters the server would disconnect us for, before they are sent.
 fn validate_filters<'a>(mut filters: impl Iterator<Item = &'a str>) -> Result<(), ClientError> {
     filters.try_for_each(|f| {
-        topic::validate_filter(f).map_err(|error| ClientError::InvalidTopic { topic: f.to_string(), error })
+        topic::validate_filter(f).map_err(|error| ClientError::InvalidTopic {
+            topic: f.to_string(),
+            error,
+        })
     })
 }
 
@@ -612,7 +746,7 @@ fn fail_command(cmd: Command, error: ClientError) {
         Command::Unsubscribe { done, .. } => {
             let _ = done.send(Err(error));
         }
-        Command::Disconnect { done, .. } => {
+        Command::Disconnect { done, .. } | Command::Abort { done } => {
             let _ = done.send(());
         }
     }

@@ -15,8 +15,8 @@ pub use options::{Backoff, ClientOptions};
 pub use transport::{BoxStream, Connector, TcpConnector};
 
 use crate::protocol::{
-    ConnAck, DecodeError, Disconnect, EncodeError, Properties, Publish, QoS, ReasonCode, SubAck, SubscribeFilter,
-    SubscriptionOptions, UnsubAck,
+    ConnAck, DecodeError, Disconnect, EncodeError, Properties, Publish, QoS, ReasonCode, SubAck,
+    SubscribeFilter, SubscriptionOptions, UnsubAck,
 };
 use bytes::Bytes;
 use thiserror::Error;
@@ -58,7 +58,10 @@ pub enum ClientError {
     #[error("the client is closed")]
     Closed,
     #[error("invalid topic {topic:?}: {error}")]
-    InvalidTopic { topic: String, error: crate::protocol::topic::TopicError },
+    InvalidTopic {
+        topic: String,
+        error: crate::protocol::topic::TopicError,
+    },
 }
 
 impl From<std::io::Error> for ClientError {
@@ -81,10 +84,27 @@ pub enum Event {
 pub(crate) type PubDone = oneshot::Sender<Result<ReasonCode, ClientError>>;
 
 pub(crate) enum Command {
-    Publish { publish: Publish, done: PubDone },
-    Subscribe { filters: Vec<SubscribeFilter>, properties: Properties, done: oneshot::Sender<Result<SubAck, ClientError>> },
-    Unsubscribe { filters: Vec<String>, properties: Properties, done: oneshot::Sender<Result<UnsubAck, ClientError>> },
-    Disconnect { disconnect: Disconnect, done: oneshot::Sender<()> },
+    Publish {
+        publish: Publish,
+        done: PubDone,
+    },
+    Subscribe {
+        filters: Vec<SubscribeFilter>,
+        properties: Properties,
+        done: oneshot::Sender<Result<SubAck, ClientError>>,
+    },
+    Unsubscribe {
+        filters: Vec<String>,
+        properties: Properties,
+        done: oneshot::Sender<Result<UnsubAck, ClientError>>,
+    },
+    Disconnect {
+        disconnect: Disconnect,
+        done: oneshot::Sender<()>,
+    },
+    Abort {
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// A handle to a connected client. Clone it freely; the connection closes when the last handle is dropped
@@ -142,7 +162,10 @@ impl Client {
     }
 
     async fn send(&self, cmd: Command) -> Result<(), ClientError> {
-        self.commands.send(cmd).await.map_err(|_| ClientError::Closed)
+        self.commands
+            .send(cmd)
+            .await
+            .map_err(|_| ClientError::Closed)
     }
 
     /// Queues a publish and returns at once with a token for its acknowledgement. Waits only when the
@@ -161,7 +184,13 @@ impl Client {
         retain: bool,
         payload: impl Into<Bytes>,
     ) -> Result<ReasonCode, ClientError> {
-        let publish = Publish { topic: topic.into(), qos, retain, payload: payload.into(), ..Publish::default() };
+        let publish = Publish {
+            topic: topic.into(),
+            qos,
+            retain,
+            payload: payload.into(),
+            ..Publish::default()
+        };
         self.publish_start(publish).await?.wait().await
     }
 
@@ -177,14 +206,34 @@ impl Client {
         properties: Properties,
     ) -> Result<SubAck, ClientError> {
         let (done, rx) = oneshot::channel();
-        self.send(Command::Subscribe { filters, properties, done }).await?;
+        self.send(Command::Subscribe {
+            filters,
+            properties,
+            done,
+        })
+        .await?;
         rx.await.unwrap_or(Err(ClientError::Closed))
     }
 
     /// Subscribes to one filter at a QoS; fails if the server refuses it.
-    pub async fn subscribe(&self, filter: impl Into<String>, qos: QoS) -> Result<SubAck, ClientError> {
-        let options = SubscriptionOptions { qos, ..SubscriptionOptions::default() };
-        let ack = self.subscribe_with(vec![SubscribeFilter { filter: filter.into(), options }], Properties::default()).await?;
+    pub async fn subscribe(
+        &self,
+        filter: impl Into<String>,
+        qos: QoS,
+    ) -> Result<SubAck, ClientError> {
+        let options = SubscriptionOptions {
+            qos,
+            ..SubscriptionOptions::default()
+        };
+        let ack = self
+            .subscribe_with(
+                vec![SubscribeFilter {
+                    filter: filter.into(),
+                    options,
+                }],
+                Properties::default(),
+            )
+            .await?;
         match ack.reasons.first() {
             Some(r) if r.is_error() => Err(ClientError::Rejected(*r)),
             _ => Ok(ack),
@@ -194,13 +243,26 @@ impl Client {
     /// Unsubscribes from filters.
     pub async fn unsubscribe(&self, filters: Vec<String>) -> Result<UnsubAck, ClientError> {
         let (done, rx) = oneshot::channel();
-        self.send(Command::Unsubscribe { filters, properties: Properties::default(), done }).await?;
+        self.send(Command::Unsubscribe {
+            filters,
+            properties: Properties::default(),
+            done,
+        })
+        .await?;
         rx.await.unwrap_or(Err(ClientError::Closed))
     }
 
     /// Sends DISCONNECT (normal disconnection, so no Will) after everything queued before it, and closes.
     pub async fn disconnect(&self) -> Result<(), ClientError> {
         self.disconnect_with(Disconnect::default()).await
+    }
+
+    /// Drops the connection without DISCONNECT, as a network failure would (the broker publishes the Will).
+    /// The client does not reconnect.
+    pub async fn abort(&self) -> Result<(), ClientError> {
+        let (done, rx) = oneshot::channel();
+        self.send(Command::Abort { done }).await?;
+        rx.await.map_err(|_| ClientError::Closed)
     }
 
     /// Sends a DISCONNECT with this reason and properties (v5: e.g. 0x04 to have the Will published, or a

@@ -100,9 +100,21 @@ impl<P, R> ClientSession<P, R> {
 
     /// Records a QoS 1/2 publish (its `pkid` already allocated) as sent.
     pub fn track_publish(&mut self, publish: Publish, done: P) {
-        let stage = if publish.qos == QoS::ExactlyOnce { Stage::AwaitRec } else { Stage::AwaitAck };
+        let stage = if publish.qos == QoS::ExactlyOnce {
+            Stage::AwaitRec
+        } else {
+            Stage::AwaitAck
+        };
         let seq = self.next_seq();
-        self.outgoing.insert(publish.pkid, Outgoing { publish, stage, seq, done });
+        self.outgoing.insert(
+            publish.pkid,
+            Outgoing {
+                publish,
+                stage,
+                seq,
+                done,
+            },
+        );
     }
 
     /// Records a SUBSCRIBE or UNSUBSCRIBE (with its allocated `pkid`) as sent.
@@ -143,9 +155,19 @@ impl<P, R> ClientSession<P, R> {
         let known = matches!(self.outgoing.get(&ack.pkid), Some(o) if o.stage != Stage::AwaitAck);
         if !known {
             // Answer an unknown PUBREC so the server can free its state (v5: Packet Identifier not found).
-            let reason = if self.v5 { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND } else { ReasonCode::SUCCESS };
-            let rel = PubAck { pkid: ack.pkid, reason, ..PubAck::default() };
-            return AckOutcome::Unknown { reply: Some(Packet::PubRel(rel)) };
+            let reason = if self.v5 {
+                ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+            } else {
+                ReasonCode::SUCCESS
+            };
+            let rel = PubAck {
+                pkid: ack.pkid,
+                reason,
+                ..PubAck::default()
+            };
+            return AckOutcome::Unknown {
+                reply: Some(Packet::PubRel(rel)),
+            };
         }
         if ack.reason.is_error() {
             return self.finish(ack.pkid, Stage::AwaitRec, ack.reason);
@@ -172,9 +194,16 @@ impl<P, R> ClientSession<P, R> {
     /// An inbound PUBREL: forget the id and answer PUBCOMP.
     pub fn on_pubrel(&mut self, rel: &PubAck) -> Packet {
         let known = self.inbound_qos2.remove(&rel.pkid);
-        let reason =
-            if known || !self.v5 { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
-        Packet::PubComp(PubAck { pkid: rel.pkid, reason, ..PubAck::default() })
+        let reason = if known || !self.v5 {
+            ReasonCode::SUCCESS
+        } else {
+            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        Packet::PubComp(PubAck {
+            pkid: rel.pkid,
+            reason,
+            ..PubAck::default()
+        })
     }
 
     /// The packets to send after a reconnect, in their original order. With the session present, unacked
@@ -185,7 +214,8 @@ impl<P, R> ClientSession<P, R> {
         if !session_present {
             self.inbound_qos2.clear();
         }
-        let mut items: Vec<(u64, Packet)> = Vec::with_capacity(self.outgoing.len() + self.requests.len());
+        let mut items: Vec<(u64, Packet)> =
+            Vec::with_capacity(self.outgoing.len() + self.requests.len());
         for o in self.outgoing.values_mut() {
             let packet = match o.stage {
                 Stage::AwaitComp if session_present => Packet::PubRel(PubAck::new(o.publish.pkid)),
@@ -223,7 +253,13 @@ mod tests {
     use bytes::Bytes;
 
     fn publish(pkid: u16, qos: QoS) -> Publish {
-        Publish { qos, pkid, topic: "t".into(), payload: Bytes::from_static(b"x"), ..Publish::default() }
+        Publish {
+            qos,
+            pkid,
+            topic: "t".into(),
+            payload: Bytes::from_static(b"x"),
+            ..Publish::default()
+        }
     }
 
     #[test]
@@ -234,7 +270,11 @@ mod tests {
         s.next_pkid = u16::MAX;
         assert_eq!(s.alloc_pkid(), Some(a + 1));
         s.next_pkid = 0;
-        assert_eq!(s.alloc_pkid(), Some(a + 1), "id {a} is in use and 0 is never used");
+        assert_eq!(
+            s.alloc_pkid(),
+            Some(a + 1),
+            "id {a} is in use and 0 is never used"
+        );
     }
 
     #[test]
@@ -242,26 +282,49 @@ mod tests {
         let mut s: ClientSession<u32, ()> = ClientSession::new(1, true);
         s.track_publish(publish(7, QoS::AtLeastOnce), 70);
         assert!(!s.has_window());
-        assert_eq!(s.on_puback(&PubAck::new(7)), AckOutcome::Done(70, ReasonCode::SUCCESS));
+        assert_eq!(
+            s.on_puback(&PubAck::new(7)),
+            AckOutcome::Done(70, ReasonCode::SUCCESS)
+        );
         assert!(s.has_window());
-        assert_eq!(s.on_puback(&PubAck::new(7)), AckOutcome::Unknown { reply: None });
+        assert_eq!(
+            s.on_puback(&PubAck::new(7)),
+            AckOutcome::Unknown { reply: None }
+        );
     }
 
     #[test]
     fn qos2_goes_through_pubrec_pubrel_pubcomp() {
         let mut s: ClientSession<u32, ()> = ClientSession::new(5, true);
         s.track_publish(publish(3, QoS::ExactlyOnce), 30);
-        assert_eq!(s.on_pubcomp(&PubAck::new(3)), AckOutcome::Unknown { reply: None }, "PUBCOMP before PUBREC");
-        assert_eq!(s.on_pubrec(&PubAck::new(3)), AckOutcome::Release(Packet::PubRel(PubAck::new(3))));
-        assert_eq!(s.on_pubcomp(&PubAck::new(3)), AckOutcome::Done(30, ReasonCode::SUCCESS));
+        assert_eq!(
+            s.on_pubcomp(&PubAck::new(3)),
+            AckOutcome::Unknown { reply: None },
+            "PUBCOMP before PUBREC"
+        );
+        assert_eq!(
+            s.on_pubrec(&PubAck::new(3)),
+            AckOutcome::Release(Packet::PubRel(PubAck::new(3)))
+        );
+        assert_eq!(
+            s.on_pubcomp(&PubAck::new(3)),
+            AckOutcome::Done(30, ReasonCode::SUCCESS)
+        );
     }
 
     #[test]
     fn mqtt_4_3_3_4_pubrec_error_ends_the_exchange() {
         let mut s: ClientSession<u32, ()> = ClientSession::new(5, true);
         s.track_publish(publish(3, QoS::ExactlyOnce), 30);
-        let refused = PubAck { pkid: 3, reason: ReasonCode::NOT_AUTHORIZED, ..PubAck::default() };
-        assert_eq!(s.on_pubrec(&refused), AckOutcome::Done(30, ReasonCode::NOT_AUTHORIZED));
+        let refused = PubAck {
+            pkid: 3,
+            reason: ReasonCode::NOT_AUTHORIZED,
+            ..PubAck::default()
+        };
+        assert_eq!(
+            s.on_pubrec(&refused),
+            AckOutcome::Done(30, ReasonCode::NOT_AUTHORIZED)
+        );
         assert_eq!(s.inflight(), 0);
     }
 
@@ -269,9 +332,18 @@ mod tests {
     fn inbound_qos2_resend_before_pubrel_is_not_delivered_twice() {
         let mut s: ClientSession<(), ()> = ClientSession::new(5, true);
         let p = publish(9, QoS::ExactlyOnce);
-        assert_eq!(s.on_publish(&p), (true, Some(Packet::PubRec(PubAck::new(9)))));
-        assert_eq!(s.on_publish(&p), (false, Some(Packet::PubRec(PubAck::new(9)))));
-        assert_eq!(s.on_pubrel(&PubAck::new(9)), Packet::PubComp(PubAck::new(9)));
+        assert_eq!(
+            s.on_publish(&p),
+            (true, Some(Packet::PubRec(PubAck::new(9))))
+        );
+        assert_eq!(
+            s.on_publish(&p),
+            (false, Some(Packet::PubRec(PubAck::new(9))))
+        );
+        assert_eq!(
+            s.on_pubrel(&PubAck::new(9)),
+            Packet::PubComp(PubAck::new(9))
+        );
         assert!(s.on_publish(&p).0, "after PUBREL the id is free again");
     }
 
@@ -287,7 +359,14 @@ mod tests {
         p1.dup = true;
         let mut p3 = publish(3, QoS::ExactlyOnce);
         p3.dup = true;
-        assert_eq!(again, vec![Packet::Publish(p1), Packet::PubRel(PubAck::new(2)), Packet::Publish(p3)]);
+        assert_eq!(
+            again,
+            vec![
+                Packet::Publish(p1),
+                Packet::PubRel(PubAck::new(2)),
+                Packet::Publish(p3)
+            ]
+        );
     }
 
     #[test]
@@ -295,7 +374,13 @@ mod tests {
         let mut s: ClientSession<(), ()> = ClientSession::new(5, true);
         s.track_publish(publish(2, QoS::ExactlyOnce), ());
         let _ = s.on_pubrec(&PubAck::new(2));
-        assert_eq!(s.resend(false), vec![Packet::Publish(publish(2, QoS::ExactlyOnce))]);
-        assert!(matches!(s.on_pubrec(&PubAck::new(2)), AckOutcome::Release(_)));
+        assert_eq!(
+            s.resend(false),
+            vec![Packet::Publish(publish(2, QoS::ExactlyOnce))]
+        );
+        assert!(matches!(
+            s.on_pubrec(&PubAck::new(2)),
+            AckOutcome::Release(_)
+        ));
     }
 }

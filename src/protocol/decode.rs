@@ -18,7 +18,10 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder that accepts packets up to `max_packet_size` bytes.
     pub fn new(version: ProtocolVersion, max_packet_size: usize) -> Decoder {
-        Decoder { version, max_packet_size }
+        Decoder {
+            version,
+            max_packet_size,
+        }
     }
 
     /// Decodes the next packet from `buf`, consuming its bytes; a decoded CONNECT sets the version.
@@ -33,18 +36,26 @@ impl Decoder {
 
 /// Decodes one packet from the front of `buf` and removes its bytes; `Ok(None)` (with `buf` untouched) if
 /// the packet is not complete yet. `version` governs every packet but CONNECT.
-pub fn decode(buf: &mut BytesMut, version: ProtocolVersion, max_packet_size: usize) -> Result<Option<Packet>, DecodeError> {
+pub fn decode(
+    buf: &mut BytesMut,
+    version: ProtocolVersion,
+    max_packet_size: usize,
+) -> Result<Option<Packet>, DecodeError> {
     let Some(&header) = buf.first() else {
         return Ok(None);
     };
     let kind = kind_of(header, version)?;
-    let Some((remaining, len_bytes)) = wire::read_varint(&buf[1..]).map_err(|_| DecodeError::MalformedRemainingLength)?
+    let Some((remaining, len_bytes)) =
+        wire::read_varint(&buf[1..]).map_err(|_| DecodeError::MalformedRemainingLength)?
     else {
         return Ok(None);
     };
     let size = 1 + len_bytes + remaining as usize;
     if size > max_packet_size {
-        return Err(DecodeError::PacketTooLarge { size, max: max_packet_size });
+        return Err(DecodeError::PacketTooLarge {
+            size,
+            max: max_packet_size,
+        });
     }
     if buf.len() < size {
         buf.reserve(size - buf.len());
@@ -91,7 +102,12 @@ fn kind_of(header: u8, version: ProtocolVersion) -> Result<PacketKind, DecodeErr
     Ok(kind)
 }
 
-fn decode_body(kind: PacketKind, flags: u8, body: Bytes, version: ProtocolVersion) -> Result<Packet, DecodeError> {
+fn decode_body(
+    kind: PacketKind,
+    flags: u8,
+    body: Bytes,
+    version: ProtocolVersion,
+) -> Result<Packet, DecodeError> {
     let mut r = Reader::new(body);
     let packet = match kind {
         PacketKind::Connect => Packet::Connect(Box::new(connect(&mut r)?)),
@@ -129,7 +145,11 @@ fn pkid(r: &mut Reader) -> Result<u16, DecodeError> {
     }
 }
 
-fn properties(r: &mut Reader, kind: PacketKind, version: ProtocolVersion) -> Result<Properties, DecodeError> {
+fn properties(
+    r: &mut Reader,
+    kind: PacketKind,
+    version: ProtocolVersion,
+) -> Result<Properties, DecodeError> {
     if version.is_v5() {
         Properties::decode(r, kind)
     } else {
@@ -180,13 +200,36 @@ fn connect(r: &mut Reader) -> Result<Connect, DecodeError> {
         let topic = r.string("will topic")?;
         topic::validate_name(&topic).map_err(DecodeError::InvalidTopicName)?;
         let payload = r.binary("will payload")?;
-        Some(LastWill { topic, payload, qos: will_qos, retain: will_retain, properties })
+        Some(LastWill {
+            topic,
+            payload,
+            qos: will_qos,
+            retain: will_retain,
+            properties,
+        })
     } else {
         None
     };
-    let username = if has_username { Some(r.string("user name")?) } else { None };
-    let password = if has_password { Some(r.binary("password")?) } else { None };
-    Ok(Connect { protocol, clean_start, keep_alive, properties, client_id, will, username, password })
+    let username = if has_username {
+        Some(r.string("user name")?)
+    } else {
+        None
+    };
+    let password = if has_password {
+        Some(r.binary("password")?)
+    } else {
+        None
+    };
+    Ok(Connect {
+        protocol,
+        clean_start,
+        keep_alive,
+        properties,
+        client_id,
+        will,
+        username,
+        password,
+    })
 }
 
 fn properties_will(r: &mut Reader, protocol: ProtocolVersion) -> Result<Properties, DecodeError> {
@@ -196,7 +239,11 @@ fn properties_will(r: &mut Reader, protocol: ProtocolVersion) -> Result<Properti
 fn connack(r: &mut Reader, version: ProtocolVersion) -> Result<ConnAck, DecodeError> {
     let flags = r.u8("acknowledge flags")?;
     // MQTT 3.1 has no Session Present bit: the whole byte is reserved.
-    let reserved = if version == ProtocolVersion::V31 { 0xFF } else { 0xFE };
+    let reserved = if version == ProtocolVersion::V31 {
+        0xFF
+    } else {
+        0xFE
+    };
     if flags & reserved != 0 {
         return Err(DecodeError::ConnAckReservedFlags);
     }
@@ -204,10 +251,17 @@ fn connack(r: &mut Reader, version: ProtocolVersion) -> Result<ConnAck, DecodeEr
     let reason_code = if version.is_v5() {
         reason(PacketKind::ConnAck, code)?
     } else {
-        ReasonCode::from_v3_connack(code).ok_or(DecodeError::InvalidReasonCode { kind: PacketKind::ConnAck, code })?
+        ReasonCode::from_v3_connack(code).ok_or(DecodeError::InvalidReasonCode {
+            kind: PacketKind::ConnAck,
+            code,
+        })?
     };
     let properties = properties(r, PacketKind::ConnAck, version)?;
-    Ok(ConnAck { session_present: flags & 1 != 0, reason: reason_code, properties })
+    Ok(ConnAck {
+        session_present: flags & 1 != 0,
+        reason: reason_code,
+        properties,
+    })
 }
 
 fn publish(r: &mut Reader, flags: u8, version: ProtocolVersion) -> Result<Publish, DecodeError> {
@@ -215,7 +269,10 @@ fn publish(r: &mut Reader, flags: u8, version: ProtocolVersion) -> Result<Publis
     let dup = flags & 0b1000 != 0;
     // The DUP flag MUST be 0 for all QoS 0 messages [MQTT-3.3.1-2].
     if dup && qos == QoS::AtMostOnce {
-        return Err(DecodeError::InvalidHeaderFlags { kind: PacketKind::Publish, flags });
+        return Err(DecodeError::InvalidHeaderFlags {
+            kind: PacketKind::Publish,
+            flags,
+        });
     }
     let topic = r.string("topic name")?;
     let pkid = if qos == QoS::AtMostOnce { 0 } else { pkid(r)? };
@@ -230,13 +287,29 @@ fn publish(r: &mut Reader, flags: u8, version: ProtocolVersion) -> Result<Publis
     // A PUBLISH from a client carries no Subscription Identifier [MQTT-3.3.4-6]; a server's does, so the
     // decoder accepts it and the broker rejects it on ingress.
     let payload = r.rest();
-    Ok(Publish { dup, qos, retain: flags & 1 != 0, topic, pkid, properties, payload })
+    Ok(Publish {
+        dup,
+        qos,
+        retain: flags & 1 != 0,
+        topic,
+        pkid,
+        properties,
+        payload,
+    })
 }
 
-fn puback(r: &mut Reader, kind: PacketKind, version: ProtocolVersion) -> Result<PubAck, DecodeError> {
+fn puback(
+    r: &mut Reader,
+    kind: PacketKind,
+    version: ProtocolVersion,
+) -> Result<PubAck, DecodeError> {
     let pkid = pkid(r)?;
     let (reason, properties) = reason_and_properties(r, kind, version)?;
-    Ok(PubAck { pkid, reason, properties })
+    Ok(PubAck {
+        pkid,
+        reason,
+        properties,
+    })
 }
 
 /// The optional reason code and properties of acks, DISCONNECT and AUTH: absent means Success and none
@@ -250,7 +323,11 @@ fn reason_and_properties(
         return Ok((ReasonCode::SUCCESS, Properties::default()));
     }
     let code = reason(kind, r.u8("reason code")?)?;
-    let properties = if r.remaining() == 0 { Properties::default() } else { Properties::decode(r, kind)? };
+    let properties = if r.remaining() == 0 {
+        Properties::default()
+    } else {
+        Properties::decode(r, kind)?
+    };
     Ok((code, properties))
 }
 
@@ -270,11 +347,22 @@ fn subscribe(r: &mut Reader, version: ProtocolVersion) -> Result<Subscribe, Deco
     if filters.is_empty() {
         return Err(DecodeError::NoTopicFilters(PacketKind::Subscribe));
     }
-    Ok(Subscribe { pkid, properties, filters })
+    Ok(Subscribe {
+        pkid,
+        properties,
+        filters,
+    })
 }
 
-fn subscription_options(byte: u8, version: ProtocolVersion) -> Result<SubscriptionOptions, DecodeError> {
-    let reserved = if version.is_v5() { 0b1100_0000 } else { 0b1111_1100 };
+fn subscription_options(
+    byte: u8,
+    version: ProtocolVersion,
+) -> Result<SubscriptionOptions, DecodeError> {
+    let reserved = if version.is_v5() {
+        0b1100_0000
+    } else {
+        0b1111_1100
+    };
     if byte & reserved != 0 {
         return Err(DecodeError::ReservedSubscriptionBits);
     }
@@ -299,13 +387,24 @@ fn suback(r: &mut Reader, version: ProtocolVersion) -> Result<SubAck, DecodeErro
     let mut reasons = Vec::with_capacity(r.remaining());
     while r.remaining() > 0 {
         let code = r.u8("reason code")?;
-        let valid = if version.is_v5() { reason::allowed_v5(PacketKind::SubAck, code) } else { matches!(code, 0..=2 | 0x80) };
+        let valid = if version.is_v5() {
+            reason::allowed_v5(PacketKind::SubAck, code)
+        } else {
+            matches!(code, 0..=2 | 0x80)
+        };
         if !valid {
-            return Err(DecodeError::InvalidReasonCode { kind: PacketKind::SubAck, code });
+            return Err(DecodeError::InvalidReasonCode {
+                kind: PacketKind::SubAck,
+                code,
+            });
         }
         reasons.push(ReasonCode(code));
     }
-    Ok(SubAck { pkid, properties, reasons })
+    Ok(SubAck {
+        pkid,
+        properties,
+        reasons,
+    })
 }
 
 fn unsubscribe(r: &mut Reader, version: ProtocolVersion) -> Result<Unsubscribe, DecodeError> {
@@ -320,7 +419,11 @@ fn unsubscribe(r: &mut Reader, version: ProtocolVersion) -> Result<Unsubscribe, 
     if filters.is_empty() {
         return Err(DecodeError::NoTopicFilters(PacketKind::Unsubscribe));
     }
-    Ok(Unsubscribe { pkid, properties, filters })
+    Ok(Unsubscribe {
+        pkid,
+        properties,
+        filters,
+    })
 }
 
 fn unsuback(r: &mut Reader, version: ProtocolVersion) -> Result<UnsubAck, DecodeError> {
@@ -332,5 +435,9 @@ fn unsuback(r: &mut Reader, version: ProtocolVersion) -> Result<UnsubAck, Decode
             reasons.push(reason(PacketKind::UnsubAck, r.u8("reason code")?)?);
         }
     }
-    Ok(UnsubAck { pkid, properties, reasons })
+    Ok(UnsubAck {
+        pkid,
+        properties,
+        reasons,
+    })
 }

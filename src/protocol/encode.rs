@@ -12,7 +12,11 @@ pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> Result<usize, E
 }
 
 /// Appends the packet to `buf`. On error nothing is written.
-pub fn encode(packet: &Packet, version: ProtocolVersion, buf: &mut BytesMut) -> Result<(), EncodeError> {
+pub fn encode(
+    packet: &Packet,
+    version: ProtocolVersion,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
     let remaining = remaining_len(packet, version)?;
     buf.reserve(1 + 4 + remaining);
     buf.put_u8(header_byte(packet));
@@ -21,7 +25,11 @@ pub fn encode(packet: &Packet, version: ProtocolVersion, buf: &mut BytesMut) -> 
 }
 
 /// Appends a PUBLISH to `buf` without wrapping it in a [`Packet`] (the client keeps the value for resends).
-pub fn encode_publish(publish: &Publish, version: ProtocolVersion, buf: &mut BytesMut) -> Result<usize, EncodeError> {
+pub fn encode_publish(
+    publish: &Publish,
+    version: ProtocolVersion,
+    buf: &mut BytesMut,
+) -> Result<usize, EncodeError> {
     let remaining = publish_len(publish, version)?;
     let total = 1 + wire::varint_len(remaining as u32) + remaining;
     buf.reserve(total);
@@ -32,19 +40,29 @@ pub fn encode_publish(publish: &Publish, version: ProtocolVersion, buf: &mut Byt
 }
 
 fn publish_header(p: &Publish) -> u8 {
-    ((PacketKind::Publish as u8) << 4) | (u8::from(p.dup) << 3) | ((p.qos as u8) << 1) | u8::from(p.retain)
+    ((PacketKind::Publish as u8) << 4)
+        | (u8::from(p.dup) << 3)
+        | ((p.qos as u8) << 1)
+        | u8::from(p.retain)
 }
 
 fn publish_len(p: &Publish, version: ProtocolVersion) -> Result<usize, EncodeError> {
     let pkid = if p.qos == QoS::AtMostOnce { 0 } else { 2 };
-    let len = wire::field_len(p.topic.len(), "topic name")? + pkid + props_len(&p.properties, version)? + p.payload.len();
+    let len = wire::field_len(p.topic.len(), "topic name")?
+        + pkid
+        + props_len(&p.properties, version)?
+        + p.payload.len();
     if len > MAX_VARINT as usize {
         return Err(EncodeError::PacketTooLarge(len));
     }
     Ok(len)
 }
 
-fn write_publish(p: &Publish, version: ProtocolVersion, buf: &mut BytesMut) -> Result<(), EncodeError> {
+fn write_publish(
+    p: &Publish,
+    version: ProtocolVersion,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
     wire::put_binary(buf, p.topic.as_bytes());
     if p.qos != QoS::AtMostOnce {
         buf.put_u16(p.pkid);
@@ -71,7 +89,11 @@ fn props_len(p: &Properties, version: ProtocolVersion) -> Result<usize, EncodeEr
     }
 }
 
-fn put_props(buf: &mut BytesMut, p: &Properties, version: ProtocolVersion) -> Result<(), EncodeError> {
+fn put_props(
+    buf: &mut BytesMut,
+    p: &Properties,
+    version: ProtocolVersion,
+) -> Result<(), EncodeError> {
     if version.is_v5() {
         p.encode(buf, p.body_len()?);
     }
@@ -147,7 +169,11 @@ fn remaining_len(packet: &Packet, version: ProtocolVersion) -> Result<usize, Enc
     Ok(len)
 }
 
-fn reason_len(reason: ReasonCode, p: &Properties, version: ProtocolVersion) -> Result<usize, EncodeError> {
+fn reason_len(
+    reason: ReasonCode,
+    p: &Properties,
+    version: ProtocolVersion,
+) -> Result<usize, EncodeError> {
     if !version.is_v5() {
         return Ok(0);
     }
@@ -158,7 +184,12 @@ fn reason_len(reason: ReasonCode, p: &Properties, version: ProtocolVersion) -> R
     })
 }
 
-fn put_reason(buf: &mut BytesMut, reason: ReasonCode, p: &Properties, version: ProtocolVersion) -> Result<(), EncodeError> {
+fn put_reason(
+    buf: &mut BytesMut,
+    reason: ReasonCode,
+    p: &Properties,
+    version: ProtocolVersion,
+) -> Result<(), EncodeError> {
     if !version.is_v5() {
         return Ok(());
     }
@@ -173,7 +204,11 @@ fn put_reason(buf: &mut BytesMut, reason: ReasonCode, p: &Properties, version: P
     Ok(())
 }
 
-fn write_body(packet: &Packet, version: ProtocolVersion, buf: &mut BytesMut) -> Result<(), EncodeError> {
+fn write_body(
+    packet: &Packet,
+    version: ProtocolVersion,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
     match packet {
         Packet::Connect(c) => {
             let v = c.protocol;
@@ -204,7 +239,11 @@ fn write_body(packet: &Packet, version: ProtocolVersion, buf: &mut BytesMut) -> 
         Packet::ConnAck(c) => {
             let session_present = c.session_present && version != ProtocolVersion::V31;
             buf.put_u8(u8::from(session_present));
-            buf.put_u8(if version.is_v5() { c.reason.0 } else { c.reason.to_v3_connack() });
+            buf.put_u8(if version.is_v5() {
+                c.reason.0
+            } else {
+                c.reason.to_v3_connack()
+            });
             put_props(buf, &c.properties, version)?;
         }
         Packet::Publish(p) => write_publish(p, version, buf)?,
@@ -232,7 +271,11 @@ fn write_body(packet: &Packet, version: ProtocolVersion, buf: &mut BytesMut) -> 
             put_props(buf, &s.properties, version)?;
             for r in &s.reasons {
                 // v3 knows only granted QoS 0-2 and failure 0x80.
-                let code = if version.is_v5() || r.0 <= 2 { r.0 } else { 0x80 };
+                let code = if version.is_v5() || r.0 <= 2 {
+                    r.0
+                } else {
+                    0x80
+                };
                 buf.put_u8(code);
             }
         }

@@ -103,7 +103,9 @@ impl DecodeError {
         use DecodeError::*;
         match self {
             PacketTooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
-            InvalidProtocolName(_) | UnsupportedProtocolLevel(_) => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+            InvalidProtocolName(_) | UnsupportedProtocolLevel(_) => {
+                ReasonCode::UNSUPPORTED_PROTOCOL_VERSION
+            }
             ZeroPacketId
             | DuplicateProperty(_)
             | InvalidPropertyValue(_)

@@ -40,47 +40,104 @@ fn cat(parts: &[&[u8]]) -> Vec<u8> {
 /// CONNECT body with this protocol name, level and flags, keep-alive 60, client id "c".
 fn connect(name: &[u8], level: u8, flags: u8, tail: &[u8]) -> Vec<u8> {
     let props: &[u8] = if level == 5 { &[0] } else { &[] };
-    pkt(0x10, &cat(&[&s(name), &[level, flags, 0, 60], props, &s(b"c"), tail]))
+    pkt(
+        0x10,
+        &cat(&[&s(name), &[level, flags, 0, 60], props, &s(b"c"), tail]),
+    )
 }
 
-fn table() -> Vec<(&'static str, ProtocolVersion, Vec<u8>, DecodeError, ReasonCode)> {
+fn table() -> Vec<(
+    &'static str,
+    ProtocolVersion,
+    Vec<u8>,
+    DecodeError,
+    ReasonCode,
+)> {
     let r = ReasonCode::MALFORMED_PACKET;
     let p = ReasonCode::PROTOCOL_ERROR;
     vec![
-        ("remaining length of five bytes", V311, vec![0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], E::MalformedRemainingLength, r),
-        ("mqtt_1_5_5_1 non-minimal remaining length", V311, vec![0xC0, 0x80, 0x00], E::MalformedRemainingLength, r),
-        ("reserved packet type 0", V311, vec![0x00, 0x00], E::ReservedPacketType(0), r),
-        ("AUTH below MQTT 5", V311, vec![0xF0, 0x00], E::ReservedPacketType(15), r),
+        (
+            "remaining length of five bytes",
+            V311,
+            vec![0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
+            E::MalformedRemainingLength,
+            r,
+        ),
+        (
+            "mqtt_1_5_5_1 non-minimal remaining length",
+            V311,
+            vec![0xC0, 0x80, 0x00],
+            E::MalformedRemainingLength,
+            r,
+        ),
+        (
+            "reserved packet type 0",
+            V311,
+            vec![0x00, 0x00],
+            E::ReservedPacketType(0),
+            r,
+        ),
+        (
+            "AUTH below MQTT 5",
+            V311,
+            vec![0xF0, 0x00],
+            E::ReservedPacketType(15),
+            r,
+        ),
         (
             "mqtt_2_1_3_1 PUBREL flags must be 0010",
             V311,
             pkt(0x60, &[0, 1]),
-            E::InvalidHeaderFlags { kind: PacketKind::PubRel, flags: 0 },
+            E::InvalidHeaderFlags {
+                kind: PacketKind::PubRel,
+                flags: 0,
+            },
             r,
         ),
         (
             "mqtt_2_1_3_1 SUBSCRIBE flags must be 0010",
             V311,
             pkt(0x80, &cat(&[&[0, 1], &s(b"a"), &[0]])),
-            E::InvalidHeaderFlags { kind: PacketKind::Subscribe, flags: 0 },
+            E::InvalidHeaderFlags {
+                kind: PacketKind::Subscribe,
+                flags: 0,
+            },
             r,
         ),
         (
             "mqtt_2_1_3_1 PINGREQ flags must be 0",
             V311,
             vec![0xC1, 0x00],
-            E::InvalidHeaderFlags { kind: PacketKind::PingReq, flags: 1 },
+            E::InvalidHeaderFlags {
+                kind: PacketKind::PingReq,
+                flags: 1,
+            },
             r,
         ),
-        ("mqtt_3_3_1_4 PUBLISH QoS 3", V311, pkt(0x36, &cat(&[&s(b"a"), &[0, 1]])), E::InvalidQoS, r),
+        (
+            "mqtt_3_3_1_4 PUBLISH QoS 3",
+            V311,
+            pkt(0x36, &cat(&[&s(b"a"), &[0, 1]])),
+            E::InvalidQoS,
+            r,
+        ),
         (
             "mqtt_3_3_1_2 DUP on QoS 0",
             V311,
             pkt(0x38, &s(b"a")),
-            E::InvalidHeaderFlags { kind: PacketKind::Publish, flags: 0b1000 },
+            E::InvalidHeaderFlags {
+                kind: PacketKind::Publish,
+                flags: 0b1000,
+            },
             r,
         ),
-        ("mqtt_2_2_1_3 PUBLISH QoS 1 with packet id 0", V311, pkt(0x32, &cat(&[&s(b"a"), &[0, 0]])), E::ZeroPacketId, p),
+        (
+            "mqtt_2_2_1_3 PUBLISH QoS 1 with packet id 0",
+            V311,
+            pkt(0x32, &cat(&[&s(b"a"), &[0, 0]])),
+            E::ZeroPacketId,
+            p,
+        ),
         (
             "mqtt_3_3_2_2 wildcard in topic name",
             V311,
@@ -88,9 +145,27 @@ fn table() -> Vec<(&'static str, ProtocolVersion, Vec<u8>, DecodeError, ReasonCo
             E::InvalidTopicName(TopicError::WildcardInName),
             ReasonCode::TOPIC_NAME_INVALID,
         ),
-        ("mqtt_1_5_4_1 ill-formed UTF-8", V311, pkt(0x30, &s(&[0xC3, 0x28])), E::InvalidUtf8, r),
-        ("mqtt_1_5_4_1 UTF-16 surrogate in UTF-8", V311, pkt(0x30, &s(&[0xED, 0xA0, 0x80])), E::InvalidUtf8, r),
-        ("mqtt_1_5_4_2 null character", V311, pkt(0x30, &s(b"a\0")), E::NullCharacter, r),
+        (
+            "mqtt_1_5_4_1 ill-formed UTF-8",
+            V311,
+            pkt(0x30, &s(&[0xC3, 0x28])),
+            E::InvalidUtf8,
+            r,
+        ),
+        (
+            "mqtt_1_5_4_1 UTF-16 surrogate in UTF-8",
+            V311,
+            pkt(0x30, &s(&[0xED, 0xA0, 0x80])),
+            E::InvalidUtf8,
+            r,
+        ),
+        (
+            "mqtt_1_5_4_2 null character",
+            V311,
+            pkt(0x30, &s(b"a\0")),
+            E::NullCharacter,
+            r,
+        ),
         (
             "mqtt_4_7_3_1 empty topic name",
             V311,
@@ -98,7 +173,13 @@ fn table() -> Vec<(&'static str, ProtocolVersion, Vec<u8>, DecodeError, ReasonCo
             E::InvalidTopicName(TopicError::Empty),
             ReasonCode::TOPIC_NAME_INVALID,
         ),
-        ("mqtt_3_3_2_1 v5 empty topic without alias", V5, pkt(0x30, &cat(&[&s(b""), &[0]])), E::MissingTopicAlias, p),
+        (
+            "mqtt_3_3_2_1 v5 empty topic without alias",
+            V5,
+            pkt(0x30, &cat(&[&s(b""), &[0]])),
+            E::MissingTopicAlias,
+            p,
+        ),
         (
             "mqtt_3_3_2_8 topic alias 0",
             V5,
@@ -109,7 +190,10 @@ fn table() -> Vec<(&'static str, ProtocolVersion, Vec<u8>, DecodeError, ReasonCo
         (
             "duplicate content type",
             V5,
-            pkt(0x30, &cat(&[&s(b"a"), &[8, 0x03, 0, 1, b'x', 0x03, 0, 1, b'y']])),
+            pkt(
+                0x30,
+                &cat(&[&s(b"a"), &[8, 0x03, 0, 1, b'x', 0x03, 0, 1, b'y']]),
+            ),
             E::DuplicateProperty(0x03),
             p,
         ),
@@ -117,10 +201,19 @@ fn table() -> Vec<(&'static str, ProtocolVersion, Vec<u8>, DecodeError, ReasonCo
             "session expiry is not a PUBLISH property",
             V5,
             pkt(0x30, &cat(&[&s(b"a"), &[5, 0x11, 0, 0, 0, 1]])),
-            E::PropertyNotAllowed { id: 0x11, kind: PacketKind::Publish },
+            E::PropertyNotAllowed {
+                id: 0x11,
+                kind: PacketKind::Publish,
+            },
             r,
         ),
-        ("unknown property 0x7f", V5, pkt(0x30, &cat(&[&s(b"a"), &[1, 0x7F]])), E::UnknownProperty(0x7F), r),
+        (
+            "unknown property 0x7f",
+            V5,
+            pkt(0x30, &cat(&[&s(b"a"), &[1, 0x7F]])),
+            E::UnknownProperty(0x7F),
+            r,
+        ),
         (
             "payload format indicator 2",
             V5,
@@ -149,7 +242,13 @@ fn table() -> Vec<(&'static str, ProtocolVersion, Vec<u8>, DecodeError, ReasonCo
             E::InvalidPropertyValue(0x0B),
             p,
         ),
-        ("mqtt_3_1_2_3 CONNECT reserved flag", V311, connect(b"MQTT", 4, 0x03, &[]), E::ConnectReservedFlag, r),
+        (
+            "mqtt_3_1_2_3 CONNECT reserved flag",
+            V311,
+            connect(b"MQTT", 4, 0x03, &[]),
+            E::ConnectReservedFlag,
+            r,
+        ),
         (
             "mqtt_3_1_2_1 unknown protocol name",
             V311,
@@ -164,8 +263,20 @@ fn table() -> Vec<(&'static str, ProtocolVersion, Vec<u8>, DecodeError, ReasonCo
             E::UnsupportedProtocolLevel(6),
             ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
         ),
-        ("mqtt_3_1_2_13 will QoS without will flag", V311, connect(b"MQTT", 4, 0x0A, &[]), E::InvalidWillFlags, r),
-        ("mqtt_3_1_2_15 will retain without will flag", V311, connect(b"MQTT", 4, 0x22, &[]), E::InvalidWillFlags, r),
+        (
+            "mqtt_3_1_2_13 will QoS without will flag",
+            V311,
+            connect(b"MQTT", 4, 0x0A, &[]),
+            E::InvalidWillFlags,
+            r,
+        ),
+        (
+            "mqtt_3_1_2_15 will retain without will flag",
+            V311,
+            connect(b"MQTT", 4, 0x22, &[]),
+            E::InvalidWillFlags,
+            r,
+        ),
         (
             "mqtt_3_1_2_12 will QoS 3",
             V311,
@@ -187,9 +298,27 @@ fn table() -> Vec<(&'static str, ProtocolVersion, Vec<u8>, DecodeError, ReasonCo
             E::PasswordWithoutUsername,
             r,
         ),
-        ("CONNECT ends before the client id", V311, pkt(0x10, &cat(&[&s(b"MQTT"), &[4, 2, 0, 60]])), E::Truncated("client identifier"), r),
-        ("mqtt_3_8_3_2 SUBSCRIBE without filters", V311, pkt(0x82, &[0, 1]), E::NoTopicFilters(PacketKind::Subscribe), p),
-        ("SUBSCRIBE packet id 0", V311, pkt(0x82, &cat(&[&[0, 0], &s(b"a"), &[0]])), E::ZeroPacketId, p),
+        (
+            "CONNECT ends before the client id",
+            V311,
+            pkt(0x10, &cat(&[&s(b"MQTT"), &[4, 2, 0, 60]])),
+            E::Truncated("client identifier"),
+            r,
+        ),
+        (
+            "mqtt_3_8_3_2 SUBSCRIBE without filters",
+            V311,
+            pkt(0x82, &[0, 1]),
+            E::NoTopicFilters(PacketKind::Subscribe),
+            p,
+        ),
+        (
+            "SUBSCRIBE packet id 0",
+            V311,
+            pkt(0x82, &cat(&[&[0, 0], &s(b"a"), &[0]])),
+            E::ZeroPacketId,
+            p,
+        ),
         (
             "v3 SUBSCRIBE reserved option bits",
             V311,
@@ -211,7 +340,13 @@ fn table() -> Vec<(&'static str, ProtocolVersion, Vec<u8>, DecodeError, ReasonCo
             E::InvalidRetainHandling,
             p,
         ),
-        ("SUBSCRIBE QoS 3", V311, pkt(0x82, &cat(&[&[0, 1], &s(b"a"), &[0x03]])), E::InvalidQoS, r),
+        (
+            "SUBSCRIBE QoS 3",
+            V311,
+            pkt(0x82, &cat(&[&[0, 1], &s(b"a"), &[0x03]])),
+            E::InvalidQoS,
+            r,
+        ),
         (
             "mqtt_4_7_1_1 misplaced multi-level wildcard",
             V311,
@@ -251,27 +386,60 @@ fn table() -> Vec<(&'static str, ProtocolVersion, Vec<u8>, DecodeError, ReasonCo
             "PUBACK reason 0x05",
             V5,
             pkt(0x40, &[0, 1, 0x05]),
-            E::InvalidReasonCode { kind: PacketKind::PubAck, code: 5 },
+            E::InvalidReasonCode {
+                kind: PacketKind::PubAck,
+                code: 5,
+            },
             r,
         ),
         (
             "DISCONNECT reason 0x05",
             V5,
             pkt(0xE0, &[0x05]),
-            E::InvalidReasonCode { kind: PacketKind::Disconnect, code: 5 },
+            E::InvalidReasonCode {
+                kind: PacketKind::Disconnect,
+                code: 5,
+            },
             r,
         ),
         (
             "v3 CONNACK return code 6",
             V311,
             pkt(0x20, &[0, 6]),
-            E::InvalidReasonCode { kind: PacketKind::ConnAck, code: 6 },
+            E::InvalidReasonCode {
+                kind: PacketKind::ConnAck,
+                code: 6,
+            },
             r,
         ),
-        ("mqtt_3_2_2_1 CONNACK reserved flags", V311, pkt(0x20, &[2, 0]), E::ConnAckReservedFlags, r),
-        ("PINGREQ with a body", V311, pkt(0xC0, &[0]), E::TrailingBytes(1), r),
-        ("v3 PUBACK with a reason code", V311, pkt(0x40, &[0, 1, 0]), E::TrailingBytes(1), r),
-        ("PUBLISH shorter than its topic", V311, pkt(0x30, &[0, 5, b'a']), E::Truncated("topic name"), r),
+        (
+            "mqtt_3_2_2_1 CONNACK reserved flags",
+            V311,
+            pkt(0x20, &[2, 0]),
+            E::ConnAckReservedFlags,
+            r,
+        ),
+        (
+            "PINGREQ with a body",
+            V311,
+            pkt(0xC0, &[0]),
+            E::TrailingBytes(1),
+            r,
+        ),
+        (
+            "v3 PUBACK with a reason code",
+            V311,
+            pkt(0x40, &[0, 1, 0]),
+            E::TrailingBytes(1),
+            r,
+        ),
+        (
+            "PUBLISH shorter than its topic",
+            V311,
+            pkt(0x30, &[0, 5, b'a']),
+            E::Truncated("topic name"),
+            r,
+        ),
     ]
 }
 
@@ -290,8 +458,17 @@ fn oversized_packet_is_refused_from_its_fixed_header_alone() {
     // Only the fixed header has arrived: the decoder must not wait for 16 KiB it will never accept.
     let mut buf = BytesMut::from(&[0x30u8, 0xFF, 0x7F][..]);
     let got = decode(&mut buf, V311, 1024);
-    assert_eq!(got, Err(E::PacketTooLarge { size: 3 + 16_383, max: 1024 }));
-    assert_eq!(E::PacketTooLarge { size: 0, max: 0 }.reason_code(), ReasonCode::PACKET_TOO_LARGE);
+    assert_eq!(
+        got,
+        Err(E::PacketTooLarge {
+            size: 3 + 16_383,
+            max: 1024
+        })
+    );
+    assert_eq!(
+        E::PacketTooLarge { size: 0, max: 0 }.reason_code(),
+        ReasonCode::PACKET_TOO_LARGE
+    );
 }
 
 #[test]

@@ -103,6 +103,6 @@ pub enum PacketKind {
     Will = 16,
 }
 #[cfg(test)]
-mod roundtrip_tests;
-#[cfg(test)]
 mod malformed_tests;
+#[cfg(test)]
+mod roundtrip_tests;

@@ -106,7 +106,10 @@ pub struct PubAck {
 impl PubAck {
     /// A successful acknowledgement without properties.
     pub fn new(pkid: u16) -> PubAck {
-        PubAck { pkid, ..PubAck::default() }
+        PubAck {
+            pkid,
+            ..PubAck::default()
+        }
     }
 }
 

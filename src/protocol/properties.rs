@@ -89,7 +89,9 @@ fn allowed(id: u8, kind: PacketKind) -> Option<bool> {
         | id::WILDCARD_SUBSCRIPTION_AVAILABLE
         | id::SUBSCRIPTION_IDENTIFIER_AVAILABLE
         | id::SHARED_SUBSCRIPTION_AVAILABLE => kind == K::ConnAck,
-        id::AUTHENTICATION_METHOD | id::AUTHENTICATION_DATA => matches!(kind, K::Connect | K::ConnAck | K::Auth),
+        id::AUTHENTICATION_METHOD | id::AUTHENTICATION_DATA => {
+            matches!(kind, K::Connect | K::ConnAck | K::Auth)
+        }
         id::REQUEST_PROBLEM_INFORMATION | id::REQUEST_RESPONSE_INFORMATION => kind == K::Connect,
         id::WILL_DELAY_INTERVAL => kind == K::Will,
         id::SERVER_REFERENCE => matches!(kind, K::ConnAck | K::Disconnect),
@@ -162,7 +164,12 @@ impl Properties {
         Ok(p)
     }
 
-    fn decode_one(&mut self, r: &mut Reader, prop: u8, kind: PacketKind) -> Result<(), DecodeError> {
+    fn decode_one(
+        &mut self,
+        r: &mut Reader,
+        prop: u8,
+        kind: PacketKind,
+    ) -> Result<(), DecodeError> {
         const F: &str = "property value";
         match prop {
             id::PAYLOAD_FORMAT_INDICATOR => {
@@ -170,12 +177,15 @@ impl Properties {
                 flag(v, prop)?;
                 set_once(&mut self.payload_format_indicator, v, prop)
             }
-            id::MESSAGE_EXPIRY_INTERVAL => set_once(&mut self.message_expiry_interval, r.u32(F)?, prop),
+            id::MESSAGE_EXPIRY_INTERVAL => {
+                set_once(&mut self.message_expiry_interval, r.u32(F)?, prop)
+            }
             id::CONTENT_TYPE => set_once(&mut self.content_type, r.string(F)?, prop),
             id::RESPONSE_TOPIC => {
                 let topic = r.string(F)?;
                 // The Response Topic is a Topic Name [MQTT-3.3.2-14].
-                super::topic::validate_name(&topic).map_err(|_| DecodeError::InvalidPropertyValue(prop))?;
+                super::topic::validate_name(&topic)
+                    .map_err(|_| DecodeError::InvalidPropertyValue(prop))?;
                 set_once(&mut self.response_topic, topic, prop)
             }
             id::CORRELATION_DATA => set_once(&mut self.correlation_data, r.binary(F)?, prop),
@@ -190,10 +200,16 @@ impl Properties {
                 self.subscription_identifiers.push(v);
                 Ok(())
             }
-            id::SESSION_EXPIRY_INTERVAL => set_once(&mut self.session_expiry_interval, r.u32(F)?, prop),
-            id::ASSIGNED_CLIENT_IDENTIFIER => set_once(&mut self.assigned_client_identifier, r.string(F)?, prop),
+            id::SESSION_EXPIRY_INTERVAL => {
+                set_once(&mut self.session_expiry_interval, r.u32(F)?, prop)
+            }
+            id::ASSIGNED_CLIENT_IDENTIFIER => {
+                set_once(&mut self.assigned_client_identifier, r.string(F)?, prop)
+            }
             id::SERVER_KEEP_ALIVE => set_once(&mut self.server_keep_alive, r.u16(F)?, prop),
-            id::AUTHENTICATION_METHOD => set_once(&mut self.authentication_method, r.string(F)?, prop),
+            id::AUTHENTICATION_METHOD => {
+                set_once(&mut self.authentication_method, r.string(F)?, prop)
+            }
             id::AUTHENTICATION_DATA => set_once(&mut self.authentication_data, r.binary(F)?, prop),
             id::REQUEST_PROBLEM_INFORMATION => {
                 let v = flag(r.u8(F)?, prop)?;
@@ -204,7 +220,9 @@ impl Properties {
                 let v = flag(r.u8(F)?, prop)?;
                 set_once(&mut self.request_response_information, v, prop)
             }
-            id::RESPONSE_INFORMATION => set_once(&mut self.response_information, r.string(F)?, prop),
+            id::RESPONSE_INFORMATION => {
+                set_once(&mut self.response_information, r.string(F)?, prop)
+            }
             id::SERVER_REFERENCE => set_once(&mut self.server_reference, r.string(F)?, prop),
             id::REASON_STRING => set_once(&mut self.reason_string, r.string(F)?, prop),
             id::RECEIVE_MAXIMUM => {
@@ -257,8 +275,14 @@ impl Properties {
 
     /// Bytes of the properties themselves, without the property length prefix.
     pub(crate) fn body_len(&self) -> Result<usize, EncodeError> {
-        let s = |v: &Option<String>, name| v.as_ref().map_or(Ok(0), |v| wire::field_len(v.len(), name).map(|l| 1 + l));
-        let b = |v: &Option<Bytes>, name| v.as_ref().map_or(Ok(0), |v| wire::field_len(v.len(), name).map(|l| 1 + l));
+        let s = |v: &Option<String>, name| {
+            v.as_ref()
+                .map_or(Ok(0), |v| wire::field_len(v.len(), name).map(|l| 1 + l))
+        };
+        let b = |v: &Option<Bytes>, name| {
+            v.as_ref()
+                .map_or(Ok(0), |v| wire::field_len(v.len(), name).map(|l| 1 + l))
+        };
         let n = |present: bool, width: usize| if present { 1 + width } else { 0 };
         let mut len = 0;
         len += n(self.payload_format_indicator.is_some(), 1);
@@ -273,7 +297,10 @@ impl Properties {
             len += 1 + wire::varint_len(sid);
         }
         len += n(self.session_expiry_interval.is_some(), 4);
-        len += s(&self.assigned_client_identifier, "assigned client identifier")?;
+        len += s(
+            &self.assigned_client_identifier,
+            "assigned client identifier",
+        )?;
         len += n(self.server_keep_alive.is_some(), 2);
         len += s(&self.authentication_method, "authentication method")?;
         len += b(&self.authentication_data, "authentication data")?;
@@ -289,7 +316,9 @@ impl Properties {
         len += n(self.maximum_qos.is_some(), 1);
         len += n(self.retain_available.is_some(), 1);
         for (k, v) in &self.user_properties {
-            len += 1 + wire::field_len(k.len(), "user property")? + wire::field_len(v.len(), "user property")?;
+            len += 1
+                + wire::field_len(k.len(), "user property")?
+                + wire::field_len(v.len(), "user property")?;
         }
         len += n(self.maximum_packet_size.is_some(), 4);
         len += n(self.wildcard_subscription_available.is_some(), 1);
@@ -338,8 +367,16 @@ impl Properties {
             }
         };
         let b = |v: Option<bool>| v.map(u8::from);
-        put_u8(buf, id::PAYLOAD_FORMAT_INDICATOR, self.payload_format_indicator);
-        put_u32(buf, id::MESSAGE_EXPIRY_INTERVAL, self.message_expiry_interval);
+        put_u8(
+            buf,
+            id::PAYLOAD_FORMAT_INDICATOR,
+            self.payload_format_indicator,
+        );
+        put_u32(
+            buf,
+            id::MESSAGE_EXPIRY_INTERVAL,
+            self.message_expiry_interval,
+        );
         put_str(buf, id::CONTENT_TYPE, &self.content_type);
         put_str(buf, id::RESPONSE_TOPIC, &self.response_topic);
         put_bin(buf, id::CORRELATION_DATA, &self.correlation_data);
@@ -347,14 +384,30 @@ impl Properties {
             buf.put_u8(id::SUBSCRIPTION_IDENTIFIER);
             wire::put_varint(buf, sid);
         }
-        put_u32(buf, id::SESSION_EXPIRY_INTERVAL, self.session_expiry_interval);
-        put_str(buf, id::ASSIGNED_CLIENT_IDENTIFIER, &self.assigned_client_identifier);
+        put_u32(
+            buf,
+            id::SESSION_EXPIRY_INTERVAL,
+            self.session_expiry_interval,
+        );
+        put_str(
+            buf,
+            id::ASSIGNED_CLIENT_IDENTIFIER,
+            &self.assigned_client_identifier,
+        );
         put_u16(buf, id::SERVER_KEEP_ALIVE, self.server_keep_alive);
         put_str(buf, id::AUTHENTICATION_METHOD, &self.authentication_method);
         put_bin(buf, id::AUTHENTICATION_DATA, &self.authentication_data);
-        put_u8(buf, id::REQUEST_PROBLEM_INFORMATION, b(self.request_problem_information));
+        put_u8(
+            buf,
+            id::REQUEST_PROBLEM_INFORMATION,
+            b(self.request_problem_information),
+        );
         put_u32(buf, id::WILL_DELAY_INTERVAL, self.will_delay_interval);
-        put_u8(buf, id::REQUEST_RESPONSE_INFORMATION, b(self.request_response_information));
+        put_u8(
+            buf,
+            id::REQUEST_RESPONSE_INFORMATION,
+            b(self.request_response_information),
+        );
         put_str(buf, id::RESPONSE_INFORMATION, &self.response_information);
         put_str(buf, id::SERVER_REFERENCE, &self.server_reference);
         put_str(buf, id::REASON_STRING, &self.reason_string);
@@ -369,8 +422,20 @@ impl Properties {
             wire::put_binary(buf, v.as_bytes());
         }
         put_u32(buf, id::MAXIMUM_PACKET_SIZE, self.maximum_packet_size);
-        put_u8(buf, id::WILDCARD_SUBSCRIPTION_AVAILABLE, b(self.wildcard_subscription_available));
-        put_u8(buf, id::SUBSCRIPTION_IDENTIFIER_AVAILABLE, b(self.subscription_identifier_available));
-        put_u8(buf, id::SHARED_SUBSCRIPTION_AVAILABLE, b(self.shared_subscription_available));
+        put_u8(
+            buf,
+            id::WILDCARD_SUBSCRIPTION_AVAILABLE,
+            b(self.wildcard_subscription_available),
+        );
+        put_u8(
+            buf,
+            id::SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+            b(self.subscription_identifier_available),
+        );
+        put_u8(
+            buf,
+            id::SHARED_SUBSCRIPTION_AVAILABLE,
+            b(self.shared_subscription_available),
+        );
     }
 }

@@ -90,7 +90,9 @@ impl ReasonCode {
             ReasonCode::UNSUPPORTED_PROTOCOL_VERSION => 1,
             ReasonCode::CLIENT_IDENTIFIER_NOT_VALID => 2,
             ReasonCode::BAD_USER_NAME_OR_PASSWORD => 4,
-            ReasonCode::NOT_AUTHORIZED | ReasonCode::BANNED | ReasonCode::BAD_AUTHENTICATION_METHOD => 5,
+            ReasonCode::NOT_AUTHORIZED
+            | ReasonCode::BANNED
+            | ReasonCode::BAD_AUTHENTICATION_METHOD => 5,
             _ => 3,
         }
     }
@@ -130,9 +132,15 @@ pub(crate) fn allowed_v5(kind: super::PacketKind, code: u8) -> bool {
             code,
             0x00 | 0x80..=0x8A | 0x8C | 0x90 | 0x95 | 0x97 | 0x99..=0x9D | 0x9F
         ),
-        K::PubAck | K::PubRec => matches!(code, 0x00 | 0x10 | 0x80 | 0x83 | 0x87 | 0x90 | 0x91 | 0x97 | 0x99),
+        K::PubAck | K::PubRec => matches!(
+            code,
+            0x00 | 0x10 | 0x80 | 0x83 | 0x87 | 0x90 | 0x91 | 0x97 | 0x99
+        ),
         K::PubRel | K::PubComp => matches!(code, 0x00 | 0x92),
-        K::SubAck => matches!(code, 0x00..=0x02 | 0x80 | 0x83 | 0x87 | 0x8F | 0x91 | 0x97 | 0x9E | 0xA1 | 0xA2),
+        K::SubAck => matches!(
+            code,
+            0x00..=0x02 | 0x80 | 0x83 | 0x87 | 0x8F | 0x91 | 0x97 | 0x9E | 0xA1 | 0xA2
+        ),
         K::UnsubAck => matches!(code, 0x00 | 0x11 | 0x80 | 0x83 | 0x87 | 0x8F | 0x91),
         K::Disconnect => matches!(
             code,
@@ -150,7 +158,10 @@ mod tests {
     #[test]
     fn v3_connack_codes_round_trip() {
         for code in 0..=5 {
-            assert_eq!(ReasonCode::from_v3_connack(code).unwrap().to_v3_connack(), code);
+            assert_eq!(
+                ReasonCode::from_v3_connack(code).unwrap().to_v3_connack(),
+                code
+            );
         }
         assert_eq!(ReasonCode::from_v3_connack(6), None);
     }

@@ -5,7 +5,11 @@ use super::*;
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 
-const LEVELS: [ProtocolVersion; 3] = [ProtocolVersion::V31, ProtocolVersion::V311, ProtocolVersion::V5];
+const LEVELS: [ProtocolVersion; 3] = [
+    ProtocolVersion::V31,
+    ProtocolVersion::V311,
+    ProtocolVersion::V5,
+];
 
 fn text() -> impl Strategy<Value = String> {
     "[a-zA-Z0-9 é€😀/_-]{0,12}"
@@ -31,7 +35,11 @@ fn bin() -> impl Strategy<Value = Bytes> {
 }
 
 fn qos() -> impl Strategy<Value = QoS> {
-    prop_oneof![Just(QoS::AtMostOnce), Just(QoS::AtLeastOnce), Just(QoS::ExactlyOnce)]
+    prop_oneof![
+        Just(QoS::AtMostOnce),
+        Just(QoS::AtLeastOnce),
+        Just(QoS::ExactlyOnce)
+    ]
 }
 
 /// Properties allowed in `kind`, built from a random list of (identifier, raw values).
@@ -81,7 +89,13 @@ fn set(p: &mut Properties, id: u8, num: u32, s: String, b: Bytes, kind: PacketKi
         PAYLOAD_FORMAT_INDICATOR => p.payload_format_indicator = Some((num % 2) as u8),
         MESSAGE_EXPIRY_INTERVAL => p.message_expiry_interval = Some(num),
         CONTENT_TYPE => p.content_type = Some(s),
-        RESPONSE_TOPIC => p.response_topic = Some(if topic::validate_name(&s).is_ok() { s } else { "r/t".into() }),
+        RESPONSE_TOPIC => {
+            p.response_topic = Some(if topic::validate_name(&s).is_ok() {
+                s
+            } else {
+                "r/t".into()
+            })
+        }
         CORRELATION_DATA => p.correlation_data = Some(b),
         SUBSCRIPTION_IDENTIFIER => {
             if kind == PacketKind::Subscribe {
@@ -118,19 +132,38 @@ fn set(p: &mut Properties, id: u8, num: u32, s: String, b: Bytes, kind: PacketKi
 fn reason_for(kind: PacketKind, version: ProtocolVersion) -> BoxedStrategy<ReasonCode> {
     if !version.is_v5() {
         return match kind {
-            PacketKind::ConnAck => (0u8..=5).prop_map(|c| ReasonCode::from_v3_connack(c).unwrap_or_default()).boxed(),
-            PacketKind::SubAck => prop_oneof![Just(0u8), Just(1), Just(2), Just(0x80)].prop_map(ReasonCode).boxed(),
+            PacketKind::ConnAck => (0u8..=5)
+                .prop_map(|c| ReasonCode::from_v3_connack(c).unwrap_or_default())
+                .boxed(),
+            PacketKind::SubAck => prop_oneof![Just(0u8), Just(1), Just(2), Just(0x80)]
+                .prop_map(ReasonCode)
+                .boxed(),
             _ => Just(ReasonCode::SUCCESS).boxed(),
         };
     }
-    let codes: Vec<u8> = (0u8..=255).filter(|&c| reason::allowed_v5(kind, c)).collect();
+    let codes: Vec<u8> = (0u8..=255)
+        .filter(|&c| reason::allowed_v5(kind, c))
+        .collect();
     prop::sample::select(codes).prop_map(ReasonCode).boxed()
 }
 
 fn will(version: ProtocolVersion) -> impl Strategy<Value = Option<LastWill>> {
-    prop::option::of((topic_name(), bin(), qos(), any::<bool>(), props(PacketKind::Will, version)).prop_map(
-        |(topic, payload, qos, retain, properties)| LastWill { topic, payload, qos, retain, properties },
-    ))
+    prop::option::of(
+        (
+            topic_name(),
+            bin(),
+            qos(),
+            any::<bool>(),
+            props(PacketKind::Will, version),
+        )
+            .prop_map(|(topic, payload, qos, retain, properties)| LastWill {
+                topic,
+                payload,
+                qos,
+                retain,
+                properties,
+            }),
+    )
 }
 
 fn connect(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
@@ -143,20 +176,26 @@ fn connect(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
         prop::option::of(text()),
         prop::option::of(bin()),
     )
-        .prop_map(move |(clean_start, keep_alive, properties, client_id, will, username, password)| {
-            // Before MQTT 5 a password needs a user name [MQTT-3.1.2-22].
-            let password = if version.is_v5() || username.is_some() { password } else { None };
-            Packet::Connect(Box::new(Connect {
-                protocol: version,
-                clean_start,
-                keep_alive,
-                properties,
-                client_id,
-                will,
-                username,
-                password,
-            }))
-        })
+        .prop_map(
+            move |(clean_start, keep_alive, properties, client_id, will, username, password)| {
+                // Before MQTT 5 a password needs a user name [MQTT-3.1.2-22].
+                let password = if version.is_v5() || username.is_some() {
+                    password
+                } else {
+                    None
+                };
+                Packet::Connect(Box::new(Connect {
+                    protocol: version,
+                    clean_start,
+                    keep_alive,
+                    properties,
+                    client_id,
+                    will,
+                    username,
+                    password,
+                }))
+            },
+        )
 }
 
 fn pkid() -> impl Strategy<Value = u16> {
@@ -164,30 +203,62 @@ fn pkid() -> impl Strategy<Value = u16> {
 }
 
 fn ack(kind: PacketKind, version: ProtocolVersion) -> impl Strategy<Value = PubAck> {
-    (pkid(), reason_for(kind, version), props(kind, version))
-        .prop_map(|(pkid, reason, properties)| PubAck { pkid, reason, properties })
+    (pkid(), reason_for(kind, version), props(kind, version)).prop_map(
+        |(pkid, reason, properties)| PubAck {
+            pkid,
+            reason,
+            properties,
+        },
+    )
 }
 
 fn publish(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
-    (any::<bool>(), qos(), any::<bool>(), topic_name(), pkid(), props(PacketKind::Publish, version), bin()).prop_map(
-        |(dup, qos, retain, topic, pkid, properties, payload)| {
-            let (dup, pkid) = if qos == QoS::AtMostOnce { (false, 0) } else { (dup, pkid) };
-            Packet::Publish(Publish { dup, qos, retain, topic, pkid, properties, payload })
-        },
+    (
+        any::<bool>(),
+        qos(),
+        any::<bool>(),
+        topic_name(),
+        pkid(),
+        props(PacketKind::Publish, version),
+        bin(),
     )
+        .prop_map(|(dup, qos, retain, topic, pkid, properties, payload)| {
+            let (dup, pkid) = if qos == QoS::AtMostOnce {
+                (false, 0)
+            } else {
+                (dup, pkid)
+            };
+            Packet::Publish(Publish {
+                dup,
+                qos,
+                retain,
+                topic,
+                pkid,
+                properties,
+                payload,
+            })
+        })
 }
 
 fn subscription_options(version: ProtocolVersion) -> impl Strategy<Value = SubscriptionOptions> {
     (qos(), any::<bool>(), any::<bool>(), 0u8..3).prop_map(move |(qos, no_local, rap, rh)| {
         if !version.is_v5() {
-            return SubscriptionOptions { qos, ..SubscriptionOptions::default() };
+            return SubscriptionOptions {
+                qos,
+                ..SubscriptionOptions::default()
+            };
         }
         let retain_handling = match rh {
             0 => RetainHandling::SendAtSubscribe,
             1 => RetainHandling::SendIfNew,
             _ => RetainHandling::DoNotSend,
         };
-        SubscriptionOptions { qos, no_local, retain_as_published: rap, retain_handling }
+        SubscriptionOptions {
+            qos,
+            no_local,
+            retain_as_published: rap,
+            retain_handling,
+        }
     })
 }
 
@@ -195,19 +266,33 @@ fn packet(version: ProtocolVersion) -> BoxedStrategy<Packet> {
     let v = version;
     let mut options: Vec<BoxedStrategy<Packet>> = vec![
         connect(v).boxed(),
-        (any::<bool>(), reason_for(PacketKind::ConnAck, v), props(PacketKind::ConnAck, v))
+        (
+            any::<bool>(),
+            reason_for(PacketKind::ConnAck, v),
+            props(PacketKind::ConnAck, v),
+        )
             .prop_map(move |(sp, reason, properties)| {
                 // 3.1 has no Session Present flag; v5 forbids it with an error [MQTT-3.2.2-6].
                 let session_present = sp && v != ProtocolVersion::V31 && !reason.is_error();
-                Packet::ConnAck(ConnAck { session_present, reason, properties })
+                Packet::ConnAck(ConnAck {
+                    session_present,
+                    reason,
+                    properties,
+                })
             })
             .boxed(),
         publish(v).boxed(),
         ack(PacketKind::PubAck, v).prop_map(Packet::PubAck).boxed(),
         ack(PacketKind::PubRec, v).prop_map(Packet::PubRec).boxed(),
         ack(PacketKind::PubRel, v).prop_map(Packet::PubRel).boxed(),
-        ack(PacketKind::PubComp, v).prop_map(Packet::PubComp).boxed(),
-        (pkid(), props(PacketKind::Subscribe, v), prop::collection::vec((topic_filter(), subscription_options(v)), 1..4))
+        ack(PacketKind::PubComp, v)
+            .prop_map(Packet::PubComp)
+            .boxed(),
+        (
+            pkid(),
+            props(PacketKind::Subscribe, v),
+            prop::collection::vec((topic_filter(), subscription_options(v)), 1..4),
+        )
             .prop_map(move |(pkid, properties, fs)| {
                 let filters = fs
                     .into_iter()
@@ -218,24 +303,59 @@ fn packet(version: ProtocolVersion) -> BoxedStrategy<Packet> {
                         SubscribeFilter { filter, options }
                     })
                     .collect();
-                Packet::Subscribe(Subscribe { pkid, properties, filters })
+                Packet::Subscribe(Subscribe {
+                    pkid,
+                    properties,
+                    filters,
+                })
             })
             .boxed(),
-        (pkid(), props(PacketKind::SubAck, v), prop::collection::vec(reason_for(PacketKind::SubAck, v), 1..4))
-            .prop_map(|(pkid, properties, reasons)| Packet::SubAck(SubAck { pkid, properties, reasons }))
+        (
+            pkid(),
+            props(PacketKind::SubAck, v),
+            prop::collection::vec(reason_for(PacketKind::SubAck, v), 1..4),
+        )
+            .prop_map(|(pkid, properties, reasons)| {
+                Packet::SubAck(SubAck {
+                    pkid,
+                    properties,
+                    reasons,
+                })
+            })
             .boxed(),
-        (pkid(), props(PacketKind::Unsubscribe, v), prop::collection::vec(topic_filter(), 1..4))
-            .prop_map(|(pkid, properties, filters)| Packet::Unsubscribe(Unsubscribe { pkid, properties, filters }))
+        (
+            pkid(),
+            props(PacketKind::Unsubscribe, v),
+            prop::collection::vec(topic_filter(), 1..4),
+        )
+            .prop_map(|(pkid, properties, filters)| {
+                Packet::Unsubscribe(Unsubscribe {
+                    pkid,
+                    properties,
+                    filters,
+                })
+            })
             .boxed(),
-        (pkid(), props(PacketKind::UnsubAck, v), prop::collection::vec(reason_for(PacketKind::UnsubAck, v), 1..4))
+        (
+            pkid(),
+            props(PacketKind::UnsubAck, v),
+            prop::collection::vec(reason_for(PacketKind::UnsubAck, v), 1..4),
+        )
             .prop_map(move |(pkid, properties, reasons)| {
                 let reasons = if v.is_v5() { reasons } else { Vec::new() };
-                Packet::UnsubAck(UnsubAck { pkid, properties, reasons })
+                Packet::UnsubAck(UnsubAck {
+                    pkid,
+                    properties,
+                    reasons,
+                })
             })
             .boxed(),
         Just(Packet::PingReq).boxed(),
         Just(Packet::PingResp).boxed(),
-        (reason_for(PacketKind::Disconnect, v), props(PacketKind::Disconnect, v))
+        (
+            reason_for(PacketKind::Disconnect, v),
+            props(PacketKind::Disconnect, v),
+        )
             .prop_map(|(reason, properties)| Packet::Disconnect(Disconnect { reason, properties }))
             .boxed(),
     ];
@@ -260,7 +380,11 @@ fn generators_cover_every_property_of_each_packet() {
     // The union of many generated CONNACK / PUBLISH property sets must hit every allowed property, or the
     // round trip above would silently skip some.
     let mut runner = TestRunner::deterministic();
-    for (kind, expected) in [(PacketKind::ConnAck, 17), (PacketKind::Publish, 8), (PacketKind::Connect, 9)] {
+    for (kind, expected) in [
+        (PacketKind::ConnAck, 17),
+        (PacketKind::Publish, 8),
+        (PacketKind::Connect, 9),
+    ] {
         let strategy = props(kind, ProtocolVersion::V5);
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..400 {
@@ -285,20 +409,35 @@ fn present_ids(p: &Properties) -> Vec<u8> {
             ids.push(id)
         }
     };
-    add(p.payload_format_indicator.is_some(), PAYLOAD_FORMAT_INDICATOR);
+    add(
+        p.payload_format_indicator.is_some(),
+        PAYLOAD_FORMAT_INDICATOR,
+    );
     add(p.message_expiry_interval.is_some(), MESSAGE_EXPIRY_INTERVAL);
     add(p.content_type.is_some(), CONTENT_TYPE);
     add(p.response_topic.is_some(), RESPONSE_TOPIC);
     add(p.correlation_data.is_some(), CORRELATION_DATA);
-    add(!p.subscription_identifiers.is_empty(), SUBSCRIPTION_IDENTIFIER);
+    add(
+        !p.subscription_identifiers.is_empty(),
+        SUBSCRIPTION_IDENTIFIER,
+    );
     add(p.session_expiry_interval.is_some(), SESSION_EXPIRY_INTERVAL);
-    add(p.assigned_client_identifier.is_some(), ASSIGNED_CLIENT_IDENTIFIER);
+    add(
+        p.assigned_client_identifier.is_some(),
+        ASSIGNED_CLIENT_IDENTIFIER,
+    );
     add(p.server_keep_alive.is_some(), SERVER_KEEP_ALIVE);
     add(p.authentication_method.is_some(), AUTHENTICATION_METHOD);
     add(p.authentication_data.is_some(), AUTHENTICATION_DATA);
-    add(p.request_problem_information.is_some(), REQUEST_PROBLEM_INFORMATION);
+    add(
+        p.request_problem_information.is_some(),
+        REQUEST_PROBLEM_INFORMATION,
+    );
     add(p.will_delay_interval.is_some(), WILL_DELAY_INTERVAL);
-    add(p.request_response_information.is_some(), REQUEST_RESPONSE_INFORMATION);
+    add(
+        p.request_response_information.is_some(),
+        REQUEST_RESPONSE_INFORMATION,
+    );
     add(p.response_information.is_some(), RESPONSE_INFORMATION);
     add(p.server_reference.is_some(), SERVER_REFERENCE);
     add(p.reason_string.is_some(), REASON_STRING);
@@ -309,9 +448,18 @@ fn present_ids(p: &Properties) -> Vec<u8> {
     add(p.retain_available.is_some(), RETAIN_AVAILABLE);
     add(!p.user_properties.is_empty(), USER_PROPERTY);
     add(p.maximum_packet_size.is_some(), MAXIMUM_PACKET_SIZE);
-    add(p.wildcard_subscription_available.is_some(), WILDCARD_SUBSCRIPTION_AVAILABLE);
-    add(p.subscription_identifier_available.is_some(), SUBSCRIPTION_IDENTIFIER_AVAILABLE);
-    add(p.shared_subscription_available.is_some(), SHARED_SUBSCRIPTION_AVAILABLE);
+    add(
+        p.wildcard_subscription_available.is_some(),
+        WILDCARD_SUBSCRIPTION_AVAILABLE,
+    );
+    add(
+        p.subscription_identifier_available.is_some(),
+        SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+    );
+    add(
+        p.shared_subscription_available.is_some(),
+        SHARED_SUBSCRIPTION_AVAILABLE,
+    );
     ids
 }
 

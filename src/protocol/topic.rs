@@ -70,8 +70,13 @@ pub struct SharedFilter<'a> {
 pub fn parse_shared(filter: &str) -> Option<Result<SharedFilter<'_>, TopicError>> {
     let rest = filter.strip_prefix("$share/")?;
     let parsed = match rest.split_once('/') {
-        Some((group, inner)) if !group.is_empty() && !group.contains(['+', '#']) && !inner.is_empty() => {
-            Ok(SharedFilter { group, filter: inner })
+        Some((group, inner))
+            if !group.is_empty() && !group.contains(['+', '#']) && !inner.is_empty() =>
+        {
+            Ok(SharedFilter {
+                group,
+                filter: inner,
+            })
         }
         _ => Err(TopicError::InvalidShare),
     };

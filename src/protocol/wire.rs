@@ -157,7 +157,9 @@ mod tests {
 
     #[test]
     fn varint_boundaries_round_trip() {
-        for value in [0, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, MAX_VARINT] {
+        for value in [
+            0, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, MAX_VARINT,
+        ] {
             let mut buf = BytesMut::new();
             put_varint(&mut buf, value);
             assert_eq!(buf.len(), varint_len(value));
@@ -167,8 +169,14 @@ mod tests {
 
     #[test]
     fn mqtt_1_5_5_1_varint_must_be_minimal_and_at_most_four_bytes() {
-        assert_eq!(read_varint(&[0x80, 0x00]), Err(DecodeError::MalformedVarInt));
-        assert_eq!(read_varint(&[0xFF, 0xFF, 0xFF, 0xFF, 0x01]), Err(DecodeError::MalformedVarInt));
+        assert_eq!(
+            read_varint(&[0x80, 0x00]),
+            Err(DecodeError::MalformedVarInt)
+        );
+        assert_eq!(
+            read_varint(&[0xFF, 0xFF, 0xFF, 0xFF, 0x01]),
+            Err(DecodeError::MalformedVarInt)
+        );
         assert_eq!(read_varint(&[0x80, 0x80]), Ok(None));
     }
 

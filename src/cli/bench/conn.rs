@@ -21,14 +21,16 @@ struct Summary {
 pub async fn run(args: ConnArgs) -> Result<(), CliError> {
     let connected = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
-    let held: Arc<Mutex<Vec<Client>>> = Arc::new(Mutex::new(Vec::with_capacity(args.count as usize)));
+    let held: Arc<Mutex<Vec<Client>>> =
+        Arc::new(Mutex::new(Vec::with_capacity(args.count as usize)));
     let tag = std::process::id();
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let progress = {
         let (connected, failed, json) = (connected.clone(), failed.clone(), args.target.json);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
+            let mut tick =
+                tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
             let mut last = 0;
             loop {
                 tick.tick().await;
@@ -50,11 +52,16 @@ pub async fn run(args: ConnArgs) -> Result<(), CliError> {
     };
     for i in 0..args.count {
         if args.rate > 0.0 {
-            tokio::time::sleep_until(start + Duration::from_secs_f64(f64::from(i) / args.rate)).await;
+            tokio::time::sleep_until(start + Duration::from_secs_f64(f64::from(i) / args.rate))
+                .await;
         }
-        let mut options = ClientOptions::new(args.target.host.clone(), args.target.port, format!("bench-conn-{tag}-{i}"))
-            .version(args.target.version)
-            .keep_alive(args.target.keep_alive);
+        let mut options = ClientOptions::new(
+            args.target.host.clone(),
+            args.target.port,
+            format!("bench-conn-{tag}-{i}"),
+        )
+        .version(args.target.version)
+        .keep_alive(args.target.keep_alive);
         options.connect_timeout = Duration::from_secs(30);
         let (connected, failed, held) = (connected.clone(), failed.clone(), held.clone());
         tasks.spawn(async move {
@@ -90,7 +97,10 @@ pub async fn run(args: ConnArgs) -> Result<(), CliError> {
         conns_per_sec: (c as f64 / seconds.max(f64::EPSILON)).round(),
     };
     if args.target.json {
-        println!("{}", serde_json::to_string(&summary).map_err(|e| CliError::failure(e.to_string()))?);
+        println!(
+            "{}",
+            serde_json::to_string(&summary).map_err(|e| CliError::failure(e.to_string()))?
+        );
     } else {
         println!(
             "connected {} failed {} in {:.3} s ({} conn/s); holding",
@@ -102,7 +112,10 @@ pub async fn run(args: ConnArgs) -> Result<(), CliError> {
     } else {
         let _ = tokio::signal::ctrl_c().await;
     }
-    let clients = held.lock().map(|mut h| std::mem::take(&mut *h)).unwrap_or_default();
+    let clients = held
+        .lock()
+        .map(|mut h| std::mem::take(&mut *h))
+        .unwrap_or_default();
     for c in clients {
         let _ = c.disconnect().await;
     }

@@ -23,6 +23,7 @@ struct Summary {
     sent: u64,
     delivered: u64,
     msgs_per_sec: f64,
+    sent_per_sec: f64,
     p50_ms: f64,
     p90_ms: f64,
     p99_ms: f64,
@@ -40,15 +41,22 @@ struct Publisher {
 /// Runs the scenario and prints per-second lines and the summary.
 pub async fn run(args: PubSubArgs) -> Result<(), CliError> {
     if args.size < HEADER {
-        return Err(CliError::usage(format!("--size must be at least {HEADER} bytes")));
+        return Err(CliError::usage(format!(
+            "--size must be at least {HEADER} bytes"
+        )));
     }
     if args.publishers == 0 {
         return Err(CliError::usage("--publishers must be at least 1"));
     }
     if topic::validate_filter(&args.filter).is_err() {
-        return Err(CliError::usage(format!("invalid --filter {:?}", args.filter)));
+        return Err(CliError::usage(format!(
+            "invalid --filter {:?}",
+            args.filter
+        )));
     }
-    let shared = topic::parse_shared(&args.filter).and_then(Result::ok).map(|s| s.filter.to_string());
+    let shared = topic::parse_shared(&args.filter)
+        .and_then(Result::ok)
+        .map(|s| s.filter.to_string());
     let match_filter = shared.clone().unwrap_or_else(|| args.filter.clone());
     let tag = std::process::id();
     let options = |id: String| {
@@ -67,7 +75,10 @@ pub async fn run(args: PubSubArgs) -> Result<(), CliError> {
         let (client, events, _) = Client::connect(options(format!("bench-sub-{tag}-{i}")))
             .await
             .map_err(|e| CliError::failure(format!("subscriber {i}: {e}")))?;
-        client.subscribe(args.filter.clone(), args.qos).await.map_err(|e| CliError::failure(format!("subscribe: {e}")))?;
+        client
+            .subscribe(args.filter.clone(), args.qos)
+            .await
+            .map_err(|e| CliError::failure(format!("subscribe: {e}")))?;
         let record = Arc::new(Mutex::new(Record::default()));
         tokio::spawn(receive(events, record.clone()));
         records.push(record);
@@ -80,7 +91,10 @@ pub async fn run(args: PubSubArgs) -> Result<(), CliError> {
             .await
             .map_err(|e| CliError::failure(format!("publisher {i}: {e}")))?;
         let topic = args.topic.replace("%i", &i.to_string());
-        publishers.push(Arc::new(Publisher { topic, sent: AtomicU64::new(0) }));
+        publishers.push(Arc::new(Publisher {
+            topic,
+            sent: AtomicU64::new(0),
+        }));
         pub_clients.push(client);
     }
 
@@ -112,7 +126,10 @@ pub async fn run(args: PubSubArgs) -> Result<(), CliError> {
     while Instant::now() < end {
         tick.tick().await;
         second += 1;
-        let sent: u64 = publishers.iter().map(|p| p.sent.load(Ordering::Relaxed)).sum();
+        let sent: u64 = publishers
+            .iter()
+            .map(|p| p.sent.load(Ordering::Relaxed))
+            .sum();
         let (delivered, mut lat) = collect(&records);
         lat.sort_unstable();
         let line = format!(
@@ -136,10 +153,20 @@ pub async fn run(args: PubSubArgs) -> Result<(), CliError> {
         let _ = t.await;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let sent: u64 = publishers.iter().map(|p| p.sent.load(Ordering::Relaxed)).sum();
-    let expected_per_sub: u64 =
-        publishers.iter().filter(|p| topic::matches(&match_filter, &p.topic)).map(|p| p.sent.load(Ordering::Relaxed)).sum();
-    let expected = if shared.is_some() { expected_per_sub } else { expected_per_sub * u64::from(args.subscribers) };
+    let sent: u64 = publishers
+        .iter()
+        .map(|p| p.sent.load(Ordering::Relaxed))
+        .sum();
+    let expected_per_sub: u64 = publishers
+        .iter()
+        .filter(|p| topic::matches(&match_filter, &p.topic))
+        .map(|p| p.sent.load(Ordering::Relaxed))
+        .sum();
+    let expected = if shared.is_some() {
+        expected_per_sub
+    } else {
+        expected_per_sub * u64::from(args.subscribers)
+    };
 
     // Wait for the last deliveries: until everything expected arrived, or no progress for a second, or
     // the drain time is up.
@@ -161,6 +188,7 @@ pub async fn run(args: PubSubArgs) -> Result<(), CliError> {
         sent,
         delivered: total_delivered,
         msgs_per_sec: round2(total_delivered as f64 / elapsed.max(f64::EPSILON)),
+        sent_per_sec: round2(sent as f64 / elapsed.max(f64::EPSILON)),
         p50_ms: percentile_ms(&all_latencies, 50.0),
         p90_ms: percentile_ms(&all_latencies, 90.0),
         p99_ms: percentile_ms(&all_latencies, 99.0),
@@ -173,7 +201,10 @@ pub async fn run(args: PubSubArgs) -> Result<(), CliError> {
         let _ = c.disconnect().await;
     }
     if args.target.json {
-        println!("{}", serde_json::to_string(&summary).map_err(|e| CliError::failure(e.to_string()))?);
+        println!(
+            "{}",
+            serde_json::to_string(&summary).map_err(|e| CliError::failure(e.to_string()))?
+        );
     } else {
         println!(
             "sent {} delivered {} ({:.0} msg/s) latency p50 {:.2} ms p90 {:.2} ms p99 {:.2} ms max {:.2} ms lost {} duplicates {} publish errors {}",
@@ -215,7 +246,9 @@ async fn receive(mut events: crate::client::Events, record: Arc<Mutex<Record>>) 
     while let Some(event) = events.recv().await {
         let Event::Message(m) = event else { continue };
         let now = now_nanos();
-        let Some((publisher, seq, sent_at)) = parse_header(&m.payload) else { continue };
+        let Some((publisher, seq, sent_at)) = parse_header(&m.payload) else {
+            continue;
+        };
         let latency_us = (now.saturating_sub(sent_at) / 1000).min(u64::from(u32::MAX)) as u32;
         if let Ok(mut r) = record.lock() {
             r.note(publisher as usize, seq, latency_us);

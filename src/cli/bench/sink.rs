@@ -3,7 +3,9 @@
 
 use super::SinkArgs;
 use crate::cli::CliError;
-use crate::protocol::{self, ConnAck, Decoder, Packet, ProtocolVersion, PubAck, ReasonCode, SubAck};
+use crate::protocol::{
+    self, ConnAck, Decoder, Packet, ProtocolVersion, PubAck, ReasonCode, SubAck,
+};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -13,8 +15,16 @@ const MAX_PACKET: usize = 1 << 20;
 
 /// Listens until interrupted.
 pub async fn run(args: SinkArgs) -> Result<(), CliError> {
-    let listener = TcpListener::bind(&args.bind).await.map_err(|e| CliError::failure(format!("bind {}: {e}", args.bind)))?;
-    eprintln!("sink listening on {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+    let listener = TcpListener::bind(&args.bind)
+        .await
+        .map_err(|e| CliError::failure(format!("bind {}: {e}", args.bind)))?;
+    eprintln!(
+        "sink listening on {}",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -48,7 +58,11 @@ async fn serve(mut stream: TcpStream) {
                 Packet::Subscribe(s) => Some(Packet::SubAck(SubAck {
                     pkid: s.pkid,
                     properties: Default::default(),
-                    reasons: s.filters.iter().map(|f| ReasonCode(f.options.qos as u8)).collect(),
+                    reasons: s
+                        .filters
+                        .iter()
+                        .map(|f| ReasonCode(f.options.qos as u8))
+                        .collect(),
                 })),
                 Packet::Publish(p) => match p.qos {
                     protocol::QoS::AtMostOnce => None,

@@ -4,7 +4,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Nanoseconds since the Unix epoch: publisher and subscriber share the machine's clock.
 pub fn now_nanos() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// The value at percentile `p` (0-100) of sorted microsecond samples, in milliseconds.
@@ -61,7 +64,11 @@ pub fn unique(records: &[&Record]) -> u64 {
             }
         }
     }
-    merged.iter().flatten().map(|w| u64::from(w.count_ones())).sum()
+    merged
+        .iter()
+        .flatten()
+        .map(|w| u64::from(w.count_ones()))
+        .sum()
 }
 
 #[cfg(test)]

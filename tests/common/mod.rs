@@ -1,0 +1,137 @@
+//! Test helpers: a private Mosquitto broker per test on an ephemeral port, and bounded waits on events.
+#![allow(dead_code)]
+
+use cicada::client::{Client, ClientOptions, Event, Events};
+use cicada::protocol::{ProtocolVersion, Publish};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Upper bound for any single wait in a test: it only fires when something is broken.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A Mosquitto process owned by one test; killed on drop.
+pub struct Mosquitto {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+/// A free loopback port never handed out before in this test process: two brokers of parallel tests must not
+/// race for one port (the OS may hand a just-released port out again).
+pub fn free_port() -> u16 {
+    static USED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = l.local_addr().expect("local address").port();
+        let mut used = USED.lock().unwrap_or_else(|e| e.into_inner());
+        if !used.contains(&port) {
+            used.push(port);
+            return port;
+        }
+    }
+}
+
+impl Mosquitto {
+    /// Starts Debian's mosquitto (never the system service) on a free loopback port.
+    pub fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut m = Mosquitto {
+            port: free_port(),
+            child: None,
+            dir,
+        };
+        m.spawn();
+        m
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("mosquitto.conf")
+    }
+
+    fn spawn(&mut self) {
+        let conf = format!(
+            "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\nmax_queued_messages 100000\n",
+            self.port
+        );
+        std::fs::write(self.conf(), conf).expect("write mosquitto.conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.conf())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (bash .ci/install)");
+        self.child = Some(child);
+        self.wait_listening();
+    }
+
+    /// Polls until the port accepts connections: the event we wait on is "broker ready".
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("mosquitto exited early with {status} on port {}", self.port);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the broker (SIGKILL) and starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Kills the broker.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn options(&self, client_id: &str, version: ProtocolVersion) -> ClientOptions {
+        ClientOptions::new("127.0.0.1", self.port, client_id).version(version)
+    }
+
+    pub async fn connect(&self, client_id: &str, version: ProtocolVersion) -> (Client, Events) {
+        let (c, e, _) = Client::connect(self.options(client_id, version))
+            .await
+            .expect("connect to mosquitto");
+        (c, e)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The next application message, or a panic naming what was awaited.
+pub async fn next_message(events: &mut Events, what: &str) -> Publish {
+    match tokio::time::timeout(WAIT, events.next_message()).await {
+        Ok(Some(m)) => m,
+        Ok(None) => panic!("client stopped while waiting for {what}"),
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// The next event of any kind.
+pub async fn next_event(events: &mut Events, what: &str) -> Event {
+    match tokio::time::timeout(WAIT, events.recv()).await {
+        Ok(Some(e)) => e,
+        Ok(None) => panic!("client stopped while waiting for {what}"),
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
