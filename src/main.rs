@@ -1,6 +1,8 @@
-//! The `cicada` command: `pub`, `sub` and `bench` today; `serve`, `passwd` and `ctl` arrive with the broker.
+//! The `cicada` command: `serve` (the broker), `pub`, `sub` and `bench`.
 
-use cicada::cli::{self, bench::BenchCommand, publish::PubArgs, subscribe::SubArgs};
+use cicada::cli::{
+    self, bench::BenchCommand, publish::PubArgs, serve::ServeArgs, subscribe::SubArgs,
+};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -17,6 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the broker (embedded defaults, or --config FILE).
+    Serve(ServeArgs),
     /// Publish messages (options as mosquitto_pub).
     Pub(PubArgs),
     /// Subscribe and print messages (options as mosquitto_sub).
@@ -28,12 +32,30 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let debug = match &cli.command {
-        Command::Pub(a) => a.connect.debug,
-        Command::Sub(a) => a.connect.debug,
-        Command::Bench(_) => false,
+    let default_level = match &cli.command {
+        Command::Pub(a) if a.connect.debug => "debug".to_string(),
+        Command::Sub(a) if a.connect.debug => "debug".to_string(),
+        Command::Serve(_) | Command::Pub(_) | Command::Sub(_) | Command::Bench(_) => {
+            "warn".to_string()
+        }
     };
-    init_tracing(debug);
+    // The broker's configuration is validated before anything starts; its errors name file, line and key.
+    let serve_config = match &cli.command {
+        Command::Serve(a) => match a.load() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("Error: {e}");
+                return ExitCode::from(e.code as u8);
+            }
+        },
+        _ => None,
+    };
+    init_tracing(
+        serve_config
+            .as_ref()
+            .map(|c| c.log.level.clone())
+            .unwrap_or(default_level),
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -46,6 +68,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Serve(_) => match serve_config {
+                Some(config) => cli::serve::run(config).await,
+                None => Err(cli::CliError::usage("no configuration")),
+            },
             Command::Pub(a) => cli::publish::run(a).await,
             Command::Sub(a) => cli::subscribe::run(a).await,
             Command::Bench(b) => cli::bench::run(b).await,
@@ -60,8 +86,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(debug: bool) {
-    let default = if debug { "debug" } else { "warn" };
+fn init_tracing(default: String) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()

@@ -261,10 +261,7 @@ async fn v5_properties_arrive_intact() {
     let expiry = got
         .message_expiry_interval
         .expect("message expiry is forwarded");
-    assert!(
-        (3590..=3600).contains(&expiry),
-        "remaining expiry {expiry}"
-    );
+    assert!((3590..=3600).contains(&expiry), "remaining expiry {expiry}");
 }
 
 #[tokio::test]

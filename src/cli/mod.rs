@@ -1,4 +1,5 @@
-//! Command-line tools built on the client: `cicada pub`, `cicada sub` and `cicada bench`.
+//! Command-line tools: `cicada serve` (the broker) and, built on the client, `cicada pub`, `cicada sub` and
+//! `cicada bench`.
 //!
 //! Exit codes a script can rely on: 0 success, 1 connection or protocol failure (the message says which,
 //! with the server's reason code when there is one), 2 bad usage, 27 `sub -W` timed out (as mosquitto_sub).
@@ -6,6 +7,7 @@
 pub mod bench;
 pub mod connect;
 pub mod publish;
+pub mod serve;
 pub mod subscribe;
 
 use std::fmt;

@@ -57,7 +57,13 @@ impl Mosquitto {
             self.port
         );
         std::fs::write(self.conf(), conf).expect("write mosquitto.conf");
-        let child = Command::new("mosquitto")
+        // Debian installs the broker in /usr/sbin, which a non-root PATH may lack.
+        let program = if std::path::Path::new("/usr/sbin/mosquitto").exists() {
+            "/usr/sbin/mosquitto"
+        } else {
+            "mosquitto"
+        };
+        let child = Command::new(program)
             .arg("-c")
             .arg(self.conf())
             .stdout(Stdio::null())

@@ -1,0 +1,82 @@
+//! The handle a Session holds on its current connection: the writer's queue, with a count of what is
+//! pending in it so the session never lets that queue grow past a budget, and a token to close it.
+
+use crate::protocol::{Disconnect, Packet, ProtocolVersion, Publish, ReasonCode};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Packets a session may have waiting in its connection's writer queue. The in-flight window bounds QoS 1/2
+/// anyway; this bounds QoS 0 and keeps the queue small so queued messages wait in the (counted) outbox.
+pub const WRITER_BUDGET: usize = 512;
+
+/// How long a closing connection may take to accept its last packets.
+pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What the writer task sends.
+#[derive(Debug)]
+pub enum Outbound {
+    Packet(Packet),
+    Publish(Publish),
+    /// Send this DISCONNECT (if any, v5 only) and close the socket.
+    Close(Option<Disconnect>),
+}
+
+/// State shared between a connection's tasks and its session.
+#[derive(Debug, Default)]
+pub struct ConnShared {
+    /// Packets queued for the writer and not yet written.
+    pub pending: AtomicUsize,
+    /// Set by the session when it stopped sending because of the budget; the writer then asks for more.
+    pub session_waiting: AtomicBool,
+}
+
+/// A session's handle on one connection.
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    /// Unique per connection, so a late message from a replaced connection is recognised.
+    pub id: u64,
+    pub version: ProtocolVersion,
+    pub tx: mpsc::UnboundedSender<Outbound>,
+    pub shared: Arc<ConnShared>,
+    pub cancel: CancellationToken,
+    /// The client's Maximum Packet Size (v5), or unlimited.
+    pub max_packet_size: usize,
+}
+
+impl ConnHandle {
+    /// Whether the writer queue has room under the budget.
+    pub fn has_room(&self) -> bool {
+        self.shared.pending.load(Ordering::Acquire) < WRITER_BUDGET
+    }
+
+    pub fn send(&self, out: Outbound) -> bool {
+        self.shared.pending.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(out).is_err() {
+            self.shared.pending.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    pub fn packet(&self, p: Packet) -> bool {
+        self.send(Outbound::Packet(p))
+    }
+
+    /// Closes the connection, telling a v5 client why [MQTT-3.14.2-1]; v3 clients are simply disconnected.
+    pub fn close(&self, reason: ReasonCode) {
+        let d = self.version.is_v5().then(|| Disconnect {
+            reason,
+            properties: Default::default(),
+        });
+        self.send(Outbound::Close(d));
+        // A client that does not read would keep the writer (and this connection) forever: give it a grace
+        // period to take the DISCONNECT, then cut it.
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(CLOSE_GRACE).await;
+            cancel.cancel();
+        });
+    }
+}

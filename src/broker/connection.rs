@@ -1,0 +1,752 @@
+//! A connection: the CONNECT handshake, then the read loop. The reader decodes packets, enforces keep-alive
+//! (1.5 × the interval [MQTT-3.1.2-24]), the maximum packet size, topic aliases and inbound QoS 2, and pauses
+//! reading while its messages are still on their way through the router (credit) or the node is over its
+//! memory watermark. Everything stateful goes to the Session; the socket's write half belongs to [`Writer`].
+
+use super::conn::{ConnHandle, ConnShared, Outbound};
+use super::message::{Message, SessionId};
+use super::metrics::Metrics;
+use super::registry::{Opened, RegistryMsg};
+use super::session::{Attach, AttachReply, Detach, SessionMsg};
+use super::writer::Writer;
+use super::Context;
+use crate::config::ListenerConfig;
+use crate::protocol::{
+    encode, ConnAck, Connect, DecodeError, Decoder, Packet, Properties, ProtocolVersion, PubAck,
+    Publish, QoS, ReasonCode,
+};
+use bytes::BytesMut;
+use ractor::rpc::CallResult;
+use ractor::ActorRef;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Time a new socket has to send CONNECT.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time the writer gets to flush a last DISCONNECT when the connection ends.
+const WRITER_GRACE: Duration = Duration::from_secs(5);
+
+/// How a connection ended.
+enum End {
+    /// DISCONNECT from the client.
+    Normal { will: bool, expiry: Option<u32> },
+    /// A violation or limit: the reason goes to a v5 client in DISCONNECT.
+    Error(ReasonCode, String),
+    /// The socket closed or failed.
+    Closed(&'static str),
+    /// The session or the server closed it (takeover, shutdown, write failure).
+    ClosedByServer,
+}
+
+/// Serves one accepted socket until it closes.
+pub async fn serve<S>(stream: S, peer: SocketAddr, listener: Arc<ListenerConfig>, ctx: Arc<Context>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let span = tracing::info_span!("conn", %peer, client_id = tracing::field::Empty);
+    async move {
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut buf = BytesMut::with_capacity(4096);
+        let mut decoder = Decoder::new(ProtocolVersion::V311, ctx.config.limits.max_packet_size as usize);
+        let connect = tokio::select! {
+            r = tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut rd, &mut buf, &mut decoder, &ctx)) => r,
+            _ = ctx.shutdown.cancelled() => return,
+        };
+        let connect = match connect {
+            Ok(Ok(c)) => c,
+            Ok(Err(Refusal::Silent(why))) => {
+                tracing::debug!(why, "closed before CONNECT completed");
+                return;
+            }
+            Ok(Err(Refusal::Connack(code, version, why))) => {
+                refuse(&mut wr, version, code, &ctx).await;
+                tracing::info!(why, reason = code.name(), "connection refused");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("no CONNECT in time");
+                return;
+            }
+        };
+        match accept(*connect, &listener, &ctx) {
+            Err((code, version, why)) => {
+                refuse(&mut wr, version, code, &ctx).await;
+                tracing::info!(why, reason = code.name(), "connection refused");
+            }
+            Ok(accepted) => {
+                tracing::Span::current().record("client_id", accepted.client_id.as_str());
+                run(accepted, rd, wr, buf, decoder, peer, ctx).await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Why a CONNECT is not accepted.
+enum Refusal {
+    /// Close without a CONNACK (not MQTT, or not CONNECT first [MQTT-3.1.0-1]).
+    Silent(String),
+    /// Answer with this CONNACK reason, encoded for this protocol level, and close.
+    Connack(ReasonCode, ProtocolVersion, String),
+}
+
+async fn read_connect<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    decoder: &mut Decoder,
+    ctx: &Context,
+) -> Result<Box<Connect>, Refusal> {
+    loop {
+        match decoder.decode(buf) {
+            Ok(Some(Packet::Connect(c))) => return Ok(c),
+            Ok(Some(other)) => {
+                return Err(Refusal::Silent(format!(
+                    "{:?} before CONNECT",
+                    other.kind()
+                )))
+            }
+            Ok(None) => {}
+            Err(
+                e
+                @ (DecodeError::UnsupportedProtocolLevel(_) | DecodeError::InvalidProtocolName(_)),
+            ) => {
+                // [MQTT-3.1.2-2]: return code 1 in the 3.1.1 form, which every level understands.
+                return Err(Refusal::Connack(
+                    e.reason_code(),
+                    ProtocolVersion::V311,
+                    e.to_string(),
+                ));
+            }
+            Err(e) => {
+                // A malformed CONNECT: a v5 client is told why (0x81, 0x82, 0x95) when its level is known.
+                let v5 = buf.len() > 8 && buf.windows(5).any(|w| w == b"MQTT\x05");
+                return Err(if v5 {
+                    Refusal::Connack(e.reason_code(), ProtocolVersion::V5, e.to_string())
+                } else {
+                    Refusal::Silent(e.to_string())
+                });
+            }
+        }
+        match rd.read_buf(buf).await {
+            Ok(0) => return Err(Refusal::Silent("closed".into())),
+            Ok(n) => ctx.metrics.bytes_received.inc_by(n as u64),
+            Err(e) => return Err(Refusal::Silent(e.to_string())),
+        }
+    }
+}
+
+async fn refuse<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    version: ProtocolVersion,
+    code: ReasonCode,
+    ctx: &Context,
+) {
+    let mut out = BytesMut::new();
+    let ack = Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason: code,
+        properties: Properties::default(),
+    });
+    if encode(&ack, version, &mut out).is_ok() {
+        let _ = wr.write_all(&out).await;
+        let _ = wr.shutdown().await;
+    }
+    ctx.metrics
+        .connack
+        .with_label_values(&[&format!("{:#04x}", code.0)])
+        .inc();
+}
+
+/// A CONNECT the broker accepts, with what it negotiated.
+struct Accepted {
+    connect: Connect,
+    client_id: String,
+    expiry: u32,
+    keep_alive: u16,
+    connack: ConnAck,
+}
+
+/// Checks a CONNECT against the protocol rules and the limits; builds the CONNACK properties.
+fn accept(
+    mut c: Connect,
+    listener: &ListenerConfig,
+    ctx: &Context,
+) -> Result<Accepted, (ReasonCode, ProtocolVersion, String)> {
+    let v = c.protocol;
+    let cfg = &ctx.config;
+    let refuse = |code: ReasonCode, why: &str| Err((code, v, why.to_string()));
+    let mut props = Properties::default();
+    let open = ctx.connections.load(Ordering::Acquire);
+    if open >= cfg.limits.max_connections
+        || (listener.max_connections != 0 && open >= listener.max_connections)
+    {
+        return refuse(ReasonCode::QUOTA_EXCEEDED, "max_connections reached");
+    }
+    if c.properties.authentication_method.is_some() {
+        return refuse(
+            ReasonCode::BAD_AUTHENTICATION_METHOD,
+            "enhanced authentication is not supported",
+        );
+    }
+    let mut client_id = c.client_id.clone();
+    if client_id.is_empty() {
+        // [MQTT-3.1.3-7], [MQTT-3.1.3-8]: an empty id needs a clean session before MQTT 5; 3.1 needs an id.
+        if !cfg.mqtt.allow_zero_length_client_id
+            || v == ProtocolVersion::V31
+            || (v == ProtocolVersion::V311 && !c.clean_start)
+        {
+            return refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "empty client id");
+        }
+        client_id = format!(
+            "cicada-{:016x}",
+            ctx.next_conn_id.fetch_add(1, Ordering::Relaxed) ^ rand_seed()
+        );
+        if v.is_v5() {
+            props.assigned_client_identifier = Some(client_id.clone());
+        }
+    } else if v == ProtocolVersion::V31 && client_id.len() > 23 {
+        return refuse(
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            "MQTT 3.1 client ids have at most 23 characters",
+        );
+    }
+    let max_qos = QoS::from_u8(cfg.mqtt.max_qos).unwrap_or(QoS::ExactlyOnce);
+    if let Some(w) = &c.will {
+        if w.qos > max_qos {
+            return refuse(ReasonCode::QOS_NOT_SUPPORTED, "Will QoS above the maximum");
+        }
+        if w.retain && !cfg.mqtt.retain_available {
+            return refuse(
+                ReasonCode::RETAIN_NOT_SUPPORTED,
+                "retained Will without retain support",
+            );
+        }
+        if w.topic.split('/').count() > cfg.limits.max_topic_levels {
+            return refuse(
+                ReasonCode::TOPIC_NAME_INVALID,
+                "Will topic has too many levels",
+            );
+        }
+    }
+    let expiry = if v.is_v5() {
+        let asked = c.properties.session_expiry_interval.unwrap_or(0);
+        let granted = asked.min(cfg.limits.max_session_expiry);
+        if granted != asked {
+            props.session_expiry_interval = Some(granted);
+        }
+        granted
+    } else if c.clean_start {
+        0
+    } else {
+        // A 3.1.1 persistent session does not expire (Mosquitto's default).
+        u32::MAX
+    };
+    let asked_ka = c.keep_alive;
+    let (min, max) = (cfg.limits.keep_alive_min, cfg.limits.keep_alive_max);
+    let mut keep_alive = asked_ka;
+    if v.is_v5() {
+        if asked_ka > max || (asked_ka == 0 && max < u16::MAX) {
+            keep_alive = max;
+        } else if asked_ka != 0 && asked_ka < min {
+            keep_alive = min;
+        }
+        if keep_alive != asked_ka {
+            // [MQTT-3.2.2-21]: the client must use the Server Keep Alive.
+            props.server_keep_alive = Some(keep_alive);
+        }
+    }
+    if v.is_v5() {
+        props.receive_maximum = Some(cfg.limits.max_inflight);
+        props.maximum_packet_size = Some(cfg.limits.max_packet_size);
+        props.topic_alias_maximum = Some(cfg.limits.topic_alias_maximum);
+        if max_qos < QoS::ExactlyOnce {
+            props.maximum_qos = Some(max_qos as u8);
+        }
+        if !cfg.mqtt.retain_available {
+            props.retain_available = Some(false);
+        }
+        if !cfg.mqtt.wildcard_subscription_available {
+            props.wildcard_subscription_available = Some(false);
+        }
+        if !cfg.mqtt.subscription_identifier_available {
+            props.subscription_identifier_available = Some(false);
+        }
+        if !cfg.mqtt.shared_subscription_available {
+            props.shared_subscription_available = Some(false);
+        }
+    }
+    c.client_id = client_id.clone();
+    Ok(Accepted {
+        connect: c,
+        client_id,
+        expiry,
+        keep_alive,
+        connack: ConnAck {
+            session_present: false,
+            reason: ReasonCode::SUCCESS,
+            properties: props,
+        },
+    })
+}
+
+/// Some per-process entropy for assigned client ids, without a random-number crate.
+fn rand_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// After CONNECT: open the session, start the writer, attach, read until the end.
+async fn run<R, W>(
+    a: Accepted,
+    rd: R,
+    wr: W,
+    buf: BytesMut,
+    decoder: Decoder,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(registry) = ctx.registry.get().cloned() else {
+        return;
+    };
+    let opened = registry
+        .call(
+            |reply| RegistryMsg::Open {
+                client_id: a.client_id.clone(),
+                clean_start: a.connect.clean_start,
+                reply,
+            },
+            None,
+        )
+        .await;
+    let Ok(CallResult::Success(Ok(Opened { session, id }))) = opened else {
+        tracing::error!("the registry did not open a session");
+        return;
+    };
+    let version = a.connect.protocol;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(ConnShared::default());
+    let cancel = CancellationToken::new();
+    let conn_id = ctx.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let cp = &a.connect.properties;
+    let handle = ConnHandle {
+        id: conn_id,
+        version,
+        tx,
+        shared: shared.clone(),
+        cancel: cancel.clone(),
+        max_packet_size: cp
+            .maximum_packet_size
+            .map(|m| m as usize)
+            .unwrap_or(usize::MAX),
+    };
+    let writer = Writer {
+        io: wr,
+        rx,
+        shared,
+        version,
+        topic_alias_max: cp.topic_alias_maximum.unwrap_or(0),
+        cancel: cancel.clone(),
+        ctx: ctx.clone(),
+    };
+    let writer_task = tokio::spawn(writer.run(session.clone()).in_current_span());
+    let attach = Attach {
+        conn: handle.clone(),
+        clean_start: a.connect.clean_start,
+        expiry: a.expiry,
+        will: a.connect.will.clone(),
+        connack: a.connack,
+        receive_maximum: cp.receive_maximum.unwrap_or(u16::MAX),
+    };
+    let reply = session
+        .call(|port| SessionMsg::Attach(Box::new(attach), port), None)
+        .await;
+    let Ok(CallResult::Success(AttachReply {
+        session_present,
+        inbound_qos2,
+    })) = reply
+    else {
+        tracing::error!("the session did not accept the connection");
+        handle.close(ReasonCode::UNSPECIFIED_ERROR);
+        return;
+    };
+    ctx.connections.fetch_add(1, Ordering::AcqRel);
+    ctx.metrics.connections.inc();
+    ctx.metrics.connections_total.inc();
+    tracing::info!(
+        %peer,
+        protocol = version.level(),
+        clean_start = a.connect.clean_start,
+        session_present,
+        keep_alive = a.keep_alive,
+        "client connected"
+    );
+    let mut reader = Reader {
+        ctx: ctx.clone(),
+        session: session.clone(),
+        session_id: id,
+        conn_id,
+        handle: handle.clone(),
+        inbound_qos2,
+        aliases: HashMap::new(),
+        credit: Arc::new(Semaphore::new(ctx.config.limits.inbound_credit)),
+        connect_expiry: a.expiry,
+        max_qos: QoS::from_u8(ctx.config.mqtt.max_qos).unwrap_or(QoS::ExactlyOnce),
+    };
+    let keep_alive = a.keep_alive;
+    let end = reader
+        .read_loop(rd, buf, decoder, keep_alive, &cancel)
+        .await;
+    let (publish_will, expiry, why) = match end {
+        End::Normal { will, expiry } => {
+            handle.send(Outbound::Close(None));
+            (will, expiry, "client disconnected".to_string())
+        }
+        End::Error(code, why) => {
+            handle.close(code);
+            (true, None, format!("{} ({why})", code.name()))
+        }
+        End::Closed(why) => {
+            handle.send(Outbound::Close(None));
+            (true, None, why.to_string())
+        }
+        End::ClosedByServer => (true, None, "closed by the server".to_string()),
+    };
+    ctx.metrics
+        .disconnects
+        .with_label_values(&[reason_label(&why)])
+        .inc();
+    tracing::info!(reason = %why, will = publish_will, "client disconnected");
+    let _ = session.cast(SessionMsg::Detach(Box::new(Detach {
+        conn: conn_id,
+        publish_will,
+        expiry,
+        inbound_qos2: std::mem::take(&mut reader.inbound_qos2),
+    })));
+    ctx.connections.fetch_sub(1, Ordering::AcqRel);
+    ctx.metrics.connections.dec();
+    drop(reader);
+    drop(handle);
+    let abort = writer_task.abort_handle();
+    if tokio::time::timeout(WRITER_GRACE, writer_task)
+        .await
+        .is_err()
+    {
+        abort.abort();
+    }
+}
+
+/// A bounded label for the disconnect metric.
+fn reason_label(why: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "client disconnected",
+        "closed by the server",
+        "Keep Alive timeout",
+        "Malformed Packet",
+        "Protocol Error",
+        "Packet too large",
+        "Topic Alias invalid",
+        "Receive Maximum exceeded",
+        "QoS not supported",
+        "Retain not supported",
+        "Topic Name invalid",
+        "Quota exceeded",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| why.starts_with(**k))
+        .copied()
+        .unwrap_or("connection lost")
+}
+
+struct Reader {
+    ctx: Arc<Context>,
+    session: ActorRef<SessionMsg>,
+    session_id: SessionId,
+    conn_id: u64,
+    handle: ConnHandle,
+    /// QoS 2 ids received and not yet released (PUBREL): a re-sent PUBLISH is not routed twice.
+    inbound_qos2: HashSet<u16>,
+    /// Topic aliases the client set (v5).
+    aliases: HashMap<u16, String>,
+    /// Messages of this connection still in the router; reads pause when none is left.
+    credit: Arc<Semaphore>,
+    connect_expiry: u32,
+    max_qos: QoS,
+}
+
+impl Reader {
+    async fn read_loop<R: AsyncRead + Unpin>(
+        &mut self,
+        mut rd: R,
+        mut buf: BytesMut,
+        mut decoder: Decoder,
+        keep_alive: u16,
+        cancel: &CancellationToken,
+    ) -> End {
+        // [MQTT-3.1.2-24]: one and a half keep-alive periods without a packet ends the connection.
+        let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        let mut deadline = grace.map(|g| tokio::time::Instant::now() + g);
+        loop {
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(packet)) => {
+                        if let Some(g) = grace {
+                            deadline = Some(tokio::time::Instant::now() + g);
+                        }
+                        if let Some(end) = self.handle_packet(packet).await {
+                            return end;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return End::Error(e.reason_code(), e.to_string()),
+                }
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(8 * 1024);
+            }
+            let read = async {
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d, rd.read_buf(&mut buf)).await.ok(),
+                    None => Some(rd.read_buf(&mut buf).await),
+                }
+            };
+            tokio::select! {
+                r = read => match r {
+                    None => return End::Error(ReasonCode::KEEP_ALIVE_TIMEOUT, format!("no packet in {}s", keep_alive as f32 * 1.5)),
+                    Some(Ok(0)) => return End::Closed("connection lost: closed by the client"),
+                    Some(Ok(n)) => self.ctx.metrics.bytes_received.inc_by(n as u64),
+                    Some(Err(_)) => return End::Closed("connection lost: read error"),
+                },
+                _ = cancel.cancelled() => return End::ClosedByServer,
+            }
+        }
+    }
+
+    async fn handle_packet(&mut self, packet: Packet) -> Option<End> {
+        match packet {
+            Packet::Publish(p) => return self.publish(p).await,
+            Packet::PubRel(r) => {
+                let mut comp = PubAck::new(r.pkid);
+                if !self.inbound_qos2.remove(&r.pkid) {
+                    comp.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                }
+                self.handle.packet(Packet::PubComp(comp));
+            }
+            p @ (Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_)) => {
+                let _ = self.session.cast(SessionMsg::Ack {
+                    conn: self.conn_id,
+                    packet: p,
+                });
+            }
+            Packet::Subscribe(s) => {
+                let _ = self.session.cast(SessionMsg::Subscribe {
+                    conn: self.conn_id,
+                    packet: s,
+                });
+            }
+            Packet::Unsubscribe(u) => {
+                let _ = self.session.cast(SessionMsg::Unsubscribe {
+                    conn: self.conn_id,
+                    packet: u,
+                });
+            }
+            Packet::PingReq => {
+                self.handle.packet(Packet::PingResp);
+            }
+            Packet::Disconnect(d) => {
+                let expiry = d.properties.session_expiry_interval;
+                if expiry.is_some_and(|e| e != 0) && self.connect_expiry == 0 {
+                    return Some(End::Error(
+                        ReasonCode::PROTOCOL_ERROR,
+                        "session expiry set at DISCONNECT after 0 at CONNECT [MQTT-3.14.2-2]"
+                            .into(),
+                    ));
+                }
+                return Some(End::Normal {
+                    will: d.reason == ReasonCode::DISCONNECT_WITH_WILL,
+                    expiry,
+                });
+            }
+            Packet::Connect(_) => {
+                return Some(End::Error(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "second CONNECT [MQTT-3.1.0-2]".into(),
+                ));
+            }
+            other => {
+                return Some(End::Error(
+                    ReasonCode::PROTOCOL_ERROR,
+                    format!("{:?} is not sent by clients", other.kind()),
+                ));
+            }
+        }
+        None
+    }
+
+    async fn publish(&mut self, mut p: Publish) -> Option<End> {
+        let ctx = self.ctx.clone();
+        let cfg = &ctx.config;
+        ctx.metrics
+            .messages_received
+            .with_label_values(&[Metrics::qos_label(p.qos)])
+            .inc();
+        if p.qos > self.max_qos {
+            return Some(End::Error(
+                ReasonCode::QOS_NOT_SUPPORTED,
+                "QoS above Maximum QoS [MQTT-3.2.2-11]".into(),
+            ));
+        }
+        if p.retain && !cfg.mqtt.retain_available {
+            return Some(End::Error(
+                ReasonCode::RETAIN_NOT_SUPPORTED,
+                "RETAIN without retain support [MQTT-3.2.2-14]".into(),
+            ));
+        }
+        if let Some(alias) = p.properties.topic_alias {
+            if alias == 0 || alias > cfg.limits.topic_alias_maximum {
+                return Some(End::Error(
+                    ReasonCode::TOPIC_ALIAS_INVALID,
+                    format!("topic alias {alias} [MQTT-3.3.2-9]"),
+                ));
+            }
+            if p.topic.is_empty() {
+                match self.aliases.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => {
+                        return Some(End::Error(
+                            ReasonCode::PROTOCOL_ERROR,
+                            format!("unknown topic alias {alias}"),
+                        ))
+                    }
+                }
+            } else {
+                self.aliases.insert(alias, p.topic.clone());
+            }
+        }
+        if p.topic.split('/').count() > cfg.limits.max_topic_levels {
+            return Some(End::Error(
+                ReasonCode::TOPIC_NAME_INVALID,
+                "too many topic levels".into(),
+            ));
+        }
+        let pkid = p.pkid;
+        let qos = p.qos;
+        let mut reason = ReasonCode::SUCCESS;
+        let mut route = true;
+        if qos == QoS::ExactlyOnce {
+            if self.inbound_qos2.contains(&pkid) {
+                // A re-sent QoS 2 PUBLISH before PUBREL: acknowledged, not delivered twice [MQTT-4.3.3-10].
+                route = false;
+            } else if self.inbound_qos2.len() >= usize::from(cfg.limits.max_inflight) {
+                return Some(End::Error(
+                    ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                    "too many QoS 2 messages in flight [MQTT-3.3.4-7]".into(),
+                ));
+            }
+        }
+        if route
+            && cfg.limits.message_size_limit != 0
+            && p.payload.len() > cfg.limits.message_size_limit
+        {
+            ctx.metrics
+                .dropped
+                .with_label_values(&["message_size_limit"])
+                .inc();
+            reason = ReasonCode::QUOTA_EXCEEDED;
+            route = false;
+        }
+        if route
+            && p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            ctx.metrics
+                .dropped
+                .with_label_values(&["payload_format_invalid"])
+                .inc();
+            reason = ReasonCode::PAYLOAD_FORMAT_INVALID;
+            route = false;
+        }
+        if route && p.topic.starts_with("$SYS") {
+            // Only the broker publishes under $SYS.
+            ctx.metrics.dropped.with_label_values(&["sys_topic"]).inc();
+            route = false;
+        }
+        if route {
+            let Some(permit) = self.wait_for_credit().await else {
+                return Some(End::ClosedByServer);
+            };
+            if qos == QoS::ExactlyOnce {
+                self.inbound_qos2.insert(pkid);
+            }
+            let message = Message::from_publish(p, Some(self.session_id), Instant::now());
+            ctx.route(Arc::new(message), Some(Arc::new(permit)));
+        }
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                let mut ack = PubAck::new(pkid);
+                ack.reason = reason;
+                self.handle.packet(Packet::PubAck(ack));
+            }
+            QoS::ExactlyOnce => {
+                let mut rec = PubAck::new(pkid);
+                rec.reason = reason;
+                self.handle.packet(Packet::PubRec(rec));
+            }
+        }
+        None
+    }
+
+    /// A credit for one message; waits (reads pause) while the connection has too many in the router or the
+    /// node is over its memory watermark.
+    async fn wait_for_credit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let ctx = &self.ctx;
+        while ctx.over_watermark() {
+            ctx.metrics
+                .reads_paused
+                .with_label_values(&["memory_watermark"])
+                .inc();
+            let woken = ctx.below_watermark.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if !ctx.over_watermark() {
+                break;
+            }
+            tokio::select! {
+                _ = woken => {}
+                _ = self.handle.cancel.cancelled() => return None,
+            }
+        }
+        match self.credit.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                ctx.metrics
+                    .reads_paused
+                    .with_label_values(&["credit"])
+                    .inc();
+                tokio::select! {
+                    p = self.credit.clone().acquire_owned() => p.ok(),
+                    _ = self.handle.cancel.cancelled() => None,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! A routed application message and one subscriber's copy of it. The payload is `Bytes` and the message is
+//! shared behind an `Arc`: fan-out to many sessions never copies it.
+
+use crate::protocol::{Properties, Publish, QoS};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Identifies a session incarnation (a new one after clean start), for no-local and subscriber maps.
+pub type SessionId = u64;
+
+/// An application message as it travels through the broker.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: QoS,
+    /// The RETAIN flag as published.
+    pub retain: bool,
+    /// Forwarded unchanged: payload format, content type, response topic, correlation data, user properties.
+    /// Topic alias and subscription identifiers are per connection; message expiry is `expires_at`.
+    pub properties: Properties,
+    /// When the message expires (v5 Message Expiry Interval), measured from its arrival.
+    pub expires_at: Option<Instant>,
+    /// The publishing session, for No Local; `None` for the broker's own messages ($SYS, Wills of ended sessions).
+    pub publisher: Option<SessionId>,
+    /// When the broker received it, for the delivery latency histogram.
+    pub received: Instant,
+}
+
+impl Message {
+    /// Builds a message from an inbound PUBLISH (its alias already resolved).
+    pub fn from_publish(p: Publish, publisher: Option<SessionId>, now: Instant) -> Message {
+        let mut properties = p.properties;
+        let expires_at = properties
+            .message_expiry_interval
+            .take()
+            .map(|s| now + std::time::Duration::from_secs(u64::from(s)));
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        Message {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties,
+            expires_at,
+            publisher,
+            received: now,
+        }
+    }
+
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+
+    /// Bytes this message accounts for in queues.
+    pub fn weight(&self) -> usize {
+        self.payload.len() + self.topic.len()
+    }
+}
+
+/// One subscriber's copy: the message and what its subscription(s) made of it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    /// min(published QoS, granted QoS), the highest over the session's matching subscriptions.
+    pub qos: QoS,
+    /// The RETAIN flag to send: set for retained messages sent on subscribe, else as published only with
+    /// Retain As Published.
+    pub retain: bool,
+    /// Subscription identifiers of every matching subscription (v5).
+    pub sub_ids: Vec<u32>,
+    /// `group/filter` when it came through a shared subscription, so it can be handed to another member.
+    pub shared: Option<Arc<str>>,
+}
+
+impl Delivery {
+    /// The PUBLISH to send; `None` when the message expired on the way [MQTT-3.3.2-5]. The remaining expiry
+    /// is forwarded [MQTT-3.3.2-6].
+    pub fn to_publish(&self, pkid: u16, dup: bool, now: Instant) -> Option<Publish> {
+        let m = &self.message;
+        let mut properties = m.properties.clone();
+        if let Some(at) = m.expires_at {
+            let left = at.checked_duration_since(now)?;
+            if left.is_zero() {
+                return None;
+            }
+            properties.message_expiry_interval =
+                Some(left.as_secs().max(1).min(u64::from(u32::MAX)) as u32);
+        }
+        properties.subscription_identifiers = self.sub_ids.clone();
+        Some(Publish {
+            dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: m.topic.clone(),
+            pkid,
+            properties,
+            payload: m.payload.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn expiry_is_forwarded_as_remaining_time_and_expired_messages_are_not_sent() {
+        let t0 = Instant::now();
+        let mut p = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "a".into(),
+            pkid: 7,
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"x"),
+        };
+        p.properties.message_expiry_interval = Some(10);
+        p.properties.topic_alias = Some(3);
+        let m = Arc::new(Message::from_publish(p, Some(1), t0));
+        assert_eq!(m.properties.topic_alias, None);
+        let d = Delivery {
+            message: m,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            sub_ids: vec![4],
+            shared: None,
+        };
+        let out = d.to_publish(0, false, t0 + Duration::from_secs(4)).unwrap();
+        assert_eq!(out.properties.message_expiry_interval, Some(6));
+        assert_eq!(out.properties.subscription_identifiers, vec![4]);
+        assert_eq!(out.qos, QoS::AtMostOnce);
+        assert!(d
+            .to_publish(0, false, t0 + Duration::from_secs(10))
+            .is_none());
+    }
+}

@@ -1,0 +1,192 @@
+//! Every broker metric, registered in one place with its HELP text (Prometheus text format, prefix `cicada_`).
+//! `$SYS/broker/...` reads the same counters, so the two never disagree.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// The broker's metrics.
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGauge,
+    pub connections_total: IntCounter,
+    pub connack: IntCounterVec,
+    pub disconnects: IntCounterVec,
+    pub sessions_online: IntGauge,
+    pub sessions_offline: IntGauge,
+    pub subscriptions: IntGauge,
+    pub retained: IntGauge,
+    pub messages_received: IntCounterVec,
+    pub messages_sent: IntCounterVec,
+    pub bytes_received: IntCounter,
+    pub bytes_sent: IntCounter,
+    pub dropped: IntCounterVec,
+    pub queued_messages: IntGauge,
+    pub queued_bytes: IntGauge,
+    pub inflight: IntGauge,
+    pub delivery_latency: Histogram,
+    pub reads_paused: IntCounterVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let delivery_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "cicada_delivery_latency_seconds",
+                "Time from a PUBLISH arriving to its copy being handed to a subscriber's socket writer.",
+            )
+            .buckets(vec![
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                2.5, 5.0,
+            ]),
+        )
+        .expect("valid histogram");
+        r.register(Box::new(delivery_latency.clone()))
+            .expect("metric registered once");
+        Metrics {
+            connections: gauge(
+                &r,
+                "cicada_connections",
+                "MQTT connections open now (after CONNACK).",
+            ),
+            connections_total: counter(
+                &r,
+                "cicada_connections_total",
+                "MQTT connections accepted since start.",
+            ),
+            connack: counter_vec(
+                &r,
+                "cicada_connack_total",
+                "CONNACK sent, by reason code.",
+                &["code"],
+            ),
+            disconnects: counter_vec(
+                &r,
+                "cicada_disconnects_total",
+                "Connections ended, by reason.",
+                &["reason"],
+            ),
+            sessions_online: gauge(
+                &r,
+                "cicada_sessions_online",
+                "Sessions with a connected client.",
+            ),
+            sessions_offline: gauge(
+                &r,
+                "cicada_sessions_offline",
+                "Persistent sessions whose client is away.",
+            ),
+            subscriptions: gauge(
+                &r,
+                "cicada_subscriptions",
+                "Subscriptions held by all sessions.",
+            ),
+            retained: gauge(&r, "cicada_retained_messages", "Retained messages stored."),
+            messages_received: counter_vec(
+                &r,
+                "cicada_messages_received_total",
+                "PUBLISH received from clients, by QoS.",
+                &["qos"],
+            ),
+            messages_sent: counter_vec(
+                &r,
+                "cicada_messages_sent_total",
+                "PUBLISH sent to clients, by QoS.",
+                &["qos"],
+            ),
+            bytes_received: counter(
+                &r,
+                "cicada_bytes_received_total",
+                "Bytes read from MQTT sockets.",
+            ),
+            bytes_sent: counter(
+                &r,
+                "cicada_bytes_sent_total",
+                "Bytes written to MQTT sockets.",
+            ),
+            dropped: counter_vec(
+                &r,
+                "cicada_messages_dropped_total",
+                "Messages not delivered, by reason.",
+                &["reason"],
+            ),
+            queued_messages: gauge(
+                &r,
+                "cicada_queued_messages",
+                "Messages waiting in session queues.",
+            ),
+            queued_bytes: gauge(
+                &r,
+                "cicada_queued_bytes",
+                "Payload bytes waiting in session queues.",
+            ),
+            inflight: gauge(
+                &r,
+                "cicada_inflight_messages",
+                "QoS 1/2 messages sent and not yet acknowledged.",
+            ),
+            delivery_latency,
+            reads_paused: counter_vec(
+                &r,
+                "cicada_reads_paused_total",
+                "Times a connection's reads paused for backpressure, by cause.",
+                &["cause"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+
+    pub fn qos_label(qos: crate::protocol::QoS) -> &'static str {
+        match qos {
+            crate::protocol::QoS::AtMostOnce => "0",
+            crate::protocol::QoS::AtLeastOnce => "1",
+            crate::protocol::QoS::ExactlyOnce => "2",
+        }
+    }
+
+    /// Sum of a counter vector over its labels (for `$SYS`).
+    pub fn total(c: &IntCounterVec) -> u64 {
+        ["0", "1", "2"]
+            .iter()
+            .map(|q| c.with_label_values(&[q]).get())
+            .sum()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,245 @@
+//! The broker of one node, as actors (ARCHITECTURE.md section 2).
+//!
+//! # Layout
+//! - [`listener`]: accept loops; each socket becomes a connection.
+//! - [`connection`]: a connection's read task (decoding, keep-alive, topic aliases, inbound QoS 2, flow
+//!   control) and [`writer`] its write task (batched writes, outbound topic aliases).
+//! - [`session`]: the Session actor and its pure outbox; [`registry`]: client id → session, takeover.
+//! - [`shard`]: TopicShard actors over the pure [`trie`]; [`retained`]: the retained-message store.
+//! - [`metrics`], [`sys`] (`$SYS/broker/...`), and the shutdown sequence in [`Broker::shutdown`].
+
+pub mod conn;
+pub mod connection;
+pub mod listener;
+pub mod message;
+pub mod metrics;
+pub mod registry;
+pub mod retained;
+pub mod session;
+pub mod shard;
+pub mod sys;
+pub mod trie;
+pub mod writer;
+
+use crate::config::Config;
+use crate::protocol::{topic, ReasonCode};
+use message::Message;
+use metrics::Metrics;
+use ractor::{Actor, ActorRef};
+use registry::{Registry, RegistryMsg};
+use retained::{MemoryRetained, RetainedStore};
+use shard::{Credit, ShardMsg, TopicShard};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+use thiserror::Error;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What every actor and task of the broker shares.
+pub struct Context {
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub retained: Arc<dyn RetainedStore>,
+    pub shards: Vec<ActorRef<ShardMsg>>,
+    pub registry: OnceLock<ActorRef<RegistryMsg>>,
+    pub next_session_id: AtomicU64,
+    pub next_conn_id: AtomicU64,
+    /// Connections past CONNACK (the `max_connections` limit).
+    pub connections: AtomicUsize,
+    /// Bytes queued in all sessions (the memory watermark).
+    pub queued_bytes: AtomicI64,
+    /// Woken when `queued_bytes` falls back under the watermark.
+    pub below_watermark: Notify,
+    pub shutdown: CancellationToken,
+    pub started: Instant,
+}
+
+impl Context {
+    /// The shard of a topic name.
+    pub fn shard_for(&self, topic_name: &str) -> &ActorRef<ShardMsg> {
+        &self.shards[shard::shard_of(topic_name, self.shards.len())]
+    }
+
+    /// The shards a (plain) filter is installed in: all for a wildcard filter, else the one its name hashes to.
+    pub fn shards_for_filter(&self, filter: &str) -> Vec<&ActorRef<ShardMsg>> {
+        if topic::has_wildcards(filter) {
+            self.shards.iter().collect()
+        } else {
+            vec![self.shard_for(filter)]
+        }
+    }
+
+    /// Routes a message: the retained store first (set, or clear on an empty payload), then the shard of its
+    /// topic. `credit` returns to the publisher's connection once every copy is queued.
+    pub fn route(&self, message: Arc<Message>, credit: Credit) {
+        if message.retain {
+            if message.payload.is_empty() {
+                self.retained.clear(&message.topic);
+            } else {
+                self.retained.set(message.clone());
+            }
+            self.metrics.retained.set(self.retained.len() as i64);
+        }
+        let _ = self
+            .shard_for(&message.topic)
+            .cast(ShardMsg::Publish(message, credit));
+    }
+
+    /// Adds to the node-wide queued bytes, waking paused readers when it falls under the watermark.
+    pub fn adjust_queued_bytes(&self, delta: i64) {
+        let after = self.queued_bytes.fetch_add(delta, Ordering::AcqRel) + delta;
+        if delta < 0 && !self.over_watermark_at(after) {
+            self.below_watermark.notify_waiters();
+        }
+    }
+
+    fn over_watermark_at(&self, bytes: i64) -> bool {
+        let w = self.config.limits.memory_watermark;
+        w != 0 && bytes > w as i64
+    }
+
+    /// Whether the node holds more queued bytes than its watermark.
+    pub fn over_watermark(&self) -> bool {
+        self.over_watermark_at(self.queued_bytes.load(Ordering::Acquire))
+    }
+}
+
+/// Why the broker could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start the actors: {0}")]
+    Actors(String),
+}
+
+/// A running broker.
+pub struct Broker {
+    pub ctx: Arc<Context>,
+    /// Where each MQTT listener is bound (port 0 in the config becomes the real port here).
+    pub mqtt_addrs: Vec<SocketAddr>,
+    pub http_addr: SocketAddr,
+    tasks: TaskTracker,
+    registry: ActorRef<RegistryMsg>,
+}
+
+impl Broker {
+    /// Binds every listener (before spawning anything, so a busy port fails fast) and starts the actors.
+    pub async fn start(config: Config) -> Result<Broker, StartError> {
+        let config = Arc::new(config);
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            let sock = tokio::net::TcpListener::bind(&l.bind)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: l.bind.clone(),
+                    source,
+                })?;
+            listeners.push((sock, l.clone()));
+        }
+        let http = tokio::net::TcpListener::bind(&config.http.bind)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.http.bind.clone(),
+                source,
+            })?;
+        let metrics = Arc::new(Metrics::new());
+        let shutdown = CancellationToken::new();
+        // Shards need the context and the context needs the shards: a bootstrap context without shards
+        // starts them (they only read config and metrics from it), then the real one is built.
+        let boot = Arc::new(Context {
+            config: config.clone(),
+            metrics: metrics.clone(),
+            retained: Arc::new(MemoryRetained::default()),
+            shards: Vec::new(),
+            registry: OnceLock::new(),
+            next_session_id: AtomicU64::new(1),
+            next_conn_id: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+            queued_bytes: AtomicI64::new(0),
+            below_watermark: Notify::new(),
+            shutdown: shutdown.clone(),
+            started: Instant::now(),
+        });
+        let mut shards = Vec::new();
+        for _ in 0..config.shard_count() {
+            let (shard, _) = Actor::spawn(None, TopicShard, boot.clone())
+                .await
+                .map_err(|e| StartError::Actors(e.to_string()))?;
+            shards.push(shard);
+        }
+        let ctx = Arc::new(Context {
+            config: config.clone(),
+            metrics,
+            retained: boot.retained.clone(),
+            shards,
+            registry: OnceLock::new(),
+            next_session_id: AtomicU64::new(1),
+            next_conn_id: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+            queued_bytes: AtomicI64::new(0),
+            below_watermark: Notify::new(),
+            shutdown,
+            started: Instant::now(),
+        });
+        let (registry, _) = Actor::spawn(None, Registry, ctx.clone())
+            .await
+            .map_err(|e| StartError::Actors(e.to_string()))?;
+        let _ = ctx.registry.set(registry.clone());
+
+        let tasks = TaskTracker::new();
+        let mut mqtt_addrs = Vec::new();
+        for (sock, l) in listeners {
+            let addr = sock.local_addr().map_err(|source| StartError::Bind {
+                addr: l.bind.clone(),
+                source,
+            })?;
+            tracing::info!(%addr, kind = %l.kind, "listening for MQTT");
+            mqtt_addrs.push(addr);
+            tasks.spawn(listener::run(sock, l, ctx.clone(), tasks.clone()));
+        }
+        let http_addr = http.local_addr().map_err(|source| StartError::Bind {
+            addr: config.http.bind.clone(),
+            source,
+        })?;
+        tracing::info!(addr = %http_addr, "serving /metrics, /health, /ready");
+        tasks.spawn(crate::http::serve(http, ctx.clone()));
+        if config.mqtt.sys_interval > 0 {
+            tasks.spawn(sys::run(ctx.clone()));
+        }
+        Ok(Broker {
+            ctx,
+            mqtt_addrs,
+            http_addr,
+            tasks,
+            registry,
+        })
+    }
+
+    /// Graceful shutdown: stop accepting and being ready, tell every client (v5: 0x8B Server shutting down),
+    /// let writers flush, stop the actors.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down");
+        self.ctx.shutdown.cancel();
+        let _ = self
+            .registry
+            .call(
+                |port| RegistryMsg::Shutdown(ReasonCode::SERVER_SHUTTING_DOWN, port),
+                None,
+            )
+            .await;
+        self.tasks.close();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.tasks.wait()).await;
+        self.registry.stop(None);
+        for s in &self.ctx.shards {
+            s.stop(None);
+        }
+        tracing::info!("stopped");
+    }
+}

@@ -1,0 +1,127 @@
+//! The Registry actor: client id → Session. The one place that decides which session a connecting client
+//! gets: the existing one (resumed, its old connection taken over) or a new one (clean start discards it).
+
+use super::message::SessionId;
+use super::session::{Session, SessionArgs, SessionMsg};
+use super::Context;
+use crate::protocol::ReasonCode;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// The session a connection is to attach to.
+pub struct Opened {
+    pub session: ActorRef<SessionMsg>,
+    pub id: SessionId,
+}
+
+pub enum RegistryMsg {
+    Open {
+        client_id: String,
+        clean_start: bool,
+        reply: RpcReplyPort<Result<Opened, String>>,
+    },
+    /// A session ended (expired, clean disconnect, discarded).
+    Ended { client_id: String, id: SessionId },
+    /// Close every connection with this reason and wait until each session has sent it.
+    Shutdown(ReasonCode, RpcReplyPort<()>),
+}
+
+pub struct Registry;
+
+pub struct RegistryState {
+    ctx: Arc<Context>,
+    sessions: HashMap<String, (SessionId, ActorRef<SessionMsg>)>,
+}
+
+impl Actor for Registry {
+    type Msg = RegistryMsg;
+    type State = RegistryState;
+    type Arguments = Arc<Context>;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<RegistryMsg>,
+        ctx: Arc<Context>,
+    ) -> Result<RegistryState, ActorProcessingErr> {
+        Ok(RegistryState {
+            ctx,
+            sessions: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<RegistryMsg>,
+        msg: RegistryMsg,
+        s: &mut RegistryState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RegistryMsg::Open {
+                client_id,
+                clean_start,
+                reply,
+            } => {
+                if let Some((id, session)) = s.sessions.get(&client_id) {
+                    if !clean_start {
+                        let _ = reply.send(Ok(Opened {
+                            session: session.clone(),
+                            id: *id,
+                        }));
+                        return Ok(());
+                    }
+                    // Clean start: the old session (and its connection, 0x8E) goes [MQTT-3.1.2-4].
+                    let _ = session.cast(SessionMsg::Discard(ReasonCode::SESSION_TAKEN_OVER));
+                    s.sessions.remove(&client_id);
+                }
+                let id = s.ctx.next_session_id.fetch_add(1, Ordering::Relaxed);
+                let args = SessionArgs {
+                    ctx: s.ctx.clone(),
+                    client_id: client_id.clone(),
+                    id,
+                };
+                match Actor::spawn_linked(None, Session, args, me.get_cell()).await {
+                    Ok((session, _)) => {
+                        s.sessions.insert(client_id, (id, session.clone()));
+                        let _ = reply.send(Ok(Opened { session, id }));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(format!("cannot start a session: {e}")));
+                    }
+                }
+            }
+            RegistryMsg::Ended { client_id, id } => {
+                if s.sessions
+                    .get(&client_id)
+                    .is_some_and(|(current, _)| *current == id)
+                {
+                    s.sessions.remove(&client_id);
+                }
+            }
+            RegistryMsg::Shutdown(reason, done) => {
+                for (_, session) in s.sessions.values() {
+                    let _ = session
+                        .call(|port| SessionMsg::Shutdown(reason, port), None)
+                        .await;
+                }
+                let _ = done.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _me: ActorRef<RegistryMsg>,
+        evt: ractor::SupervisionEvent,
+        s: &mut RegistryState,
+    ) -> Result<(), ActorProcessingErr> {
+        // A session that panicked must not take the registry (and every other session) down with it.
+        if let ractor::SupervisionEvent::ActorFailed(cell, err) = evt {
+            tracing::error!(error = %err, "a session failed");
+            s.sessions.retain(|_, (_, r)| r.get_id() != cell.get_id());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,496 @@
+//! The Session actor: the MQTT session, which outlives its connection when it is persistent. It owns the
+//! subscriptions, the outbound queue and window ([`outbox`]), inbound QoS 2 ids, the Will and its delay, and
+//! the expiry timer. The queue logic is the pure [`outbox::Outbox`]; this file is the thin actor shell.
+
+pub mod outbox;
+mod subscriptions;
+
+use super::conn::{ConnHandle, Outbound};
+use super::message::{Delivery, Message, SessionId};
+use super::registry::RegistryMsg;
+use super::shard::{Credit, ShardMsg};
+use super::Context;
+use crate::broker::metrics::Metrics;
+use crate::protocol::{ConnAck, LastWill, Packet, PubAck, QoS, ReasonCode, Subscribe, Unsubscribe};
+use outbox::{Outbox, OutboxLimits, Outgoing};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+pub use subscriptions::SubRecord;
+
+/// A connection asks to become the session's connection.
+pub struct Attach {
+    pub conn: ConnHandle,
+    pub clean_start: bool,
+    /// Session Expiry Interval in seconds (0: ends with the connection; u32::MAX: never).
+    pub expiry: u32,
+    pub will: Option<LastWill>,
+    /// The CONNACK to send (session present is filled in here), before anything the session resends.
+    pub connack: ConnAck,
+    /// The client's Receive Maximum: the outbound window.
+    pub receive_maximum: u16,
+}
+
+/// What the connection learns from attaching.
+pub struct AttachReply {
+    pub session_present: bool,
+    /// QoS 2 packet ids received and not yet released, kept across connections [MQTT-4.3.3-10].
+    pub inbound_qos2: HashSet<u16>,
+}
+
+/// A connection ended.
+pub struct Detach {
+    pub conn: u64,
+    /// False only after a normal DISCONNECT (v5: reason other than 0x04) [MQTT-3.1.2-10].
+    pub publish_will: bool,
+    /// Session expiry changed by the v5 DISCONNECT.
+    pub expiry: Option<u32>,
+    pub inbound_qos2: HashSet<u16>,
+}
+
+pub enum SessionMsg {
+    Attach(Box<Attach>, RpcReplyPort<AttachReply>),
+    Detach(Box<Detach>),
+    Deliver(Delivery, Credit),
+    /// PUBACK, PUBREC or PUBCOMP from the client.
+    Ack {
+        conn: u64,
+        packet: Packet,
+    },
+    Subscribe {
+        conn: u64,
+        packet: Subscribe,
+    },
+    Unsubscribe {
+        conn: u64,
+        packet: Unsubscribe,
+    },
+    /// The connection's writer has room again.
+    Drained,
+    WillDue(u64),
+    ExpiryDue(u64),
+    /// End the session now: a clean-start connect replaced it, or an operator removed it.
+    Discard(ReasonCode),
+    /// The server is stopping: close the connection with this reason and end.
+    Shutdown(ReasonCode, RpcReplyPort<()>),
+}
+
+pub struct Session;
+
+pub struct SessionArgs {
+    pub ctx: Arc<Context>,
+    pub client_id: String,
+    pub id: SessionId,
+}
+
+pub struct SessionState {
+    ctx: Arc<Context>,
+    client_id: String,
+    id: SessionId,
+    outbox: Outbox,
+    subs: HashMap<String, SubRecord>,
+    inbound_qos2: HashSet<u16>,
+    conn: Option<ConnHandle>,
+    expiry: u32,
+    /// The Will of the current (or last) connection, and whether it is waiting out its delay.
+    will: Option<LastWill>,
+    /// Bumped whenever a pending timer is superseded, so stale WillDue/ExpiryDue are ignored.
+    generation: u64,
+    attached_before: bool,
+    /// Last values added to the node-wide gauges, to report changes as deltas.
+    reported: (i64, i64, i64),
+}
+
+impl Actor for Session {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<SessionMsg>,
+        a: SessionArgs,
+    ) -> Result<SessionState, ActorProcessingErr> {
+        let limits = OutboxLimits {
+            max_queued_messages: a.ctx.config.limits.max_queued_messages,
+            max_queued_bytes: a.ctx.config.limits.max_queued_bytes,
+        };
+        let window = a.ctx.config.limits.max_inflight;
+        Ok(SessionState {
+            client_id: a.client_id,
+            id: a.id,
+            outbox: Outbox::new(limits, window),
+            subs: HashMap::new(),
+            inbound_qos2: HashSet::new(),
+            conn: None,
+            expiry: 0,
+            will: None,
+            generation: 0,
+            attached_before: false,
+            reported: (0, 0, 0),
+            ctx: a.ctx,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<SessionMsg>,
+        s: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        s.outbox.clear();
+        s.report();
+        let m = &s.ctx.metrics;
+        m.subscriptions.sub(s.subs.len() as i64);
+        if s.conn.is_some() {
+            m.sessions_online.dec();
+        } else if s.attached_before {
+            m.sessions_offline.dec();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<SessionMsg>,
+        msg: SessionMsg,
+        s: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SessionMsg::Attach(a, reply) => {
+                let r = s.attach(*a);
+                let _ = reply.send(r);
+            }
+            SessionMsg::Detach(d) => {
+                if s.conn.as_ref().map(|c| c.id) == Some(d.conn) {
+                    s.detach(&me, *d);
+                }
+            }
+            SessionMsg::Deliver(d, credit) => {
+                s.deliver(d);
+                drop(credit);
+            }
+            SessionMsg::Ack { conn, packet } if s.is_current(conn) => s.ack(packet),
+            SessionMsg::Subscribe { conn, packet } if s.is_current(conn) => {
+                s.subscribe(&me, packet)
+            }
+            SessionMsg::Unsubscribe { conn, packet } if s.is_current(conn) => s.unsubscribe(packet),
+            SessionMsg::Ack { .. }
+            | SessionMsg::Subscribe { .. }
+            | SessionMsg::Unsubscribe { .. } => {}
+            SessionMsg::Drained => s.flush(),
+            SessionMsg::WillDue(g) if g == s.generation => s.publish_will(),
+            SessionMsg::ExpiryDue(g) if g == s.generation && s.conn.is_none() => {
+                tracing::debug!(client_id = %s.client_id, "session expired");
+                s.end(&me);
+            }
+            SessionMsg::WillDue(_) | SessionMsg::ExpiryDue(_) => {}
+            SessionMsg::Discard(reason) => {
+                if let Some(c) = s.conn.take() {
+                    c.close(reason);
+                    s.ctx.metrics.sessions_online.dec();
+                    s.ctx.metrics.sessions_offline.inc();
+                }
+                s.end(&me);
+            }
+            SessionMsg::Shutdown(reason, done) => {
+                if let Some(c) = &s.conn {
+                    c.close(reason);
+                }
+                let _ = done.send(());
+            }
+        }
+        s.report();
+        Ok(())
+    }
+}
+
+impl SessionState {
+    fn is_current(&self, conn: u64) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.id == conn)
+    }
+
+    fn attach(&mut self, a: Attach) -> AttachReply {
+        let ctx = self.ctx.clone();
+        let m = &ctx.metrics;
+        if let Some(old) = self.conn.take() {
+            // Session takeover [MQTT-3.1.4-3]: the old connection goes with 0x8E, and its Will is published
+            // unless it has a delay (the new connection arrived within it).
+            old.close(ReasonCode::SESSION_TAKEN_OVER);
+            if self
+                .will
+                .as_ref()
+                .is_some_and(|w| w.properties.will_delay_interval.unwrap_or(0) == 0)
+            {
+                self.publish_will();
+            }
+            tracing::info!(client_id = %self.client_id, "session taken over");
+        } else if self.attached_before {
+            m.sessions_offline.dec();
+        }
+        m.sessions_online.inc();
+        // A reconnect within the Will Delay cancels the Will [MQTT-3.1.3-9]; pending timers are void.
+        self.generation += 1;
+        self.will = a.will;
+        self.expiry = a.expiry;
+        let session_present = self.attached_before && !a.clean_start;
+        self.attached_before = true;
+        self.outbox
+            .set_window(a.receive_maximum.min(self.ctx.config.limits.max_inflight));
+        let mut connack = a.connack;
+        connack.session_present = session_present;
+        m.connack
+            .with_label_values(&[&format!("{:#04x}", connack.reason.0)])
+            .inc();
+        a.conn.packet(Packet::ConnAck(connack));
+        for out in self.outbox.resend() {
+            self.send(&a.conn, out);
+        }
+        self.conn = Some(a.conn);
+        self.flush();
+        AttachReply {
+            session_present,
+            inbound_qos2: self.inbound_qos2.clone(),
+        }
+    }
+
+    fn detach(&mut self, me: &ActorRef<SessionMsg>, d: Detach) {
+        self.conn = None;
+        self.inbound_qos2 = d.inbound_qos2;
+        if let Some(e) = d.expiry {
+            self.expiry = e.min(self.ctx.config.limits.max_session_expiry);
+        }
+        self.ctx.metrics.sessions_online.dec();
+        self.ctx.metrics.sessions_offline.inc();
+        // Shared-subscription messages not yet received go to another member of their group.
+        for delivery in self.outbox.take_shared() {
+            let shard = self.ctx.shard_for(&delivery.message.topic);
+            let _ = shard.cast(ShardMsg::Redeliver {
+                delivery,
+                exclude: self.id,
+            });
+        }
+        self.generation += 1;
+        if !d.publish_will {
+            self.will = None;
+        }
+        if self.expiry == 0 {
+            self.end(me);
+            return;
+        }
+        if let Some(delay) = self
+            .will
+            .as_ref()
+            .map(|w| w.properties.will_delay_interval.unwrap_or(0))
+        {
+            if delay == 0 {
+                self.publish_will();
+            } else if delay < self.expiry {
+                let g = self.generation;
+                me.send_after(Duration::from_secs(u64::from(delay)), move || {
+                    SessionMsg::WillDue(g)
+                });
+            }
+            // Otherwise the Will goes when the session ends, which comes first [MQTT-3.1.3-9].
+        }
+        if self.expiry != u32::MAX {
+            let g = self.generation;
+            me.send_after(Duration::from_secs(u64::from(self.expiry)), move || {
+                SessionMsg::ExpiryDue(g)
+            });
+        }
+    }
+
+    /// Ends the session: its subscriptions leave the shards, a pending Will is published, the registry
+    /// forgets it, and the actor stops.
+    fn end(&mut self, me: &ActorRef<SessionMsg>) {
+        self.publish_will();
+        self.ctx.metrics.subscriptions.sub(self.subs.len() as i64);
+        for (filter, rec) in self.subs.drain() {
+            rec.remove_from_shards(&self.ctx, self.id, &filter);
+        }
+        if let Some(registry) = self.ctx.registry.get() {
+            let _ = registry.cast(RegistryMsg::Ended {
+                client_id: self.client_id.clone(),
+                id: self.id,
+            });
+        }
+        me.stop(None);
+    }
+
+    fn publish_will(&mut self) {
+        if let Some(w) = self.will.take() {
+            tracing::debug!(client_id = %self.client_id, topic = %w.topic, "publishing Will");
+            let mut properties = w.properties;
+            properties.will_delay_interval = None;
+            let now = Instant::now();
+            let expires_at = properties
+                .message_expiry_interval
+                .take()
+                .map(|s| now + Duration::from_secs(u64::from(s)));
+            let message = Message {
+                topic: w.topic,
+                payload: w.payload,
+                qos: w.qos,
+                retain: w.retain,
+                properties,
+                expires_at,
+                publisher: Some(self.id),
+                received: now,
+            };
+            self.ctx
+                .metrics
+                .messages_received
+                .with_label_values(&[Metrics::qos_label(w.qos)])
+                .inc();
+            self.ctx.route(Arc::new(message), None);
+        }
+    }
+
+    fn deliver(&mut self, d: Delivery) {
+        let online = self.conn.is_some();
+        if let Err(reason) = self.outbox.push(d, online) {
+            self.ctx
+                .metrics
+                .dropped
+                .with_label_values(&[reason.label()])
+                .inc();
+            return;
+        }
+        self.flush();
+    }
+
+    /// Moves what the window allows from the queue to the connection's writer, up to its budget.
+    fn flush(&mut self) {
+        let Some(conn) = self.conn.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        while conn.has_room() {
+            let metrics = &self.ctx.metrics;
+            let Some(out) = self.outbox.next(now, |r| {
+                metrics.dropped.with_label_values(&[r.label()]).inc()
+            }) else {
+                return;
+            };
+            self.send(&conn, out);
+        }
+        conn.shared.session_waiting.store(true, Ordering::Release);
+        // The writer may have drained between the check and the flag: look once more.
+        if conn.has_room() {
+            conn.shared.session_waiting.store(false, Ordering::Release);
+            self.flush();
+        }
+    }
+
+    fn send(&mut self, conn: &ConnHandle, out: Outgoing) {
+        match out {
+            Outgoing::Publish {
+                pkid,
+                dup,
+                delivery,
+            } => {
+                let now = Instant::now();
+                let Some(publish) = delivery.to_publish(pkid, dup, now) else {
+                    self.ctx
+                        .metrics
+                        .dropped
+                        .with_label_values(&["expired"])
+                        .inc();
+                    self.forget(pkid, delivery.qos);
+                    return;
+                };
+                if conn.max_packet_size < usize::MAX {
+                    let size = crate::protocol::encoded_len(
+                        &Packet::Publish(publish.clone()),
+                        conn.version,
+                    )
+                    .unwrap_or(usize::MAX);
+                    if size > conn.max_packet_size {
+                        // [MQTT-3.1.2-25]: discard as if delivered.
+                        self.ctx
+                            .metrics
+                            .dropped
+                            .with_label_values(&["too_large_for_client"])
+                            .inc();
+                        self.forget(pkid, delivery.qos);
+                        return;
+                    }
+                }
+                let m = &self.ctx.metrics;
+                m.messages_sent
+                    .with_label_values(&[Metrics::qos_label(publish.qos)])
+                    .inc();
+                m.delivery_latency.observe(
+                    now.saturating_duration_since(delivery.message.received)
+                        .as_secs_f64(),
+                );
+                conn.send(Outbound::Publish(publish));
+            }
+            Outgoing::PubRel(pkid) => {
+                conn.packet(Packet::PubRel(PubAck::new(pkid)));
+            }
+        }
+    }
+
+    /// Takes a message that will not be sent out of the window.
+    fn forget(&mut self, pkid: u16, qos: QoS) {
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                let _ = self.outbox.puback(pkid);
+            }
+            QoS::ExactlyOnce => {
+                let _ = self.outbox.pubrec(pkid, ReasonCode::UNSPECIFIED_ERROR);
+            }
+        }
+    }
+
+    fn ack(&mut self, packet: Packet) {
+        let Some(conn) = self.conn.clone() else {
+            return;
+        };
+        let result = match packet {
+            Packet::PubAck(a) => self.outbox.puback(a.pkid).map(|_| ()),
+            Packet::PubRec(a) => match self.outbox.pubrec(a.pkid, a.reason) {
+                Ok(Some(out)) => {
+                    self.send(&conn, out);
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(e) => {
+                    // A PUBREC for an unknown id still gets its PUBREL, with 0x92 in v5 (spec 3.6.2.1).
+                    let mut rel = PubAck::new(a.pkid);
+                    rel.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                    conn.packet(Packet::PubRel(rel));
+                    Err(e)
+                }
+            },
+            Packet::PubComp(a) => self.outbox.pubcomp(a.pkid).map(|_| ()),
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::debug!(client_id = %self.client_id, error = ?e, "acknowledgement does not match the session");
+        }
+        self.flush();
+    }
+
+    /// Brings the queue-depth gauges and the node-wide queued-bytes count up to date.
+    fn report(&mut self) {
+        let now = (
+            self.outbox.queued() as i64,
+            self.outbox.queued_bytes() as i64,
+            self.outbox.inflight() as i64,
+        );
+        let (q, b, i) = self.reported;
+        if now != self.reported {
+            let m = &self.ctx.metrics;
+            m.queued_messages.add(now.0 - q);
+            m.queued_bytes.add(now.1 - b);
+            m.inflight.add(now.2 - i);
+            self.ctx.adjust_queued_bytes(now.1 - b);
+            self.reported = now;
+        }
+    }
+}

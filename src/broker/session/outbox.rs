@@ -1,0 +1,433 @@
+//! The outbound side of a session as a pure state machine: a bounded queue, the in-flight window (the
+//! client's Receive Maximum), packet identifiers, and the QoS 1 / QoS 2 acknowledgement stages.
+
+use crate::broker::message::Delivery;
+use crate::protocol::{QoS, ReasonCode};
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// Bounds of one session's queue.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxLimits {
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+}
+
+/// Why a message was not queued (a label of the drops metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The queue holds `max_queued_messages` or `max_queued_bytes`.
+    QueueFull,
+    /// QoS 0 for a session whose client is offline.
+    Offline,
+    /// The message expired before it could be sent.
+    Expired,
+    /// Bigger than the client's Maximum Packet Size [MQTT-3.1.2-25].
+    TooLarge,
+}
+
+impl DropReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::Offline => "offline_qos0",
+            DropReason::Expired => "expired",
+            DropReason::TooLarge => "too_large_for_client",
+        }
+    }
+}
+
+/// Where a QoS 1/2 message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published,
+    /// PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+#[derive(Debug, Clone)]
+struct Inflight {
+    pkid: u16,
+    stage: Stage,
+    delivery: Delivery,
+}
+
+/// What to send next.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// A PUBLISH with this packet id (0 for QoS 0) and DUP flag.
+    Publish {
+        pkid: u16,
+        dup: bool,
+        delivery: Delivery,
+    },
+    /// A PUBREL for a QoS 2 message the client already received.
+    PubRel(u16),
+}
+
+/// A client acknowledgement that does not fit the session state (a protocol violation by the client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckError {
+    /// No message in flight with that packet id (v5 sends 0x92 in PUBREL/PUBCOMP replies; otherwise ignored).
+    UnknownPacketId(u16),
+    /// The acknowledgement does not match the message's stage (e.g. PUBACK for a QoS 2 message).
+    WrongStage(u16),
+}
+
+/// The outbound queue and window of one session.
+#[derive(Debug)]
+pub struct Outbox {
+    queue: VecDeque<Delivery>,
+    queued_bytes: usize,
+    inflight: VecDeque<Inflight>,
+    next_pkid: u16,
+    window: u16,
+    limits: OutboxLimits,
+}
+
+impl Outbox {
+    pub fn new(limits: OutboxLimits, window: u16) -> Outbox {
+        Outbox {
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            inflight: VecDeque::new(),
+            next_pkid: 1,
+            window: window.max(1),
+            limits,
+        }
+    }
+
+    /// The client's Receive Maximum (capped by the server's), set at each connect.
+    pub fn set_window(&mut self, window: u16) {
+        self.window = window.max(1);
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Queues a delivery; QoS 0 while offline and anything over the bounds is refused.
+    pub fn push(&mut self, d: Delivery, online: bool) -> Result<(), DropReason> {
+        if !online && d.qos == QoS::AtMostOnce {
+            return Err(DropReason::Offline);
+        }
+        let weight = d.message.weight();
+        if self.queue.len() >= self.limits.max_queued_messages
+            || self.queued_bytes + weight > self.limits.max_queued_bytes
+        {
+            return Err(DropReason::QueueFull);
+        }
+        self.queued_bytes += weight;
+        self.queue.push_back(d);
+        Ok(())
+    }
+
+    /// The next message the window lets out, with a fresh packet id for QoS 1/2; expired messages are
+    /// skipped and reported through `dropped`. Messages leave in queue order, so a full window also holds back
+    /// QoS 0 messages behind it (per-topic order is kept).
+    pub fn next(&mut self, now: Instant, mut dropped: impl FnMut(DropReason)) -> Option<Outgoing> {
+        loop {
+            let front = self.queue.front()?;
+            if front.message.is_expired(now) {
+                let d = self.pop_front();
+                drop(d);
+                dropped(DropReason::Expired);
+                continue;
+            }
+            if front.qos != QoS::AtMostOnce && self.inflight.len() >= usize::from(self.window) {
+                return None;
+            }
+            let delivery = self.pop_front()?;
+            if delivery.qos == QoS::AtMostOnce {
+                return Some(Outgoing::Publish {
+                    pkid: 0,
+                    dup: false,
+                    delivery,
+                });
+            }
+            let pkid = self.allocate_pkid();
+            self.inflight.push_back(Inflight {
+                pkid,
+                stage: Stage::Published,
+                delivery: delivery.clone(),
+            });
+            return Some(Outgoing::Publish {
+                pkid,
+                dup: false,
+                delivery,
+            });
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_front()?;
+        self.queued_bytes -= d.message.weight();
+        Some(d)
+    }
+
+    /// A packet id not in flight. The window is at most 65,535, so one is always free when `next` asks.
+    fn allocate_pkid(&mut self) -> u16 {
+        loop {
+            let id = self.next_pkid;
+            self.next_pkid = if id == u16::MAX { 1 } else { id + 1 };
+            if !self.inflight.iter().any(|i| i.pkid == id) {
+                return id;
+            }
+        }
+    }
+
+    fn position(&self, pkid: u16) -> Result<usize, AckError> {
+        self.inflight
+            .iter()
+            .position(|i| i.pkid == pkid)
+            .ok_or(AckError::UnknownPacketId(pkid))
+    }
+
+    /// PUBACK for a QoS 1 message: it leaves the window.
+    pub fn puback(&mut self, pkid: u16) -> Result<Delivery, AckError> {
+        let at = self.position(pkid)?;
+        let i = &self.inflight[at];
+        if i.delivery.qos != QoS::AtLeastOnce || i.stage != Stage::Published {
+            return Err(AckError::WrongStage(pkid));
+        }
+        Ok(self
+            .inflight
+            .remove(at)
+            .map(|i| i.delivery)
+            .expect("position is valid"))
+    }
+
+    /// PUBREC for a QoS 2 message: answer PUBREL, or, with an error reason, the message is done [MQTT-4.3.3-4].
+    pub fn pubrec(&mut self, pkid: u16, reason: ReasonCode) -> Result<Option<Outgoing>, AckError> {
+        let at = self.position(pkid)?;
+        let i = &mut self.inflight[at];
+        if i.delivery.qos != QoS::ExactlyOnce {
+            return Err(AckError::WrongStage(pkid));
+        }
+        if reason.is_error() {
+            self.inflight.remove(at);
+            return Ok(None);
+        }
+        i.stage = Stage::Released;
+        Ok(Some(Outgoing::PubRel(pkid)))
+    }
+
+    /// PUBCOMP: the QoS 2 message is done.
+    pub fn pubcomp(&mut self, pkid: u16) -> Result<Delivery, AckError> {
+        let at = self.position(pkid)?;
+        if self.inflight[at].stage != Stage::Released {
+            return Err(AckError::WrongStage(pkid));
+        }
+        Ok(self
+            .inflight
+            .remove(at)
+            .map(|i| i.delivery)
+            .expect("position is valid"))
+    }
+
+    /// What to send again on a resumed session, in the original order: unacknowledged PUBLISH with DUP set
+    /// [MQTT-4.4.0-1], PUBREL for messages the client already received.
+    pub fn resend(&self) -> Vec<Outgoing> {
+        self.inflight
+            .iter()
+            .map(|i| match i.stage {
+                Stage::Published => Outgoing::Publish {
+                    pkid: i.pkid,
+                    dup: true,
+                    delivery: i.delivery.clone(),
+                },
+                Stage::Released => Outgoing::PubRel(i.pkid),
+            })
+            .collect()
+    }
+
+    /// Removes the messages that came through shared subscriptions and were not yet received by the client
+    /// (queued, or in flight before PUBREC), so another member of the group can take them.
+    pub fn take_shared(&mut self) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        let mut keep = VecDeque::with_capacity(self.queue.len());
+        while let Some(d) = self.pop_front() {
+            if d.shared.is_some() {
+                out.push(d);
+            } else {
+                self.queued_bytes += d.message.weight();
+                keep.push_back(d);
+            }
+        }
+        self.queue = keep;
+        let mut inflight = VecDeque::with_capacity(self.inflight.len());
+        for i in self.inflight.drain(..) {
+            if i.delivery.shared.is_some() && i.stage == Stage::Published {
+                out.push(i.delivery);
+            } else {
+                inflight.push_back(i);
+            }
+        }
+        self.inflight = inflight;
+        out
+    }
+
+    /// Drops everything (clean start, session end).
+    pub fn clear(&mut self) {
+        self.queue.clear();
+        self.queued_bytes = 0;
+        self.inflight.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::message::Message;
+    use crate::protocol::Properties;
+    use bytes::Bytes;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn d(qos: QoS, body: &'static str) -> Delivery {
+        Delivery {
+            message: Arc::new(Message {
+                topic: "t".into(),
+                payload: Bytes::from_static(body.as_bytes()),
+                qos,
+                retain: false,
+                properties: Properties::default(),
+                expires_at: None,
+                publisher: None,
+                received: Instant::now(),
+            }),
+            qos,
+            retain: false,
+            sub_ids: vec![],
+            shared: None,
+        }
+    }
+
+    fn limits(n: usize) -> OutboxLimits {
+        OutboxLimits {
+            max_queued_messages: n,
+            max_queued_bytes: usize::MAX,
+        }
+    }
+
+    fn pkid(o: Option<Outgoing>) -> u16 {
+        match o {
+            Some(Outgoing::Publish { pkid, .. }) => pkid,
+            other => panic!("expected a publish, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_window_holds_messages_until_acknowledged() {
+        let mut o = Outbox::new(limits(10), 2);
+        for _ in 0..3 {
+            o.push(d(QoS::AtLeastOnce, "x"), true).unwrap();
+        }
+        let now = Instant::now();
+        let a = pkid(o.next(now, |_| {}));
+        let b = pkid(o.next(now, |_| {}));
+        assert_ne!(a, b);
+        assert!(o.next(now, |_| {}).is_none(), "window of 2 is full");
+        o.puback(a).unwrap();
+        assert!(o.next(now, |_| {}).is_some());
+        assert_eq!(o.puback(a).unwrap_err(), AckError::UnknownPacketId(a));
+    }
+
+    #[test]
+    fn qos2_goes_through_pubrec_and_pubcomp_and_resends_as_pubrel() {
+        let mut o = Outbox::new(limits(10), 5);
+        o.push(d(QoS::ExactlyOnce, "x"), true).unwrap();
+        o.push(d(QoS::ExactlyOnce, "y"), true).unwrap();
+        let now = Instant::now();
+        let a = pkid(o.next(now, |_| {}));
+        let b = pkid(o.next(now, |_| {}));
+        assert_eq!(o.puback(a).unwrap_err(), AckError::WrongStage(a));
+        assert!(
+            matches!(o.pubrec(a, ReasonCode::SUCCESS), Ok(Some(Outgoing::PubRel(p))) if p == a)
+        );
+        let resend = o.resend();
+        assert!(matches!(resend[0], Outgoing::PubRel(p) if p == a));
+        assert!(matches!(&resend[1], Outgoing::Publish { pkid, dup: true, .. } if *pkid == b));
+        o.pubcomp(a).unwrap();
+        assert_eq!(o.pubcomp(b).unwrap_err(), AckError::WrongStage(b));
+        assert!(matches!(
+            o.pubrec(b, ReasonCode::UNSPECIFIED_ERROR),
+            Ok(None)
+        ));
+        assert_eq!(o.inflight(), 0);
+    }
+
+    #[test]
+    fn bounds_drop_and_offline_qos0_is_not_queued() {
+        let mut o = Outbox::new(limits(2), 1);
+        assert_eq!(
+            o.push(d(QoS::AtMostOnce, "x"), false),
+            Err(DropReason::Offline)
+        );
+        o.push(d(QoS::AtLeastOnce, "x"), false).unwrap();
+        o.push(d(QoS::AtMostOnce, "x"), true).unwrap();
+        assert_eq!(
+            o.push(d(QoS::AtLeastOnce, "x"), true),
+            Err(DropReason::QueueFull)
+        );
+        let mut o = Outbox::new(
+            OutboxLimits {
+                max_queued_messages: 100,
+                max_queued_bytes: 5,
+            },
+            1,
+        );
+        o.push(d(QoS::AtLeastOnce, "abc"), true).unwrap();
+        assert_eq!(
+            o.push(d(QoS::AtLeastOnce, "abc"), true),
+            Err(DropReason::QueueFull)
+        );
+        assert_eq!(o.queued_bytes(), 4);
+    }
+
+    #[test]
+    fn expired_messages_are_skipped_and_counted() {
+        let mut o = Outbox::new(limits(10), 1);
+        let mut m = d(QoS::AtLeastOnce, "old");
+        let now = Instant::now();
+        Arc::get_mut(&mut m.message).unwrap().expires_at = Some(now);
+        o.push(m, true).unwrap();
+        o.push(d(QoS::AtMostOnce, "new"), true).unwrap();
+        let mut drops = vec![];
+        let next = o.next(now + Duration::from_millis(1), |r| drops.push(r));
+        assert!(matches!(next, Some(Outgoing::Publish { pkid: 0, .. })));
+        assert_eq!(drops, vec![DropReason::Expired]);
+    }
+
+    #[test]
+    fn shared_deliveries_are_handed_back_unless_already_received() {
+        let mut o = Outbox::new(limits(10), 5);
+        let mut s = d(QoS::ExactlyOnce, "s");
+        s.shared = Some("g/t".into());
+        o.push(s.clone(), true).unwrap();
+        o.push(s.clone(), true).unwrap();
+        o.push(d(QoS::AtLeastOnce, "mine"), true).unwrap();
+        o.push(s, true).unwrap();
+        let now = Instant::now();
+        let first = pkid(o.next(now, |_| {}));
+        let _second = pkid(o.next(now, |_| {}));
+        o.pubrec(first, ReasonCode::SUCCESS).unwrap();
+        let handed = o.take_shared();
+        assert_eq!(
+            handed.len(),
+            2,
+            "the second in flight and the queued one; not the one past PUBREC"
+        );
+        assert_eq!(o.queued(), 1);
+        assert_eq!(o.inflight(), 1);
+    }
+}

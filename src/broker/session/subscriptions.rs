@@ -1,0 +1,163 @@
+//! SUBSCRIBE and UNSUBSCRIBE in a session: per-filter checks and reason codes, installing the filter in the
+//! shards, and retained messages by Retain Handling.
+
+use super::{SessionMsg, SessionState};
+use crate::broker::message::{Delivery, SessionId};
+use crate::broker::shard::{ShardMsg, Subscriber};
+use crate::broker::Context;
+use crate::protocol::{
+    topic, Packet, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions,
+    UnsubAck, Unsubscribe,
+};
+use ractor::ActorRef;
+use std::time::Instant;
+
+/// A subscription as the session keeps it.
+#[derive(Debug, Clone)]
+pub struct SubRecord {
+    pub options: SubscriptionOptions,
+    pub sub_id: Option<u32>,
+}
+
+/// Splits `$share/{group}/{filter}` into (group, filter); a plain filter has no group.
+fn split(filter: &str) -> (Option<&str>, &str) {
+    match topic::parse_shared(filter) {
+        Some(Ok(s)) => (Some(s.group), s.filter),
+        _ => (None, filter),
+    }
+}
+
+impl SubRecord {
+    fn install(&self, ctx: &Context, me: &ActorRef<SessionMsg>, id: SessionId, full: &str) {
+        let (group, filter) = split(full);
+        for shard in ctx.shards_for_filter(filter) {
+            let _ = shard.cast(ShardMsg::Subscribe {
+                id,
+                filter: filter.to_string(),
+                group: group.map(str::to_string),
+                subscriber: Subscriber {
+                    session: me.clone(),
+                    options: self.options,
+                    sub_id: self.sub_id,
+                },
+            });
+        }
+    }
+
+    pub fn remove_from_shards(&self, ctx: &Context, id: SessionId, full: &str) {
+        let (group, filter) = split(full);
+        for shard in ctx.shards_for_filter(filter) {
+            let _ = shard.cast(ShardMsg::Unsubscribe {
+                id,
+                filter: filter.to_string(),
+                group: group.map(str::to_string),
+            });
+        }
+    }
+}
+
+impl SessionState {
+    /// The reason code for one filter, or the granted QoS.
+    fn check_filter(&self, filter: &str, sub_id: Option<u32>) -> Result<(), ReasonCode> {
+        let mqtt = &self.ctx.config.mqtt;
+        let (group, plain) = split(filter);
+        if matches!(topic::parse_shared(filter), Some(Err(_))) {
+            return Err(ReasonCode::TOPIC_FILTER_INVALID);
+        }
+        if group.is_some() && !mqtt.shared_subscription_available {
+            return Err(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED);
+        }
+        if topic::has_wildcards(plain) && !mqtt.wildcard_subscription_available {
+            return Err(ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED);
+        }
+        if sub_id.is_some() && !mqtt.subscription_identifier_available {
+            return Err(ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED);
+        }
+        if plain.split('/').count() > self.ctx.config.limits.max_topic_levels {
+            return Err(ReasonCode::TOPIC_FILTER_INVALID);
+        }
+        Ok(())
+    }
+
+    pub(super) fn subscribe(&mut self, me: &ActorRef<SessionMsg>, packet: Subscribe) {
+        let Some(conn) = self.conn.clone() else {
+            return;
+        };
+        let v5 = conn.version.is_v5();
+        let sub_id = packet.properties.subscription_identifiers.first().copied();
+        let max_qos = QoS::from_u8(self.ctx.config.mqtt.max_qos).unwrap_or(QoS::ExactlyOnce);
+        let mut reasons = Vec::with_capacity(packet.filters.len());
+        let mut retained: Vec<Delivery> = Vec::new();
+        let now = Instant::now();
+        for f in packet.filters {
+            if let Err(code) = self.check_filter(&f.filter, sub_id) {
+                // Before MQTT 5 every failure is 0x80 [MQTT-3.9.3-2].
+                reasons.push(if v5 {
+                    code
+                } else {
+                    ReasonCode::UNSPECIFIED_ERROR
+                });
+                continue;
+            }
+            let mut options = f.options;
+            options.qos = options.qos.min(max_qos);
+            let record = SubRecord { options, sub_id };
+            record.install(&self.ctx, me, self.id, &f.filter);
+            let existed = self.subs.insert(f.filter.clone(), record).is_some();
+            if !existed {
+                self.ctx.metrics.subscriptions.inc();
+            }
+            reasons.push(ReasonCode(options.qos as u8));
+            // Retained messages: not for shared subscriptions [MQTT-3.3.1-9 note, 4.8.2]; by Retain Handling.
+            let (group, plain) = split(&f.filter);
+            let send_retained = group.is_none()
+                && match options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                for m in self.ctx.retained.matching(plain, now) {
+                    retained.push(Delivery {
+                        qos: m.qos.min(options.qos),
+                        // Retained messages sent on subscribe carry RETAIN = 1 [MQTT-3.3.1-9].
+                        retain: true,
+                        sub_ids: sub_id.into_iter().collect(),
+                        shared: None,
+                        message: m,
+                    });
+                }
+            }
+        }
+        conn.packet(Packet::SubAck(SubAck {
+            pkid: packet.pkid,
+            properties: Default::default(),
+            reasons,
+        }));
+        for d in retained {
+            self.deliver(d);
+        }
+    }
+
+    pub(super) fn unsubscribe(&mut self, packet: Unsubscribe) {
+        let Some(conn) = self.conn.clone() else {
+            return;
+        };
+        let mut reasons = Vec::with_capacity(packet.filters.len());
+        for filter in packet.filters {
+            match self.subs.remove(&filter) {
+                Some(rec) => {
+                    rec.remove_from_shards(&self.ctx, self.id, &filter);
+                    self.ctx.metrics.subscriptions.dec();
+                    reasons.push(ReasonCode::SUCCESS);
+                }
+                None => reasons.push(ReasonCode::NO_SUBSCRIPTION_EXISTED),
+            }
+        }
+        conn.packet(Packet::UnsubAck(UnsubAck {
+            pkid: packet.pkid,
+            properties: Default::default(),
+            reasons,
+        }));
+    }
+}

@@ -1,0 +1,463 @@
+//! Typed configuration: serde structs with documented defaults, parsed from TOML and validated once, before any
+//! port is bound. Every error names the file, the line and the key (`config/cicada.toml` documents each key).
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// The documented default configuration, embedded so `cicada serve` runs without a file.
+pub const DEFAULT_TOML: &str = include_str!("../config/cicada.toml");
+
+/// Plain MQTT port: the IANA registration.
+pub const DEFAULT_MQTT_BIND: &str = "0.0.0.0:1883";
+/// HTTP for /metrics, /health, /ready (ARCHITECTURE.md section 6).
+pub const DEFAULT_HTTP_BIND: &str = "0.0.0.0:8080";
+/// Large enough for firmware chunks and JSON documents, small enough that 10,000 clients cannot each pin
+/// hundreds of megabytes (Mosquitto's default is 256 MB, EMQX's 1 MB).
+pub const DEFAULT_MAX_PACKET_SIZE: u32 = 1024 * 1024;
+/// Enough for an IoT fleet on one node; the OS file-descriptor limit is the other bound.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+/// Receive Maximum the broker announces and the cap of its outbound window per session (EMQX uses 32).
+pub const DEFAULT_MAX_INFLIGHT: u16 = 32;
+/// Messages queued per session beyond the in-flight window (Mosquitto's `max_queued_messages` is 1000).
+pub const DEFAULT_MAX_QUEUED_MESSAGES: usize = 1000;
+/// Bytes queued per session: 16 MiB lets a burst of large messages through without a slow client pinning more.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
+/// Topic levels accepted in a name or filter: deep enough for any sane hierarchy, bounds trie depth.
+pub const DEFAULT_MAX_TOPIC_LEVELS: usize = 128;
+/// Topic aliases accepted per MQTT 5 connection.
+pub const DEFAULT_TOPIC_ALIAS_MAXIMUM: u16 = 64;
+/// Node-wide bytes queued in all sessions above which reads pause on every connection (0 = no watermark).
+pub const DEFAULT_MEMORY_WATERMARK: usize = 1024 * 1024 * 1024;
+/// Seconds between `$SYS` updates (Mosquitto's `sys_interval` default is 10).
+pub const DEFAULT_SYS_INTERVAL: u64 = 10;
+/// Messages a connection may have on their way through the router before its socket reads pause.
+pub const DEFAULT_INBOUND_CREDIT: usize = 256;
+
+/// Why a configuration cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}: {message}")]
+    Parse {
+        file: String,
+        line: usize,
+        message: String,
+    },
+    #[error("{file}:{line}: key `{key}`: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where durable state lives (the replicated store arrives with the cluster issue).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// MQTT listeners; the first `tcp` one is what `--port` overrides.
+    #[serde(default = "default_listeners", rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// One MQTT listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `tcp` today; `tls`, `ws`, `wss` arrive with the listeners issue.
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    pub bind: String,
+    /// Connections this listener accepts at once (0 = only the node-wide limit).
+    #[serde(default)]
+    pub max_connections: usize,
+}
+
+/// The HTTP endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "default_http_bind")]
+    pub bind: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            bind: default_http_bind(),
+        }
+    }
+}
+
+/// Bounds on everything a client can make the broker hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_packet_size: u32,
+    pub max_inflight: u16,
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+    /// Largest payload accepted in a PUBLISH (0 = only `max_packet_size`).
+    pub message_size_limit: usize,
+    pub max_topic_levels: usize,
+    pub topic_alias_maximum: u16,
+    /// Keep-alive values below this are raised to it through Server Keep Alive (v5); 0 allows any.
+    pub keep_alive_min: u16,
+    /// Keep-alive values above this (and 0, "no keep-alive") are lowered to it through Server Keep Alive (v5).
+    pub keep_alive_max: u16,
+    /// Upper bound for a session's expiry interval, seconds.
+    pub max_session_expiry: u32,
+    pub memory_watermark: usize,
+    pub inbound_credit: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+            max_inflight: DEFAULT_MAX_INFLIGHT,
+            max_queued_messages: DEFAULT_MAX_QUEUED_MESSAGES,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            message_size_limit: 0,
+            max_topic_levels: DEFAULT_MAX_TOPIC_LEVELS,
+            topic_alias_maximum: DEFAULT_TOPIC_ALIAS_MAXIMUM,
+            keep_alive_min: 0,
+            keep_alive_max: 65535,
+            max_session_expiry: u32::MAX,
+            memory_watermark: DEFAULT_MEMORY_WATERMARK,
+            inbound_credit: DEFAULT_INBOUND_CREDIT,
+        }
+    }
+}
+
+/// Protocol features the broker announces.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub max_qos: u8,
+    pub retain_available: bool,
+    pub wildcard_subscription_available: bool,
+    pub subscription_identifier_available: bool,
+    pub shared_subscription_available: bool,
+    /// Accept an empty client id (an id is assigned; 3.1.1 requires clean session then).
+    pub allow_zero_length_client_id: bool,
+    /// Seconds between `$SYS/broker/...` updates (0 disables them).
+    pub sys_interval: u64,
+    /// Topic shards (0 = one per CPU).
+    pub shards: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            max_qos: 2,
+            retain_available: true,
+            wildcard_subscription_available: true,
+            subscription_identifier_available: true,
+            shared_subscription_available: true,
+            allow_zero_length_client_id: true,
+            sys_interval: DEFAULT_SYS_INTERVAL,
+            shards: 0,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `cicada=debug`, ...); `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+fn default_listeners() -> Vec<ListenerConfig> {
+    vec![ListenerConfig {
+        kind: default_kind(),
+        bind: DEFAULT_MQTT_BIND.into(),
+        max_connections: 0,
+    }]
+}
+fn default_kind() -> String {
+    "tcp".into()
+}
+fn default_http_bind() -> String {
+    DEFAULT_HTTP_BIND.into()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse(DEFAULT_TOML, "<embedded cicada.toml>")
+            .expect("the embedded default configuration is valid")
+    }
+}
+
+/// Command-line overrides, applied after the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub port: Option<u16>,
+    pub http_port: Option<u16>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and validates TOML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_string(),
+            line: e.span().map(|s| line_of(text, s.start)).unwrap_or(1),
+            message: e.message().trim().to_string(),
+        })?;
+        config
+            .validate()
+            .map_err(|(section, key, message)| ConfigError::Invalid {
+                file: file.to_string(),
+                line: locate(text, section, key),
+                key: if section.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{section}.{key}")
+                },
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// Applies command-line flags.
+    pub fn apply(&mut self, o: &Overrides) {
+        if let Some(port) = o.port {
+            match self.listeners.iter_mut().find(|l| l.kind == "tcp") {
+                Some(l) => l.bind = with_port(&l.bind, port),
+                None => self.listeners.push(ListenerConfig {
+                    kind: "tcp".into(),
+                    bind: format!("0.0.0.0:{port}"),
+                    max_connections: 0,
+                }),
+            }
+        }
+        if let Some(port) = o.http_port {
+            self.http.bind = with_port(&self.http.bind, port);
+        }
+        if let Some(dir) = &o.data_dir {
+            self.data_dir = dir.clone();
+        }
+    }
+
+    /// Cross-field checks; an error is (section, key, message).
+    fn validate(&self) -> Result<(), (&'static str, &'static str, String)> {
+        for l in &self.listeners {
+            if l.kind != "tcp" {
+                return Err((
+                    "listener",
+                    "kind",
+                    format!(
+                        "unsupported listener kind {:?} (this build serves: tcp)",
+                        l.kind
+                    ),
+                ));
+            }
+            l.bind.parse::<SocketAddr>().map_err(|e| {
+                (
+                    "listener",
+                    "bind",
+                    format!("{:?} is not an address:port: {e}", l.bind),
+                )
+            })?;
+        }
+        if self.listeners.is_empty() {
+            return Err(("", "listener", "at least one listener is needed".into()));
+        }
+        self.http.bind.parse::<SocketAddr>().map_err(|e| {
+            (
+                "http",
+                "bind",
+                format!("{:?} is not an address:port: {e}", self.http.bind),
+            )
+        })?;
+        let l = &self.limits;
+        if l.max_packet_size < 64 {
+            return Err((
+                "limits",
+                "max_packet_size",
+                "must be at least 64 bytes".into(),
+            ));
+        }
+        if l.max_packet_size > 268_435_455 + 5 {
+            return Err((
+                "limits",
+                "max_packet_size",
+                "MQTT packets cannot exceed 268435460 bytes".into(),
+            ));
+        }
+        if l.max_inflight == 0 {
+            return Err(("limits", "max_inflight", "must be at least 1".into()));
+        }
+        if l.max_connections == 0 {
+            return Err(("limits", "max_connections", "must be at least 1".into()));
+        }
+        if l.max_topic_levels == 0 {
+            return Err(("limits", "max_topic_levels", "must be at least 1".into()));
+        }
+        if l.inbound_credit == 0 {
+            return Err(("limits", "inbound_credit", "must be at least 1".into()));
+        }
+        if l.keep_alive_max == 0 || l.keep_alive_min > l.keep_alive_max {
+            return Err((
+                "limits",
+                "keep_alive_max",
+                "must be at least 1 and not below keep_alive_min".into(),
+            ));
+        }
+        if self.mqtt.max_qos > 2 {
+            return Err(("mqtt", "max_qos", "must be 0, 1 or 2".into()));
+        }
+        Ok(())
+    }
+
+    /// The topic shard count after resolving 0 to the CPU count.
+    pub fn shard_count(&self) -> usize {
+        match self.mqtt.shards {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        }
+    }
+}
+
+fn with_port(bind: &str, port: u16) -> String {
+    match bind.parse::<SocketAddr>() {
+        Ok(mut a) => {
+            a.set_port(port);
+            a.to_string()
+        }
+        Err(_) => format!("0.0.0.0:{port}"),
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The line where `key` is set inside `[section]` (or `[[section]]`), or the section header, or 1.
+fn locate(text: &str, section: &str, key: &str) -> usize {
+    let mut current = String::new();
+    let mut header_line = None;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.starts_with('[') {
+            current = line
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string();
+            if current == section && header_line.is_none() {
+                header_line = Some(i + 1);
+            }
+            continue;
+        }
+        let Some((k, _)) = line.split_once('=') else {
+            continue;
+        };
+        if current == section && k.trim() == key {
+            return i + 1;
+        }
+    }
+    header_line.unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_parse_and_match_the_constants() {
+        let c = Config::default();
+        assert_eq!(c.listeners[0].bind, DEFAULT_MQTT_BIND);
+        assert_eq!(c.http.bind, DEFAULT_HTTP_BIND);
+        assert_eq!(c.limits.max_packet_size, DEFAULT_MAX_PACKET_SIZE);
+        assert_eq!(c.limits.max_queued_messages, DEFAULT_MAX_QUEUED_MESSAGES);
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn an_unknown_key_names_file_and_line() {
+        let e =
+            Config::parse("[limits]\nmax_inflight = 10\nmax_infligth = 3\n", "x.toml").unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("x.toml:3:"), "{s}");
+        assert!(s.contains("max_infligth"), "{s}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_file_and_line() {
+        let e = Config::parse("\n[mqtt]\nsys_interval = \"soon\"\n", "y.toml").unwrap_err();
+        assert!(e.to_string().starts_with("y.toml:3:"), "{e}");
+    }
+
+    #[test]
+    fn an_invalid_value_names_file_line_and_key() {
+        let e = Config::parse("[limits]\n\nmax_inflight = 0\n", "z.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "z.toml:3: key `limits.max_inflight`: must be at least 1"
+        );
+        let e = Config::parse("[[listener]]\nbind = \"nowhere\"\n", "l.toml").unwrap_err();
+        assert!(
+            e.to_string().starts_with("l.toml:2: key `listener.bind`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let mut c = Config::default();
+        c.apply(&Overrides {
+            port: Some(1999),
+            http_port: Some(8999),
+            data_dir: Some("/tmp/d".into()),
+        });
+        assert_eq!(c.listeners[0].bind, "0.0.0.0:1999");
+        assert_eq!(c.http.bind, "0.0.0.0:8999");
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/d"));
+    }
+}

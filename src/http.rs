@@ -1,0 +1,84 @@
+//! HTTP for operators: `/metrics` (Prometheus text), `/health` (the process answers), `/ready` (accepting
+//! clients: 503 while shutting down). Anything else gets a 4xx with a message.
+
+use crate::broker::Context;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Serves until shutdown.
+pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = ctx.shutdown.cancelled() => return,
+        };
+        let (stream, _) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(respond(&req, &ctx)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "HTTP connection ended");
+            }
+        });
+    }
+}
+
+fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(body.into()))
+        .expect("static response parts are valid")
+}
+
+fn respond(req: &Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
+    let plain = "text/plain; charset=utf-8";
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            plain,
+            format!("{} is not allowed; use GET\n", req.method()),
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            ctx.metrics.render(),
+        ),
+        "/health" => text(StatusCode::OK, plain, "ok\n"),
+        "/ready" => {
+            if ctx.shutdown.is_cancelled() {
+                text(StatusCode::SERVICE_UNAVAILABLE, plain, "shutting down\n")
+            } else {
+                text(StatusCode::OK, plain, "ready\n")
+            }
+        }
+        other => text(
+            StatusCode::NOT_FOUND,
+            plain,
+            format!("no such endpoint: {other} (try /metrics, /health, /ready)\n"),
+        ),
+    }
+}
