@@ -1,6 +1,8 @@
 //! Test helpers: a private Mosquitto broker per test on an ephemeral port, and bounded waits on events.
 #![allow(dead_code)]
 
+pub mod broker;
+
 use cicada::client::{Client, ClientOptions, Event, Events};
 use cicada::protocol::{ProtocolVersion, Publish};
 use std::net::TcpListener;
