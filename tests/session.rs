@@ -1,0 +1,138 @@
+//! Sessions: persistent sessions keep subscriptions and queue QoS 1/2 while offline (bounded), clean start
+//! discards, expiry (also changed at DISCONNECT), session present.
+
+mod common;
+
+use bytes::Bytes;
+use cicada::client::Client;
+use cicada::protocol::{Disconnect, Packet, ProtocolVersion, QoS, ReasonCode};
+use common::broker::{connect, TestBroker};
+use common::next_message;
+
+#[tokio::test]
+async fn mqtt_3_2_2_2_persistent_session_keeps_subscriptions_and_queues_qos1_while_offline() {
+    let b = TestBroker::start().await;
+    for v in [ProtocolVersion::V311, ProtocolVersion::V5] {
+        let id = format!("backend-{v:?}");
+        let mut opts = b.options(&id, v).clean_start(false);
+        if v.is_v5() {
+            opts = opts.session_expiry(600);
+        }
+        let (c, _e, ack) = Client::connect(opts.clone()).await.unwrap();
+        assert!(!ack.session_present);
+        c.subscribe(format!("jobs/{v:?}/#"), QoS::AtLeastOnce).await.unwrap();
+        c.disconnect().await.unwrap();
+        let (p, _pe) = b.client(&format!("producer-{v:?}"), v).await;
+        for i in 0..5 {
+            p.publish(format!("jobs/{v:?}/{i}"), QoS::AtLeastOnce, false, format!("job {i}")).await.unwrap();
+        }
+        p.publish(format!("jobs/{v:?}/q0"), QoS::AtMostOnce, false, "not queued").await.unwrap();
+        let (_c, mut events, ack) = Client::connect(opts).await.unwrap();
+        assert!(ack.session_present, "[MQTT-3.2.2-2]");
+        for i in 0..5 {
+            let m = next_message(&mut events, "a queued message").await;
+            assert_eq!(m.payload, Bytes::from(format!("job {i}")));
+        }
+        // The subscription survived: a live message arrives too, and QoS 0 was not queued.
+        p.publish(format!("jobs/{v:?}/live"), QoS::AtLeastOnce, false, "live").await.unwrap();
+        assert_eq!(next_message(&mut events, "live").await.payload, Bytes::from("live"));
+    }
+}
+
+#[tokio::test]
+async fn mqtt_3_1_2_4_clean_start_discards_the_session() {
+    let b = TestBroker::start().await;
+    let mut c = connect("fresh", ProtocolVersion::V311);
+    c.clean_start = false;
+    let mut raw = b.raw().await;
+    raw.handshake(c.clone()).await;
+    raw.subscribe(1, "fresh/t", QoS::AtLeastOnce).await;
+    raw.send(&Packet::Disconnect(Disconnect::default())).await;
+    assert_eq!(raw.recv().await, None);
+    let mut clean = connect("fresh", ProtocolVersion::V311);
+    clean.clean_start = true;
+    let mut raw = b.raw().await;
+    let (_, present, _) = raw.handshake(clean).await;
+    assert!(!present);
+    raw.send(&Packet::Disconnect(Disconnect::default())).await;
+    let mut raw = b.raw().await;
+    let (_, present, _) = raw.handshake(c).await;
+    assert!(!present, "the clean session ended with its connection");
+}
+
+#[tokio::test]
+async fn mqtt_3_1_2_11_session_expires_after_its_interval() {
+    let b = TestBroker::start().await;
+    let mut c = connect("expiring", ProtocolVersion::V5);
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(1);
+    let mut raw = b.raw().await;
+    raw.handshake(c.clone()).await;
+    raw.send(&Packet::Disconnect(Disconnect::default())).await;
+    assert_eq!(raw.recv().await, None);
+    // Wait for the broker's expiry timer to run out (1 s), then the session is gone.
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let mut raw = b.raw().await;
+    let (_, present, _) = raw.handshake(c).await;
+    assert!(!present);
+}
+
+#[tokio::test]
+async fn mqtt_3_14_2_2_session_expiry_changed_at_disconnect() {
+    let b = TestBroker::start().await;
+    // 600 s at CONNECT, 0 at DISCONNECT: the session ends now.
+    let mut c = connect("shorten", ProtocolVersion::V5);
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(600);
+    let mut raw = b.raw().await;
+    raw.handshake(c.clone()).await;
+    let mut d = Disconnect::default();
+    d.properties.session_expiry_interval = Some(0);
+    raw.send(&Packet::Disconnect(d)).await;
+    assert_eq!(raw.recv().await, None);
+    let mut raw = b.raw().await;
+    let (_, present, _) = raw.handshake(c).await;
+    assert!(!present);
+    // 0 at CONNECT, non-zero at DISCONNECT: a protocol error [MQTT-3.14.2-2].
+    let mut raw = b.raw().await;
+    raw.handshake(connect("lengthen", ProtocolVersion::V5)).await;
+    let mut d = Disconnect::default();
+    d.properties.session_expiry_interval = Some(60);
+    raw.send(&Packet::Disconnect(d)).await;
+    assert_eq!(raw.expect_close().await, Some(ReasonCode::PROTOCOL_ERROR));
+}
+
+#[tokio::test]
+async fn offline_queue_is_bounded_and_drops_are_counted() {
+    let b = TestBroker::with(|c| c.limits.max_queued_messages = 10).await;
+    let opts = b.options("bounded", ProtocolVersion::V5).clean_start(false).session_expiry(600);
+    let (c, _e, _) = Client::connect(opts.clone()).await.unwrap();
+    c.subscribe("flood", QoS::AtLeastOnce).await.unwrap();
+    c.disconnect().await.unwrap();
+    let (p, _pe) = b.client("flooder", ProtocolVersion::V5).await;
+    for i in 0..25 {
+        p.publish("flood", QoS::AtLeastOnce, false, format!("{i}")).await.unwrap();
+    }
+    // The drops are visible before the subscriber returns.
+    let (_, metrics) = b.http_get("/metrics").await;
+    assert!(metrics.contains("cicada_messages_dropped_total{reason=\"queue_full\"} 15"), "{metrics}");
+    let (_c, mut events, _) = Client::connect(opts).await.unwrap();
+    for i in 0..10 {
+        assert_eq!(next_message(&mut events, "queued").await.payload, Bytes::from(format!("{i}")));
+    }
+    p.publish("flood", QoS::AtLeastOnce, false, "after").await.unwrap();
+    assert_eq!(next_message(&mut events, "live").await.payload, Bytes::from("after"), "exactly the bound was kept");
+}
+
+#[tokio::test]
+async fn takeover_resumes_the_same_session() {
+    let b = TestBroker::start().await;
+    let opts = b.options("roamer", ProtocolVersion::V5).clean_start(false).session_expiry(600);
+    let (c1, _e1, _) = Client::connect(opts.clone()).await.unwrap();
+    c1.subscribe("roam", QoS::AtLeastOnce).await.unwrap();
+    let (_c2, mut e2, ack) = Client::connect(opts).await.unwrap();
+    assert!(ack.session_present, "the second connection takes the live session over");
+    let (p, _pe) = b.client("roam-pub", ProtocolVersion::V5).await;
+    p.publish("roam", QoS::AtLeastOnce, false, "to the new one").await.unwrap();
+    assert_eq!(next_message(&mut e2, "delivery after takeover").await.payload, Bytes::from("to the new one"));
+}
