@@ -1,0 +1,90 @@
+//! `cicada serve` as a real process on free loopback ports, for tests that need signals, RSS or the binary.
+
+use super::{free_port, WAIT};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+pub struct CicadaProcess {
+    pub child: Child,
+    pub port: u16,
+    pub http_port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl CicadaProcess {
+    /// Starts the broker with the embedded defaults plus `extra` TOML (limits, mqtt, ...), on free ports.
+    pub fn start(extra: &str) -> CicadaProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (port, http_port) = (free_port(), free_port());
+        let conf = format!(
+            "data_dir = {data:?}\n[[listener]]\nkind = \"tcp\"\nbind = \"127.0.0.1:{port}\"\n[http]\nbind = \"127.0.0.1:{http_port}\"\n{extra}\n",
+            data = dir.path().join("data")
+        );
+        let file = dir.path().join("cicada.toml");
+        std::fs::write(&file, conf).expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_cicada"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&file)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cicada serve");
+        let mut p = CicadaProcess { child, port, http_port, dir };
+        p.wait_listening();
+        p
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("cicada.toml")
+    }
+
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("cicada exited early with {status}");
+            }
+            assert!(Instant::now() < deadline, "cicada did not listen on {}", self.port);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// A field of /proc/PID/status in kB (VmRSS, VmHWM).
+    pub fn status_kb(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("proc status");
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .expect("field present")
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits for the process to exit within the test bound.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("poll") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "cicada did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for CicadaProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,137 @@
+//! Limits and backpressure: a subscriber that stops reading costs a bounded amount of memory and does not
+//! slow the others; the node-wide memory watermark pauses publishers; the message size limit.
+
+mod common;
+
+use bytes::Bytes;
+use cicada::client::Client;
+use cicada::protocol::{ProtocolVersion, Publish, QoS, ReasonCode};
+use common::broker::{connect, Raw, TestBroker};
+use common::next_message;
+use common::process::CicadaProcess;
+use std::net::SocketAddr;
+
+const PAYLOAD: usize = 2048;
+const BATCH: usize = 500;
+const BATCHES: usize = 60;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_keeps_broker_memory_bounded_and_others_at_full_rate() {
+    let broker = CicadaProcess::start("[limits]\nmax_queued_messages = 100000\nmax_queued_bytes = 4194304\n");
+    let addr: SocketAddr = ([127, 0, 0, 1], broker.port).into();
+    // The stalled subscriber: subscribes at QoS 1, then never reads its socket again.
+    let mut stalled = Raw::connect(addr).await;
+    stalled.handshake(connect("stalled", ProtocolVersion::V311)).await;
+    stalled.subscribe(1, "load/#", QoS::AtLeastOnce).await;
+    let opts = |id: &str| cicada::client::ClientOptions::new("127.0.0.1", broker.port, id);
+    let (fast, mut events, _) = Client::connect(opts("fast")).await.unwrap();
+    fast.subscribe("load/#", QoS::AtLeastOnce).await.unwrap();
+    let (publisher, _pe, _) = Client::connect(opts("producer")).await.unwrap();
+    let payload = Bytes::from(vec![b'x'; PAYLOAD]);
+    // 60 batches of 500 x 2 KiB = 60 MiB through the broker; each batch must reach the fast subscriber in
+    // full before the next is sent.
+    for batch in 0..BATCHES {
+        let mut tokens = Vec::with_capacity(BATCH);
+        for i in 0..BATCH {
+            let p = Publish {
+                topic: format!("load/{}", i % 8),
+                qos: QoS::AtLeastOnce,
+                payload: payload.clone(),
+                ..Publish::default()
+            };
+            tokens.push(publisher.publish_start(p).await.unwrap());
+        }
+        for t in tokens {
+            assert_eq!(t.wait().await.unwrap(), ReasonCode::SUCCESS);
+        }
+        for _ in 0..BATCH {
+            next_message(&mut events, &format!("batch {batch} at the fast subscriber")).await;
+        }
+    }
+    let peak_kb = broker.status_kb("VmHWM");
+    let (_, metrics) = common::broker::http_request(([127, 0, 0, 1], broker.http_port).into(), "GET", "/metrics").await;
+    let dropped: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("cicada_messages_dropped_total{reason=\"queue_full\"}"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    eprintln!("broker peak RSS {} MiB, {dropped} dropped for the stalled subscriber", peak_kb / 1024);
+    assert!(dropped > 0, "the stalled subscriber's queue overflowed and was cut at its bound");
+    // 60 MiB went through; the stalled queue holds at most 4 MiB plus socket buffers.
+    assert!(peak_kb < 48 * 1024, "broker peak RSS {peak_kb} kB is not bounded");
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn the_memory_watermark_pauses_publishers_until_memory_is_released() {
+    let b = TestBroker::with(|c| {
+        c.limits.memory_watermark = 256 * 1024;
+        c.limits.max_queued_bytes = 64 * 1024 * 1024;
+        c.limits.max_queued_messages = 1_000_000;
+    })
+    .await;
+    // A persistent subscriber goes away: its queue grows until the watermark.
+    let opts = b.options("hoarder", ProtocolVersion::V5).clean_start(false).session_expiry(600);
+    let (h, _he, _) = Client::connect(opts).await.unwrap();
+    h.subscribe("wm/#", QoS::AtLeastOnce).await.unwrap();
+    h.disconnect().await.unwrap();
+    let (publisher, _pe) = b.client("wm-pub", ProtocolVersion::V5).await;
+    let payload = Bytes::from(vec![0u8; 4096]);
+    let pump = {
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            // 2 MiB in all: far over the 256 KiB watermark.
+            for _ in 0..512 {
+                publisher.publish("wm/x", QoS::AtLeastOnce, false, payload.clone()).await.unwrap();
+            }
+        })
+    };
+    // Wait for the event "reads paused for the watermark" in the metrics.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let (_, m) = b.http_get("/metrics").await;
+        if m.lines().any(|l| l.starts_with("cicada_reads_paused_total{cause=\"memory_watermark\"}") && !l.ends_with(" 0")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "publisher never paused");
+        tokio::task::yield_now().await;
+    }
+    assert!(!pump.is_finished(), "the publisher is held back");
+    // Ending the hoarding session releases its queue and the publisher carries on.
+    let mut raw = b.raw().await;
+    let mut c = connect("hoarder", ProtocolVersion::V5);
+    c.clean_start = true;
+    raw.handshake(c).await;
+    tokio::time::timeout(common::WAIT, pump).await.expect("publisher resumed").unwrap();
+}
+
+#[tokio::test]
+async fn message_size_limit_refuses_big_payloads_with_quota_exceeded() {
+    let b = TestBroker::with(|c| c.limits.message_size_limit = 100).await;
+    let (s, mut events) = b.client("sz-sub", ProtocolVersion::V5).await;
+    s.subscribe("sz", QoS::AtLeastOnce).await.unwrap();
+    let (p, _pe) = b.client("sz-pub", ProtocolVersion::V5).await;
+    let refused = p.publish("sz", QoS::AtLeastOnce, false, vec![0u8; 101]).await;
+    assert!(matches!(refused, Err(cicada::client::ClientError::Rejected(ReasonCode::QUOTA_EXCEEDED))), "{refused:?}");
+    p.publish("sz", QoS::AtLeastOnce, false, vec![1u8; 100]).await.unwrap();
+    assert_eq!(next_message(&mut events, "the small one").await.payload.len(), 100);
+}
+
+#[tokio::test]
+async fn receive_maximum_exceeded_for_too_many_unreleased_qos2() {
+    let b = TestBroker::with(|c| c.limits.max_inflight = 2).await;
+    let mut raw = b.raw().await;
+    raw.handshake(connect("greedy", ProtocolVersion::V5)).await;
+    for pkid in 1..=3u16 {
+        raw.send(&cicada::protocol::Packet::Publish(Publish {
+            topic: "q2".into(),
+            qos: QoS::ExactlyOnce,
+            pkid,
+            payload: Bytes::from_static(b"x"),
+            ..Publish::default()
+        }))
+        .await;
+    }
+    assert_eq!(raw.expect_close().await, Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED), "[MQTT-3.3.4-7]");
+}
