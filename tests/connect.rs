@@ -2,15 +2,16 @@
 
 mod common;
 
-use common::broker::{connect, TestBroker};
 use cicada::protocol::{Packet, Properties, ProtocolVersion, ReasonCode};
+use common::broker::{connect, TestBroker};
 
 #[tokio::test]
 async fn mqtt_3_1_2_2_unsupported_protocol_level_gets_return_code_1() {
     let b = TestBroker::start().await;
     let mut raw = b.raw().await;
     // CONNECT "MQTT" level 6.
-    raw.send_bytes(&[0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 6, 2, 0, 60, 0, 0]).await;
+    raw.send_bytes(&[0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 6, 2, 0, 60, 0, 0])
+        .await;
     match raw.recv().await {
         Some(Packet::ConnAck(a)) => assert_eq!(a.reason, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION),
         other => panic!("expected CONNACK 1, got {other:?}"),
@@ -32,7 +33,11 @@ async fn mqtt_3_1_0_2_a_second_connect_is_a_protocol_error() {
     let mut raw = b.raw().await;
     let (code, _, _) = raw.handshake(connect("twice", ProtocolVersion::V5)).await;
     assert_eq!(code, ReasonCode::SUCCESS);
-    raw.send(&Packet::Connect(Box::new(connect("twice", ProtocolVersion::V5)))).await;
+    raw.send(&Packet::Connect(Box::new(connect(
+        "twice",
+        ProtocolVersion::V5,
+    ))))
+    .await;
     assert_eq!(raw.expect_close().await, Some(ReasonCode::PROTOCOL_ERROR));
 }
 
@@ -43,10 +48,18 @@ async fn mqtt_3_1_3_8_empty_client_id_needs_clean_session_in_3_1_1() {
     c.clean_start = false;
     let mut raw = b.raw().await;
     let (code, _, _) = raw.handshake(c).await;
-    assert_eq!(code, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "return code 2");
+    assert_eq!(
+        code,
+        ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+        "return code 2"
+    );
     let mut raw = b.raw().await;
     let (code, _, _) = raw.handshake(connect("", ProtocolVersion::V311)).await;
-    assert_eq!(code, ReasonCode::SUCCESS, "with clean session an id is assigned");
+    assert_eq!(
+        code,
+        ReasonCode::SUCCESS,
+        "with clean session an id is assigned"
+    );
 }
 
 #[tokio::test]
@@ -55,7 +68,9 @@ async fn mqtt_3_2_2_16_empty_client_id_is_assigned_in_v5() {
     let mut raw = b.raw().await;
     let (code, _, props) = raw.handshake(connect("", ProtocolVersion::V5)).await;
     assert_eq!(code, ReasonCode::SUCCESS);
-    let id = props.assigned_client_identifier.expect("an Assigned Client Identifier");
+    let id = props
+        .assigned_client_identifier
+        .expect("an Assigned Client Identifier");
     assert!(!id.is_empty());
 }
 
@@ -85,8 +100,16 @@ async fn connack_announces_the_configured_limits_and_features() {
     assert_eq!(p.maximum_qos, Some(1));
     assert_eq!(p.retain_available, Some(false));
     assert_eq!(p.shared_subscription_available, Some(false));
-    assert_eq!(p.server_keep_alive, Some(30), "keep-alive 0 is lowered to keep_alive_max [MQTT-3.2.2-21]");
-    assert_eq!(p.session_expiry_interval, Some(100), "session expiry capped");
+    assert_eq!(
+        p.server_keep_alive,
+        Some(30),
+        "keep-alive 0 is lowered to keep_alive_max [MQTT-3.2.2-21]"
+    );
+    assert_eq!(
+        p.session_expiry_interval,
+        Some(100),
+        "session expiry capped"
+    );
 }
 
 #[tokio::test]
@@ -97,14 +120,18 @@ async fn mqtt_3_1_2_24_keep_alive_timeout_disconnects_with_0x8d() {
     c.keep_alive = 1;
     raw.handshake(c).await;
     // Nothing is sent: after 1.5 s the broker gives up.
-    assert_eq!(raw.expect_close().await, Some(ReasonCode::KEEP_ALIVE_TIMEOUT));
+    assert_eq!(
+        raw.expect_close().await,
+        Some(ReasonCode::KEEP_ALIVE_TIMEOUT)
+    );
 }
 
 #[tokio::test]
 async fn pingreq_gets_pingresp_and_keeps_the_connection() {
     let b = TestBroker::start().await;
     let mut raw = b.raw().await;
-    raw.handshake(connect("pinger", ProtocolVersion::V311)).await;
+    raw.handshake(connect("pinger", ProtocolVersion::V311))
+        .await;
     raw.send(&Packet::PingReq).await;
     assert_eq!(raw.recv().await, Some(Packet::PingResp));
 }
@@ -113,12 +140,24 @@ async fn pingreq_gets_pingresp_and_keeps_the_connection() {
 async fn max_connections_refuses_with_quota_exceeded() {
     let b = TestBroker::with(|c| c.limits.max_connections = 1).await;
     let mut first = b.raw().await;
-    assert_eq!(first.handshake(connect("one", ProtocolVersion::V5)).await.0, ReasonCode::SUCCESS);
+    assert_eq!(
+        first.handshake(connect("one", ProtocolVersion::V5)).await.0,
+        ReasonCode::SUCCESS
+    );
     let mut second = b.raw().await;
-    assert_eq!(second.handshake(connect("two", ProtocolVersion::V5)).await.0, ReasonCode::QUOTA_EXCEEDED);
+    assert_eq!(
+        second
+            .handshake(connect("two", ProtocolVersion::V5))
+            .await
+            .0,
+        ReasonCode::QUOTA_EXCEEDED
+    );
     let mut third = b.raw().await;
     assert_eq!(
-        third.handshake(connect("three", ProtocolVersion::V311)).await.0,
+        third
+            .handshake(connect("three", ProtocolVersion::V311))
+            .await
+            .0,
         ReasonCode::SERVER_UNAVAILABLE,
         "3.1.1 return code 3"
     );
@@ -133,7 +172,10 @@ async fn enhanced_authentication_is_refused_with_bad_authentication_method() {
         authentication_method: Some("SCRAM-SHA-1".into()),
         ..Default::default()
     };
-    assert_eq!(raw.handshake(c).await.0, ReasonCode::BAD_AUTHENTICATION_METHOD);
+    assert_eq!(
+        raw.handshake(c).await.0,
+        ReasonCode::BAD_AUTHENTICATION_METHOD
+    );
 }
 
 #[tokio::test]
@@ -144,14 +186,26 @@ async fn mqtt_3_1_4_3_same_client_id_takes_the_session_over_with_0x8e() {
     let mut new = b.raw().await;
     let (code, _, _) = new.handshake(connect("dup-id", ProtocolVersion::V5)).await;
     assert_eq!(code, ReasonCode::SUCCESS);
-    assert_eq!(old.expect_close().await, Some(ReasonCode::SESSION_TAKEN_OVER));
+    assert_eq!(
+        old.expect_close().await,
+        Some(ReasonCode::SESSION_TAKEN_OVER)
+    );
     new.send(&Packet::PingReq).await;
-    assert_eq!(new.recv().await, Some(Packet::PingResp), "the new connection is unaffected");
+    assert_eq!(
+        new.recv().await,
+        Some(Packet::PingResp),
+        "the new connection is unaffected"
+    );
 }
 
 #[tokio::test]
 async fn mqtt_3_1_v31_clients_connect_with_mqisdp() {
     let b = TestBroker::start().await;
     let mut raw = b.raw().await;
-    assert_eq!(raw.handshake(connect("old-device", ProtocolVersion::V31)).await.0, ReasonCode::SUCCESS);
+    assert_eq!(
+        raw.handshake(connect("old-device", ProtocolVersion::V31))
+            .await
+            .0,
+        ReasonCode::SUCCESS
+    );
 }

@@ -12,7 +12,10 @@ use std::process::{Command, Output, Stdio};
 async fn run(cmd: &mut Command) -> Output {
     let mut cmd = tokio::process::Command::from(std::mem::replace(cmd, Command::new("true")));
     cmd.stdin(Stdio::null());
-    tokio::time::timeout(common::WAIT, cmd.output()).await.expect("command finished in time").expect("command runs")
+    tokio::time::timeout(common::WAIT, cmd.output())
+        .await
+        .expect("command finished in time")
+        .expect("command runs")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,24 +24,64 @@ async fn mosquitto_pub_and_sub_work_against_cicada_in_both_versions() {
     let p = b.port().to_string();
     for v in ["mqttv311", "mqttv5"] {
         let topic = format!("mq/{v}");
-        let o = run(Command::new("mosquitto_pub").args(["-p", &p, "-V", v, "-t", &topic, "-m", "retained hello", "-r", "-q", "1"])).await;
+        let o = run(Command::new("mosquitto_pub").args([
+            "-p",
+            &p,
+            "-V",
+            v,
+            "-t",
+            &topic,
+            "-m",
+            "retained hello",
+            "-r",
+            "-q",
+            "1",
+        ]))
+        .await;
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let o = run(Command::new("mosquitto_sub").args(["-p", &p, "-V", v, "-t", "mq/#", "-C", "1", "-v", "-W", "5"])).await;
-        assert_eq!(String::from_utf8_lossy(&o.stdout), format!("{topic} retained hello\n"));
-        let o = run(Command::new("mosquitto_pub").args(["-p", &p, "-V", v, "-t", &topic, "-n", "-r"])).await;
+        let o = run(Command::new("mosquitto_sub")
+            .args(["-p", &p, "-V", v, "-t", "mq/#", "-C", "1", "-v", "-W", "5"]))
+        .await;
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            format!("{topic} retained hello\n")
+        );
+        let o =
+            run(Command::new("mosquitto_pub").args(["-p", &p, "-V", v, "-t", &topic, "-n", "-r"]))
+                .await;
         assert!(o.status.success(), "clearing the retained message");
     }
     // User properties from mosquitto_pub arrive at our client intact.
     let (c, mut events) = b.client("props-check", ProtocolVersion::V5).await;
     c.subscribe("mq/props", QoS::AtLeastOnce).await.unwrap();
     let o = run(Command::new("mosquitto_pub").args([
-        "-p", &p, "-V", "mqttv5", "-t", "mq/props", "-m", "x", "-q", "2", "-D", "publish", "user-property", "site", "berlin",
-        "-D", "publish", "content-type", "text/plain",
+        "-p",
+        &p,
+        "-V",
+        "mqttv5",
+        "-t",
+        "mq/props",
+        "-m",
+        "x",
+        "-q",
+        "2",
+        "-D",
+        "publish",
+        "user-property",
+        "site",
+        "berlin",
+        "-D",
+        "publish",
+        "content-type",
+        "text/plain",
     ]))
     .await;
     assert!(o.status.success());
     let m = next_message(&mut events, "mosquitto_pub's message").await;
-    assert_eq!(m.properties.user_properties, vec![("site".to_string(), "berlin".to_string())]);
+    assert_eq!(
+        m.properties.user_properties,
+        vec![("site".to_string(), "berlin".to_string())]
+    );
     assert_eq!(m.properties.content_type.as_deref(), Some("text/plain"));
     assert_eq!(m.qos, QoS::AtLeastOnce, "granted 1");
 }
@@ -50,7 +93,9 @@ async fn mosquitto_sub_receives_a_will_from_an_abruptly_closed_client() {
     use tokio::io::AsyncBufReadExt;
     // Readiness: a retained marker is the first line mosquitto_sub prints.
     let (c, _e) = b.client("marker", ProtocolVersion::V311).await;
-    c.publish("status/marker", QoS::AtLeastOnce, true, "ready").await.unwrap();
+    c.publish("status/marker", QoS::AtLeastOnce, true, "ready")
+        .await
+        .unwrap();
     let mut sub = tokio::process::Command::new("mosquitto_sub")
         .args(["-p", &p, "-t", "status/#", "-C", "2", "-v", "-W", "10"])
         .stdout(Stdio::piped())
@@ -58,7 +103,10 @@ async fn mosquitto_sub_receives_a_will_from_an_abruptly_closed_client() {
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(sub.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(common::WAIT, lines.next_line()).await.unwrap().unwrap();
+    let first = tokio::time::timeout(common::WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first.as_deref(), Some("status/marker ready"));
     let mut raw = b.raw().await;
     let mut conn = common::broker::connect("esp32-7", ProtocolVersion::V311);
@@ -71,9 +119,16 @@ async fn mosquitto_sub_receives_a_will_from_an_abruptly_closed_client() {
     });
     raw.handshake(conn).await;
     drop(raw);
-    let second = tokio::time::timeout(common::WAIT, lines.next_line()).await.unwrap().unwrap();
+    let second = tokio::time::timeout(common::WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(second.as_deref(), Some("status/esp32-7 offline"));
-    assert!(tokio::time::timeout(common::WAIT, sub.wait()).await.unwrap().unwrap().success());
+    assert!(tokio::time::timeout(common::WAIT, sub.wait())
+        .await
+        .unwrap()
+        .unwrap()
+        .success());
 }
 
 const PAHO: &str = r#"
@@ -136,7 +191,11 @@ async fn paho_mqtt_publishes_and_receives_qos2_in_both_versions() {
     let script = dir.path().join("paho_roundtrip.py");
     std::fs::write(&script, PAHO).unwrap();
     for v in ["311", "5"] {
-        let o = run(Command::new("python3").arg(&script).arg(b.port().to_string()).arg(v)).await;
+        let o = run(Command::new("python3")
+            .arg(&script)
+            .arg(b.port().to_string())
+            .arg(v))
+        .await;
         assert_eq!(
             String::from_utf8_lossy(&o.stdout).trim(),
             "ok",

@@ -17,11 +17,15 @@ const BATCHES: usize = 60;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_keeps_broker_memory_bounded_and_others_at_full_rate() {
-    let broker = CicadaProcess::start("[limits]\nmax_queued_messages = 100000\nmax_queued_bytes = 4194304\n");
+    let broker = CicadaProcess::start(
+        "[limits]\nmax_queued_messages = 100000\nmax_queued_bytes = 4194304\n",
+    );
     let addr: SocketAddr = ([127, 0, 0, 1], broker.port).into();
     // The stalled subscriber: subscribes at QoS 1, then never reads its socket again.
     let mut stalled = Raw::connect(addr).await;
-    stalled.handshake(connect("stalled", ProtocolVersion::V311)).await;
+    stalled
+        .handshake(connect("stalled", ProtocolVersion::V311))
+        .await;
     stalled.subscribe(1, "load/#", QoS::AtLeastOnce).await;
     let opts = |id: &str| cicada::client::ClientOptions::new("127.0.0.1", broker.port, id);
     let (fast, mut events, _) = Client::connect(opts("fast")).await.unwrap();
@@ -45,21 +49,36 @@ async fn a_stalled_subscriber_keeps_broker_memory_bounded_and_others_at_full_rat
             assert_eq!(t.wait().await.unwrap(), ReasonCode::SUCCESS);
         }
         for _ in 0..BATCH {
-            next_message(&mut events, &format!("batch {batch} at the fast subscriber")).await;
+            next_message(
+                &mut events,
+                &format!("batch {batch} at the fast subscriber"),
+            )
+            .await;
         }
     }
     let peak_kb = broker.status_kb("VmHWM");
-    let (_, metrics) = common::broker::http_request(([127, 0, 0, 1], broker.http_port).into(), "GET", "/metrics").await;
+    let (_, metrics) =
+        common::broker::http_request(([127, 0, 0, 1], broker.http_port).into(), "GET", "/metrics")
+            .await;
     let dropped: u64 = metrics
         .lines()
         .find(|l| l.starts_with("cicada_messages_dropped_total{reason=\"queue_full\"}"))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap();
-    eprintln!("broker peak RSS {} MiB, {dropped} dropped for the stalled subscriber", peak_kb / 1024);
-    assert!(dropped > 0, "the stalled subscriber's queue overflowed and was cut at its bound");
+    eprintln!(
+        "broker peak RSS {} MiB, {dropped} dropped for the stalled subscriber",
+        peak_kb / 1024
+    );
+    assert!(
+        dropped > 0,
+        "the stalled subscriber's queue overflowed and was cut at its bound"
+    );
     // 60 MiB went through; the stalled queue holds at most 4 MiB plus socket buffers.
-    assert!(peak_kb < 48 * 1024, "broker peak RSS {peak_kb} kB is not bounded");
+    assert!(
+        peak_kb < 48 * 1024,
+        "broker peak RSS {peak_kb} kB is not bounded"
+    );
     drop(stalled);
 }
 
@@ -72,7 +91,10 @@ async fn the_memory_watermark_pauses_publishers_until_memory_is_released() {
     })
     .await;
     // A persistent subscriber goes away: its queue grows until the watermark.
-    let opts = b.options("hoarder", ProtocolVersion::V5).clean_start(false).session_expiry(600);
+    let opts = b
+        .options("hoarder", ProtocolVersion::V5)
+        .clean_start(false)
+        .session_expiry(600);
     let (h, _he, _) = Client::connect(opts).await.unwrap();
     h.subscribe("wm/#", QoS::AtLeastOnce).await.unwrap();
     h.disconnect().await.unwrap();
@@ -83,7 +105,10 @@ async fn the_memory_watermark_pauses_publishers_until_memory_is_released() {
         tokio::spawn(async move {
             // 2 MiB in all: far over the 256 KiB watermark.
             for _ in 0..512 {
-                publisher.publish("wm/x", QoS::AtLeastOnce, false, payload.clone()).await.unwrap();
+                publisher
+                    .publish("wm/x", QoS::AtLeastOnce, false, payload.clone())
+                    .await
+                    .unwrap();
             }
         })
     };
@@ -91,10 +116,16 @@ async fn the_memory_watermark_pauses_publishers_until_memory_is_released() {
     let deadline = std::time::Instant::now() + common::WAIT;
     loop {
         let (_, m) = b.http_get("/metrics").await;
-        if m.lines().any(|l| l.starts_with("cicada_reads_paused_total{cause=\"memory_watermark\"}") && !l.ends_with(" 0")) {
+        if m.lines().any(|l| {
+            l.starts_with("cicada_reads_paused_total{cause=\"memory_watermark\"}")
+                && !l.ends_with(" 0")
+        }) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "publisher never paused");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "publisher never paused"
+        );
         tokio::task::yield_now().await;
     }
     assert!(!pump.is_finished(), "the publisher is held back");
@@ -103,7 +134,10 @@ async fn the_memory_watermark_pauses_publishers_until_memory_is_released() {
     let mut c = connect("hoarder", ProtocolVersion::V5);
     c.clean_start = true;
     raw.handshake(c).await;
-    tokio::time::timeout(common::WAIT, pump).await.expect("publisher resumed").unwrap();
+    tokio::time::timeout(common::WAIT, pump)
+        .await
+        .expect("publisher resumed")
+        .unwrap();
 }
 
 #[tokio::test]
@@ -112,10 +146,28 @@ async fn message_size_limit_refuses_big_payloads_with_quota_exceeded() {
     let (s, mut events) = b.client("sz-sub", ProtocolVersion::V5).await;
     s.subscribe("sz", QoS::AtLeastOnce).await.unwrap();
     let (p, _pe) = b.client("sz-pub", ProtocolVersion::V5).await;
-    let refused = p.publish("sz", QoS::AtLeastOnce, false, vec![0u8; 101]).await;
-    assert!(matches!(refused, Err(cicada::client::ClientError::Rejected(ReasonCode::QUOTA_EXCEEDED))), "{refused:?}");
-    p.publish("sz", QoS::AtLeastOnce, false, vec![1u8; 100]).await.unwrap();
-    assert_eq!(next_message(&mut events, "the small one").await.payload.len(), 100);
+    let refused = p
+        .publish("sz", QoS::AtLeastOnce, false, vec![0u8; 101])
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(cicada::client::ClientError::Rejected(
+                ReasonCode::QUOTA_EXCEEDED
+            ))
+        ),
+        "{refused:?}"
+    );
+    p.publish("sz", QoS::AtLeastOnce, false, vec![1u8; 100])
+        .await
+        .unwrap();
+    assert_eq!(
+        next_message(&mut events, "the small one")
+            .await
+            .payload
+            .len(),
+        100
+    );
 }
 
 #[tokio::test]
@@ -133,5 +185,9 @@ async fn receive_maximum_exceeded_for_too_many_unreleased_qos2() {
         }))
         .await;
     }
-    assert_eq!(raw.expect_close().await, Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED), "[MQTT-3.3.4-7]");
+    assert_eq!(
+        raw.expect_close().await,
+        Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED),
+        "[MQTT-3.3.4-7]"
+    );
 }

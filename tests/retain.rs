@@ -4,7 +4,9 @@
 mod common;
 
 use bytes::Bytes;
-use cicada::protocol::{Properties, ProtocolVersion, Publish, QoS, RetainHandling, SubscribeFilter, SubscriptionOptions};
+use cicada::protocol::{
+    Properties, ProtocolVersion, Publish, QoS, RetainHandling, SubscribeFilter, SubscriptionOptions,
+};
 use common::broker::TestBroker;
 use common::next_message;
 
@@ -12,11 +14,19 @@ use common::next_message;
 async fn mqtt_3_3_1_5_retained_messages_are_set_replaced_and_delivered_on_subscribe() {
     let b = TestBroker::start().await;
     let (p, _pe) = b.client("r-pub", ProtocolVersion::V311).await;
-    p.publish("device/1/status", QoS::AtLeastOnce, true, "offline").await.unwrap();
-    p.publish("device/1/status", QoS::AtLeastOnce, true, "online").await.unwrap();
-    p.publish("device/2/status", QoS::AtLeastOnce, true, "online").await.unwrap();
+    p.publish("device/1/status", QoS::AtLeastOnce, true, "offline")
+        .await
+        .unwrap();
+    p.publish("device/1/status", QoS::AtLeastOnce, true, "online")
+        .await
+        .unwrap();
+    p.publish("device/2/status", QoS::AtLeastOnce, true, "online")
+        .await
+        .unwrap();
     let (s, mut events) = b.client("r-sub", ProtocolVersion::V311).await;
-    s.subscribe("device/+/status", QoS::AtLeastOnce).await.unwrap();
+    s.subscribe("device/+/status", QoS::AtLeastOnce)
+        .await
+        .unwrap();
     let mut got = vec![];
     for _ in 0..2 {
         let m = next_message(&mut events, "retained").await;
@@ -32,7 +42,9 @@ async fn mqtt_3_3_1_5_retained_messages_are_set_replaced_and_delivered_on_subscr
         ]
     );
     // Live messages to an existing subscription carry RETAIN = 0 [MQTT-3.3.1-12].
-    p.publish("device/2/status", QoS::AtLeastOnce, true, "again").await.unwrap();
+    p.publish("device/2/status", QoS::AtLeastOnce, true, "again")
+        .await
+        .unwrap();
     assert!(!next_message(&mut events, "live").await.retain);
 }
 
@@ -40,12 +52,19 @@ async fn mqtt_3_3_1_5_retained_messages_are_set_replaced_and_delivered_on_subscr
 async fn mqtt_3_3_1_10_an_empty_retained_payload_clears_the_topic() {
     let b = TestBroker::start().await;
     let (p, _pe) = b.client("c-pub", ProtocolVersion::V5).await;
-    p.publish("gone", QoS::AtLeastOnce, true, "here").await.unwrap();
+    p.publish("gone", QoS::AtLeastOnce, true, "here")
+        .await
+        .unwrap();
     p.publish("gone", QoS::AtLeastOnce, true, "").await.unwrap();
-    p.publish("stays", QoS::AtLeastOnce, true, "yes").await.unwrap();
+    p.publish("stays", QoS::AtLeastOnce, true, "yes")
+        .await
+        .unwrap();
     let (s, mut events) = b.client("c-sub", ProtocolVersion::V5).await;
     s.subscribe("#", QoS::AtLeastOnce).await.unwrap();
-    assert_eq!(next_message(&mut events, "the one retained").await.topic, "stays");
+    assert_eq!(
+        next_message(&mut events, "the one retained").await.topic,
+        "stays"
+    );
     let (_, metrics) = b.http_get("/metrics").await;
     assert!(metrics.contains("cicada_retained_messages 1"), "{metrics}");
 }
@@ -54,7 +73,9 @@ async fn mqtt_3_3_1_10_an_empty_retained_payload_clears_the_topic() {
 async fn mqtt_3_8_3_1_retain_handling_0_1_2() {
     let b = TestBroker::start().await;
     let (p, _pe) = b.client("rh-pub", ProtocolVersion::V5).await;
-    p.publish("rh", QoS::AtLeastOnce, true, "kept").await.unwrap();
+    p.publish("rh", QoS::AtLeastOnce, true, "kept")
+        .await
+        .unwrap();
     let (s, mut events) = b.client("rh-sub", ProtocolVersion::V5).await;
     let sub = |rh| SubscribeFilter {
         filter: "rh".into(),
@@ -64,15 +85,35 @@ async fn mqtt_3_8_3_1_retain_handling_0_1_2() {
             ..Default::default()
         },
     };
-    s.subscribe_with(vec![sub(RetainHandling::SendIfNew)], Properties::default()).await.unwrap();
-    assert_eq!(next_message(&mut events, "new subscription").await.payload, Bytes::from("kept"));
-    s.subscribe_with(vec![sub(RetainHandling::SendIfNew)], Properties::default()).await.unwrap();
-    s.subscribe_with(vec![sub(RetainHandling::DoNotSend)], Properties::default()).await.unwrap();
-    s.subscribe_with(vec![sub(RetainHandling::SendAtSubscribe)], Properties::default()).await.unwrap();
+    s.subscribe_with(vec![sub(RetainHandling::SendIfNew)], Properties::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        next_message(&mut events, "new subscription").await.payload,
+        Bytes::from("kept")
+    );
+    s.subscribe_with(vec![sub(RetainHandling::SendIfNew)], Properties::default())
+        .await
+        .unwrap();
+    s.subscribe_with(vec![sub(RetainHandling::DoNotSend)], Properties::default())
+        .await
+        .unwrap();
+    s.subscribe_with(
+        vec![sub(RetainHandling::SendAtSubscribe)],
+        Properties::default(),
+    )
+    .await
+    .unwrap();
     let m = next_message(&mut events, "only retain handling 0 sends again").await;
     assert_eq!(m.payload, Bytes::from("kept"));
-    p.publish("rh", QoS::AtLeastOnce, false, "live").await.unwrap();
-    assert_eq!(next_message(&mut events, "live").await.payload, Bytes::from("live"), "nothing in between");
+    p.publish("rh", QoS::AtLeastOnce, false, "live")
+        .await
+        .unwrap();
+    assert_eq!(
+        next_message(&mut events, "live").await.payload,
+        Bytes::from("live"),
+        "nothing in between"
+    );
 }
 
 #[tokio::test]
@@ -88,21 +129,33 @@ async fn expired_retained_messages_are_not_delivered() {
     };
     m.properties.message_expiry_interval = Some(1);
     p.publish_message(m).await.unwrap();
-    p.publish("re/long", QoS::AtLeastOnce, true, "long").await.unwrap();
+    p.publish("re/long", QoS::AtLeastOnce, true, "long")
+        .await
+        .unwrap();
     // Let the broker's clock pass the 1 s expiry.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let (s, mut events) = b.client("re-sub", ProtocolVersion::V5).await;
     s.subscribe("re/#", QoS::AtLeastOnce).await.unwrap();
-    assert_eq!(next_message(&mut events, "unexpired").await.topic, "re/long");
-    p.publish("re/marker", QoS::AtLeastOnce, false, "m").await.unwrap();
-    assert_eq!(next_message(&mut events, "marker").await.topic, "re/marker", "the expired one never came");
+    assert_eq!(
+        next_message(&mut events, "unexpired").await.topic,
+        "re/long"
+    );
+    p.publish("re/marker", QoS::AtLeastOnce, false, "m")
+        .await
+        .unwrap();
+    assert_eq!(
+        next_message(&mut events, "marker").await.topic,
+        "re/marker",
+        "the expired one never came"
+    );
 }
 
 #[tokio::test]
 async fn retain_not_available_disconnects_a_retained_publish_with_0x9a() {
     let b = TestBroker::with(|c| c.mqtt.retain_available = false).await;
     let mut raw = b.raw().await;
-    raw.handshake(common::broker::connect("no-retain", ProtocolVersion::V5)).await;
+    raw.handshake(common::broker::connect("no-retain", ProtocolVersion::V5))
+        .await;
     let p = Publish {
         topic: "x".into(),
         retain: true,
@@ -110,5 +163,8 @@ async fn retain_not_available_disconnects_a_retained_publish_with_0x9a() {
         ..Publish::default()
     };
     raw.send(&cicada::protocol::Packet::Publish(p)).await;
-    assert_eq!(raw.expect_close().await, Some(cicada::protocol::ReasonCode::RETAIN_NOT_SUPPORTED));
+    assert_eq!(
+        raw.expect_close().await,
+        Some(cicada::protocol::ReasonCode::RETAIN_NOT_SUPPORTED)
+    );
 }

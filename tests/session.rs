@@ -20,13 +20,29 @@ async fn mqtt_3_2_2_2_persistent_session_keeps_subscriptions_and_queues_qos1_whi
         }
         let (c, _e, ack) = Client::connect(opts.clone()).await.unwrap();
         assert!(!ack.session_present);
-        c.subscribe(format!("jobs/{v:?}/#"), QoS::AtLeastOnce).await.unwrap();
+        c.subscribe(format!("jobs/{v:?}/#"), QoS::AtLeastOnce)
+            .await
+            .unwrap();
         c.disconnect().await.unwrap();
         let (p, _pe) = b.client(&format!("producer-{v:?}"), v).await;
         for i in 0..5 {
-            p.publish(format!("jobs/{v:?}/{i}"), QoS::AtLeastOnce, false, format!("job {i}")).await.unwrap();
+            p.publish(
+                format!("jobs/{v:?}/{i}"),
+                QoS::AtLeastOnce,
+                false,
+                format!("job {i}"),
+            )
+            .await
+            .unwrap();
         }
-        p.publish(format!("jobs/{v:?}/q0"), QoS::AtMostOnce, false, "not queued").await.unwrap();
+        p.publish(
+            format!("jobs/{v:?}/q0"),
+            QoS::AtMostOnce,
+            false,
+            "not queued",
+        )
+        .await
+        .unwrap();
         let (_c, mut events, ack) = Client::connect(opts).await.unwrap();
         assert!(ack.session_present, "[MQTT-3.2.2-2]");
         for i in 0..5 {
@@ -34,8 +50,13 @@ async fn mqtt_3_2_2_2_persistent_session_keeps_subscriptions_and_queues_qos1_whi
             assert_eq!(m.payload, Bytes::from(format!("job {i}")));
         }
         // The subscription survived: a live message arrives too, and QoS 0 was not queued.
-        p.publish(format!("jobs/{v:?}/live"), QoS::AtLeastOnce, false, "live").await.unwrap();
-        assert_eq!(next_message(&mut events, "live").await.payload, Bytes::from("live"));
+        p.publish(format!("jobs/{v:?}/live"), QoS::AtLeastOnce, false, "live")
+            .await
+            .unwrap();
+        assert_eq!(
+            next_message(&mut events, "live").await.payload,
+            Bytes::from("live")
+        );
     }
 }
 
@@ -95,7 +116,8 @@ async fn mqtt_3_14_2_2_session_expiry_changed_at_disconnect() {
     assert!(!present);
     // 0 at CONNECT, non-zero at DISCONNECT: a protocol error [MQTT-3.14.2-2].
     let mut raw = b.raw().await;
-    raw.handshake(connect("lengthen", ProtocolVersion::V5)).await;
+    raw.handshake(connect("lengthen", ProtocolVersion::V5))
+        .await;
     let mut d = Disconnect::default();
     d.properties.session_expiry_interval = Some(60);
     raw.send(&Packet::Disconnect(d)).await;
@@ -105,34 +127,64 @@ async fn mqtt_3_14_2_2_session_expiry_changed_at_disconnect() {
 #[tokio::test]
 async fn offline_queue_is_bounded_and_drops_are_counted() {
     let b = TestBroker::with(|c| c.limits.max_queued_messages = 10).await;
-    let opts = b.options("bounded", ProtocolVersion::V5).clean_start(false).session_expiry(600);
+    let opts = b
+        .options("bounded", ProtocolVersion::V5)
+        .clean_start(false)
+        .session_expiry(600);
     let (c, _e, _) = Client::connect(opts.clone()).await.unwrap();
     c.subscribe("flood", QoS::AtLeastOnce).await.unwrap();
     c.disconnect().await.unwrap();
     let (p, _pe) = b.client("flooder", ProtocolVersion::V5).await;
     for i in 0..25 {
-        p.publish("flood", QoS::AtLeastOnce, false, format!("{i}")).await.unwrap();
+        p.publish("flood", QoS::AtLeastOnce, false, format!("{i}"))
+            .await
+            .unwrap();
     }
     // The drops are visible before the subscriber returns.
     let (_, metrics) = b.http_get("/metrics").await;
-    assert!(metrics.contains("cicada_messages_dropped_total{reason=\"queue_full\"} 15"), "{metrics}");
+    assert!(
+        metrics.contains("cicada_messages_dropped_total{reason=\"queue_full\"} 15"),
+        "{metrics}"
+    );
     let (_c, mut events, _) = Client::connect(opts).await.unwrap();
     for i in 0..10 {
-        assert_eq!(next_message(&mut events, "queued").await.payload, Bytes::from(format!("{i}")));
+        assert_eq!(
+            next_message(&mut events, "queued").await.payload,
+            Bytes::from(format!("{i}"))
+        );
     }
-    p.publish("flood", QoS::AtLeastOnce, false, "after").await.unwrap();
-    assert_eq!(next_message(&mut events, "live").await.payload, Bytes::from("after"), "exactly the bound was kept");
+    p.publish("flood", QoS::AtLeastOnce, false, "after")
+        .await
+        .unwrap();
+    assert_eq!(
+        next_message(&mut events, "live").await.payload,
+        Bytes::from("after"),
+        "exactly the bound was kept"
+    );
 }
 
 #[tokio::test]
 async fn takeover_resumes_the_same_session() {
     let b = TestBroker::start().await;
-    let opts = b.options("roamer", ProtocolVersion::V5).clean_start(false).session_expiry(600);
+    let opts = b
+        .options("roamer", ProtocolVersion::V5)
+        .clean_start(false)
+        .session_expiry(600);
     let (c1, _e1, _) = Client::connect(opts.clone()).await.unwrap();
     c1.subscribe("roam", QoS::AtLeastOnce).await.unwrap();
     let (_c2, mut e2, ack) = Client::connect(opts).await.unwrap();
-    assert!(ack.session_present, "the second connection takes the live session over");
+    assert!(
+        ack.session_present,
+        "the second connection takes the live session over"
+    );
     let (p, _pe) = b.client("roam-pub", ProtocolVersion::V5).await;
-    p.publish("roam", QoS::AtLeastOnce, false, "to the new one").await.unwrap();
-    assert_eq!(next_message(&mut e2, "delivery after takeover").await.payload, Bytes::from("to the new one"));
+    p.publish("roam", QoS::AtLeastOnce, false, "to the new one")
+        .await
+        .unwrap();
+    assert_eq!(
+        next_message(&mut e2, "delivery after takeover")
+            .await
+            .payload,
+        Bytes::from("to the new one")
+    );
 }

@@ -15,14 +15,22 @@ async fn each_message_goes_to_one_member_of_each_group() {
     let (a2, mut e2) = b.client("a2", ProtocolVersion::V5).await;
     let (g2, mut eg) = b.client("g2", ProtocolVersion::V5).await;
     let (plain, mut ep) = b.client("plain", ProtocolVersion::V5).await;
-    a1.subscribe("$share/workers/jobs/#", QoS::AtLeastOnce).await.unwrap();
-    a2.subscribe("$share/workers/jobs/#", QoS::AtLeastOnce).await.unwrap();
-    g2.subscribe("$share/audit/jobs/#", QoS::AtLeastOnce).await.unwrap();
+    a1.subscribe("$share/workers/jobs/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    a2.subscribe("$share/workers/jobs/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    g2.subscribe("$share/audit/jobs/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
     plain.subscribe("jobs/#", QoS::AtLeastOnce).await.unwrap();
     let (p, _pe) = b.client("boss", ProtocolVersion::V5).await;
     let n = 20;
     for i in 0..n {
-        p.publish(format!("jobs/{i}"), QoS::AtLeastOnce, false, format!("{i}")).await.unwrap();
+        p.publish(format!("jobs/{i}"), QoS::AtLeastOnce, false, format!("{i}"))
+            .await
+            .unwrap();
     }
     for _ in 0..n {
         next_message(&mut eg, "audit group gets all").await;
@@ -40,21 +48,29 @@ async fn each_message_goes_to_one_member_of_each_group() {
     seen.sort();
     seen.dedup();
     assert_eq!(seen.len(), n, "no duplicates");
-    assert!(counts[0] > 0 && counts[1] > 0, "both members got work: {counts:?}");
+    assert!(
+        counts[0] > 0 && counts[1] > 0,
+        "both members got work: {counts:?}"
+    );
 }
 
 #[tokio::test]
 async fn a_member_that_disconnects_hands_its_unacknowledged_messages_to_another() {
     let b = TestBroker::start().await;
     let (steady, mut es) = b.client("steady", ProtocolVersion::V5).await;
-    steady.subscribe("$share/g/work", QoS::AtLeastOnce).await.unwrap();
+    steady
+        .subscribe("$share/g/work", QoS::AtLeastOnce)
+        .await
+        .unwrap();
     // A raw member that never acknowledges.
     let mut lazy = b.raw().await;
     lazy.handshake(connect("lazy", ProtocolVersion::V5)).await;
     lazy.subscribe(1, "$share/g/work", QoS::AtLeastOnce).await;
     let (p, _pe) = b.client("sender", ProtocolVersion::V5).await;
     for i in 0..10 {
-        p.publish("work", QoS::AtLeastOnce, false, format!("{i}")).await.unwrap();
+        p.publish("work", QoS::AtLeastOnce, false, format!("{i}"))
+            .await
+            .unwrap();
     }
     let mut lazy_got = Vec::new();
     // Round robin gives the lazy member half; it takes them and never acknowledges.
@@ -67,7 +83,11 @@ async fn a_member_that_disconnects_hands_its_unacknowledged_messages_to_another(
     drop(lazy);
     let mut all = Vec::new();
     for _ in 0..10 {
-        all.push(next_message(&mut es, "every message ends up with the steady member").await.payload);
+        all.push(
+            next_message(&mut es, "every message ends up with the steady member")
+                .await
+                .payload,
+        );
     }
     all.sort();
     let mut want: Vec<Bytes> = (0..10).map(|i| Bytes::from(format!("{i}"))).collect();

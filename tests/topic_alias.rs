@@ -26,8 +26,10 @@ async fn mqtt_3_3_2_12_inbound_aliases_resolve_to_their_topic() {
     let (s, mut events) = b.client("alias-sub", ProtocolVersion::V5).await;
     s.subscribe("sensors/#", QoS::AtMostOnce).await.unwrap();
     let mut raw = b.raw().await;
-    raw.handshake(connect("alias-pub", ProtocolVersion::V5)).await;
-    raw.send(&aliased("sensors/very/long/topic/name", 1, "first")).await;
+    raw.handshake(connect("alias-pub", ProtocolVersion::V5))
+        .await;
+    raw.send(&aliased("sensors/very/long/topic/name", 1, "first"))
+        .await;
     raw.send(&aliased("", 1, "second")).await;
     raw.send(&aliased("sensors/other", 1, "remapped")).await;
     raw.send(&aliased("", 1, "third")).await;
@@ -39,7 +41,10 @@ async fn mqtt_3_3_2_12_inbound_aliases_resolve_to_their_topic() {
     ] {
         let m = next_message(&mut events, body).await;
         assert_eq!((m.topic.as_str(), m.payload), (topic, Bytes::from(body)));
-        assert_eq!(m.properties.topic_alias, None, "aliases are per connection, never forwarded");
+        assert_eq!(
+            m.properties.topic_alias, None,
+            "aliases are per connection, never forwarded"
+        );
     }
 }
 
@@ -49,11 +54,18 @@ async fn mqtt_3_3_2_9_an_alias_above_the_maximum_is_refused_with_0x94() {
     let mut raw = b.raw().await;
     raw.handshake(connect("too-big", ProtocolVersion::V5)).await;
     raw.send(&aliased("t", 3, "x")).await;
-    assert_eq!(raw.expect_close().await, Some(ReasonCode::TOPIC_ALIAS_INVALID));
+    assert_eq!(
+        raw.expect_close().await,
+        Some(ReasonCode::TOPIC_ALIAS_INVALID)
+    );
     let mut raw = b.raw().await;
     raw.handshake(connect("unknown", ProtocolVersion::V5)).await;
     raw.send(&aliased("", 2, "x")).await;
-    assert_eq!(raw.expect_close().await, Some(ReasonCode::PROTOCOL_ERROR), "an alias never set");
+    assert_eq!(
+        raw.expect_close().await,
+        Some(ReasonCode::PROTOCOL_ERROR),
+        "an alias never set"
+    );
 }
 
 #[tokio::test]

@@ -5,7 +5,9 @@ mod common;
 
 use bytes::Bytes;
 use cicada::client::Client;
-use cicada::protocol::{Disconnect, LastWill, Packet, Properties, ProtocolVersion, QoS, ReasonCode};
+use cicada::protocol::{
+    Disconnect, LastWill, Packet, Properties, ProtocolVersion, QoS, ReasonCode,
+};
 use common::broker::{connect, TestBroker};
 use common::next_message;
 
@@ -26,7 +28,10 @@ fn will(topic: &str, retain: bool, delay: Option<u32>) -> LastWill {
 async fn mqtt_3_1_2_8_will_is_published_when_the_connection_drops() {
     let b = TestBroker::start().await;
     let (watch, mut events) = b.client("watcher", ProtocolVersion::V311).await;
-    watch.subscribe("device/+/status", QoS::AtLeastOnce).await.unwrap();
+    watch
+        .subscribe("device/+/status", QoS::AtLeastOnce)
+        .await
+        .unwrap();
     for v in [ProtocolVersion::V311, ProtocolVersion::V5] {
         let mut raw = b.raw().await;
         let mut c = connect(&format!("dev-{v:?}"), v);
@@ -34,7 +39,14 @@ async fn mqtt_3_1_2_8_will_is_published_when_the_connection_drops() {
         raw.handshake(c).await;
         drop(raw); // no DISCONNECT
         let m = next_message(&mut events, "the Will").await;
-        assert_eq!((m.topic, m.payload, m.qos), (format!("device/{v:?}/status"), Bytes::from("offline"), QoS::AtLeastOnce));
+        assert_eq!(
+            (m.topic, m.payload, m.qos),
+            (
+                format!("device/{v:?}/status"),
+                Bytes::from("offline"),
+                QoS::AtLeastOnce
+            )
+        );
     }
 }
 
@@ -43,10 +55,14 @@ async fn mqtt_3_1_2_10_no_will_after_a_normal_disconnect_but_with_reason_0x04() 
     let b = TestBroker::start().await;
     let (watch, mut events) = b.client("w2", ProtocolVersion::V5).await;
     watch.subscribe("w/#", QoS::AtLeastOnce).await.unwrap();
-    let opts = b.options("polite", ProtocolVersion::V5).will(will("w/polite", false, None));
+    let opts = b
+        .options("polite", ProtocolVersion::V5)
+        .will(will("w/polite", false, None));
     let (c, _e, _) = Client::connect(opts).await.unwrap();
     c.disconnect().await.unwrap();
-    let opts = b.options("with-will", ProtocolVersion::V5).will(will("w/with-will", false, None));
+    let opts = b
+        .options("with-will", ProtocolVersion::V5)
+        .will(will("w/with-will", false, None));
     let (c, _e, _) = Client::connect(opts).await.unwrap();
     c.disconnect_with(Disconnect {
         reason: ReasonCode::DISCONNECT_WITH_WILL,
@@ -54,7 +70,11 @@ async fn mqtt_3_1_2_10_no_will_after_a_normal_disconnect_but_with_reason_0x04() 
     })
     .await
     .unwrap();
-    assert_eq!(next_message(&mut events, "the 0x04 Will").await.topic, "w/with-will", "the polite one sent none");
+    assert_eq!(
+        next_message(&mut events, "the 0x04 Will").await.topic,
+        "w/with-will",
+        "the polite one sent none"
+    );
 }
 
 #[tokio::test]
@@ -67,14 +87,23 @@ async fn will_is_published_on_keep_alive_timeout_and_protocol_errors() {
     c.keep_alive = 1;
     c.will = Some(will("w3/silent", false, None));
     silent.handshake(c).await;
-    assert_eq!(next_message(&mut events, "keep-alive Will").await.topic, "w3/silent");
+    assert_eq!(
+        next_message(&mut events, "keep-alive Will").await.topic,
+        "w3/silent"
+    );
     let mut rude = b.raw().await;
     let mut c = connect("rude", ProtocolVersion::V5);
     c.will = Some(will("w3/rude", false, None));
     rude.handshake(c).await;
     rude.send_bytes(&[0x30, 0x04, 0x00, 0x01, b'#', 0x00]).await; // PUBLISH to a wildcard topic
-    assert_eq!(rude.expect_close().await, Some(ReasonCode::TOPIC_NAME_INVALID));
-    assert_eq!(next_message(&mut events, "protocol-error Will").await.topic, "w3/rude");
+    assert_eq!(
+        rude.expect_close().await,
+        Some(ReasonCode::TOPIC_NAME_INVALID)
+    );
+    assert_eq!(
+        next_message(&mut events, "protocol-error Will").await.topic,
+        "w3/rude"
+    );
 }
 
 #[tokio::test]
@@ -82,13 +111,19 @@ async fn will_retain_is_stored_for_later_subscribers() {
     let b = TestBroker::start().await;
     // A live watcher sees the Will arrive; only then does a late subscriber look for the retained copy.
     let (watch, mut live) = b.client("early", ProtocolVersion::V311).await;
-    watch.subscribe("dev/9/status", QoS::AtLeastOnce).await.unwrap();
+    watch
+        .subscribe("dev/9/status", QoS::AtLeastOnce)
+        .await
+        .unwrap();
     let mut raw = b.raw().await;
     let mut c = connect("ret-will", ProtocolVersion::V311);
     c.will = Some(will("dev/9/status", true, None));
     raw.handshake(c).await;
     drop(raw);
-    assert_eq!(next_message(&mut live, "the Will, live").await.payload, Bytes::from("offline"));
+    assert_eq!(
+        next_message(&mut live, "the Will, live").await.payload,
+        Bytes::from("offline")
+    );
     let (s, mut events) = b.client("late", ProtocolVersion::V311).await;
     s.subscribe("dev/9/status", QoS::AtLeastOnce).await.unwrap();
     let m = next_message(&mut events, "the retained Will").await;
@@ -122,7 +157,10 @@ async fn mqtt_3_1_3_9_will_delay_is_cancelled_by_a_reconnect_in_time() {
     drop(raw2);
     let m = next_message(&mut events, "the delayed Will").await;
     assert_eq!(m.topic, "w4/gone", "and never w4/flaky");
-    assert!(start.elapsed() >= std::time::Duration::from_millis(900), "not before its delay");
+    assert!(
+        start.elapsed() >= std::time::Duration::from_millis(900),
+        "not before its delay"
+    );
     raw.send(&Packet::PingReq).await;
     assert_eq!(raw.recv().await, Some(Packet::PingResp));
 }
@@ -138,5 +176,10 @@ async fn will_of_a_session_that_ends_before_the_delay_is_published_then() {
     let mut raw = b.raw().await;
     raw.handshake(c).await;
     drop(raw);
-    assert_eq!(next_message(&mut events, "the Will at session end").await.topic, "w5/x");
+    assert_eq!(
+        next_message(&mut events, "the Will at session end")
+            .await
+            .topic,
+        "w5/x"
+    );
 }

@@ -52,6 +52,32 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
 
 impl Metrics {
     pub fn new() -> Metrics {
+        let m = Metrics::register();
+        // Labelled series exist from the start, so dashboards and alerts see zeros instead of gaps.
+        for q in ["0", "1", "2"] {
+            m.messages_received.with_label_values(&[q]);
+            m.messages_sent.with_label_values(&[q]);
+        }
+        for reason in [
+            "queue_full",
+            "offline_qos0",
+            "expired",
+            "too_large_for_client",
+            "no_subscribers",
+            "message_size_limit",
+            "payload_format_invalid",
+            "sys_topic",
+            "no_group_member",
+        ] {
+            m.dropped.with_label_values(&[reason]);
+        }
+        for cause in ["credit", "memory_watermark"] {
+            m.reads_paused.with_label_values(&[cause]);
+        }
+        m
+    }
+
+    fn register() -> Metrics {
         let r = Registry::new();
         let delivery_latency = Histogram::with_opts(
             HistogramOpts::new(

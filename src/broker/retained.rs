@@ -30,7 +30,7 @@ struct Node {
 }
 
 impl Node {
-    fn collect(&self, levels: &[&str], root: bool, now: Instant, out: &mut Vec<Arc<Message>>) {
+    fn collect(&self, levels: &[&str], root: bool, out: &mut Vec<Arc<Message>>) {
         let Some((first, rest)) = levels.split_first() else {
             if let Some(m) = &self.message {
                 out.push(m.clone());
@@ -54,13 +54,13 @@ impl Node {
             "+" => {
                 for (name, child) in &self.children {
                     if !(root && name.starts_with('$')) {
-                        child.collect(rest, false, now, out);
+                        child.collect(rest, false, out);
                     }
                 }
             }
             exact => {
                 if let Some(child) = self.children.get(exact) {
-                    child.collect(rest, false, now, out);
+                    child.collect(rest, false, out);
                 }
             }
         }
@@ -129,7 +129,7 @@ impl RetainedStore for MemoryRetained {
         let mut out = Vec::new();
         {
             let guard = self.inner.read().unwrap_or_else(|e| e.into_inner());
-            guard.0.collect(&levels, true, now, &mut out);
+            guard.0.collect(&levels, true, &mut out);
         }
         let expired: Vec<String> = out
             .iter()

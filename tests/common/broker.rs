@@ -6,7 +6,10 @@ use bytes::BytesMut;
 use cicada::broker::Broker;
 use cicada::client::{Client, ClientOptions, Events};
 use cicada::config::Config;
-use cicada::protocol::{encode, Connect, Decoder, Packet, Properties, ProtocolVersion, QoS, ReasonCode, Subscribe, SubscribeFilter, SubscriptionOptions};
+use cicada::protocol::{
+    encode, Connect, Decoder, Packet, Properties, ProtocolVersion, QoS, ReasonCode, Subscribe,
+    SubscribeFilter, SubscriptionOptions,
+};
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -52,7 +55,9 @@ impl TestBroker {
     }
 
     pub async fn client(&self, id: &str, v: ProtocolVersion) -> (Client, Events) {
-        let (c, e, _) = Client::connect(self.options(id, v)).await.expect("connect to cicada");
+        let (c, e, _) = Client::connect(self.options(id, v))
+            .await
+            .expect("connect to cicada");
         (c, e)
     }
 
@@ -78,10 +83,20 @@ pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, S
     let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await.expect("HTTP answer in time").unwrap();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("HTTP answer in time")
+        .unwrap();
     let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -124,12 +139,18 @@ impl Raw {
 
     /// The next packet; `None` when the broker closed the connection.
     pub async fn recv(&mut self) -> Option<Packet> {
-        tokio::time::timeout(WAIT, self.recv_inner()).await.expect("a packet or a close in time")
+        tokio::time::timeout(WAIT, self.recv_inner())
+            .await
+            .expect("a packet or a close in time")
     }
 
     async fn recv_inner(&mut self) -> Option<Packet> {
         loop {
-            if let Some(p) = self.decoder.decode(&mut self.buf).expect("the broker sends valid packets") {
+            if let Some(p) = self
+                .decoder
+                .decode(&mut self.buf)
+                .expect("the broker sends valid packets")
+            {
                 return Some(p);
             }
             match self.stream.read_buf(&mut self.buf).await {
@@ -156,7 +177,10 @@ impl Raw {
             properties: Properties::default(),
             filters: vec![SubscribeFilter {
                 filter: filter.into(),
-                options: SubscriptionOptions { qos, ..Default::default() },
+                options: SubscriptionOptions {
+                    qos,
+                    ..Default::default()
+                },
             }],
         }))
         .await;

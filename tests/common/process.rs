@@ -32,7 +32,12 @@ impl CicadaProcess {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn cicada serve");
-        let mut p = CicadaProcess { child, port, http_port, dir };
+        let mut p = CicadaProcess {
+            child,
+            port,
+            http_port,
+            dir,
+        };
         p.wait_listening();
         p
     }
@@ -47,14 +52,19 @@ impl CicadaProcess {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("cicada exited early with {status}");
             }
-            assert!(Instant::now() < deadline, "cicada did not listen on {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "cicada did not listen on {}",
+                self.port
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 
     /// A field of /proc/PID/status in kB (VmRSS, VmHWM).
     pub fn status_kb(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("proc status");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("proc status");
         status
             .lines()
             .find(|l| l.starts_with(field))
