@@ -209,3 +209,39 @@ async fn mqtt_3_1_v31_clients_connect_with_mqisdp() {
         ReasonCode::SUCCESS
     );
 }
+
+#[tokio::test]
+async fn response_information_is_given_when_requested_and_configured() {
+    let b = TestBroker::with(|c| c.mqtt.response_information = "reply/".into()).await;
+    let mut raw = b.raw().await;
+    let mut c = connect("asker", ProtocolVersion::V5);
+    c.properties.request_response_information = Some(true);
+    let (_, _, props) = raw.handshake(c).await;
+    assert_eq!(props.response_information.as_deref(), Some("reply/asker"));
+    let mut raw = b.raw().await;
+    let (_, _, props) = raw.handshake(connect("silent", ProtocolVersion::V5)).await;
+    assert_eq!(props.response_information, None, "only when requested");
+}
+
+#[tokio::test]
+async fn server_disconnects_carry_a_reason_string() {
+    let b = TestBroker::start().await;
+    let mut raw = b.raw().await;
+    raw.handshake(connect("explain", ProtocolVersion::V5)).await;
+    raw.send(&Packet::Connect(Box::new(connect(
+        "explain",
+        ProtocolVersion::V5,
+    ))))
+    .await;
+    match raw.recv().await {
+        Some(Packet::Disconnect(d)) => {
+            assert_eq!(d.reason, ReasonCode::PROTOCOL_ERROR);
+            assert!(d
+                .properties
+                .reason_string
+                .unwrap_or_default()
+                .contains("second CONNECT"));
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -14,13 +14,14 @@ pub const WRITER_BUDGET: usize = 512;
 /// How long a closing connection may take to accept its last packets.
 pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// What the writer task sends.
+/// What the writer task sends. Boxed: the queue's blocks then hold pointers, not 400-byte packets, which
+/// keeps an idle connection's footprint small.
 #[derive(Debug)]
 pub enum Outbound {
-    Packet(Packet),
-    Publish(Publish),
+    Packet(Box<Packet>),
+    Publish(Box<Publish>),
     /// Send this DISCONNECT (if any, v5 only) and close the socket.
-    Close(Option<Disconnect>),
+    Close(Option<Box<Disconnect>>),
 }
 
 /// State shared between a connection's tasks and its session.
@@ -61,14 +62,25 @@ impl ConnHandle {
     }
 
     pub fn packet(&self, p: Packet) -> bool {
-        self.send(Outbound::Packet(p))
+        self.send(Outbound::Packet(Box::new(p)))
     }
 
     /// Closes the connection, telling a v5 client why [MQTT-3.14.2-1]; v3 clients are simply disconnected.
     pub fn close(&self, reason: ReasonCode) {
-        let d = self.version.is_v5().then(|| Disconnect {
-            reason,
-            properties: Default::default(),
+        self.close_with(reason, None);
+    }
+
+    /// Like [`ConnHandle::close`], with a Reason String saying why (allowed in DISCONNECT whatever the client's
+    /// Request Problem Information, spec 3.1.2.11.7).
+    pub fn close_with(&self, reason: ReasonCode, why: Option<String>) {
+        let d = self.version.is_v5().then(|| {
+            Box::new(Disconnect {
+                reason,
+                properties: crate::protocol::Properties {
+                    reason_string: why,
+                    ..Default::default()
+                },
+            })
         });
         self.send(Outbound::Close(d));
         // A client that does not read would keep the writer (and this connection) forever: give it a grace

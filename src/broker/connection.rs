@@ -53,7 +53,8 @@ where
     let span = tracing::info_span!("conn", %peer, client_id = tracing::field::Empty);
     async move {
         let (mut rd, mut wr) = tokio::io::split(stream);
-        let mut buf = BytesMut::with_capacity(4096);
+        // Small to start: most connections are idle devices; the buffer grows only for large packets.
+        let mut buf = BytesMut::with_capacity(512);
         let mut decoder = Decoder::new(ProtocolVersion::V311, ctx.config.limits.max_packet_size as usize);
         let connect = tokio::select! {
             r = tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut rd, &mut buf, &mut decoder, &ctx)) => r,
@@ -82,7 +83,9 @@ where
             }
             Ok(accepted) => {
                 tracing::Span::current().record("client_id", accepted.client_id.as_str());
-                run(accepted, rd, wr, buf, decoder, peer, ctx).await;
+                // Boxed: the handshake's locals are not part of the long-lived connection future, and the
+                // CONNECT itself lives on the heap only until the session took what it needs.
+                Box::pin(run(Box::new(accepted), rd, wr, buf, decoder, peer, ctx)).await;
             }
         }
     }
@@ -282,6 +285,12 @@ fn accept(
         if !cfg.mqtt.shared_subscription_available {
             props.shared_subscription_available = Some(false);
         }
+        if c.properties.request_response_information == Some(true)
+            && !cfg.mqtt.response_information.is_empty()
+        {
+            props.response_information =
+                Some(format!("{}{client_id}", cfg.mqtt.response_information));
+        }
     }
     c.client_id = client_id.clone();
     Ok(Accepted {
@@ -312,7 +321,7 @@ fn rand_seed() -> u64 {
 
 /// After CONNECT: open the session, start the writer, attach, read until the end.
 async fn run<R, W>(
-    a: Accepted,
+    a: Box<Accepted>,
     rd: R,
     wr: W,
     buf: BytesMut,
@@ -420,7 +429,7 @@ async fn run<R, W>(
             (will, expiry, "client disconnected".to_string())
         }
         End::Error(code, why) => {
-            handle.close(code);
+            handle.close_with(code, Some(why.clone()));
             (true, None, format!("{} ({why})", code.name()))
         }
         End::Closed(why) => {
@@ -519,8 +528,8 @@ impl Reader {
                     Err(e) => return End::Error(e.reason_code(), e.to_string()),
                 }
             }
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(8 * 1024);
+            if buf.capacity() == buf.len() {
+                buf.reserve(buf.capacity().clamp(512, 64 * 1024));
             }
             let read = async {
                 match deadline {

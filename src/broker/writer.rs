@@ -63,8 +63,9 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             },
             map: HashMap::new(),
         };
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        let mut batch = Vec::with_capacity(BATCH);
+        // Allocated on first use and kept while busy: idle connections hold (almost) nothing.
+        let mut buf = BytesMut::new();
+        let mut batch = Vec::new();
         'outer: loop {
             tokio::select! {
                 n = self.rx.recv_many(&mut batch, BATCH) => {
@@ -85,7 +86,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                     }
                     Outbound::Close(d) => {
                         if let Some(d) = d {
-                            let _ = encode(&Packet::Disconnect(d), self.version, &mut buf);
+                            let _ = encode(&Packet::Disconnect(*d), self.version, &mut buf);
                         }
                         close = true;
                         Ok(())
@@ -110,8 +111,8 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 }
                 self.ctx.metrics.bytes_sent.inc_by(len as u64);
                 buf.clear();
-                if buf.capacity() > 1024 * 1024 {
-                    buf = BytesMut::with_capacity(64 * 1024);
+                if buf.capacity() > 1024 * 1024 || self.rx.is_empty() {
+                    buf = BytesMut::new();
                 }
             }
             self.shared.pending.fetch_sub(taken, Ordering::AcqRel);

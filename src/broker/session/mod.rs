@@ -426,7 +426,7 @@ impl SessionState {
                     now.saturating_duration_since(delivery.message.received)
                         .as_secs_f64(),
                 );
-                conn.send(Outbound::Publish(publish));
+                conn.send(Outbound::Publish(Box::new(publish)));
             }
             Outgoing::PubRel(pkid) => {
                 conn.packet(Packet::PubRel(PubAck::new(pkid)));
