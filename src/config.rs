@@ -80,6 +80,31 @@ pub struct Config {
     pub mqtt: MqttConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// Authentication and ACLs for every listener without its own `[listener.auth]`.
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// `[auth]` (and `[listener.auth]`): Mosquitto's `allow_anonymous`, `password_file`, `acl_file`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Accept clients without a user name (and, without a password file, any user name).
+    pub allow_anonymous: bool,
+    /// A Mosquitto password file (`user:$7$...` / `user:$6$...`); relative to the config file.
+    pub password_file: Option<PathBuf>,
+    /// A Mosquitto ACL file; without one every client may publish and subscribe anywhere.
+    pub acl_file: Option<PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            allow_anonymous: true,
+            password_file: None,
+            acl_file: None,
+        }
+    }
 }
 
 /// One MQTT listener.
@@ -93,6 +118,9 @@ pub struct ListenerConfig {
     /// Connections this listener accepts at once (0 = only the node-wide limit).
     #[serde(default)]
     pub max_connections: usize,
+    /// Overrides `[auth]` for this listener.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
 }
 
 /// The HTTP endpoint.
@@ -214,6 +242,7 @@ fn default_listeners() -> Vec<ListenerConfig> {
         kind: default_kind(),
         bind: DEFAULT_MQTT_BIND.into(),
         max_connections: 0,
+        auth: None,
     }]
 }
 fn default_kind() -> String {
@@ -246,7 +275,27 @@ impl Config {
             file: file.clone(),
             source,
         })?;
-        Config::parse(&text, &file)
+        let mut config = Config::parse(&text, &file)?;
+        // Files named in the config are found next to it, whatever the working directory.
+        if let Some(dir) = path.parent() {
+            let fix = |p: &mut Option<PathBuf>| {
+                if let Some(f) = p.as_mut().filter(|f| f.is_relative()) {
+                    *f = dir.join(&*f);
+                }
+            };
+            let mut auths: Vec<&mut AuthConfig> = vec![&mut config.auth];
+            auths.extend(config.listeners.iter_mut().filter_map(|l| l.auth.as_mut()));
+            for a in auths {
+                fix(&mut a.password_file);
+                fix(&mut a.acl_file);
+            }
+        }
+        Ok(config)
+    }
+
+    /// The auth configuration of a listener.
+    pub fn auth_for(&self, listener: &ListenerConfig) -> AuthConfig {
+        listener.auth.clone().unwrap_or_else(|| self.auth.clone())
     }
 
     /// Parses and validates TOML text; `file` names it in errors.
@@ -280,6 +329,7 @@ impl Config {
                     kind: "tcp".into(),
                     bind: format!("0.0.0.0:{port}"),
                     max_connections: 0,
+                    auth: None,
                 }),
             }
         }

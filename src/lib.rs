@@ -2,12 +2,14 @@
 //!
 //! # Layout
 //! - [`protocol`]: the wire format, pure and free of I/O.
+//! - [`auth`]: Mosquitto-compatible password files and ACLs.
 //! - [`broker`]: the broker of one node as actors (connections, sessions, registry, topic shards).
 //! - [`config`]: typed configuration with file/line/key errors; [`http`]: `/metrics`, `/health`, `/ready`.
 //! - [`client`]: an async MQTT client (3.1.1 and 5.0) with automatic reconnect, used by the CLI, the tests
 //!   and the load generator.
 //! - [`cli`]: the `cicada serve`, `pub`, `sub` and `bench` commands.
 
+pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod client;

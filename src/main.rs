@@ -1,7 +1,8 @@
-//! The `cicada` command: `serve` (the broker), `pub`, `sub` and `bench`.
+//! The `cicada` command: `serve` (the broker), `pub`, `sub`, `bench` and `passwd`.
 
 use cicada::cli::{
-    self, bench::BenchCommand, publish::PubArgs, serve::ServeArgs, subscribe::SubArgs,
+    self, bench::BenchCommand, passwd::PasswdArgs, publish::PubArgs, serve::ServeArgs,
+    subscribe::SubArgs,
 };
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ enum Command {
     Pub(PubArgs),
     /// Subscribe and print messages (options as mosquitto_sub).
     Sub(SubArgs),
+    /// Manage a password file in Mosquitto's format (as mosquitto_passwd).
+    Passwd(PasswdArgs),
     /// Load generator.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -35,9 +38,11 @@ fn main() -> ExitCode {
     let default_level = match &cli.command {
         Command::Pub(a) if a.connect.debug => "debug".to_string(),
         Command::Sub(a) if a.connect.debug => "debug".to_string(),
-        Command::Serve(_) | Command::Pub(_) | Command::Sub(_) | Command::Bench(_) => {
-            "warn".to_string()
-        }
+        Command::Serve(_)
+        | Command::Pub(_)
+        | Command::Sub(_)
+        | Command::Bench(_)
+        | Command::Passwd(_) => "warn".to_string(),
     };
     // The broker's configuration is validated before anything starts; its errors name file, line and key.
     let serve_config = match &cli.command {
@@ -75,6 +80,7 @@ fn main() -> ExitCode {
             Command::Pub(a) => cli::publish::run(a).await,
             Command::Sub(a) => cli::subscribe::run(a).await,
             Command::Bench(b) => cli::bench::run(b).await,
+            Command::Passwd(a) => cli::passwd::run(a),
         }
     });
     match result {

@@ -10,6 +10,8 @@ use super::registry::{Opened, RegistryMsg};
 use super::session::{Attach, AttachReply, Detach, SessionMsg};
 use super::writer::Writer;
 use super::Context;
+use crate::auth::acl::Who;
+use crate::auth::Auth;
 use crate::config::ListenerConfig;
 use crate::protocol::{
     encode, ConnAck, Connect, DecodeError, Decoder, Packet, Properties, ProtocolVersion, PubAck,
@@ -46,8 +48,13 @@ enum End {
 }
 
 /// Serves one accepted socket until it closes.
-pub async fn serve<S>(stream: S, peer: SocketAddr, listener: Arc<ListenerConfig>, ctx: Arc<Context>)
-where
+pub async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    listener: Arc<ListenerConfig>,
+    auth: Arc<Auth>,
+    ctx: Arc<Context>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let span = tracing::info_span!("conn", %peer, client_id = tracing::field::Empty);
@@ -83,9 +90,24 @@ where
             }
             Ok(accepted) => {
                 tracing::Span::current().record("client_id", accepted.client_id.as_str());
+                let c = &accepted.connect;
+                if let Err(refused) = auth.authenticate(c.username.as_deref(), c.password.as_deref()) {
+                    ctx.metrics.auth_failures.with_label_values(&[refused.label()]).inc();
+                    // Slow down guessing: each failure from an address doubles the wait before the answer.
+                    let delay = auth.failure_delay(peer.ip());
+                    tracing::warn!(username = ?c.username, reason = refused.label(), delay_ms = delay.as_millis() as u64, "authentication failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = ctx.shutdown.cancelled() => {}
+                    }
+                    refuse(&mut wr, c.protocol, refused.reason_code(), &ctx).await;
+                    return;
+                }
+                auth.succeeded(peer.ip());
                 // Boxed: the handshake's locals are not part of the long-lived connection future, and the
                 // CONNECT itself lives on the heap only until the session took what it needs.
-                Box::pin(run(Box::new(accepted), rd, wr, buf, decoder, peer, ctx)).await;
+                let input = Input { rd, buf, decoder };
+                Box::pin(run(Box::new(accepted), input, wr, peer, auth, ctx)).await;
             }
         }
     }
@@ -319,14 +341,20 @@ fn rand_seed() -> u64 {
     h.finish()
 }
 
+/// The read side after CONNECT: the socket half, bytes already read past CONNECT, and the decoder.
+struct Input<R> {
+    rd: R,
+    buf: BytesMut,
+    decoder: Decoder,
+}
+
 /// After CONNECT: open the session, start the writer, attach, read until the end.
 async fn run<R, W>(
     a: Box<Accepted>,
-    rd: R,
+    input: Input<R>,
     wr: W,
-    buf: BytesMut,
-    decoder: Decoder,
     peer: SocketAddr,
+    auth: Arc<Auth>,
     ctx: Arc<Context>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
@@ -383,6 +411,8 @@ async fn run<R, W>(
         will: a.connect.will.clone(),
         connack: a.connack,
         receive_maximum: cp.receive_maximum.unwrap_or(u16::MAX),
+        auth: auth.clone(),
+        username: a.connect.username.clone(),
     };
     let reply = session
         .call(|port| SessionMsg::Attach(Box::new(attach), port), None)
@@ -418,10 +448,13 @@ async fn run<R, W>(
         credit: Arc::new(Semaphore::new(ctx.config.limits.inbound_credit)),
         connect_expiry: a.expiry,
         max_qos: QoS::from_u8(ctx.config.mqtt.max_qos).unwrap_or(QoS::ExactlyOnce),
+        auth,
+        username: a.connect.username.clone(),
+        client_id: a.client_id.clone(),
     };
     let keep_alive = a.keep_alive;
     let end = reader
-        .read_loop(rd, buf, decoder, keep_alive, &cancel)
+        .read_loop(input.rd, input.buf, input.decoder, keep_alive, &cancel)
         .await;
     let (publish_will, expiry, why) = match end {
         End::Normal { will, expiry } => {
@@ -499,6 +532,9 @@ struct Reader {
     credit: Arc<Semaphore>,
     connect_expiry: u32,
     max_qos: QoS,
+    auth: Arc<Auth>,
+    username: Option<String>,
+    client_id: String,
 }
 
 impl Reader {
@@ -691,6 +727,23 @@ impl Reader {
                 .with_label_values(&["payload_format_invalid"])
                 .inc();
             reason = ReasonCode::PAYLOAD_FORMAT_INVALID;
+            route = false;
+        }
+        if route
+            && self.auth.has_acl()
+            && !self.auth.can_publish(
+                Who {
+                    username: self.username.as_deref(),
+                    client_id: &self.client_id,
+                },
+                &p.topic,
+            )
+        {
+            // v5: PUBACK / PUBREC 0x87; before v5 the message is acknowledged and dropped (Mosquitto's behaviour).
+            ctx.metrics.acl_denied.with_label_values(&["publish"]).inc();
+            ctx.metrics.dropped.with_label_values(&["acl_denied"]).inc();
+            tracing::debug!(topic = %p.topic, "publish denied by the ACL");
+            reason = ReasonCode::NOT_AUTHORIZED;
             route = false;
         }
         if route && p.topic.starts_with("$SYS") {

@@ -2,6 +2,7 @@
 
 use super::connection;
 use super::Context;
+use crate::auth::Auth;
 use crate::config::ListenerConfig;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,13 @@ use tokio_util::task::TaskTracker;
 
 /// Accepts until shutdown. An accept error (e.g. out of file descriptors) is logged and retried after a
 /// short pause instead of ending the listener.
-pub async fn run(sock: TcpListener, config: ListenerConfig, ctx: Arc<Context>, tasks: TaskTracker) {
+pub async fn run(
+    sock: TcpListener,
+    config: ListenerConfig,
+    auth: Arc<Auth>,
+    ctx: Arc<Context>,
+    tasks: TaskTracker,
+) {
     let config = Arc::new(config);
     loop {
         let accepted = tokio::select! {
@@ -20,7 +27,13 @@ pub async fn run(sock: TcpListener, config: ListenerConfig, ctx: Arc<Context>, t
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                tasks.spawn(connection::serve(stream, peer, config.clone(), ctx.clone()));
+                tasks.spawn(connection::serve(
+                    stream,
+                    peer,
+                    config.clone(),
+                    auth.clone(),
+                    ctx.clone(),
+                ));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");

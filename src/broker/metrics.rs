@@ -27,6 +27,8 @@ pub struct Metrics {
     pub inflight: IntGauge,
     pub delivery_latency: Histogram,
     pub reads_paused: IntCounterVec,
+    pub auth_failures: IntCounterVec,
+    pub acl_denied: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -68,11 +70,18 @@ impl Metrics {
             "payload_format_invalid",
             "sys_topic",
             "no_group_member",
+            "acl_denied",
         ] {
             m.dropped.with_label_values(&[reason]);
         }
         for cause in ["credit", "memory_watermark"] {
             m.reads_paused.with_label_values(&[cause]);
+        }
+        for reason in ["bad_credentials", "anonymous_not_allowed"] {
+            m.auth_failures.with_label_values(&[reason]);
+        }
+        for action in ["publish", "subscribe", "deliver", "will"] {
+            m.acl_denied.with_label_values(&[action]);
         }
         m
     }
@@ -180,6 +189,18 @@ impl Metrics {
                 "cicada_reads_paused_total",
                 "Times a connection's reads paused for backpressure, by cause.",
                 &["cause"],
+            ),
+            auth_failures: counter_vec(
+                &r,
+                "cicada_auth_failures_total",
+                "CONNECTs refused for their credentials, by reason.",
+                &["reason"],
+            ),
+            acl_denied: counter_vec(
+                &r,
+                "cicada_acl_denied_total",
+                "Actions the ACL refused, by action.",
+                &["action"],
             ),
             registry: r,
         }

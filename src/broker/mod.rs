@@ -21,6 +21,7 @@ pub mod sys;
 pub mod trie;
 pub mod writer;
 
+use crate::auth::{Auth, AuthError};
 use crate::config::Config;
 use crate::protocol::{topic, ReasonCode};
 use message::Message;
@@ -55,6 +56,8 @@ pub struct Context {
     pub below_watermark: Notify,
     pub shutdown: CancellationToken,
     pub started: Instant,
+    /// Every distinct auth configuration in force (one per listener, shared when equal), for SIGHUP.
+    pub auths: Vec<Arc<Auth>>,
 }
 
 impl Context {
@@ -117,6 +120,8 @@ pub enum StartError {
     },
     #[error("cannot start the actors: {0}")]
     Actors(String),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 /// A running broker.
@@ -133,6 +138,21 @@ impl Broker {
     /// Binds every listener (before spawning anything, so a busy port fails fast) and starts the actors.
     pub async fn start(config: Config) -> Result<Broker, StartError> {
         let config = Arc::new(config);
+        // Password and ACL files are read before any port is bound: a bad file stops the start.
+        let mut auths: Vec<Arc<Auth>> = Vec::new();
+        let mut listener_auth = Vec::new();
+        for l in &config.listeners {
+            let wanted = config.auth_for(l);
+            let auth = match auths.iter().find(|a| a.config == wanted) {
+                Some(a) => a.clone(),
+                None => {
+                    let a = Arc::new(Auth::load(wanted)?);
+                    auths.push(a.clone());
+                    a
+                }
+            };
+            listener_auth.push(auth);
+        }
         let mut listeners = Vec::new();
         for l in &config.listeners {
             let sock = tokio::net::TcpListener::bind(&l.bind)
@@ -166,6 +186,7 @@ impl Broker {
             below_watermark: Notify::new(),
             shutdown: shutdown.clone(),
             started: Instant::now(),
+            auths: auths.clone(),
         });
         let mut shards = Vec::new();
         for _ in 0..config.shard_count() {
@@ -187,6 +208,7 @@ impl Broker {
             below_watermark: Notify::new(),
             shutdown,
             started: Instant::now(),
+            auths,
         });
         let (registry, _) = Actor::spawn(None, Registry, ctx.clone())
             .await
@@ -195,14 +217,14 @@ impl Broker {
 
         let tasks = TaskTracker::new();
         let mut mqtt_addrs = Vec::new();
-        for (sock, l) in listeners {
+        for ((sock, l), auth) in listeners.into_iter().zip(listener_auth) {
             let addr = sock.local_addr().map_err(|source| StartError::Bind {
                 addr: l.bind.clone(),
                 source,
             })?;
             tracing::info!(%addr, kind = %l.kind, "listening for MQTT");
             mqtt_addrs.push(addr);
-            tasks.spawn(listener::run(sock, l, ctx.clone(), tasks.clone()));
+            tasks.spawn(listener::run(sock, l, auth, ctx.clone(), tasks.clone()));
         }
         let http_addr = http.local_addr().map_err(|source| StartError::Bind {
             addr: config.http.bind.clone(),
@@ -220,6 +242,20 @@ impl Broker {
             tasks,
             registry,
         })
+    }
+
+    /// Re-reads every password and ACL file (SIGHUP); a file with an error keeps its old rules.
+    pub fn reload_auth(&self) {
+        for a in &self.ctx.auths {
+            match a.reload() {
+                Ok(()) => {
+                    tracing::info!(password_file = ?a.config.password_file, acl_file = ?a.config.acl_file, "auth files reloaded")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "auth files not reloaded; the previous rules stay in force")
+                }
+            }
+        }
     }
 
     /// Graceful shutdown: stop accepting and being ready, tell every client (v5: 0x8B Server shutting down),

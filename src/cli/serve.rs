@@ -1,8 +1,9 @@
 //! `cicada serve`: run a broker from the embedded defaults or a file, with flag overrides; SIGINT/SIGTERM
-//! shut it down gracefully (MQTT 5 clients get 0x8B Server shutting down).
+//! shut it down gracefully (MQTT 5 clients get 0x8B Server shutting down); SIGHUP re-reads password and ACL
+//! files without dropping connections.
 
 use super::CliError;
-use crate::broker::Broker;
+use crate::broker::{Broker, StartError};
 use crate::config::{Config, Overrides};
 use clap::Args;
 use std::path::PathBuf;
@@ -39,31 +40,29 @@ impl ServeArgs {
     }
 }
 
-/// Runs until a signal.
+/// Runs until SIGINT or SIGTERM; SIGHUP re-reads the password and ACL files.
 pub async fn run(config: Config) -> Result<(), CliError> {
-    let broker = Broker::start(config)
-        .await
-        .map_err(|e| CliError::failure(e.to_string()))?;
+    use tokio::signal::unix::{signal, SignalKind};
+    let broker = Broker::start(config).await.map_err(|e| match e {
+        // A bad password or ACL file is a configuration error, like a bad key.
+        StartError::Auth(_) => CliError::usage(e.to_string()),
+        _ => CliError::failure(e.to_string()),
+    })?;
     for addr in &broker.mqtt_addrs {
         tracing::info!(%addr, "cicada ready");
     }
-    wait_for_signal().await;
+    let watch = |kind: SignalKind| {
+        signal(kind).map_err(|e| CliError::failure(format!("cannot watch signals: {e}")))
+    };
+    let mut term = watch(SignalKind::terminate())?;
+    let mut hup = watch(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT"); break; }
+            _ = term.recv() => { tracing::info!("SIGTERM"); break; }
+            _ = hup.recv() => { tracing::info!("SIGHUP"); broker.reload_auth(); }
+        }
+    }
     broker.shutdown().await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the broker");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
-        _ = term.recv() => tracing::info!("SIGTERM"),
-    }
 }

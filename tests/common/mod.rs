@@ -20,6 +20,8 @@ pub struct Mosquitto {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Extra lines for mosquitto.conf.
+    extra: String,
 }
 
 /// A free loopback port never handed out before in this test process: two brokers of parallel tests must not
@@ -40,11 +42,17 @@ pub fn free_port() -> u16 {
 impl Mosquitto {
     /// Starts Debian's mosquitto (never the system service) on a free loopback port.
     pub fn start() -> Mosquitto {
+        Mosquitto::start_with("allow_anonymous true\n")
+    }
+
+    /// Starts mosquitto with these extra configuration lines.
+    pub fn start_with(extra: &str) -> Mosquitto {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut m = Mosquitto {
             port: free_port(),
             child: None,
             dir,
+            extra: extra.to_string(),
         };
         m.spawn();
         m
@@ -56,8 +64,8 @@ impl Mosquitto {
 
     fn spawn(&mut self) {
         let conf = format!(
-            "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\nmax_queued_messages 100000\n",
-            self.port
+            "listener {} 127.0.0.1\npersistence false\nuser root\nmax_queued_messages 100000\n{}",
+            self.port, self.extra
         );
         std::fs::write(self.conf(), conf).expect("write mosquitto.conf");
         // Debian installs the broker in /usr/sbin, which a non-root PATH may lack.

@@ -10,6 +10,8 @@ use super::message::{Delivery, Message, SessionId};
 use super::registry::RegistryMsg;
 use super::shard::{Credit, ShardMsg};
 use super::Context;
+use crate::auth::acl::Who;
+use crate::auth::Auth;
 use crate::broker::metrics::Metrics;
 use crate::protocol::{ConnAck, LastWill, Packet, PubAck, QoS, ReasonCode, Subscribe, Unsubscribe};
 use outbox::{Outbox, OutboxLimits, Outgoing};
@@ -31,6 +33,9 @@ pub struct Attach {
     pub connack: ConnAck,
     /// The client's Receive Maximum: the outbound window.
     pub receive_maximum: u16,
+    /// The listener's auth (ACL for subscriptions, deliveries and the Will) and who the client is.
+    pub auth: Arc<Auth>,
+    pub username: Option<String>,
 }
 
 /// What the connection learns from attaching.
@@ -99,6 +104,9 @@ pub struct SessionState {
     /// Bumped whenever a pending timer is superseded, so stale WillDue/ExpiryDue are ignored.
     generation: u64,
     attached_before: bool,
+    /// The ACL of the listener the client last connected through, and its user name.
+    auth: Option<Arc<Auth>>,
+    username: Option<String>,
     /// Last values added to the node-wide gauges, to report changes as deltas.
     reported: (i64, i64, i64),
 }
@@ -129,6 +137,8 @@ impl Actor for Session {
             will: None,
             generation: 0,
             attached_before: false,
+            auth: None,
+            username: None,
             reported: (0, 0, 0),
             ctx: a.ctx,
         })
@@ -234,6 +244,8 @@ impl SessionState {
         self.generation += 1;
         self.will = a.will;
         self.expiry = a.expiry;
+        self.auth = Some(a.auth);
+        self.username = a.username;
         let session_present = self.attached_before && !a.clean_start;
         self.attached_before = true;
         self.outbox
@@ -319,8 +331,33 @@ impl SessionState {
         me.stop(None);
     }
 
+    /// Whether the ACL lets this client publish (`write`) or receive (`!write`) on a topic.
+    pub(super) fn allowed(&self, topic: &str, write: bool) -> bool {
+        let Some(auth) = self.auth.as_ref().filter(|a| a.has_acl()) else {
+            return true;
+        };
+        let who = Who {
+            username: self.username.as_deref(),
+            client_id: &self.client_id,
+        };
+        if write {
+            auth.can_publish(who, topic)
+        } else {
+            auth.can_read(who, topic)
+        }
+    }
+
     fn publish_will(&mut self) {
         if let Some(w) = self.will.take() {
+            if !self.allowed(&w.topic, true) {
+                self.ctx
+                    .metrics
+                    .acl_denied
+                    .with_label_values(&["will"])
+                    .inc();
+                tracing::info!(client_id = %self.client_id, topic = %w.topic, "Will denied by the ACL");
+                return;
+            }
             tracing::debug!(client_id = %self.client_id, topic = %w.topic, "publishing Will");
             let mut properties = w.properties;
             properties.will_delay_interval = None;
@@ -349,6 +386,19 @@ impl SessionState {
     }
 
     fn deliver(&mut self, d: Delivery) {
+        if !self.allowed(&d.message.topic, false) {
+            self.ctx
+                .metrics
+                .acl_denied
+                .with_label_values(&["deliver"])
+                .inc();
+            self.ctx
+                .metrics
+                .dropped
+                .with_label_values(&["acl_denied"])
+                .inc();
+            return;
+        }
         let online = self.conn.is_some();
         if let Err(reason) = self.outbox.push(d, online) {
             self.ctx

@@ -76,6 +76,20 @@ impl SessionState {
         if plain.split('/').count() > self.ctx.config.limits.max_topic_levels {
             return Err(ReasonCode::TOPIC_FILTER_INVALID);
         }
+        if let Some(auth) = self.auth.as_ref().filter(|a| a.has_acl()) {
+            let who = crate::auth::acl::Who {
+                username: self.username.as_deref(),
+                client_id: &self.client_id,
+            };
+            if !auth.can_subscribe(who, plain) {
+                self.ctx
+                    .metrics
+                    .acl_denied
+                    .with_label_values(&["subscribe"])
+                    .inc();
+                return Err(ReasonCode::NOT_AUTHORIZED);
+            }
+        }
         Ok(())
     }
 
