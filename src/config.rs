@@ -121,6 +121,28 @@ pub struct ListenerConfig {
     /// Overrides `[auth]` for this listener.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
+    /// Certificates for `tls` listeners.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[listener.tls]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM), server certificate first; relative to the config file.
+    pub cert: PathBuf,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Refuse clients without a valid certificate (needs `ca`).
+    #[serde(default)]
+    pub require_certificate: bool,
+    /// The client certificate's CN (or first DNS SAN) is the user name for ACLs; no password is asked.
+    #[serde(default)]
+    pub use_identity_as_username: bool,
 }
 
 /// The HTTP endpoint.
@@ -243,6 +265,7 @@ fn default_listeners() -> Vec<ListenerConfig> {
         bind: DEFAULT_MQTT_BIND.into(),
         max_connections: 0,
         auth: None,
+        tls: None,
     }]
 }
 fn default_kind() -> String {
@@ -289,6 +312,14 @@ impl Config {
                 fix(&mut a.password_file);
                 fix(&mut a.acl_file);
             }
+            for t in config.listeners.iter_mut().filter_map(|l| l.tls.as_mut()) {
+                for p in [&mut t.cert, &mut t.key] {
+                    if p.is_relative() {
+                        *p = dir.join(&*p);
+                    }
+                }
+                fix(&mut t.ca);
+            }
         }
         Ok(config)
     }
@@ -330,6 +361,7 @@ impl Config {
                     bind: format!("0.0.0.0:{port}"),
                     max_connections: 0,
                     auth: None,
+                    tls: None,
                 }),
             }
         }
@@ -344,15 +376,34 @@ impl Config {
     /// Cross-field checks; an error is (section, key, message).
     fn validate(&self) -> Result<(), (&'static str, &'static str, String)> {
         for l in &self.listeners {
-            if l.kind != "tcp" {
-                return Err((
-                    "listener",
-                    "kind",
-                    format!(
-                        "unsupported listener kind {:?} (this build serves: tcp)",
-                        l.kind
-                    ),
-                ));
+            match (l.kind.as_str(), &l.tls) {
+                ("tcp", _) => {}
+                ("tls", Some(t)) => {
+                    if (t.require_certificate || t.use_identity_as_username) && t.ca.is_none() {
+                        return Err((
+                            "listener.tls",
+                            "ca",
+                            "require_certificate and use_identity_as_username need a CA file"
+                                .into(),
+                        ));
+                    }
+                }
+                ("tls", None) => {
+                    return Err((
+                        "listener",
+                        "kind",
+                        "a tls listener needs a [listener.tls] table with cert and key".into(),
+                    ))
+                }
+                (other, _) => {
+                    return Err((
+                        "listener",
+                        "kind",
+                        format!(
+                            "unsupported listener kind {other:?} (this build serves: tcp, tls)"
+                        ),
+                    ))
+                }
             }
             l.bind.parse::<SocketAddr>().map_err(|e| {
                 (
@@ -502,6 +553,35 @@ mod tests {
         let e = Config::parse("[[listener]]\nbind = \"nowhere\"\n", "l.toml").unwrap_err();
         assert!(
             e.to_string().starts_with("l.toml:2: key `listener.bind`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_tls_listener_needs_its_certificates() {
+        let e = Config::parse(
+            "[[listener]]\nkind = \"tls\"\nbind = \"0.0.0.0:8883\"\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("t.toml:2: key `listener.kind`: a tls listener needs"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "[[listener]]\nkind = \"tls\"\nbind = \"0.0.0.0:8883\"\n[listener.tls]\ncert = \"c\"\nkey = \"k\"\nrequire_certificate = true\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("key `listener.tls.ca`"), "{e}");
+        let e = Config::parse(
+            "[[listener]]\nkind = \"ws\"\nbind = \"0.0.0.0:8083\"\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("unsupported listener kind \"ws\""),
             "{e}"
         );
     }

@@ -47,12 +47,24 @@ enum End {
     ClosedByServer,
 }
 
+/// Who the transport says the client is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// Nothing: CONNECT's user name and password decide.
+    None,
+    /// A verified client certificate's CN or DNS name: the user name, no password needed.
+    Certificate(String),
+    /// `use_identity_as_username` without a usable certificate: refused.
+    Missing,
+}
+
 /// Serves one accepted socket until it closes.
 pub async fn serve<S>(
     stream: S,
     peer: SocketAddr,
     listener: Arc<ListenerConfig>,
     auth: Arc<Auth>,
+    identity: Identity,
     ctx: Arc<Context>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -88,10 +100,23 @@ pub async fn serve<S>(
                 refuse(&mut wr, version, code, &ctx).await;
                 tracing::info!(why, reason = code.name(), "connection refused");
             }
-            Ok(accepted) => {
+            Ok(mut accepted) => {
                 tracing::Span::current().record("client_id", accepted.client_id.as_str());
+                let checked = match identity {
+                    Identity::None => {
+                        let c = &accepted.connect;
+                        auth.authenticate(c.username.as_deref(), c.password.as_deref())
+                    }
+                    Identity::Certificate(name) => {
+                        // The certificate is the credential; its identity is the user name for ACLs.
+                        accepted.connect.username = Some(name);
+                        accepted.connect.password = None;
+                        Ok(())
+                    }
+                    Identity::Missing => Err(crate::auth::Refused::Anonymous),
+                };
                 let c = &accepted.connect;
-                if let Err(refused) = auth.authenticate(c.username.as_deref(), c.password.as_deref()) {
+                if let Err(refused) = checked {
                     ctx.metrics.auth_failures.with_label_values(&[refused.label()]).inc();
                     // Slow down guessing: each failure from an address doubles the wait before the answer.
                     let delay = auth.failure_delay(peer.ip());

@@ -1,6 +1,7 @@
 //! Accept loops. Each accepted socket is served by its own task, tracked for shutdown.
 
-use super::connection;
+use super::connection::{self, Identity};
+use super::tls::{self, Tls};
 use super::Context;
 use crate::auth::Auth;
 use crate::config::ListenerConfig;
@@ -15,6 +16,7 @@ pub async fn run(
     sock: TcpListener,
     config: ListenerConfig,
     auth: Arc<Auth>,
+    tls: Option<Arc<Tls>>,
     ctx: Arc<Context>,
     tasks: TaskTracker,
 ) {
@@ -27,13 +29,29 @@ pub async fn run(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                tasks.spawn(connection::serve(
-                    stream,
-                    peer,
-                    config.clone(),
-                    auth.clone(),
-                    ctx.clone(),
-                ));
+                match &tls {
+                    None => {
+                        let serve = connection::serve(
+                            stream,
+                            peer,
+                            config.clone(),
+                            auth.clone(),
+                            Identity::None,
+                            ctx.clone(),
+                        );
+                        tasks.spawn(serve);
+                    }
+                    Some(tls) => {
+                        tasks.spawn(handshake(
+                            stream,
+                            peer,
+                            tls.clone(),
+                            config.clone(),
+                            auth.clone(),
+                            ctx.clone(),
+                        ));
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -44,4 +62,46 @@ pub async fn run(
             }
         }
     }
+}
+
+/// The TLS handshake (bounded by the CONNECT timeout), then the MQTT connection over it.
+async fn handshake(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    tls: Arc<Tls>,
+    config: Arc<ListenerConfig>,
+    auth: Arc<Auth>,
+    ctx: Arc<Context>,
+) {
+    let accepted = tokio::select! {
+        r = tokio::time::timeout(connection::CONNECT_TIMEOUT, tls.acceptor().accept(stream)) => r,
+        _ = ctx.shutdown.cancelled() => return,
+    };
+    let stream = match accepted {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            ctx.metrics.tls_handshake_failures.inc();
+            tracing::info!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            ctx.metrics.tls_handshake_failures.inc();
+            tracing::info!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let identity = if tls.config.use_identity_as_username {
+        let cert = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first().cloned());
+        match cert.as_ref().and_then(tls::identity) {
+            Some(name) => Identity::Certificate(name),
+            None => Identity::Missing,
+        }
+    } else {
+        Identity::None
+    };
+    connection::serve(stream, peer, config, auth, identity, ctx).await;
 }

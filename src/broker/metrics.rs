@@ -29,6 +29,7 @@ pub struct Metrics {
     pub reads_paused: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub acl_denied: IntCounterVec,
+    pub tls_handshake_failures: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -196,6 +197,7 @@ impl Metrics {
                 "CONNECTs refused for their credentials, by reason.",
                 &["reason"],
             ),
+            tls_handshake_failures: counter(&r, "cicada_tls_handshake_failures_total", "TLS handshakes that failed or timed out (bad or missing client certificates included)."),
             acl_denied: counter_vec(
                 &r,
                 "cicada_acl_denied_total",

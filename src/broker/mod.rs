@@ -18,6 +18,7 @@ pub mod retained;
 pub mod session;
 pub mod shard;
 pub mod sys;
+pub mod tls;
 pub mod trie;
 pub mod writer;
 
@@ -58,6 +59,8 @@ pub struct Context {
     pub started: Instant,
     /// Every distinct auth configuration in force (one per listener, shared when equal), for SIGHUP.
     pub auths: Vec<Arc<Auth>>,
+    /// The TLS acceptors of tls listeners, for SIGHUP.
+    pub tls: Vec<Arc<tls::Tls>>,
 }
 
 impl Context {
@@ -122,6 +125,8 @@ pub enum StartError {
     Actors(String),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A running broker.
@@ -153,6 +158,14 @@ impl Broker {
             };
             listener_auth.push(auth);
         }
+        let mut listener_tls = Vec::new();
+        for l in &config.listeners {
+            listener_tls.push(match (&l.kind[..], &l.tls) {
+                ("tls", Some(t)) => Some(Arc::new(tls::Tls::load(t.clone())?)),
+                _ => None,
+            });
+        }
+        let all_tls: Vec<Arc<tls::Tls>> = listener_tls.iter().flatten().cloned().collect();
         let mut listeners = Vec::new();
         for l in &config.listeners {
             let sock = tokio::net::TcpListener::bind(&l.bind)
@@ -187,6 +200,7 @@ impl Broker {
             shutdown: shutdown.clone(),
             started: Instant::now(),
             auths: auths.clone(),
+            tls: Vec::new(),
         });
         let mut shards = Vec::new();
         for _ in 0..config.shard_count() {
@@ -209,6 +223,7 @@ impl Broker {
             shutdown,
             started: Instant::now(),
             auths,
+            tls: all_tls,
         });
         let (registry, _) = Actor::spawn(None, Registry, ctx.clone())
             .await
@@ -217,14 +232,21 @@ impl Broker {
 
         let tasks = TaskTracker::new();
         let mut mqtt_addrs = Vec::new();
-        for ((sock, l), auth) in listeners.into_iter().zip(listener_auth) {
+        for (((sock, l), auth), tls) in listeners.into_iter().zip(listener_auth).zip(listener_tls) {
             let addr = sock.local_addr().map_err(|source| StartError::Bind {
                 addr: l.bind.clone(),
                 source,
             })?;
             tracing::info!(%addr, kind = %l.kind, "listening for MQTT");
             mqtt_addrs.push(addr);
-            tasks.spawn(listener::run(sock, l, auth, ctx.clone(), tasks.clone()));
+            tasks.spawn(listener::run(
+                sock,
+                l,
+                auth,
+                tls,
+                ctx.clone(),
+                tasks.clone(),
+            ));
         }
         let http_addr = http.local_addr().map_err(|source| StartError::Bind {
             addr: config.http.bind.clone(),
@@ -244,7 +266,21 @@ impl Broker {
         })
     }
 
-    /// Re-reads every password and ACL file (SIGHUP); a file with an error keeps its old rules.
+    /// Re-reads every password, ACL and certificate file (SIGHUP); a file with an error keeps the old one in
+    /// force. Open connections are not touched.
+    pub fn reload(&self) {
+        for t in &self.ctx.tls {
+            match t.reload() {
+                Ok(()) => tracing::info!(cert = %t.config.cert.display(), "certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "certificates not reloaded; the previous ones stay in use")
+                }
+            }
+        }
+        self.reload_auth();
+    }
+
+    /// Re-reads every password and ACL file; a file with an error keeps its old rules.
     pub fn reload_auth(&self) {
         for a in &self.ctx.auths {
             match a.reload() {

@@ -45,7 +45,7 @@ pub async fn run(config: Config) -> Result<(), CliError> {
     use tokio::signal::unix::{signal, SignalKind};
     let broker = Broker::start(config).await.map_err(|e| match e {
         // A bad password or ACL file is a configuration error, like a bad key.
-        StartError::Auth(_) => CliError::usage(e.to_string()),
+        StartError::Auth(_) | StartError::Tls(_) => CliError::usage(e.to_string()),
         _ => CliError::failure(e.to_string()),
     })?;
     for addr in &broker.mqtt_addrs {
@@ -60,7 +60,7 @@ pub async fn run(config: Config) -> Result<(), CliError> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT"); break; }
             _ = term.recv() => { tracing::info!("SIGTERM"); break; }
-            _ = hup.recv() => { tracing::info!("SIGHUP"); broker.reload_auth(); }
+            _ = hup.recv() => { tracing::info!("SIGHUP"); broker.reload(); }
         }
     }
     broker.shutdown().await;

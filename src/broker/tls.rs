@@ -1,0 +1,124 @@
+//! TLS listeners with rustls (ring provider): certificate chain and key from PEM files, TLS 1.2 and 1.3,
+//! optional or required client certificates against a CA file, and the client certificate's identity as
+//! the user name. The files are re-read on SIGHUP; connections already open keep their session.
+
+use crate::config::TlsConfig;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use thiserror::Error;
+use tokio_rustls::TlsAcceptor;
+
+#[derive(Debug, Error)]
+pub enum TlsError {
+    #[error("{file}: {message}")]
+    File { file: String, message: String },
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+fn file_err(p: &Path, message: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        file: p.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
+fn certs(p: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(p)
+        .map_err(|e| file_err(p, format!("cannot read certificates: {e}")))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(p, format!("bad PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(file_err(p, "no certificate in the file"));
+    }
+    Ok(certs)
+}
+
+/// Builds a rustls server configuration from the files.
+pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = certs(&cfg.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&cfg.key)
+        .map_err(|e| file_err(&cfg.key, format!("cannot read the private key: {e}")))?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match &cfg.ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in certs(ca)? {
+                roots
+                    .add(c)
+                    .map_err(|e| file_err(ca, format!("not a usable CA certificate: {e}")))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if cfg.require_certificate {
+                verifier.build()
+            } else {
+                verifier.allow_unauthenticated().build()
+            }
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder.with_single_cert(chain, key).map_err(|e| {
+        file_err(
+            &cfg.key,
+            format!("the key does not fit the certificate: {e}"),
+        )
+    })?;
+    Ok(Arc::new(config))
+}
+
+/// The acceptor of one listener; `reload` swaps in freshly read files for new connections.
+pub struct Tls {
+    pub config: TlsConfig,
+    current: RwLock<TlsAcceptor>,
+}
+
+impl Tls {
+    pub fn load(config: TlsConfig) -> Result<Tls, TlsError> {
+        let acceptor = TlsAcceptor::from(server_config(&config)?);
+        Ok(Tls {
+            config,
+            current: RwLock::new(acceptor),
+        })
+    }
+
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Re-reads certificate, key and CA; on an error the old ones stay in use.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = TlsAcceptor::from(server_config(&self.config)?);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+}
+
+/// The identity of a client certificate: its subject CN, else its first DNS name.
+pub fn identity(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    if let Some(cn) = parsed
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+    {
+        return Some(cn.to_string());
+    }
+    let san = parsed.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+        _ => None,
+    })
+}
