@@ -111,7 +111,7 @@ impl Default for AuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
-    /// `tcp` today; `tls`, `ws`, `wss` arrive with the listeners issue.
+    /// `tcp`, `tls`, `ws` or `wss`.
     #[serde(default = "default_kind")]
     pub kind: String,
     pub bind: String,
@@ -121,9 +121,16 @@ pub struct ListenerConfig {
     /// Overrides `[auth]` for this listener.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
-    /// Certificates for `tls` listeners.
+    /// Certificates for `tls` and `wss` listeners.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// The HTTP path of `ws` and `wss` listeners.
+    #[serde(default = "default_ws_path")]
+    pub path: String,
+}
+
+fn default_ws_path() -> String {
+    "/mqtt".into()
 }
 
 /// `[listener.tls]`.
@@ -266,6 +273,7 @@ fn default_listeners() -> Vec<ListenerConfig> {
         max_connections: 0,
         auth: None,
         tls: None,
+        path: default_ws_path(),
     }]
 }
 fn default_kind() -> String {
@@ -362,6 +370,7 @@ impl Config {
                     max_connections: 0,
                     auth: None,
                     tls: None,
+                    path: default_ws_path(),
                 }),
             }
         }
@@ -377,8 +386,8 @@ impl Config {
     fn validate(&self) -> Result<(), (&'static str, &'static str, String)> {
         for l in &self.listeners {
             match (l.kind.as_str(), &l.tls) {
-                ("tcp", _) => {}
-                ("tls", Some(t)) => {
+                ("tcp", _) | ("ws", _) => {}
+                ("tls" | "wss", Some(t)) => {
                     if (t.require_certificate || t.use_identity_as_username) && t.ca.is_none() {
                         return Err((
                             "listener.tls",
@@ -388,22 +397,28 @@ impl Config {
                         ));
                     }
                 }
-                ("tls", None) => {
+                ("tls" | "wss", None) => {
                     return Err((
                         "listener",
                         "kind",
-                        "a tls listener needs a [listener.tls] table with cert and key".into(),
+                        "a tls or wss listener needs a [listener.tls] table with cert and key"
+                            .into(),
                     ))
                 }
                 (other, _) => {
                     return Err((
                         "listener",
                         "kind",
-                        format!(
-                            "unsupported listener kind {other:?} (this build serves: tcp, tls)"
-                        ),
+                        format!("unsupported listener kind {other:?} (tcp, tls, ws or wss)"),
                     ))
                 }
+            }
+            if !l.path.starts_with('/') {
+                return Err((
+                    "listener",
+                    "path",
+                    format!("{:?} must start with /", l.path),
+                ));
             }
             l.bind.parse::<SocketAddr>().map_err(|e| {
                 (
@@ -566,7 +581,7 @@ mod tests {
         .unwrap_err();
         assert!(
             e.to_string()
-                .starts_with("t.toml:2: key `listener.kind`: a tls listener needs"),
+                .starts_with("t.toml:2: key `listener.kind`: a tls or wss listener needs"),
             "{e}"
         );
         let e = Config::parse(
@@ -576,12 +591,12 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("key `listener.tls.ca`"), "{e}");
         let e = Config::parse(
-            "[[listener]]\nkind = \"ws\"\nbind = \"0.0.0.0:8083\"\n",
+            "[[listener]]\nkind = \"quic\"\nbind = \"0.0.0.0:8083\"\n",
             "t.toml",
         )
         .unwrap_err();
         assert!(
-            e.to_string().contains("unsupported listener kind \"ws\""),
+            e.to_string().contains("unsupported listener kind \"quic\""),
             "{e}"
         );
     }

@@ -7,6 +7,7 @@
 //! - [`config`]: typed configuration with file/line/key errors; [`http`]: `/metrics`, `/health`, `/ready`.
 //! - [`client`]: an async MQTT client (3.1.1 and 5.0) with automatic reconnect, used by the CLI, the tests
 //!   and the load generator.
+//! - [`ws`]: MQTT over WebSocket as a byte stream, for the broker's ws/wss listeners and the client.
 //! - [`cli`]: the `cicada serve`, `pub`, `sub` and `bench` commands.
 
 pub mod auth;
@@ -16,3 +17,4 @@ pub mod client;
 pub mod config;
 pub mod http;
 pub mod protocol;
+pub mod ws;

@@ -75,6 +75,7 @@ async fn broker(
             max_connections: 0,
             auth: None,
             tls: Some(t),
+            path: "/mqtt".into(),
         });
         c.auth.acl_file = acl_file;
     })

@@ -29,28 +29,25 @@ pub async fn run(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                match &tls {
-                    None => {
-                        let serve = connection::serve(
-                            stream,
-                            peer,
-                            config.clone(),
-                            auth.clone(),
-                            Identity::None,
-                            ctx.clone(),
-                        );
-                        tasks.spawn(serve);
-                    }
-                    Some(tls) => {
-                        tasks.spawn(handshake(
-                            stream,
-                            peer,
-                            tls.clone(),
-                            config.clone(),
-                            auth.clone(),
-                            ctx.clone(),
-                        ));
-                    }
+                if config.kind == "tcp" {
+                    let serve = connection::serve(
+                        stream,
+                        peer,
+                        config.clone(),
+                        auth.clone(),
+                        Identity::None,
+                        ctx.clone(),
+                    );
+                    tasks.spawn(serve);
+                } else {
+                    tasks.spawn(upgrade(
+                        stream,
+                        peer,
+                        tls.clone(),
+                        config.clone(),
+                        auth.clone(),
+                        ctx.clone(),
+                    ));
                 }
             }
             Err(e) => {
@@ -64,44 +61,88 @@ pub async fn run(
     }
 }
 
-/// The TLS handshake (bounded by the CONNECT timeout), then the MQTT connection over it.
-async fn handshake(
+/// The TLS and/or WebSocket handshakes (bounded by the CONNECT timeout), then MQTT over the result.
+async fn upgrade(
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
-    tls: Arc<Tls>,
+    tls: Option<Arc<Tls>>,
     config: Arc<ListenerConfig>,
     auth: Arc<Auth>,
     ctx: Arc<Context>,
 ) {
-    let accepted = tokio::select! {
-        r = tokio::time::timeout(connection::CONNECT_TIMEOUT, tls.acceptor().accept(stream)) => r,
-        _ = ctx.shutdown.cancelled() => return,
+    let max = ctx.config.limits.max_packet_size as usize;
+    let deadline = tokio::time::Instant::now() + connection::CONNECT_TIMEOUT;
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        tracing::info!(%peer, error = %e, "{what} handshake failed");
     };
-    let stream = match accepted {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            ctx.metrics.tls_handshake_failures.inc();
-            tracing::info!(%peer, error = %e, "TLS handshake failed");
-            return;
+    macro_rules! step {
+        ($what:expr, $fut:expr, $metric:expr) => {
+            match tokio::select! {
+                r = tokio::time::timeout_at(deadline, $fut) => r,
+                _ = ctx.shutdown.cancelled() => return,
+            } {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    $metric.inc();
+                    failed($what, &e);
+                    return;
+                }
+                Err(e) => {
+                    $metric.inc();
+                    failed($what, &e);
+                    return;
+                }
+            }
+        };
+    }
+    let m = &ctx.metrics;
+    match (config.kind.as_str(), tls) {
+        ("ws", _) => {
+            let ws = step!(
+                "WebSocket",
+                crate::ws::accept(stream, &config.path, max),
+                m.ws_handshake_failures
+            );
+            connection::serve(ws, peer, config, auth, Identity::None, ctx).await;
         }
-        Err(_) => {
-            ctx.metrics.tls_handshake_failures.inc();
-            tracing::info!(%peer, "TLS handshake timed out");
-            return;
+        ("tls", Some(tls)) => {
+            let s = step!(
+                "TLS",
+                tls.acceptor().accept(stream),
+                m.tls_handshake_failures
+            );
+            let identity = identity_of(&tls, s.get_ref().1);
+            connection::serve(s, peer, config, auth, identity, ctx).await;
         }
-    };
-    let identity = if tls.config.use_identity_as_username {
-        let cert = stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first().cloned());
-        match cert.as_ref().and_then(tls::identity) {
-            Some(name) => Identity::Certificate(name),
-            None => Identity::Missing,
+        ("wss", Some(tls)) => {
+            let s = step!(
+                "TLS",
+                tls.acceptor().accept(stream),
+                m.tls_handshake_failures
+            );
+            let identity = identity_of(&tls, s.get_ref().1);
+            let ws = step!(
+                "WebSocket",
+                crate::ws::accept(s, &config.path, max),
+                m.ws_handshake_failures
+            );
+            connection::serve(ws, peer, config, auth, identity, ctx).await;
         }
-    } else {
-        Identity::None
-    };
-    connection::serve(stream, peer, config, auth, identity, ctx).await;
+        (kind, _) => tracing::error!(kind, "listener kind without its TLS configuration"),
+    }
+}
+
+/// The client certificate's identity when the listener uses it as the user name.
+fn identity_of(tls: &Tls, session: &rustls::ServerConnection) -> Identity {
+    if !tls.config.use_identity_as_username {
+        return Identity::None;
+    }
+    match session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(tls::identity)
+    {
+        Some(name) => Identity::Certificate(name),
+        None => Identity::Missing,
+    }
 }

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     pub acl_denied: IntCounterVec,
     pub tls_handshake_failures: IntCounter,
+    pub ws_handshake_failures: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -198,6 +199,7 @@ impl Metrics {
                 &["reason"],
             ),
             tls_handshake_failures: counter(&r, "cicada_tls_handshake_failures_total", "TLS handshakes that failed or timed out (bad or missing client certificates included)."),
+            ws_handshake_failures: counter(&r, "cicada_ws_handshake_failures_total", "WebSocket upgrades refused or failed (wrong path, no MQTT subprotocol, timeouts)."),
             acl_denied: counter_vec(
                 &r,
                 "cicada_acl_denied_total",

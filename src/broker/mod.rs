@@ -161,7 +161,7 @@ impl Broker {
         let mut listener_tls = Vec::new();
         for l in &config.listeners {
             listener_tls.push(match (&l.kind[..], &l.tls) {
-                ("tls", Some(t)) => Some(Arc::new(tls::Tls::load(t.clone())?)),
+                ("tls" | "wss", Some(t)) => Some(Arc::new(tls::Tls::load(t.clone())?)),
                 _ => None,
             });
         }

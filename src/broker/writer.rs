@@ -101,8 +101,9 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             }
             let len = buf.len();
             if len > 0 {
+                // Flush too: TLS and WebSocket streams hold data until flushed (a no-op for TCP).
                 let written = tokio::select! {
-                    r = self.io.write_all(&buf) => r,
+                    r = async { self.io.write_all(&buf).await?; self.io.flush().await } => r,
                     _ = self.cancel.cancelled() => break 'outer,
                 };
                 if let Err(e) = written {

@@ -1,4 +1,4 @@
-//! Pluggable transports: the client talks to any byte stream a [`Connector`] opens (TCP today; TLS and
+//! Pluggable transports: the client talks to any byte stream a [`Connector`] opens (TCP and WebSocket; TLS
 //! WebSocket connectors plug in the same way).
 
 use std::future::Future;
@@ -31,6 +31,25 @@ impl Connector for TcpConnector {
             let stream = tokio::net::TcpStream::connect((host, port)).await?;
             stream.set_nodelay(true)?;
             Ok(Box::new(stream) as BoxStream)
+        })
+    }
+}
+
+/// MQTT over WebSocket (`ws://host:port/path`, subprotocol "mqtt").
+#[derive(Debug, Clone)]
+pub struct WsConnector {
+    pub path: String,
+}
+
+impl Connector for WsConnector {
+    fn connect<'a>(&'a self, host: &'a str, port: u16) -> ConnectFuture<'a> {
+        Box::pin(async move {
+            let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+            tcp.set_nodelay(true)?;
+            let ws = crate::ws::connect(tcp, host, port, &self.path, 1 << 28)
+                .await
+                .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e.to_string()))?;
+            Ok(Box::new(ws) as BoxStream)
         })
     }
 }
