@@ -118,6 +118,9 @@ pub struct ListenerConfig {
     /// Connections this listener accepts at once (0 = only the node-wide limit).
     #[serde(default)]
     pub max_connections: usize,
+    /// New connections per second this listener accepts; faster arrivals wait in the backlog (0 = unlimited).
+    #[serde(default)]
+    pub max_connection_rate: u64,
     /// Overrides `[auth]` for this listener.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
@@ -189,6 +192,10 @@ pub struct Limits {
     pub max_session_expiry: u32,
     pub memory_watermark: usize,
     pub inbound_credit: usize,
+    /// PUBLISH packets per second a client may send before its reads are throttled (0 = unlimited).
+    pub client_messages_per_sec: u64,
+    /// Bytes per second a client may send before its reads are throttled (0 = unlimited).
+    pub client_bytes_per_sec: u64,
 }
 
 impl Default for Limits {
@@ -207,6 +214,8 @@ impl Default for Limits {
             max_session_expiry: u32::MAX,
             memory_watermark: DEFAULT_MEMORY_WATERMARK,
             inbound_credit: DEFAULT_INBOUND_CREDIT,
+            client_messages_per_sec: 0,
+            client_bytes_per_sec: 0,
         }
     }
 }
@@ -271,6 +280,7 @@ fn default_listeners() -> Vec<ListenerConfig> {
         kind: default_kind(),
         bind: DEFAULT_MQTT_BIND.into(),
         max_connections: 0,
+        max_connection_rate: 0,
         auth: None,
         tls: None,
         path: default_ws_path(),
@@ -368,6 +378,7 @@ impl Config {
                     kind: "tcp".into(),
                     bind: format!("0.0.0.0:{port}"),
                     max_connections: 0,
+                    max_connection_rate: 0,
                     auth: None,
                     tls: None,
                     path: default_ws_path(),

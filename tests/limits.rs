@@ -191,3 +191,78 @@ async fn receive_maximum_exceeded_for_too_many_unreleased_qos2() {
         "[MQTT-3.3.4-7]"
     );
 }
+
+fn metric(m: &str, name: &str) -> u64 {
+    m.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{name} in {m}"))
+}
+
+#[tokio::test]
+async fn client_rate_limits_throttle_without_dropping() {
+    // 30 messages of 1000 B: at 20 msg/s, or at 15,000 B/s; each with a one-second burst.
+    for (messages, bytes, label) in [(20, 0, "client_messages"), (0, 15_000, "client_bytes")] {
+        let b = TestBroker::with(|c| {
+            c.limits.client_messages_per_sec = messages;
+            c.limits.client_bytes_per_sec = bytes;
+        })
+        .await;
+        let (s, mut events) = b.client("rl-sub", ProtocolVersion::V5).await;
+        s.subscribe("rl/#", QoS::AtLeastOnce).await.unwrap();
+        let (p, _pe) = b.client("rl-pub", ProtocolVersion::V5).await;
+        let start = std::time::Instant::now();
+        for i in 0..30 {
+            p.publish(format!("rl/{i}"), QoS::AtLeastOnce, false, vec![0u8; 1000])
+                .await
+                .unwrap();
+        }
+        for i in 0..30 {
+            assert_eq!(
+                next_message(&mut events, "every message").await.topic,
+                format!("rl/{i}")
+            );
+        }
+        // Beyond the burst the rest waits: at least 0.45 s (a lower bound on the behaviour, not a speed target).
+        assert!(
+            start.elapsed() >= std::time::Duration::from_millis(450),
+            "{label}: {:?}",
+            start.elapsed()
+        );
+        let (_, m) = b.http_get("/metrics").await;
+        assert!(
+            metric(
+                &m,
+                &format!("cicada_rate_limited_total{{limit=\"{label}\"}}")
+            ) > 0,
+            "{m}"
+        );
+        assert_eq!(
+            metric(&m, "cicada_messages_dropped_total{reason=\"queue_full\"}"),
+            0
+        );
+    }
+}
+
+#[tokio::test]
+async fn listener_connection_rate_makes_new_connections_wait() {
+    let b = TestBroker::with(|c| c.listeners[0].max_connection_rate = 5).await;
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let mut raw = b.raw().await;
+        assert_eq!(
+            raw.handshake(connect(&format!("c{i}"), ProtocolVersion::V5))
+                .await
+                .0,
+            ReasonCode::SUCCESS
+        );
+        clients.push(raw);
+    }
+    let (_, m) = b.http_get("/metrics").await;
+    assert!(
+        metric(
+            &m,
+            "cicada_rate_limited_total{limit=\"listener_connections\"}"
+        ) > 0,
+        "{m}"
+    );
+}

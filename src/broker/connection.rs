@@ -6,6 +6,7 @@
 use super::conn::{ConnHandle, ConnShared, Outbound};
 use super::message::{Message, SessionId};
 use super::metrics::Metrics;
+use super::ratelimit::{self, TokenBucket};
 use super::registry::{Opened, RegistryMsg};
 use super::session::{Attach, AttachReply, Detach, SessionMsg};
 use super::writer::Writer;
@@ -476,6 +477,8 @@ async fn run<R, W>(
         auth,
         username: a.connect.username.clone(),
         client_id: a.client_id.clone(),
+        message_rate: ratelimit::bucket(ctx.config.limits.client_messages_per_sec, Instant::now()),
+        byte_rate: ratelimit::bucket(ctx.config.limits.client_bytes_per_sec, Instant::now()),
     };
     let keep_alive = a.keep_alive;
     let end = reader
@@ -560,6 +563,9 @@ struct Reader {
     auth: Arc<Auth>,
     username: Option<String>,
     client_id: String,
+    /// client_messages_per_sec and client_bytes_per_sec.
+    message_rate: Option<TokenBucket>,
+    byte_rate: Option<TokenBucket>,
 }
 
 impl Reader {
@@ -602,7 +608,12 @@ impl Reader {
                 r = read => match r {
                     None => return End::Error(ReasonCode::KEEP_ALIVE_TIMEOUT, format!("no packet in {}s", keep_alive as f32 * 1.5)),
                     Some(Ok(0)) => return End::Closed("connection lost: closed by the client"),
-                    Some(Ok(n)) => self.ctx.metrics.bytes_received.inc_by(n as u64),
+                    Some(Ok(n)) => {
+                        self.ctx.metrics.bytes_received.inc_by(n as u64);
+                        if let Some(end) = self.throttle(n as u64, false, cancel).await {
+                            return end;
+                        }
+                    }
                     Some(Err(_)) => return End::Closed("connection lost: read error"),
                 },
                 _ = cancel.cancelled() => return End::ClosedByServer,
@@ -671,8 +682,39 @@ impl Reader {
         None
     }
 
+    /// Waits out a rate limit (bytes read, or one PUBLISH): reads pause, the client is not dropped.
+    async fn throttle(
+        &mut self,
+        n: u64,
+        messages: bool,
+        cancel: &CancellationToken,
+    ) -> Option<End> {
+        let (bucket, label) = if messages {
+            (self.message_rate.as_mut(), "client_messages")
+        } else {
+            (self.byte_rate.as_mut(), "client_bytes")
+        };
+        let wait = bucket?.take(n, Instant::now());
+        if wait.is_zero() {
+            return None;
+        }
+        self.ctx
+            .metrics
+            .rate_limited
+            .with_label_values(&[label])
+            .inc();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => None,
+            _ = cancel.cancelled() => Some(End::ClosedByServer),
+        }
+    }
+
     async fn publish(&mut self, mut p: Publish) -> Option<End> {
         let ctx = self.ctx.clone();
+        let cancel = self.handle.cancel.clone();
+        if let Some(end) = self.throttle(1, true, &cancel).await {
+            return Some(end);
+        }
         let cfg = &ctx.config;
         ctx.metrics
             .messages_received

@@ -21,11 +21,26 @@ pub async fn run(
     tasks: TaskTracker,
 ) {
     let config = Arc::new(config);
+    let mut rate = super::ratelimit::bucket(config.max_connection_rate, std::time::Instant::now());
     loop {
         let accepted = tokio::select! {
             r = sock.accept() => r,
             _ = ctx.shutdown.cancelled() => return,
         };
+        if let Some(bucket) = rate.as_mut() {
+            // Over max_connection_rate the next accept waits; arrivals queue in the kernel's backlog.
+            let wait = bucket.take(1, std::time::Instant::now());
+            if !wait.is_zero() {
+                ctx.metrics
+                    .rate_limited
+                    .with_label_values(&["listener_connections"])
+                    .inc();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = ctx.shutdown.cancelled() => return,
+                }
+            }
+        }
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub acl_denied: IntCounterVec,
     pub tls_handshake_failures: IntCounter,
     pub ws_handshake_failures: IntCounter,
+    pub rate_limited: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -81,6 +82,9 @@ impl Metrics {
         }
         for reason in ["bad_credentials", "anonymous_not_allowed"] {
             m.auth_failures.with_label_values(&[reason]);
+        }
+        for limit in ["client_messages", "client_bytes", "listener_connections"] {
+            m.rate_limited.with_label_values(&[limit]);
         }
         for action in ["publish", "subscribe", "deliver", "will"] {
             m.acl_denied.with_label_values(&[action]);
@@ -199,6 +203,7 @@ impl Metrics {
                 &["reason"],
             ),
             tls_handshake_failures: counter(&r, "cicada_tls_handshake_failures_total", "TLS handshakes that failed or timed out (bad or missing client certificates included)."),
+            rate_limited: counter_vec(&r, "cicada_rate_limited_total", "Times a rate limit held a client or listener back, by limit.", &["limit"]),
             ws_handshake_failures: counter(&r, "cicada_ws_handshake_failures_total", "WebSocket upgrades refused or failed (wrong path, no MQTT subprotocol, timeouts)."),
             acl_denied: counter_vec(
                 &r,
