@@ -136,6 +136,21 @@ fn default_ws_path() -> String {
     "/mqtt".into()
 }
 
+impl ListenerConfig {
+    /// A listener of `kind` on `bind` with every other setting at its default.
+    pub fn new(kind: &str, bind: &str) -> ListenerConfig {
+        ListenerConfig {
+            kind: kind.into(),
+            bind: bind.into(),
+            max_connections: 0,
+            max_connection_rate: 0,
+            auth: None,
+            tls: None,
+            path: default_ws_path(),
+        }
+    }
+}
+
 /// `[listener.tls]`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -276,15 +291,7 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from("./data")
 }
 fn default_listeners() -> Vec<ListenerConfig> {
-    vec![ListenerConfig {
-        kind: default_kind(),
-        bind: DEFAULT_MQTT_BIND.into(),
-        max_connections: 0,
-        max_connection_rate: 0,
-        auth: None,
-        tls: None,
-        path: default_ws_path(),
-    }]
+    vec![ListenerConfig::new(&default_kind(), DEFAULT_MQTT_BIND)]
 }
 fn default_kind() -> String {
     "tcp".into()
@@ -374,15 +381,9 @@ impl Config {
         if let Some(port) = o.port {
             match self.listeners.iter_mut().find(|l| l.kind == "tcp") {
                 Some(l) => l.bind = with_port(&l.bind, port),
-                None => self.listeners.push(ListenerConfig {
-                    kind: "tcp".into(),
-                    bind: format!("0.0.0.0:{port}"),
-                    max_connections: 0,
-                    max_connection_rate: 0,
-                    auth: None,
-                    tls: None,
-                    path: default_ws_path(),
-                }),
+                None => self
+                    .listeners
+                    .push(ListenerConfig::new("tcp", &format!("0.0.0.0:{port}"))),
             }
         }
         if let Some(port) = o.http_port {

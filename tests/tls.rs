@@ -69,14 +69,9 @@ async fn broker(
     tls(&mut t);
     let acl_file = acl.map(|a| write(dir, "acl", a));
     let b = TestBroker::with(move |c| {
-        c.listeners.push(ListenerConfig {
-            kind: "tls".into(),
-            bind: "127.0.0.1:0".into(),
-            max_connections: 0,
-            auth: None,
-            tls: Some(t),
-            path: "/mqtt".into(),
-        });
+        let mut l = ListenerConfig::new("tls", "127.0.0.1:0");
+        l.tls = Some(t);
+        c.listeners.push(l);
         c.auth.acl_file = acl_file;
     })
     .await;

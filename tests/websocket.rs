@@ -17,14 +17,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 fn listener(kind: &str) -> ListenerConfig {
-    ListenerConfig {
-        kind: kind.into(),
-        bind: "127.0.0.1:0".into(),
-        max_connections: 0,
-        auth: None,
-        tls: None,
-        path: "/mqtt".into(),
-    }
+    ListenerConfig::new(kind, "127.0.0.1:0")
 }
 
 /// A broker with a plain listener (0) and a ws listener (1).
