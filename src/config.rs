@@ -130,6 +130,10 @@ pub struct ListenerConfig {
     /// The HTTP path of `ws` and `wss` listeners.
     #[serde(default = "default_ws_path")]
     pub path: String,
+    /// Every connection starts with a PROXY protocol v1 or v2 header (HAProxy `send-proxy[-v2]`); its source
+    /// address is the client's. Connections without one are closed.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 fn default_ws_path() -> String {
@@ -147,6 +151,7 @@ impl ListenerConfig {
             auth: None,
             tls: None,
             path: default_ws_path(),
+            proxy_protocol: false,
         }
     }
 }

@@ -44,7 +44,7 @@ pub async fn run(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                if config.kind == "tcp" {
+                if config.kind == "tcp" && !config.proxy_protocol {
                     let serve = connection::serve(
                         stream,
                         peer,
@@ -76,10 +76,11 @@ pub async fn run(
     }
 }
 
-/// The TLS and/or WebSocket handshakes (bounded by the CONNECT timeout), then MQTT over the result.
+/// The PROXY header, the TLS and/or WebSocket handshakes (all bounded by the CONNECT timeout), then MQTT
+/// over the result.
 async fn upgrade(
-    stream: tokio::net::TcpStream,
-    peer: std::net::SocketAddr,
+    mut stream: tokio::net::TcpStream,
+    mut peer: std::net::SocketAddr,
     tls: Option<Arc<Tls>>,
     config: Arc<ListenerConfig>,
     auth: Arc<Auth>,
@@ -87,8 +88,9 @@ async fn upgrade(
 ) {
     let max = ctx.config.limits.max_packet_size as usize;
     let deadline = tokio::time::Instant::now() + connection::CONNECT_TIMEOUT;
+    let socket_peer = peer;
     let failed = |what: &str, e: &dyn std::fmt::Display| {
-        tracing::info!(%peer, error = %e, "{what} handshake failed");
+        tracing::info!(peer = %socket_peer, error = %e, "{what} handshake failed");
     };
     macro_rules! step {
         ($what:expr, $fut:expr, $metric:expr) => {
@@ -111,7 +113,17 @@ async fn upgrade(
         };
     }
     let m = &ctx.metrics;
+    if config.proxy_protocol {
+        let via = peer;
+        peer = step!(
+            "PROXY",
+            super::proxy::read_header(&mut stream, peer),
+            m.proxy_header_failures
+        );
+        tracing::debug!(%peer, %via, "PROXY header");
+    }
     match (config.kind.as_str(), tls) {
+        ("tcp", _) => connection::serve(stream, peer, config, auth, Identity::None, ctx).await,
         ("ws", _) => {
             let ws = step!(
                 "WebSocket",

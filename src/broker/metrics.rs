@@ -32,6 +32,7 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounter,
     pub ws_handshake_failures: IntCounter,
     pub rate_limited: IntCounterVec,
+    pub proxy_header_failures: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -203,6 +204,7 @@ impl Metrics {
                 &["reason"],
             ),
             tls_handshake_failures: counter(&r, "cicada_tls_handshake_failures_total", "TLS handshakes that failed or timed out (bad or missing client certificates included)."),
+            proxy_header_failures: counter(&r, "cicada_proxy_header_failures_total", "Connections closed for a missing or malformed PROXY protocol header."),
             rate_limited: counter_vec(&r, "cicada_rate_limited_total", "Times a rate limit held a client or listener back, by limit.", &["limit"]),
             ws_handshake_failures: counter(&r, "cicada_ws_handshake_failures_total", "WebSocket upgrades refused or failed (wrong path, no MQTT subprotocol, timeouts)."),
             acl_denied: counter_vec(

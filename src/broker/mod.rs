@@ -13,6 +13,7 @@ pub mod connection;
 pub mod listener;
 pub mod message;
 pub mod metrics;
+pub mod proxy;
 pub mod ratelimit;
 pub mod registry;
 pub mod retained;

@@ -15,6 +15,11 @@ pub struct CicadaProcess {
 impl CicadaProcess {
     /// Starts the broker with the embedded defaults plus `extra` TOML (limits, mqtt, ...), on free ports.
     pub fn start(extra: &str) -> CicadaProcess {
+        Self::start_with_log(extra, "warn")
+    }
+
+    /// Like `start`, with this RUST_LOG; stderr is piped for the test to read (`child.stderr`).
+    pub fn start_with_log(extra: &str, log: &str) -> CicadaProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let (port, http_port) = (free_port(), free_port());
         let conf = format!(
@@ -27,7 +32,7 @@ impl CicadaProcess {
             .arg("serve")
             .arg("--config")
             .arg(&file)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
