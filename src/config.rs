@@ -93,8 +93,12 @@ pub struct AuthConfig {
     pub allow_anonymous: bool,
     /// A Mosquitto password file (`user:$7$...` / `user:$6$...`); relative to the config file.
     pub password_file: Option<PathBuf>,
-    /// A Mosquitto ACL file; without one every client may publish and subscribe anywhere.
+    /// A Mosquitto ACL file; without one (and without `roles_file`) every client may publish and subscribe
+    /// anywhere.
     pub acl_file: Option<PathBuf>,
+    /// Role-based rules (TOML, or JSON when the name ends in .json): roles of publish / subscribe filters,
+    /// users → roles, `anonymous` → roles. Combined with `acl_file` when both are set.
+    pub roles_file: Option<PathBuf>,
 }
 
 impl Default for AuthConfig {
@@ -103,6 +107,7 @@ impl Default for AuthConfig {
             allow_anonymous: true,
             password_file: None,
             acl_file: None,
+            roles_file: None,
         }
     }
 }
@@ -341,6 +346,7 @@ impl Config {
             for a in auths {
                 fix(&mut a.password_file);
                 fix(&mut a.acl_file);
+                fix(&mut a.roles_file);
             }
             for t in config.listeners.iter_mut().filter_map(|l| l.tls.as_mut()) {
                 for p in [&mut t.cert, &mut t.key] {

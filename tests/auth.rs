@@ -428,3 +428,101 @@ async fn sighup_reloads_the_password_file_without_dropping_connections() {
         "the existing connection stayed"
     );
 }
+
+#[tokio::test]
+async fn roles_file_grants_publish_and_subscribe_per_role_with_substitutions() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("passwd");
+    assert!(
+        cicada_passwd(&["-c", "-b", pw.to_str().unwrap(), "dev1", "d"])
+            .status
+            .success()
+    );
+    assert!(cicada_passwd(&["-b", pw.to_str().unwrap(), "ops", "o"])
+        .status
+        .success());
+    let roles = dir.path().join("roles.json");
+    std::fs::write(
+        &roles,
+        r#"{
+  "roles": {
+    "device": {"publish": ["device/%u/status", "device/%u/data/#"], "subscribe": ["device/%u/command"]},
+    "dashboard": {"subscribe": ["device/+/status", "device/+/data/#"]},
+    "operator": {"publish": ["device/+/command"]}
+  },
+  "users": {"dev1": ["device"], "ops": ["dashboard", "operator"]},
+  "anonymous": []
+}"#,
+    )
+    .unwrap();
+    let b = TestBroker::with(|c| {
+        c.auth.password_file = Some(pw.clone());
+        c.auth.roles_file = Some(roles.clone());
+    })
+    .await;
+    let sub = |pkid, filter: &str| {
+        Packet::Subscribe(cicada::protocol::Subscribe {
+            pkid,
+            properties: Default::default(),
+            filters: vec![cicada::protocol::SubscribeFilter {
+                filter: filter.into(),
+                options: Default::default(),
+            }],
+        })
+    };
+    let mut ops = b.raw().await;
+    ops.handshake(login("ops-1", ProtocolVersion::V5, Some("ops"), Some("o")))
+        .await;
+    let mut dev = b.raw().await;
+    dev.handshake(login("dev-1", ProtocolVersion::V5, Some("dev1"), Some("d")))
+        .await;
+    let mut peers = [ops, dev];
+    for (i, pkid, filter, want) in [
+        (0, 1, "device/+/status", ReasonCode::GRANTED_QOS_0),
+        (0, 2, "device/#", ReasonCode::NOT_AUTHORIZED),
+        (1, 3, "device/dev1/command", ReasonCode::GRANTED_QOS_0),
+        (1, 4, "device/dev2/command", ReasonCode::NOT_AUTHORIZED),
+    ] {
+        let peer = &mut peers[i];
+        peer.send(&sub(pkid, filter)).await;
+        match peer.recv().await {
+            Some(Packet::SubAck(a)) => assert_eq!(a.reasons, vec![want], "{filter}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    for (i, pkid, topic, want) in [
+        (1, 5, "device/dev2/status", ReasonCode::NOT_AUTHORIZED),
+        (1, 6, "device/dev1/status", ReasonCode::SUCCESS),
+        (0, 7, "device/dev1/status", ReasonCode::NOT_AUTHORIZED),
+        (0, 8, "device/dev1/command", ReasonCode::SUCCESS),
+    ] {
+        let peer = &mut peers[i];
+        peer.send(&publish(topic, QoS::AtLeastOnce, pkid)).await;
+        match peer.recv().await {
+            Some(Packet::PubAck(a)) => assert_eq!(a.reason, want, "{topic}"),
+            Some(Packet::Publish(p)) => {
+                // A delivery that raced the PUBACK: the device's own status reaching the dashboard.
+                assert_eq!(p.topic, "device/dev1/status");
+                match peer.recv().await {
+                    Some(Packet::PubAck(a)) => assert_eq!(a.reason, want, "{topic}"),
+                    other => panic!("{other:?}"),
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Deliveries: the dashboard got the status, the device got the command.
+    let got = |p: Option<Packet>| match p {
+        Some(Packet::Publish(p)) => p.topic,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(got(peers[1].recv().await), "device/dev1/command");
+    // Anonymous clients are let in (allow_anonymous) but hold no role, so they may do nothing.
+    let mut anon = b.raw().await;
+    anon.handshake(connect("anon", ProtocolVersion::V5)).await;
+    anon.send(&sub(9, "device/+/status")).await;
+    match anon.recv().await {
+        Some(Packet::SubAck(a)) => assert_eq!(a.reasons, vec![ReasonCode::NOT_AUTHORIZED]),
+        other => panic!("{other:?}"),
+    }
+}

@@ -36,6 +36,27 @@ impl Access {
 struct Rule {
     access: Access,
     filter: String,
+    /// %u / %c are replaced (always for `pattern` lines and roles; never for Mosquitto `topic` lines).
+    substitute: bool,
+}
+
+/// `filter` with %u and %c replaced; `None` when a value is missing or would widen the filter.
+fn substitute(filter: &str, who: Who<'_>) -> Option<String> {
+    let unsafe_value = |v: &str| v.contains(['/', '+', '#']);
+    let mut f = filter.to_string();
+    if f.contains("%u") {
+        match who.username {
+            Some(u) if !unsafe_value(u) => f = f.replace("%u", u),
+            _ => return None,
+        }
+    }
+    if f.contains("%c") {
+        if unsafe_value(who.client_id) {
+            return None;
+        }
+        f = f.replace("%c", who.client_id);
+    }
+    Some(f)
 }
 
 /// A line the ACL parser does not understand.
@@ -105,6 +126,7 @@ impl Acl {
                             _ => Access::ReadWrite,
                         },
                         filter: filter.to_string(),
+                        substitute: keyword == "pattern",
                     };
                     match (keyword, &current) {
                         ("pattern", _) => acl.patterns.push(rule),
@@ -128,26 +150,110 @@ impl Acl {
             Some(u) => self.users.get(u).map(Vec::as_slice).unwrap_or(&[]),
             None => &self.anonymous,
         };
-        let mut out: Vec<(Access, String)> =
-            own.iter().map(|r| (r.access, r.filter.clone())).collect();
-        let unsafe_value = |v: &str| v.contains(['/', '+', '#']);
-        for p in &self.patterns {
-            let mut f = p.filter.clone();
-            if f.contains("%u") {
-                match who.username {
-                    Some(u) if !unsafe_value(u) => f = f.replace("%u", u),
-                    _ => continue,
+        let mut out: Vec<(Access, String)> = own
+            .iter()
+            .filter_map(|r| {
+                if r.substitute {
+                    substitute(&r.filter, who).map(|f| (r.access, f))
+                } else {
+                    Some((r.access, r.filter.clone()))
                 }
-            }
-            if f.contains("%c") {
-                if unsafe_value(who.client_id) {
-                    continue;
-                }
-                f = f.replace("%c", who.client_id);
-            }
-            out.push((p.access, f));
-        }
+            })
+            .collect();
+        out.extend(
+            self.patterns
+                .iter()
+                .filter_map(|p| substitute(&p.filter, who).map(|f| (p.access, f))),
+        );
         out
+    }
+
+    /// Rules from the role form (TOML, or JSON when `json`): roles of publish / subscribe filters (with %u and
+    /// %c), users → roles, `anonymous` → roles.
+    ///
+    /// ```toml
+    /// anonymous = ["viewer"]
+    /// [roles.device]
+    /// publish = ["device/%c/status"]
+    /// subscribe = ["device/%c/command/#"]
+    /// [users]
+    /// backend = ["operator"]
+    /// ```
+    pub fn from_roles(text: &str, file: &str, json: bool) -> Result<Acl, AclError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Role {
+            #[serde(default)]
+            publish: Vec<String>,
+            #[serde(default)]
+            subscribe: Vec<String>,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Roles {
+            #[serde(default)]
+            roles: HashMap<String, Role>,
+            #[serde(default)]
+            users: HashMap<String, Vec<String>>,
+            #[serde(default)]
+            anonymous: Vec<String>,
+        }
+        let err = |line: usize, message: String| AclError {
+            file: file.to_string(),
+            line,
+            message,
+        };
+        let parsed: Roles = if json {
+            serde_json::from_str(text).map_err(|e| err(e.line(), e.to_string()))?
+        } else {
+            toml::from_str(text).map_err(|e| {
+                let line = e
+                    .span()
+                    .map(|s| text[..s.start].matches('\n').count() + 1)
+                    .unwrap_or(1);
+                err(line, e.message().to_string())
+            })?
+        };
+        let mut acl = Acl::default();
+        let rules_of = |names: &[String]| -> Result<Vec<Rule>, AclError> {
+            let mut out = Vec::new();
+            for name in names {
+                let role = parsed
+                    .roles
+                    .get(name)
+                    .ok_or_else(|| err(1, format!("unknown role {name:?}")))?;
+                for (filters, access) in [
+                    (&role.publish, Access::Write),
+                    (&role.subscribe, Access::Read),
+                ] {
+                    for f in filters {
+                        topic::validate_filter(&f.replace("%u", "u").replace("%c", "c")).map_err(
+                            |e| err(1, format!("role {name:?}: invalid filter {f:?}: {e}")),
+                        )?;
+                        out.push(Rule {
+                            access,
+                            filter: f.clone(),
+                            substitute: true,
+                        });
+                    }
+                }
+            }
+            Ok(out)
+        };
+        acl.anonymous = rules_of(&parsed.anonymous)?;
+        for (user, roles) in &parsed.users {
+            acl.users.insert(user.clone(), rules_of(roles)?);
+        }
+        Ok(acl)
+    }
+
+    /// Adds another rule set's rules to this one (an ACL file and a role file together).
+    pub fn merge(&mut self, other: Acl) {
+        self.anonymous.extend(other.anonymous);
+        self.patterns.extend(other.patterns);
+        for (u, rules) in other.users {
+            self.users.entry(u).or_default().extend(rules);
+        }
     }
 
     fn check(&self, who: Who<'_>, topic_name: &str, grants: impl Fn(Access) -> bool) -> bool {
@@ -297,6 +403,30 @@ pattern read inbox/%u/#
             "covered by deny"
         );
         assert!(!acl.can_subscribe(alice, "logs"), "write only");
+    }
+
+    #[test]
+    fn roles_become_rules_with_substitutions() {
+        let toml = "anonymous = [\"viewer\"]\n[roles.viewer]\nsubscribe = [\"public/#\"]\n[roles.device]\npublish = [\"device/%c/status\"]\nsubscribe = [\"device/%c/command/#\"]\n[users]\nesp = [\"device\", \"viewer\"]\n";
+        let acl = Acl::parse_roles_for_test(toml, false);
+        let esp = who(Some("esp"), "esp32-7");
+        assert!(acl.can_publish(esp, "device/esp32-7/status"));
+        assert!(!acl.can_publish(esp, "device/esp32-8/status"));
+        assert!(acl.can_subscribe(esp, "device/esp32-7/command/#"));
+        assert!(acl.can_read(esp, "public/x") && !acl.can_publish(esp, "public/x"));
+        assert!(acl.can_read(who(None, "a"), "public/x"));
+        let json = r#"{"roles": {"r": {"publish": ["a/#"]}}, "users": {"u": ["r"]}}"#;
+        assert!(Acl::parse_roles_for_test(json, true).can_publish(who(Some("u"), "c"), "a/b"));
+        let e = Acl::from_roles("[users]\nu = [\"missing\"]\n", "r.toml", false).unwrap_err();
+        assert!(e.to_string().contains("unknown role \"missing\""), "{e}");
+        let e = Acl::from_roles("[roles.x]\npublsh = []\n", "r.toml", false).unwrap_err();
+        assert!(e.to_string().starts_with("r.toml:2:"), "{e}");
+    }
+
+    impl Acl {
+        fn parse_roles_for_test(text: &str, json: bool) -> Acl {
+            Acl::from_roles(text, "roles", json).unwrap()
+        }
     }
 
     #[test]

@@ -100,6 +100,15 @@ impl Auth {
             let (text, file) = read(p)?;
             loaded.acl = Some(Acl::parse(&text, &file)?);
         }
+        if let Some(p) = &config.roles_file {
+            let (text, file) = read(p)?;
+            let json = p.extension().is_some_and(|e| e == "json");
+            let roles = Acl::from_roles(&text, &file, json)?;
+            match loaded.acl.as_mut() {
+                Some(acl) => acl.merge(roles),
+                None => loaded.acl = Some(roles),
+            }
+        }
         Ok(loaded)
     }
 
