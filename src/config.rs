@@ -99,6 +99,34 @@ pub struct AuthConfig {
     /// Role-based rules (TOML, or JSON when the name ends in .json): roles of publish / subscribe filters,
     /// users → roles, `anonymous` → roles. Combined with `acl_file` when both are set.
     pub roles_file: Option<PathBuf>,
+    /// JWT as the password: a CONNECT password that is a signed token is verified with this key.
+    pub jwt: Option<JwtConfig>,
+}
+
+/// `[auth.jwt]`: tokens as passwords (HS256 with a shared secret, RS256 / ES256 with a public key).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// `HS256`, `RS256` or `ES256`; a token signed with anything else is refused.
+    pub algorithm: String,
+    /// The HS256 secret, inline; prefer `secret_file` so the config can be shared.
+    pub secret: Option<String>,
+    /// A file holding the HS256 secret (trailing newline ignored); relative to the config file.
+    pub secret_file: Option<PathBuf>,
+    /// PEM public key (RS256: RSA; ES256: P-256) for verifying; relative to the config file.
+    pub public_key: Option<PathBuf>,
+    /// When set, the token's `iss` must equal it.
+    pub issuer: Option<String>,
+    /// When set, the token's `aud` must contain it.
+    pub audience: Option<String>,
+    /// The claim naming the user (default `sub`): it must equal the CONNECT user name when both are present,
+    /// and becomes the user name for ACLs when CONNECT has none.
+    #[serde(default = "default_username_claim")]
+    pub username_claim: String,
+}
+
+fn default_username_claim() -> String {
+    "sub".into()
 }
 
 impl Default for AuthConfig {
@@ -108,6 +136,7 @@ impl Default for AuthConfig {
             password_file: None,
             acl_file: None,
             roles_file: None,
+            jwt: None,
         }
     }
 }
@@ -347,6 +376,10 @@ impl Config {
                 fix(&mut a.password_file);
                 fix(&mut a.acl_file);
                 fix(&mut a.roles_file);
+                if let Some(j) = a.jwt.as_mut() {
+                    fix(&mut j.secret_file);
+                    fix(&mut j.public_key);
+                }
             }
             for t in config.listeners.iter_mut().filter_map(|l| l.tls.as_mut()) {
                 for p in [&mut t.cert, &mut t.key] {
@@ -450,6 +483,47 @@ impl Config {
                     format!("{:?} is not an address:port: {e}", l.bind),
                 )
             })?;
+        }
+        let auths = std::iter::once(("auth.jwt", &self.auth)).chain(
+            self.listeners
+                .iter()
+                .filter_map(|l| Some(("listener.auth.jwt", l.auth.as_ref()?))),
+        );
+        for (section, jwt) in auths.filter_map(|(s, a)| Some((s, a.jwt.as_ref()?))) {
+            match jwt.algorithm.as_str() {
+                "HS256" => {
+                    if jwt.secret.is_some() == jwt.secret_file.is_some() {
+                        return Err((
+                            section,
+                            "secret",
+                            "HS256 needs exactly one of secret and secret_file".into(),
+                        ));
+                    }
+                    if jwt.secret.as_ref().is_some_and(|s| s.len() < 32) {
+                        return Err((
+                            section,
+                            "secret",
+                            "an HS256 secret needs at least 32 bytes".into(),
+                        ));
+                    }
+                }
+                "RS256" | "ES256" => {
+                    if jwt.public_key.is_none() {
+                        return Err((
+                            section,
+                            "public_key",
+                            format!("{} needs a PEM public key file", jwt.algorithm),
+                        ));
+                    }
+                }
+                other => {
+                    return Err((
+                        section,
+                        "algorithm",
+                        format!("unsupported algorithm {other:?} (HS256, RS256 or ES256)"),
+                    ));
+                }
+            }
         }
         if self.listeners.is_empty() {
             return Err(("", "listener", "at least one listener is needed".into()));
@@ -622,6 +696,38 @@ mod tests {
             e.to_string().contains("unsupported listener kind \"quic\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn jwt_settings_are_checked_per_algorithm() {
+        let base = "[[listener]]\nbind = \"0.0.0.0:1883\"\n[auth.jwt]\n";
+        let e = Config::parse(
+            &format!("{base}algorithm = \"HS256\"\nsecret = \"short\"\n"),
+            "j.toml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "j.toml:5: key `auth.jwt.secret`: an HS256 secret needs at least 32 bytes"
+        );
+        let e = Config::parse(&format!("{base}algorithm = \"RS256\"\n"), "j.toml").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("key `auth.jwt.public_key`: RS256 needs"),
+            "{e}"
+        );
+        let e = Config::parse(&format!("{base}algorithm = \"none\"\n"), "j.toml").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("j.toml:4: key `auth.jwt.algorithm`"),
+            "{e}"
+        );
+        let ok = Config::parse(
+            &format!("{base}algorithm = \"ES256\"\npublic_key = \"k.pem\"\n"),
+            "j.toml",
+        )
+        .unwrap();
+        assert_eq!(ok.auth.jwt.unwrap().username_claim, "sub");
     }
 
     #[test]

@@ -247,6 +247,24 @@ impl Acl {
         Ok(acl)
     }
 
+    /// Rules for every client from two filter lists (a token's `publish` and `subscribe` claims), `%u` and
+    /// `%c` substituted; the error names the bad filter.
+    pub fn from_filters(publish: &[String], subscribe: &[String]) -> Result<Acl, String> {
+        let mut acl = Acl::default();
+        for (filters, access) in [(publish, Access::Write), (subscribe, Access::Read)] {
+            for f in filters {
+                topic::validate_filter(&f.replace("%u", "u").replace("%c", "c"))
+                    .map_err(|e| format!("invalid filter {f:?}: {e}"))?;
+                acl.patterns.push(Rule {
+                    access,
+                    filter: f.clone(),
+                    substitute: true,
+                });
+            }
+        }
+        Ok(acl)
+    }
+
     /// Adds another rule set's rules to this one (an ACL file and a role file together).
     pub fn merge(&mut self, other: Acl) {
         self.anonymous.extend(other.anonymous);

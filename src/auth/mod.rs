@@ -2,15 +2,17 @@
 //! [`acl`] (topic / pattern rules). One [`Auth`] per distinct `[auth]` table; re-read on SIGHUP.
 
 pub mod acl;
+pub mod jwt;
 pub mod password;
 
 use crate::config::AuthConfig;
 use crate::protocol::ReasonCode;
 use acl::{Acl, Who};
+use jwt::{Grant, JwtError, Verifier};
 use password::PasswordFile;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -32,12 +34,15 @@ pub enum AuthError {
     Password(#[from] password::PasswordFileError),
     #[error(transparent)]
     Acl(#[from] acl::AclError),
+    #[error(transparent)]
+    Jwt(#[from] jwt::JwtKeyError),
 }
 
 #[derive(Debug, Default)]
 struct Loaded {
     passwords: Option<PasswordFile>,
     acl: Option<Acl>,
+    jwt: Option<Verifier>,
 }
 
 /// Why a CONNECT was refused (the metric label).
@@ -45,12 +50,16 @@ struct Loaded {
 pub enum Refused {
     BadCredentials,
     Anonymous,
+    TokenInvalid,
+    TokenExpired,
 }
 
 impl Refused {
     pub fn reason_code(self) -> ReasonCode {
         match self {
-            Refused::BadCredentials => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+            Refused::BadCredentials | Refused::TokenInvalid | Refused::TokenExpired => {
+                ReasonCode::BAD_USER_NAME_OR_PASSWORD
+            }
             Refused::Anonymous => ReasonCode::NOT_AUTHORIZED,
         }
     }
@@ -58,6 +67,8 @@ impl Refused {
         match self {
             Refused::BadCredentials => "bad_credentials",
             Refused::Anonymous => "anonymous_not_allowed",
+            Refused::TokenInvalid => "jwt_invalid",
+            Refused::TokenExpired => "jwt_expired",
         }
     }
 }
@@ -109,6 +120,9 @@ impl Auth {
                 None => loaded.acl = Some(roles),
             }
         }
+        if let Some(j) = &config.jwt {
+            loaded.jwt = Some(Verifier::load(j)?);
+        }
         Ok(loaded)
     }
 
@@ -119,23 +133,36 @@ impl Auth {
         Ok(())
     }
 
-    /// Checks a CONNECT's credentials. Without a password file a user name is unverified, so it is accepted
+    /// Checks a CONNECT's credentials. With `[auth.jwt]`, a password that is a token is verified as one and
+    /// what it grants is returned. Without a password file a user name is unverified, so it is accepted
     /// only where anonymous clients are.
     pub fn authenticate(
         &self,
         username: Option<&str>,
         password: Option<&[u8]>,
-    ) -> Result<(), Refused> {
+    ) -> Result<Option<Grant>, Refused> {
         let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner());
+        if let (Some(verifier), Some(token)) = (&loaded.jwt, password) {
+            if jwt::looks_like_token(token) {
+                return match verifier.verify(token, username) {
+                    Ok(grant) => Ok(Some(grant)),
+                    Err(JwtError::Expired) => Err(Refused::TokenExpired),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "token refused");
+                        Err(Refused::TokenInvalid)
+                    }
+                };
+            }
+        }
         match (username, &loaded.passwords) {
             (Some(user), Some(file)) => {
                 if file.check(user, password.unwrap_or_default()) {
-                    Ok(())
+                    Ok(None)
                 } else {
                     Err(Refused::BadCredentials)
                 }
             }
-            _ if self.config.allow_anonymous => Ok(()),
+            _ if self.config.allow_anonymous => Ok(None),
             (Some(_), None) => Err(Refused::BadCredentials),
             (None, _) => Err(Refused::Anonymous),
         }
@@ -169,25 +196,67 @@ impl Auth {
         }
     }
 
-    pub fn can_publish(&self, who: Who<'_>, topic: &str) -> bool {
+    fn can_publish(&self, who: Who<'_>, topic: &str) -> bool {
         self.with_acl(|a| a.can_publish(who, topic))
     }
 
-    pub fn can_read(&self, who: Who<'_>, topic: &str) -> bool {
+    fn can_read(&self, who: Who<'_>, topic: &str) -> bool {
         self.with_acl(|a| a.can_read(who, topic))
     }
 
-    pub fn can_subscribe(&self, who: Who<'_>, filter: &str) -> bool {
+    fn can_subscribe(&self, who: Who<'_>, filter: &str) -> bool {
         self.with_acl(|a| a.can_subscribe(who, filter))
     }
 
     /// Whether an ACL file is in force (callers skip per-message checks otherwise).
-    pub fn has_acl(&self) -> bool {
+    fn has_acl(&self) -> bool {
         self.loaded
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .acl
             .is_some()
+    }
+}
+
+/// What one client may do: its token's rules when the token carried any, else the listener's ACL.
+#[derive(Debug, Clone)]
+pub struct Permissions {
+    auth: Arc<Auth>,
+    token_rules: Option<Arc<Acl>>,
+}
+
+impl Permissions {
+    pub fn new(auth: Arc<Auth>, token_rules: Option<Acl>) -> Permissions {
+        Permissions {
+            auth,
+            token_rules: token_rules.map(Arc::new),
+        }
+    }
+
+    /// Whether any rule applies (callers skip per-message checks otherwise).
+    pub fn enforced(&self) -> bool {
+        self.token_rules.is_some() || self.auth.has_acl()
+    }
+
+    pub fn can_publish(&self, who: Who<'_>, topic: &str) -> bool {
+        match &self.token_rules {
+            Some(r) => r.can_publish(who, topic),
+            None => self.auth.can_publish(who, topic),
+        }
+    }
+
+    pub fn can_read(&self, who: Who<'_>, topic: &str) -> bool {
+        match &self.token_rules {
+            Some(r) => r.can_read(who, topic),
+            None => self.auth.can_read(who, topic),
+        }
+    }
+
+    pub fn can_subscribe(&self, who: Who<'_>, filter: &str) -> bool {
+        match &self.token_rules {
+            Some(r) => r.can_subscribe(who, filter),
+            None => self.auth.can_subscribe(who, filter),
+        }
     }
 }
 
@@ -202,8 +271,8 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(open.authenticate(None, None), Ok(()));
-        assert_eq!(open.authenticate(Some("anyone"), None), Ok(()));
+        assert_eq!(open.authenticate(None, None), Ok(None));
+        assert_eq!(open.authenticate(Some("anyone"), None), Ok(None));
         let closed = Auth::load(AuthConfig {
             allow_anonymous: false,
             ..Default::default()

@@ -12,7 +12,7 @@ use super::session::{Attach, AttachReply, Detach, SessionMsg};
 use super::writer::Writer;
 use super::Context;
 use crate::auth::acl::Who;
-use crate::auth::Auth;
+use crate::auth::{Auth, Permissions};
 use crate::config::ListenerConfig;
 use crate::protocol::{
     encode, ConnAck, Connect, DecodeError, Decoder, Packet, Properties, ProtocolVersion, PubAck,
@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -112,12 +112,14 @@ pub async fn serve<S>(
                         // The certificate is the credential; its identity is the user name for ACLs.
                         accepted.connect.username = Some(name);
                         accepted.connect.password = None;
-                        Ok(())
+                        Ok(None)
                     }
                     Identity::Missing => Err(crate::auth::Refused::Anonymous),
                 };
                 let c = &accepted.connect;
-                if let Err(refused) = checked {
+                let grant = match checked {
+                    Ok(grant) => grant,
+                    Err(refused) => {
                     ctx.metrics.auth_failures.with_label_values(&[refused.label()]).inc();
                     // Slow down guessing: each failure from an address doubles the wait before the answer.
                     let delay = auth.failure_delay(peer.ip());
@@ -128,12 +130,25 @@ pub async fn serve<S>(
                     }
                     refuse(&mut wr, c.protocol, refused.reason_code(), &ctx).await;
                     return;
-                }
+                    }
+                };
                 auth.succeeded(peer.ip());
+                // A token's user names the client for ACLs when CONNECT carried no user name.
+                let (token_rules, token_expires) = match grant {
+                    Some(g) => {
+                        if accepted.connect.username.is_none() {
+                            accepted.connect.username = g.user;
+                        }
+                        ctx.metrics.jwt_logins.inc();
+                        (g.rules, Some(g.expires))
+                    }
+                    None => (None, None),
+                };
+                let perms = Permissions::new(auth, token_rules);
                 // Boxed: the handshake's locals are not part of the long-lived connection future, and the
                 // CONNECT itself lives on the heap only until the session took what it needs.
                 let input = Input { rd, buf, decoder };
-                Box::pin(run(Box::new(accepted), input, wr, peer, auth, ctx)).await;
+                Box::pin(run(Box::new(accepted), input, wr, peer, perms, token_expires, ctx)).await;
             }
         }
     }
@@ -380,7 +395,8 @@ async fn run<R, W>(
     input: Input<R>,
     wr: W,
     peer: SocketAddr,
-    auth: Arc<Auth>,
+    perms: Permissions,
+    token_expires: Option<SystemTime>,
     ctx: Arc<Context>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
@@ -437,7 +453,7 @@ async fn run<R, W>(
         will: a.connect.will.clone(),
         connack: a.connack,
         receive_maximum: cp.receive_maximum.unwrap_or(u16::MAX),
-        auth: auth.clone(),
+        perms: perms.clone(),
         username: a.connect.username.clone(),
     };
     let reply = session
@@ -474,15 +490,27 @@ async fn run<R, W>(
         credit: Arc::new(Semaphore::new(ctx.config.limits.inbound_credit)),
         connect_expiry: a.expiry,
         max_qos: QoS::from_u8(ctx.config.mqtt.max_qos).unwrap_or(QoS::ExactlyOnce),
-        auth,
+        perms,
         username: a.connect.username.clone(),
         client_id: a.client_id.clone(),
         message_rate: ratelimit::bucket(ctx.config.limits.client_messages_per_sec, Instant::now()),
         byte_rate: ratelimit::bucket(ctx.config.limits.client_bytes_per_sec, Instant::now()),
     };
     let keep_alive = a.keep_alive;
+    // The token's expiry as a timer: the connection ends then with 0x87 [issue: JWT].
+    let token_deadline = token_expires.map(|t| {
+        let left = t.duration_since(SystemTime::now()).unwrap_or_default();
+        tokio::time::Instant::now() + left
+    });
     let end = reader
-        .read_loop(input.rd, input.buf, input.decoder, keep_alive, &cancel)
+        .read_loop(
+            input.rd,
+            input.buf,
+            input.decoder,
+            keep_alive,
+            token_deadline,
+            &cancel,
+        )
         .await;
     let (publish_will, expiry, why) = match end {
         End::Normal { will, expiry } => {
@@ -538,6 +566,7 @@ fn reason_label(why: &str) -> &'static str {
         "Retain not supported",
         "Topic Name invalid",
         "Quota exceeded",
+        "Not authorized",
     ];
     KNOWN
         .iter()
@@ -560,7 +589,7 @@ struct Reader {
     credit: Arc<Semaphore>,
     connect_expiry: u32,
     max_qos: QoS,
-    auth: Arc<Auth>,
+    perms: Permissions,
     username: Option<String>,
     client_id: String,
     /// client_messages_per_sec and client_bytes_per_sec.
@@ -575,8 +604,16 @@ impl Reader {
         mut buf: BytesMut,
         mut decoder: Decoder,
         keep_alive: u16,
+        token_deadline: Option<tokio::time::Instant>,
         cancel: &CancellationToken,
     ) -> End {
+        let token_expired = async {
+            match token_deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(token_expired);
         // [MQTT-3.1.2-24]: one and a half keep-alive periods without a packet ends the connection.
         let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let mut deadline = grace.map(|g| tokio::time::Instant::now() + g);
@@ -617,6 +654,10 @@ impl Reader {
                     Some(Err(_)) => return End::Closed("connection lost: read error"),
                 },
                 _ = cancel.cancelled() => return End::ClosedByServer,
+                _ = &mut token_expired => {
+                    self.ctx.metrics.jwt_expired_disconnects.inc();
+                    return End::Error(ReasonCode::NOT_AUTHORIZED, "token expired".into());
+                }
             }
         }
     }
@@ -797,8 +838,8 @@ impl Reader {
             route = false;
         }
         if route
-            && self.auth.has_acl()
-            && !self.auth.can_publish(
+            && self.perms.enforced()
+            && !self.perms.can_publish(
                 Who {
                     username: self.username.as_deref(),
                     client_id: &self.client_id,

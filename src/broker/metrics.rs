@@ -33,6 +33,8 @@ pub struct Metrics {
     pub ws_handshake_failures: IntCounter,
     pub rate_limited: IntCounterVec,
     pub proxy_header_failures: IntCounter,
+    pub jwt_logins: IntCounter,
+    pub jwt_expired_disconnects: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -81,7 +83,12 @@ impl Metrics {
         for cause in ["credit", "memory_watermark"] {
             m.reads_paused.with_label_values(&[cause]);
         }
-        for reason in ["bad_credentials", "anonymous_not_allowed"] {
+        for reason in [
+            "bad_credentials",
+            "anonymous_not_allowed",
+            "jwt_invalid",
+            "jwt_expired",
+        ] {
             m.auth_failures.with_label_values(&[reason]);
         }
         for limit in ["client_messages", "client_bytes", "listener_connections"] {
@@ -203,6 +210,8 @@ impl Metrics {
                 "CONNECTs refused for their credentials, by reason.",
                 &["reason"],
             ),
+            jwt_logins: counter(&r, "cicada_jwt_logins_total", "Connections accepted with a JWT as the password."),
+            jwt_expired_disconnects: counter(&r, "cicada_jwt_expired_disconnects_total", "Connections closed because their JWT expired (v5: DISCONNECT 0x87)."),
             tls_handshake_failures: counter(&r, "cicada_tls_handshake_failures_total", "TLS handshakes that failed or timed out (bad or missing client certificates included)."),
             proxy_header_failures: counter(&r, "cicada_proxy_header_failures_total", "Connections closed for a missing or malformed PROXY protocol header."),
             rate_limited: counter_vec(&r, "cicada_rate_limited_total", "Times a rate limit held a client or listener back, by limit.", &["limit"]),

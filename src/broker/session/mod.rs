@@ -11,7 +11,7 @@ use super::registry::RegistryMsg;
 use super::shard::{Credit, ShardMsg};
 use super::Context;
 use crate::auth::acl::Who;
-use crate::auth::Auth;
+use crate::auth::Permissions;
 use crate::broker::metrics::Metrics;
 use crate::protocol::{ConnAck, LastWill, Packet, PubAck, QoS, ReasonCode, Subscribe, Unsubscribe};
 use outbox::{Outbox, OutboxLimits, Outgoing};
@@ -34,7 +34,7 @@ pub struct Attach {
     /// The client's Receive Maximum: the outbound window.
     pub receive_maximum: u16,
     /// The listener's auth (ACL for subscriptions, deliveries and the Will) and who the client is.
-    pub auth: Arc<Auth>,
+    pub perms: Permissions,
     pub username: Option<String>,
 }
 
@@ -105,7 +105,7 @@ pub struct SessionState {
     generation: u64,
     attached_before: bool,
     /// The ACL of the listener the client last connected through, and its user name.
-    auth: Option<Arc<Auth>>,
+    perms: Option<Permissions>,
     username: Option<String>,
     /// Last values added to the node-wide gauges, to report changes as deltas.
     reported: (i64, i64, i64),
@@ -137,7 +137,7 @@ impl Actor for Session {
             will: None,
             generation: 0,
             attached_before: false,
-            auth: None,
+            perms: None,
             username: None,
             reported: (0, 0, 0),
             ctx: a.ctx,
@@ -244,7 +244,7 @@ impl SessionState {
         self.generation += 1;
         self.will = a.will;
         self.expiry = a.expiry;
-        self.auth = Some(a.auth);
+        self.perms = Some(a.perms);
         self.username = a.username;
         let session_present = self.attached_before && !a.clean_start;
         self.attached_before = true;
@@ -333,7 +333,7 @@ impl SessionState {
 
     /// Whether the ACL lets this client publish (`write`) or receive (`!write`) on a topic.
     pub(super) fn allowed(&self, topic: &str, write: bool) -> bool {
-        let Some(auth) = self.auth.as_ref().filter(|a| a.has_acl()) else {
+        let Some(auth) = self.perms.as_ref().filter(|a| a.enforced()) else {
             return true;
         };
         let who = Who {

@@ -76,7 +76,7 @@ impl SessionState {
         if plain.split('/').count() > self.ctx.config.limits.max_topic_levels {
             return Err(ReasonCode::TOPIC_FILTER_INVALID);
         }
-        if let Some(auth) = self.auth.as_ref().filter(|a| a.has_acl()) {
+        if let Some(auth) = self.perms.as_ref().filter(|a| a.enforced()) {
             let who = crate::auth::acl::Who {
                 username: self.username.as_deref(),
                 client_id: &self.client_id,
