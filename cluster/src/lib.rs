@@ -1,0 +1,376 @@
+//! `cicada-cluster`: the replicated store. raft-rs's `RawNode` driven by one ractor actor ([`node`]), the raft
+//! log and the state machine in sled ([`storage`], [`machine`]), TCP peer links ([`transport`]). It knows
+//! nothing of MQTT: the broker proposes opaque commands and implements [`StateMachine`].
+//!
+//! A single node is a group of one; the same code runs three or five.
+
+pub mod logger;
+pub mod machine;
+pub mod metrics;
+pub mod node;
+pub mod storage;
+pub mod transport;
+
+pub use machine::{StateMachine, Txn, View};
+
+use bytes::Bytes;
+use node::{Node, NodeArgs, NodeMsg, ToActor};
+use ractor::{Actor, ActorRef};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, Mutex};
+
+/// When the raft log is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// sled flush (fsync) after every Ready, before messages that depend on it leave and before clients
+    /// are answered: the safe default.
+    Always,
+    /// sled's background flush (every 500 ms): faster; a node crash can lose its last writes, which raft
+    /// repairs from the other nodes, but a single node can lose acknowledged commands.
+    Interval,
+}
+
+/// How a node starts.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub node_id: u64,
+    /// Nodes with another cluster id are refused on the peer link.
+    pub cluster_id: String,
+    /// Peer link listen address (`127.0.0.1:0` picks a port).
+    pub listen: String,
+    /// The address other nodes dial (defaults to the bound listen address).
+    pub advertise: Option<String>,
+    /// The initial voters and their peer addresses, this node included. Ignored when the log exists.
+    pub peers: HashMap<u64, String>,
+    /// `true` for a node added later: it starts with no voters and waits for the leader.
+    pub join: bool,
+    pub data_dir: PathBuf,
+    pub tick: Duration,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    pub fsync: Fsync,
+    /// Log entries kept before compaction (followers further behind get a snapshot).
+    pub snapshot_interval: u64,
+    /// Commands per raft entry at most.
+    pub max_batch: usize,
+    /// How long a proposal or read may wait for an answer.
+    pub propose_timeout: Duration,
+}
+
+impl ClusterConfig {
+    /// A single node (a group of one) keeping its data in `data_dir`.
+    pub fn single(data_dir: impl Into<PathBuf>) -> ClusterConfig {
+        let mut peers = HashMap::new();
+        peers.insert(1, "127.0.0.1:0".to_string());
+        ClusterConfig {
+            node_id: 1,
+            cluster_id: "cicada".into(),
+            listen: "127.0.0.1:0".into(),
+            advertise: None,
+            peers,
+            join: false,
+            data_dir: data_dir.into(),
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            fsync: Fsync::Always,
+            snapshot_interval: 10_000,
+            max_batch: 1024,
+            propose_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    #[error("no raft leader (proposal dropped)")]
+    NoLeader,
+    #[error("timed out waiting for the raft group")]
+    Timeout,
+    #[error("the raft node has stopped")]
+    Stopped,
+    #[error("membership change refused: {0}")]
+    Rejected(String),
+    #[error("raft storage: {0}")]
+    Storage(String),
+    #[error("{0}")]
+    Start(String),
+}
+
+/// A committed command, as applied on this node.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub index: u64,
+    pub command: Bytes,
+}
+
+/// A membership change (one at a time; raft-rs applies it with joint consensus when needed).
+#[derive(Debug, Clone)]
+pub enum Membership {
+    /// Add a node as a learner (it catches up without voting); `addr` is its peer address.
+    AddLearner {
+        id: u64,
+        addr: String,
+    },
+    /// Make a learner a voter.
+    Promote {
+        id: u64,
+    },
+    Remove {
+        id: u64,
+    },
+}
+
+/// What `status()` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub role: String,
+    pub term: u64,
+    pub leader: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub first_index: u64,
+    pub last_index: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// (node, match index), known on the leader only.
+    pub peers: Vec<(u64, u64)>,
+}
+
+/// A running node of the store.
+pub struct Cluster {
+    node: ActorRef<NodeMsg>,
+    handle: tokio::task::JoinHandle<()>,
+    view: View,
+    applied: broadcast::Sender<Applied>,
+    app_frames: Mutex<Option<mpsc::Receiver<(u64, Bytes)>>>,
+    transport: transport::Transport,
+    peer_addr: SocketAddr,
+    timeout: Duration,
+}
+
+impl Cluster {
+    /// Opens the data directory, replays nothing twice (the applied index is stored with the state), and
+    /// starts the node, its peer links and its ticks.
+    pub async fn start(
+        config: ClusterConfig,
+        machine: impl StateMachine,
+        registry: &prometheus::Registry,
+    ) -> Result<Cluster, ClusterError> {
+        let start_err = |what: &str, e: &dyn std::fmt::Display| {
+            ClusterError::Start(format!("{}: {what}: {e}", config.data_dir.display()))
+        };
+        let db = sled::Config::new()
+            .path(&config.data_dir)
+            .open()
+            .map_err(|e| start_err("cannot open the store", &e))?;
+        let mut voters: Vec<u64> = if config.join {
+            Vec::new()
+        } else {
+            config.peers.keys().copied().collect()
+        };
+        voters.sort_unstable();
+        let mut storage = storage::SledStorage::open(&db, &voters)
+            .map_err(|e| start_err("cannot open the raft log", &e))?;
+        let view = View::open(&db).map_err(|e| start_err("cannot open the state", &e))?;
+        storage.set_snapshot_source(machine::source(&view));
+        let applied = view
+            .applied()
+            .map_err(|e| start_err("cannot read the applied index", &e))?;
+        let raft_config = raft::Config {
+            id: config.node_id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            applied,
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..Default::default()
+        };
+        raft_config
+            .validate()
+            .map_err(|e| start_err("raft configuration", &e))?;
+        let raw = raft::RawNode::new(&raft_config, storage, &logger::logger(config.node_id))
+            .map_err(|e| start_err("raft", &e))?;
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .map_err(|e| ClusterError::Start(format!("peer listen {}: {e}", config.listen)))?;
+        let peer_addr = listener
+            .local_addr()
+            .map_err(|e| ClusterError::Start(e.to_string()))?;
+        let advertise = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| peer_addr.to_string());
+        let metrics = metrics::Metrics::new(registry);
+        let (applied_tx, _) = broadcast::channel(4096);
+        let (app_tx, app_rx) = mpsc::channel(4096);
+        // The actor needs the transport and the transport routes into the actor: start the actor with a
+        // transport whose inbound side forwards to it once it exists.
+        let (ref_tx, ref_rx) = tokio::sync::oneshot::channel::<ActorRef<NodeMsg>>();
+        let relay = Arc::new(Relay::new(ref_rx, app_tx));
+        let transport = transport::Transport::start(
+            config.node_id,
+            &config.cluster_id,
+            listener,
+            advertise,
+            &config.peers,
+            relay.clone(),
+            metrics.clone(),
+        );
+        let args = NodeArgs {
+            raw,
+            db,
+            view: view.clone(),
+            machine: Box::new(machine),
+            transport: transport.clone(),
+            metrics,
+            applied_tx: applied_tx.clone(),
+            fsync: config.fsync,
+            tick: config.tick,
+            max_batch: config.max_batch.max(1),
+            snapshot_interval: config.snapshot_interval.max(1),
+            propose_timeout: config.propose_timeout,
+        };
+        let (node, handle) = Actor::spawn(None, Node, args)
+            .await
+            .map_err(|e| ClusterError::Start(e.to_string()))?;
+        let _ = ref_tx.send(node.clone());
+        Ok(Cluster {
+            node,
+            handle,
+            view,
+            applied: applied_tx,
+            app_frames: Mutex::new(Some(app_rx)),
+            transport,
+            peer_addr,
+            timeout: config.propose_timeout + Duration::from_secs(1),
+        })
+    }
+
+    /// Proposes a command; the answer is the state machine's result once the command is committed and
+    /// applied on this node. Followers forward to the leader.
+    pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>, ClusterError> {
+        self.call(|r| NodeMsg::Propose(command, r)).await?
+    }
+
+    /// A read barrier: returns once this node has applied everything committed when it was called.
+    pub async fn read_index(&self) -> Result<u64, ClusterError> {
+        self.call(NodeMsg::ReadIndex).await?
+    }
+
+    pub async fn status(&self) -> Result<NodeStatus, ClusterError> {
+        self.call(NodeMsg::Status).await
+    }
+
+    pub async fn change_membership(&self, change: Membership) -> Result<(), ClusterError> {
+        self.call(|r| NodeMsg::Change(change, r)).await?
+    }
+
+    pub fn transfer_leader(&self, to: u64) {
+        let _ = self.node.cast(NodeMsg::TransferLeader(to));
+    }
+
+    /// Commands as they are applied on this node.
+    pub fn applied(&self) -> broadcast::Receiver<Applied> {
+        self.applied.subscribe()
+    }
+
+    /// The applied state (local reads).
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    /// The peer link's bound address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// Sends an opaque frame to a peer over the peer link (`false` when its queue is full).
+    pub fn send_app(&self, to: u64, frame: Bytes) -> bool {
+        self.transport.send_app(to, frame)
+    }
+
+    /// The frames peers send with [`Cluster::send_app`] (once).
+    pub async fn take_app_frames(&self) -> Option<mpsc::Receiver<(u64, Bytes)>> {
+        self.app_frames.lock().await.take()
+    }
+
+    /// Stops the node: peer links close, sled is flushed and the data directory released.
+    pub async fn shutdown(self) {
+        self.node.stop(None);
+        let _ = self.handle.await;
+        self.transport.shutdown();
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        msg: impl FnOnce(ractor::RpcReplyPort<T>) -> NodeMsg,
+    ) -> Result<T, ClusterError> {
+        match self.node.call(msg, Some(self.timeout)).await {
+            Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
+            Ok(ractor::rpc::CallResult::Timeout) => Err(ClusterError::Timeout),
+            Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err(ClusterError::Stopped),
+        }
+    }
+}
+
+type NodeRx = tokio::sync::oneshot::Receiver<ActorRef<NodeMsg>>;
+type AppTx = mpsc::Sender<(u64, Bytes)>;
+
+/// Forwards peer traffic to the node actor once it has started (messages before that are dropped; raft
+/// resends them).
+struct Relay {
+    node: std::sync::OnceLock<ToActor>,
+    pending: std::sync::Mutex<Option<(NodeRx, AppTx)>>,
+}
+
+impl Relay {
+    fn new(
+        rx: tokio::sync::oneshot::Receiver<ActorRef<NodeMsg>>,
+        app: mpsc::Sender<(u64, Bytes)>,
+    ) -> Relay {
+        Relay {
+            node: std::sync::OnceLock::new(),
+            pending: std::sync::Mutex::new(Some((rx, app))),
+        }
+    }
+
+    fn target(&self) -> Option<&ToActor> {
+        if let Some(t) = self.node.get() {
+            return Some(t);
+        }
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((rx, _)) = p.as_mut() {
+            if let Ok(node) = rx.try_recv() {
+                let (_, app) = p.take().expect("present");
+                let _ = self.node.set(ToActor { node, app });
+            }
+        }
+        self.node.get()
+    }
+}
+
+impl transport::Inbound for Relay {
+    fn raft(&self, message: raft::eraftpb::Message) {
+        if let Some(t) = self.target() {
+            t.raft(message);
+        }
+    }
+    fn app(&self, from: u64, frame: Bytes) {
+        if let Some(t) = self.target() {
+            t.app(from, frame);
+        }
+    }
+    fn unreachable(&self, peer: u64) {
+        if let Some(t) = self.target() {
+            t.unreachable(peer);
+        }
+    }
+}

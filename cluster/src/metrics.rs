@@ -1,0 +1,132 @@
+//! The store's metrics (prefix `cicada_raft_` / `cicada_peer_`), registered in the registry the caller gives.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub term: IntGauge,
+    pub role: IntGauge,
+    pub leader: IntGauge,
+    pub leader_changes: IntCounter,
+    pub proposals: IntCounter,
+    pub proposal_entries: IntCounter,
+    pub proposals_failed: IntCounter,
+    pub proposal_latency: Histogram,
+    pub commit_index: IntGauge,
+    pub applied_index: IntGauge,
+    pub apply_lag: IntGauge,
+    pub log_entries: IntGauge,
+    pub snapshots_sent: IntCounter,
+    pub snapshots_applied: IntCounter,
+    pub compactions: IntCounter,
+    pub peer_up: IntGaugeVec,
+    pub peer_bytes_sent: IntCounterVec,
+    pub peer_dropped: IntCounterVec,
+    pub peer_refused: IntCounter,
+}
+
+fn reg<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> M {
+    // A second store in one process (tests) registers again: keep the metric working, unregistered.
+    let _ = r.register(Box::new(m.clone()));
+    m
+}
+
+impl Metrics {
+    pub fn new(r: &Registry) -> Metrics {
+        let g = |n: &str, h: &str| reg(r, IntGauge::new(n, h).expect("valid metric"));
+        let c = |n: &str, h: &str| reg(r, IntCounter::new(n, h).expect("valid metric"));
+        let peer = |n: &str, h: &str| {
+            reg(
+                r,
+                IntCounterVec::new(Opts::new(n, h), &["peer"]).expect("valid metric"),
+            )
+        };
+        Metrics {
+            term: g("cicada_raft_term", "Current raft term."),
+            role: g(
+                "cicada_raft_role",
+                "Raft role: 0 follower, 1 candidate, 2 leader, 3 pre-candidate.",
+            ),
+            leader: g(
+                "cicada_raft_leader",
+                "Node id of the known leader (0: none).",
+            ),
+            leader_changes: c(
+                "cicada_raft_leader_changes_total",
+                "Times the known leader changed.",
+            ),
+            proposals: c(
+                "cicada_raft_proposals_total",
+                "Commands proposed through this node.",
+            ),
+            proposal_entries: c(
+                "cicada_raft_proposal_entries_total",
+                "Raft entries proposed (each carries a batch of commands).",
+            ),
+            proposals_failed: c(
+                "cicada_raft_proposals_failed_total",
+                "Proposals refused (no leader) or timed out.",
+            ),
+            proposal_latency: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "cicada_raft_proposal_seconds",
+                        "From propose to applied result on this node.",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    ]),
+                )
+                .expect("valid metric"),
+            ),
+            commit_index: g(
+                "cicada_raft_commit_index",
+                "Highest committed log index known to this node.",
+            ),
+            applied_index: g(
+                "cicada_raft_applied_index",
+                "Highest log index applied to the state machine.",
+            ),
+            apply_lag: g(
+                "cicada_raft_apply_lag",
+                "Committed entries not yet applied.",
+            ),
+            log_entries: g(
+                "cicada_raft_log_entries",
+                "Entries in the local raft log (since the last compaction).",
+            ),
+            snapshots_sent: c(
+                "cicada_raft_snapshots_sent_total",
+                "Snapshots built for lagging followers.",
+            ),
+            snapshots_applied: c(
+                "cicada_raft_snapshots_applied_total",
+                "Snapshots installed on this node.",
+            ),
+            compactions: c("cicada_raft_log_compactions_total", "Log compactions."),
+            peer_up: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("cicada_peer_link_up", "1 while the link to a peer is up."),
+                    &["peer"],
+                )
+                .expect("valid metric"),
+            ),
+            peer_bytes_sent: peer(
+                "cicada_peer_bytes_sent_total",
+                "Bytes written to a peer link.",
+            ),
+            peer_dropped: peer(
+                "cicada_peer_messages_dropped_total",
+                "Raft messages dropped because a peer's queue was full or it was unknown.",
+            ),
+            peer_refused: c(
+                "cicada_peer_refused_total",
+                "Peer connections refused (another cluster id, wrong node).",
+            ),
+        }
+    }
+}

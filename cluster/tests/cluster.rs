@@ -1,0 +1,328 @@
+//! The store without MQTT: one node and three nodes on 127.0.0.1 in this process. Commands are `key`; applying
+//! one sets the key and increments a counter, so a command applied twice or skipped shows up as a counter that
+//! differs from the number of keys.
+
+use cicada_cluster::{Cluster, ClusterConfig, ClusterError, Membership, StateMachine, Txn};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+struct Counter;
+
+impl StateMachine for Counter {
+    fn apply(&mut self, txn: &mut Txn<'_>, command: &[u8]) -> Vec<u8> {
+        let n = txn
+            .get(b"count")
+            .unwrap()
+            .map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap()))
+            .unwrap_or(0)
+            + 1;
+        txn.insert(b"count", &n.to_be_bytes());
+        let mut k = b"k/".to_vec();
+        k.extend_from_slice(command);
+        txn.insert(&k, command);
+        n.to_be_bytes().to_vec()
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+fn config(id: u64, dir: &Path, peers: &HashMap<u64, String>) -> ClusterConfig {
+    let mut c = ClusterConfig::single(dir.join(format!("n{id}")));
+    c.node_id = id;
+    c.listen = peers[&id].clone();
+    c.peers = peers.clone();
+    c.tick = Duration::from_millis(20);
+    c.snapshot_interval = 100;
+    // Small entries, so the log grows past the compaction interval and the snapshot path runs.
+    c.max_batch = 8;
+    c
+}
+
+fn count(c: &Cluster) -> u64 {
+    c.view()
+        .get(b"count")
+        .unwrap()
+        .map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap()))
+        .unwrap_or(0)
+}
+
+fn keys(c: &Cluster) -> Vec<Vec<u8>> {
+    c.view().scan_prefix(b"k/").map(|r| r.unwrap().0).collect()
+}
+
+/// Waits (polling the node's own status) until `f` holds.
+async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn leader_of(nodes: &[&Cluster]) -> u64 {
+    let mut leader = 0;
+    until("a leader", async || {
+        for n in nodes {
+            let s = n.status().await.unwrap();
+            if s.role == "Leader" {
+                leader = s.id;
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    leader
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_applies_in_order_and_restarts_without_reapplying() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = prometheus::Registry::new();
+    let mut c = ClusterConfig::single(dir.path().join("n1"));
+    c.snapshot_interval = 50;
+    c.max_batch = 8;
+    let node = Cluster::start(c.clone(), Counter, &registry).await.unwrap();
+    leader_of(&[&node]).await;
+    let mut applied = node.applied();
+    let mut results = Vec::new();
+    // Concurrent proposals: they share entries and flushes (group commit).
+    let futs: Vec<_> = (0..1000)
+        .map(|i| node.propose(format!("{i:04}").into_bytes()))
+        .collect();
+    for r in futures_join(futs).await {
+        results.push(u64::from_be_bytes(r.unwrap().try_into().unwrap()));
+    }
+    results.sort_unstable();
+    assert_eq!(
+        results,
+        (1..=1000).collect::<Vec<_>>(),
+        "each command applied once, in one order"
+    );
+    let first = applied.recv().await.unwrap();
+    assert!(first.index > 0);
+    assert_eq!(count(&node), 1000);
+    let before = node.status().await.unwrap();
+    assert!(before.first_index > 1, "the log was compacted: {before:?}");
+    node.shutdown().await;
+
+    let node = Cluster::start(c, Counter, &registry).await.unwrap();
+    leader_of(&[&node]).await;
+    assert_eq!(count(&node), 1000, "nothing applied twice on restart");
+    assert_eq!(keys(&node).len(), 1000);
+    let r = node.propose(b"after".to_vec()).await.unwrap();
+    assert_eq!(u64::from_be_bytes(r.try_into().unwrap()), 1001);
+    let idx = node.read_index().await.unwrap();
+    assert!(idx >= before.applied);
+    node.shutdown().await;
+}
+
+async fn futures_join<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output>
+where
+    F::Output: Send,
+{
+    let mut out = Vec::with_capacity(futs.len());
+    let mut pinned: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    // Poll all concurrently: proposals queue in the actor's mailbox together.
+    let mut done: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if done[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => done[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    for d in done {
+        out.push(d.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_survive_losing_the_leader_and_it_catches_up_from_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(3);
+    let peers: HashMap<u64, String> = (1..=3u64)
+        .map(|i| (i, format!("127.0.0.1:{}", ports[i as usize - 1])))
+        .collect();
+    let mut nodes: HashMap<u64, Cluster> = HashMap::new();
+    for id in 1..=3 {
+        let registry = prometheus::Registry::new();
+        nodes.insert(
+            id,
+            Cluster::start(config(id, dir.path(), &peers), Counter, &registry)
+                .await
+                .unwrap(),
+        );
+    }
+    let all: Vec<&Cluster> = nodes.values().collect();
+    let leader = leader_of(&all).await;
+    // Through every node: followers forward to the leader.
+    let mut acked = Vec::new();
+    for batch in 0..6 {
+        let via = &nodes[&((batch % 3) as u64 + 1)];
+        let futs: Vec<_> = (0..500)
+            .map(|i| {
+                let key = format!("a{batch}-{i:03}");
+                async move { (key.clone(), via.propose(key.into_bytes()).await) }
+            })
+            .collect();
+        for (k, r) in futures_join(futs).await {
+            r.unwrap_or_else(|e| panic!("{k}: {e}"));
+            acked.push(k);
+        }
+    }
+    // Kill the leader (its actor, links and listener go away); the others elect a new one.
+    let old = nodes.remove(&leader).unwrap();
+    old.shutdown().await;
+    let rest: Vec<&Cluster> = nodes.values().collect();
+    let new_leader = leader_of(&rest).await;
+    assert_ne!(new_leader, leader);
+    let via = &nodes[&new_leader];
+    let futs: Vec<_> = (0..700)
+        .map(|i| {
+            let key = format!("b{i:03}");
+            async move { (key.clone(), via.propose(key.into_bytes()).await) }
+        })
+        .collect();
+    for (k, r) in futures_join(futs).await {
+        r.unwrap();
+        acked.push(k);
+    }
+    // The old leader comes back from its data directory; the log was compacted meanwhile (interval 100), so
+    // it catches up from a snapshot.
+    let registry = prometheus::Registry::new();
+    let back = Cluster::start(config(leader, dir.path(), &peers), Counter, &registry)
+        .await
+        .unwrap();
+    nodes.insert(leader, back);
+    let target = nodes[&new_leader].status().await.unwrap().applied;
+    for n in nodes.values() {
+        until("every node applied everything", async || {
+            n.status().await.unwrap().applied >= target
+        })
+        .await;
+    }
+    let reference = keys(&nodes[&new_leader]);
+    assert_eq!(reference.len(), acked.len(), "nothing acknowledged lost");
+    for n in nodes.values() {
+        assert_eq!(keys(n), reference, "same state everywhere");
+        assert_eq!(count(n), acked.len() as u64, "nothing applied twice");
+    }
+    let s = nodes[&leader].status().await.unwrap();
+    assert!(s.first_index > 1, "{s:?}");
+    let snapshots = registry
+        .gather()
+        .iter()
+        .find(|f| f.name() == "cicada_raft_snapshots_applied_total")
+        .map(|f| f.get_metric()[0].get_counter().get_value())
+        .unwrap_or(0.0);
+    assert!(
+        snapshots >= 1.0,
+        "the restarted node caught up through a snapshot"
+    );
+
+    // Membership: add a fourth node as a learner, promote it, remove another.
+    let four = free_ports(1)[0];
+    let mut peers4 = peers.clone();
+    peers4.insert(4, format!("127.0.0.1:{four}"));
+    let mut c4 = config(4, dir.path(), &peers4);
+    c4.join = true;
+    let n4 = Cluster::start(c4, Counter, &prometheus::Registry::new())
+        .await
+        .unwrap();
+    let leader_node = &nodes[&leader_of(&nodes.values().collect::<Vec<_>>()).await];
+    leader_node
+        .change_membership(Membership::AddLearner {
+            id: 4,
+            addr: peers4[&4].clone(),
+        })
+        .await
+        .unwrap();
+    let target = leader_node.status().await.unwrap().applied;
+    until("the learner caught up", async || {
+        n4.status().await.unwrap().applied >= target
+    })
+    .await;
+    leader_node
+        .change_membership(Membership::Promote { id: 4 })
+        .await
+        .unwrap();
+    let leader_id = leader_node.status().await.unwrap().id;
+    let victim = *nodes.keys().find(|&&id| id != leader_id).unwrap();
+    leader_node
+        .change_membership(Membership::Remove { id: victim })
+        .await
+        .unwrap();
+    let s = leader_node.status().await.unwrap();
+    assert!(
+        s.voters.contains(&4) && !s.voters.contains(&victim),
+        "{s:?}"
+    );
+    let r = leader_node.propose(b"after-change".to_vec()).await.unwrap();
+    assert_eq!(
+        u64::from_be_bytes(r.try_into().unwrap()),
+        acked.len() as u64 + 1
+    );
+    until("the new voter applied the last command", async || {
+        count(&n4) == acked.len() as u64 + 1
+    })
+    .await;
+    n4.shutdown().await;
+    for (_, n) in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_another_cluster_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let peers: HashMap<u64, String> = (1..=2u64)
+        .map(|i| (i, format!("127.0.0.1:{}", ports[i as usize - 1])))
+        .collect();
+    let a = Cluster::start(
+        config(1, dir.path(), &peers),
+        Counter,
+        &prometheus::Registry::new(),
+    )
+    .await
+    .unwrap();
+    let mut cb = config(2, dir.path(), &peers);
+    cb.cluster_id = "other".into();
+    let registry = prometheus::Registry::new();
+    let b = Cluster::start(cb, Counter, &registry).await.unwrap();
+    until("the refusal is counted", async || {
+        registry
+            .gather()
+            .iter()
+            .find(|f| f.name() == "cicada_peer_refused_total")
+            .is_some_and(|f| f.get_metric()[0].get_counter().get_value() >= 1.0)
+    })
+    .await;
+    // Two voters that cannot talk elect no one: proposals fail instead of being acknowledged.
+    assert!(matches!(
+        a.propose(b"x".to_vec()).await,
+        Err(ClusterError::NoLeader | ClusterError::Timeout)
+    ));
+    a.shutdown().await;
+    b.shutdown().await;
+}
