@@ -66,9 +66,11 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Where durable state lives (the replicated store arrives with the cluster issue).
+    /// Where durable state lives: the store (raft log and state in sled) is `{data_dir}/store`.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    #[serde(default)]
+    pub store: StoreConfig,
     /// MQTT listeners; the first `tcp` one is what `--port` overrides.
     #[serde(default = "default_listeners", rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
@@ -83,6 +85,23 @@ pub struct Config {
     /// Authentication and ACLs for every listener without its own `[listener.auth]`.
     #[serde(default)]
     pub auth: AuthConfig,
+}
+
+/// `[store]`: the replicated store's durability.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `always`: fsync before anything that depends on a write is acknowledged (safe, the default);
+    /// `interval`: sled's background flush every 500 ms (faster; a crash can lose the last writes).
+    pub fsync: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            fsync: "always".into(),
+        }
+    }
 }
 
 /// `[auth]` (and `[listener.auth]`): Mosquitto's `allow_anonymous`, `password_file`, `acl_file`.
@@ -524,6 +543,13 @@ impl Config {
                     ));
                 }
             }
+        }
+        if !matches!(self.store.fsync.as_str(), "always" | "interval") {
+            return Err((
+                "store",
+                "fsync",
+                format!("{:?} is not always or interval", self.store.fsync),
+            ));
         }
         if self.listeners.is_empty() {
             return Err(("", "listener", "at least one listener is needed".into()));

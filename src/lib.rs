@@ -17,4 +17,5 @@ pub mod client;
 pub mod config;
 pub mod http;
 pub mod protocol;
+pub mod store;
 pub mod ws;

@@ -145,7 +145,7 @@ pub struct NodeStatus {
 /// A running node of the store.
 pub struct Cluster {
     node: ActorRef<NodeMsg>,
-    handle: tokio::task::JoinHandle<()>,
+    handle: Mutex<Option<tokio::task::JoinHandle<()>>>,
     view: View,
     applied: broadcast::Sender<Applied>,
     app_frames: Mutex<Option<mpsc::Receiver<(u64, Bytes)>>>,
@@ -196,8 +196,13 @@ impl Cluster {
         raft_config
             .validate()
             .map_err(|e| start_err("raft configuration", &e))?;
-        let raw = raft::RawNode::new(&raft_config, storage, &logger::logger(config.node_id))
+        let mut raw = raft::RawNode::new(&raft_config, storage, &logger::logger(config.node_id))
             .map_err(|e| start_err("raft", &e))?;
+        // The only voter need not wait an election timeout: it is the leader at once, so a single node
+        // accepts proposals as soon as it has started.
+        if raw.store().conf_state().voters == [config.node_id] {
+            raw.campaign().map_err(|e| start_err("raft campaign", &e))?;
+        }
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .map_err(|e| ClusterError::Start(format!("peer listen {}: {e}", config.listen)))?;
@@ -224,6 +229,9 @@ impl Cluster {
             relay.clone(),
             metrics.clone(),
         );
+        // The machine builds its in-memory index from the stored state before raft replays anything after it.
+        let mut machine = machine;
+        machine.restored(&view);
         let args = NodeArgs {
             raw,
             db,
@@ -244,7 +252,7 @@ impl Cluster {
         let _ = ref_tx.send(node.clone());
         Ok(Cluster {
             node,
-            handle,
+            handle: Mutex::new(Some(handle)),
             view,
             applied: applied_tx,
             app_frames: Mutex::new(Some(app_rx)),
@@ -303,9 +311,11 @@ impl Cluster {
     }
 
     /// Stops the node: peer links close, sled is flushed and the data directory released.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         self.node.stop(None);
-        let _ = self.handle.await;
+        if let Some(h) = self.handle.lock().await.take() {
+            let _ = h.await;
+        }
         self.transport.shutdown();
     }
 

@@ -12,7 +12,8 @@ impl Drain for TracingDrain {
         match r.level() {
             Level::Critical | Level::Error => tracing::error!(target: "raft", "{}", r.msg()),
             Level::Warning => tracing::warn!(target: "raft", "{}", r.msg()),
-            Level::Info => tracing::info!(target: "raft", "{}", r.msg()),
+            // Elections and membership are logged by the node actor at info; raft-rs detail stays at debug.
+            Level::Info => tracing::debug!(target: "raft", "{}", r.msg()),
             Level::Debug | Level::Trace => tracing::trace!(target: "raft", "{}", r.msg()),
         }
         Ok(())

@@ -16,7 +16,8 @@ pub trait StateMachine: Send + 'static {
     /// Applies one committed command. Reads see the writes of earlier commands in the same batch.
     fn apply(&mut self, txn: &mut Txn<'_>, command: &[u8]) -> Vec<u8>;
 
-    /// Called after a snapshot replaced the whole state (rebuild any in-memory index from `view`).
+    /// Called at start (before raft replays entries past the stored applied index) and after a snapshot
+    /// replaced the whole state: rebuild any in-memory index from `view`.
     fn restored(&mut self, view: &View) {
         let _ = view;
     }

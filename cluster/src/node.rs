@@ -182,6 +182,11 @@ impl Actor for Node {
             NodeMsg::Tick => {
                 s.a.raw.tick();
                 s.expire();
+                // raft-rs drops a read index asked before the leader committed in its term (or with no
+                // leader): ask again until a read state answers it.
+                for id in s.reads.keys() {
+                    s.a.raw.read_index(id.to_be_bytes().to_vec());
+                }
             }
             NodeMsg::Step(m) => {
                 if let Err(e) = s.a.raw.step(*m) {
@@ -328,9 +333,13 @@ impl NodeState {
     }
 
     fn on_ready(&mut self) -> Result<(), ClusterError> {
-        if !self.a.raw.has_ready() {
-            return Ok(());
+        while self.a.raw.has_ready() {
+            self.on_ready_once()?;
         }
+        Ok(())
+    }
+
+    fn on_ready_once(&mut self) -> Result<(), ClusterError> {
         let mut ready = self.a.raw.ready();
         if let Some(ss) = ready.ss() {
             let m = &self.a.metrics;

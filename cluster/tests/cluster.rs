@@ -113,6 +113,7 @@ async fn a_single_node_applies_in_order_and_restarts_without_reapplying() {
     let before = node.status().await.unwrap();
     assert!(before.first_index > 1, "the log was compacted: {before:?}");
     node.shutdown().await;
+    drop(node); // releases the data directory
 
     let node = Cluster::start(c, Counter, &registry).await.unwrap();
     leader_of(&[&node]).await;
@@ -193,6 +194,7 @@ async fn three_nodes_survive_losing_the_leader_and_it_catches_up_from_a_snapshot
     // Kill the leader (its actor, links and listener go away); the others elect a new one.
     let old = nodes.remove(&leader).unwrap();
     old.shutdown().await;
+    drop(old);
     let rest: Vec<&Cluster> = nodes.values().collect();
     let new_leader = leader_of(&rest).await;
     assert_ne!(new_leader, leader);

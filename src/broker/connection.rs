@@ -867,7 +867,41 @@ impl Reader {
                 self.inbound_qos2.insert(pkid);
             }
             let message = Message::from_publish(p, Some(self.session_id), Instant::now());
-            ctx.route(Arc::new(message), Some(Arc::new(permit)));
+            if message.retain {
+                // Durable before the acknowledgement: the retained message is committed to the store first.
+                if let Some(store) = &ctx.store {
+                    if let Err(e) = store.retain(&message).await {
+                        ctx.metrics
+                            .dropped
+                            .with_label_values(&["store_unavailable"])
+                            .inc();
+                        tracing::warn!(topic = %message.topic, error = %e, "retained message not stored");
+                        if !self.handle.version.is_v5() && qos != QoS::AtMostOnce {
+                            // v3 has no reason code in PUBACK: no acknowledgement, the client resends.
+                            return Some(End::Error(
+                                ReasonCode::SERVER_UNAVAILABLE,
+                                format!("store: {e}"),
+                            ));
+                        }
+                        match qos {
+                            QoS::AtMostOnce => return None,
+                            QoS::ExactlyOnce => {
+                                self.inbound_qos2.remove(&pkid);
+                            }
+                            QoS::AtLeastOnce => {}
+                        }
+                        let mut ack = PubAck::new(pkid);
+                        ack.reason = ReasonCode::UNSPECIFIED_ERROR;
+                        self.handle.packet(if qos == QoS::ExactlyOnce {
+                            Packet::PubRec(ack)
+                        } else {
+                            Packet::PubAck(ack)
+                        });
+                        return None;
+                    }
+                }
+            }
+            ctx.route_committed(Arc::new(message), Some(Arc::new(permit)));
         }
         match qos {
             QoS::AtMostOnce => {}

@@ -8,7 +8,7 @@ use prometheus::{
 
 /// The broker's metrics.
 pub struct Metrics {
-    registry: Registry,
+    pub registry: Registry,
     pub connections: IntGauge,
     pub connections_total: IntCounter,
     pub connack: IntCounterVec,
@@ -77,6 +77,7 @@ impl Metrics {
             "sys_topic",
             "no_group_member",
             "acl_denied",
+            "store_unavailable",
         ] {
             m.dropped.with_label_values(&[reason]);
         }

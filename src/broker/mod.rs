@@ -27,11 +27,12 @@ pub mod writer;
 use crate::auth::{Auth, AuthError};
 use crate::config::Config;
 use crate::protocol::{topic, ReasonCode};
+use crate::store::Store;
 use message::Message;
 use metrics::Metrics;
 use ractor::{Actor, ActorRef};
 use registry::{Registry, RegistryMsg};
-use retained::{MemoryRetained, RetainedStore};
+use retained::RetainedStore;
 use shard::{Credit, ShardMsg, TopicShard};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -47,6 +48,8 @@ pub struct Context {
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
     pub retained: Arc<dyn RetainedStore>,
+    /// The replicated store; `None` only in the bootstrap context the shards start with.
+    pub store: Option<Arc<Store>>,
     pub shards: Vec<ActorRef<ShardMsg>>,
     pub registry: OnceLock<ActorRef<RegistryMsg>>,
     pub next_session_id: AtomicU64,
@@ -84,11 +87,41 @@ impl Context {
     /// topic. `credit` returns to the publisher's connection once every copy is queued.
     pub fn route(&self, message: Arc<Message>, credit: Credit) {
         if message.retain {
-            if message.payload.is_empty() {
-                self.retained.clear(&message.topic);
-            } else {
-                self.retained.set(message.clone());
+            match self
+                .store
+                .as_ref()
+                .filter(|_| !message.topic.starts_with("$SYS"))
+            {
+                // The broker's own retained messages (Wills, ...): committed in the background; the
+                // store's apply updates the index.
+                Some(store) => {
+                    let (store, m) = (store.clone(), message.clone());
+                    let metrics = self.metrics.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = store.retain(&m).await {
+                            metrics
+                                .dropped
+                                .with_label_values(&["store_unavailable"])
+                                .inc();
+                            tracing::warn!(topic = %m.topic, error = %e, "retained message not stored");
+                        }
+                    });
+                }
+                None => {
+                    if message.payload.is_empty() {
+                        self.retained.clear(&message.topic);
+                    } else {
+                        self.retained.set(message.clone());
+                    }
+                }
             }
+        }
+        self.route_committed(message, credit);
+    }
+
+    /// Routes a message whose retained part (if any) the caller already committed to the store.
+    pub fn route_committed(&self, message: Arc<Message>, credit: Credit) {
+        if message.retain {
             self.metrics.retained.set(self.retained.len() as i64);
         }
         let _ = self
@@ -123,6 +156,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cannot open the store: {0}")]
+    Store(String),
     #[error("cannot start the actors: {0}")]
     Actors(String),
     #[error(transparent)]
@@ -185,13 +220,25 @@ impl Broker {
                 source,
             })?;
         let metrics = Arc::new(Metrics::new());
+        let fsync = if config.store.fsync == "interval" {
+            cicada_cluster::Fsync::Interval
+        } else {
+            cicada_cluster::Fsync::Always
+        };
+        let store = Arc::new(
+            Store::open(&config.data_dir, fsync, &metrics.registry)
+                .await
+                .map_err(|e| StartError::Store(e.to_string()))?,
+        );
+        metrics.retained.set(store.retained.len() as i64);
         let shutdown = CancellationToken::new();
         // Shards need the context and the context needs the shards: a bootstrap context without shards
         // starts them (they only read config and metrics from it), then the real one is built.
         let boot = Arc::new(Context {
             config: config.clone(),
             metrics: metrics.clone(),
-            retained: Arc::new(MemoryRetained::default()),
+            retained: store.retained.clone(),
+            store: None,
             shards: Vec::new(),
             registry: OnceLock::new(),
             next_session_id: AtomicU64::new(1),
@@ -215,6 +262,7 @@ impl Broker {
             config: config.clone(),
             metrics,
             retained: boot.retained.clone(),
+            store: Some(store),
             shards,
             registry: OnceLock::new(),
             next_session_id: AtomicU64::new(1),
@@ -313,6 +361,9 @@ impl Broker {
         self.registry.stop(None);
         for s in &self.ctx.shards {
             s.stop(None);
+        }
+        if let Some(store) = &self.ctx.store {
+            store.shutdown().await;
         }
         tracing::info!("stopped");
     }

@@ -102,6 +102,13 @@ pub struct MemoryRetained {
     inner: RwLock<(Node, usize)>,
 }
 
+impl MemoryRetained {
+    /// Forgets everything (a snapshot replaced the stored state).
+    pub fn clear_all(&self) {
+        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = (Node::default(), 0);
+    }
+}
+
 impl RetainedStore for MemoryRetained {
     fn set(&self, message: Arc<Message>) {
         let mut guard = self.inner.write().unwrap_or_else(|e| e.into_inner());

@@ -17,6 +17,8 @@ use tokio::net::TcpStream;
 /// A broker on 127.0.0.1 with ephemeral MQTT and HTTP ports.
 pub struct TestBroker {
     pub broker: Option<Broker>,
+    /// The broker's data directory (its store), removed with the test.
+    pub data: tempfile::TempDir,
     pub addr: SocketAddr,
     pub http: SocketAddr,
 }
@@ -37,12 +39,15 @@ impl TestBroker {
 
     pub async fn with(f: impl FnOnce(&mut Config)) -> TestBroker {
         let mut c = test_config();
+        let data = tempfile::tempdir().expect("temp dir");
+        c.data_dir = data.path().to_path_buf();
         f(&mut c);
         let broker = Broker::start(c).await.expect("broker starts");
         TestBroker {
             addr: broker.mqtt_addrs[0],
             http: broker.http_addr,
             broker: Some(broker),
+            data,
         }
     }
 

@@ -28,15 +28,7 @@ impl CicadaProcess {
         );
         let file = dir.path().join("cicada.toml");
         std::fs::write(&file, conf).expect("write config");
-        let child = Command::new(env!("CARGO_BIN_EXE_cicada"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&file)
-            .env("RUST_LOG", log)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn cicada serve");
+        let child = spawn(&file, log);
         let mut p = CicadaProcess {
             child,
             port,
@@ -45,6 +37,14 @@ impl CicadaProcess {
         };
         p.wait_listening();
         p
+    }
+
+    /// `kill -9`, then the same configuration and data directory again.
+    pub fn kill9_and_restart(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait_exit();
+        self.child = spawn(&self.config_path(), "warn");
+        self.wait_listening();
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -95,6 +95,18 @@ impl CicadaProcess {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
+}
+
+fn spawn(config: &std::path::Path, log: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_cicada"))
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cicada serve")
 }
 
 impl Drop for CicadaProcess {
