@@ -178,7 +178,7 @@ async fn three_nodes_survive_losing_the_leader_and_it_catches_up_from_a_snapshot
     let leader = leader_of(&all).await;
     // Through every node: followers forward to the leader.
     let mut acked = Vec::new();
-    for batch in 0..6 {
+    for batch in 0..20 {
         let via = &nodes[&((batch % 3) as u64 + 1)];
         let futs: Vec<_> = (0..500)
             .map(|i| {
