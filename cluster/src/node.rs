@@ -29,6 +29,9 @@ pub enum NodeMsg {
     Propose(Vec<u8>, Reply<Vec<u8>>),
     /// Turns the queued proposals into entries (sent to self after the first proposal of a burst).
     Flush,
+    /// Handles raft's Ready once for every peer message that arrived before it (sent to self after the first
+    /// peer message of a burst): one flush covers them all.
+    Process,
     ReadIndex(Reply<u64>),
     Status(RpcReplyPort<NodeStatus>),
     Change(Membership, Reply<()>),
@@ -72,6 +75,7 @@ pub struct NodeState {
     a: NodeArgs,
     queued: Vec<(Vec<u8>, Reply<Vec<u8>>, Instant)>,
     flush_scheduled: bool,
+    process_scheduled: bool,
     next_id: u64,
     /// Proposal batches of this node in the log, by batch id.
     pending: HashMap<u64, (Instant, Vec<Waiter>)>,
@@ -152,6 +156,7 @@ impl Actor for Node {
             a,
             queued: Vec::new(),
             flush_scheduled: false,
+            process_scheduled: false,
             next_id: 1,
             pending: HashMap::new(),
             changes: HashMap::new(),
@@ -192,7 +197,13 @@ impl Actor for Node {
                 if let Err(e) = s.a.raw.step(*m) {
                     tracing::debug!(error = %e, "raft message ignored");
                 }
+                if !s.process_scheduled {
+                    s.process_scheduled = true;
+                    let _ = me.cast(NodeMsg::Process);
+                }
+                return Ok(());
             }
+            NodeMsg::Process => s.process_scheduled = false,
             NodeMsg::Unreachable(peer) => s.a.raw.report_unreachable(peer),
             NodeMsg::Propose(cmd, reply) => {
                 s.queued.push((cmd, reply, Instant::now()));

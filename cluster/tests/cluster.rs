@@ -199,9 +199,9 @@ async fn three_nodes_survive_losing_the_leader_and_it_catches_up_from_a_snapshot
     let new_leader = leader_of(&rest).await;
     assert_ne!(new_leader, leader);
     let via = &nodes[&new_leader];
-    let futs: Vec<_> = (0..700)
+    let futs: Vec<_> = (0..2000)
         .map(|i| {
-            let key = format!("b{i:03}");
+            let key = format!("b{i:04}");
             async move { (key.clone(), via.propose(key.into_bytes()).await) }
         })
         .collect();
@@ -209,8 +209,8 @@ async fn three_nodes_survive_losing_the_leader_and_it_catches_up_from_a_snapshot
         r.unwrap();
         acked.push(k);
     }
-    // The old leader comes back from its data directory; the log was compacted meanwhile (interval 100), so
-    // it catches up from a snapshot.
+    // The old leader comes back from its data directory; the log was compacted meanwhile (at least 250
+    // entries of at most 8 commands against an interval of 100), so it catches up from a snapshot.
     let registry = prometheus::Registry::new();
     let back = Cluster::start(config(leader, dir.path(), &peers), Counter, &registry)
         .await
