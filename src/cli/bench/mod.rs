@@ -100,6 +100,9 @@ pub struct PubSubArgs {
     /// QoS 1/2 publishes in flight per publisher.
     #[arg(long, default_value_t = 100)]
     pub inflight: u16,
+    /// Publish with the RETAIN flag (each one is committed to the broker's store before it is acknowledged).
+    #[arg(long)]
+    pub retain: bool,
     /// Seconds to wait for the last deliveries after publishing stopped.
     #[arg(long, default_value_t = 10)]
     pub drain: u64,

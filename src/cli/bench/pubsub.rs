@@ -108,6 +108,7 @@ pub async fn run(args: PubSubArgs) -> Result<(), CliError> {
             client: client.clone(),
             publisher: p.clone(),
             qos: args.qos,
+            retain: args.retain,
             size: args.size,
             rate: args.rate,
             start,
@@ -269,6 +270,7 @@ struct PublishJob {
     client: Client,
     publisher: Arc<Publisher>,
     qos: QoS,
+    retain: bool,
     size: usize,
     rate: f64,
     start: Instant,
@@ -311,6 +313,7 @@ impl PublishJob {
             let publish = Publish {
                 topic: self.publisher.topic.clone(),
                 qos: self.qos,
+                retain: self.retain,
                 payload: Bytes::from(payload),
                 ..Publish::default()
             };
