@@ -71,6 +71,9 @@ fn respond(req: &Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
         "/ready" => {
             if ctx.shutdown.is_cancelled() {
                 text(StatusCode::SERVICE_UNAVAILABLE, plain, "shutting down\n")
+            } else if ctx.store.as_ref().is_some_and(|s| !s.has_leader()) {
+                // Nothing that needs consensus (retained messages) could be acknowledged: out of rotation.
+                text(StatusCode::SERVICE_UNAVAILABLE, plain, "no raft leader\n")
             } else {
                 text(StatusCode::OK, plain, "ready\n")
             }

@@ -152,6 +152,8 @@ pub struct Cluster {
     transport: transport::Transport,
     peer_addr: SocketAddr,
     timeout: Duration,
+    /// The node's view of the leader (the `cicada_raft_leader` gauge), readable without a call.
+    leader: prometheus::IntGauge,
 }
 
 impl Cluster {
@@ -214,6 +216,7 @@ impl Cluster {
             .clone()
             .unwrap_or_else(|| peer_addr.to_string());
         let metrics = metrics::Metrics::new(registry);
+        let leader = metrics.leader.clone();
         let (applied_tx, _) = broadcast::channel(4096);
         let (app_tx, app_rx) = mpsc::channel(4096);
         // The actor needs the transport and the transport routes into the actor: start the actor with a
@@ -259,6 +262,7 @@ impl Cluster {
             transport,
             peer_addr,
             timeout: config.propose_timeout + Duration::from_secs(1),
+            leader,
         })
     }
 
@@ -293,6 +297,11 @@ impl Cluster {
     /// The applied state (local reads).
     pub fn view(&self) -> &View {
         &self.view
+    }
+
+    /// The leader this node knows of (0: none), without waiting for the actor.
+    pub fn leader(&self) -> u64 {
+        self.leader.get().max(0) as u64
     }
 
     /// The peer link's bound address.

@@ -118,6 +118,7 @@ async fn a_single_node_applies_in_order_and_restarts_without_reapplying() {
     let node = Cluster::start(c, Counter, &registry).await.unwrap();
     leader_of(&[&node]).await;
     assert_eq!(count(&node), 1000, "nothing applied twice on restart");
+    assert_eq!(node.leader(), 1);
     assert_eq!(keys(&node).len(), 1000);
     let r = node.propose(b"after".to_vec()).await.unwrap();
     assert_eq!(u64::from_be_bytes(r.try_into().unwrap()), 1001);
@@ -320,7 +321,9 @@ async fn a_node_of_another_cluster_is_refused() {
             .is_some_and(|f| f.get_metric()[0].get_counter().get_value() >= 1.0)
     })
     .await;
-    // Two voters that cannot talk elect no one: proposals fail instead of being acknowledged.
+    // Two voters that cannot talk elect no one: no leader (the broker's /ready says 503), and proposals fail
+    // instead of being acknowledged.
+    assert_eq!(a.leader(), 0);
     assert!(matches!(
         a.propose(b"x".to_vec()).await,
         Err(ClusterError::NoLeader | ClusterError::Timeout)

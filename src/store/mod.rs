@@ -213,6 +213,11 @@ impl Store {
         self.cluster.propose(cmd.encode()).await.map(|_| ())
     }
 
+    /// Whether the raft group has a leader (what needs consensus can be acknowledged).
+    pub fn has_leader(&self) -> bool {
+        self.cluster.leader() != 0
+    }
+
     pub async fn status(&self) -> Result<cicada_cluster::NodeStatus, ClusterError> {
         self.cluster.status().await
     }
