@@ -128,3 +128,68 @@ async fn kill_9_during_a_publish_stream_loses_nothing_acknowledged() {
         assert!(got.contains_key(t), "acknowledged {t} lost");
     }
 }
+
+/// A counter from the broker's /metrics.
+async fn metric(http_port: u16, name: &str) -> f64 {
+    let (_, body) = common::broker::http_request(
+        format!("127.0.0.1:{http_port}").parse().unwrap(),
+        "GET",
+        "/metrics",
+    )
+    .await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_sessions_and_their_subscriptions_survive_kill_9() {
+    let mut broker = CicadaProcess::start("[mqtt]\nsys_interval = 0");
+    let port = broker.port;
+    let applied = "cicada_raft_applied_commands_total";
+    let before = metric(broker.http_port, applied).await;
+    let persistent = || {
+        ClientOptions::new("127.0.0.1", port, "dev-1")
+            .version(ProtocolVersion::V5)
+            .clean_start(false)
+            .session_expiry(3600)
+    };
+    let (c, _e, ack) = Client::connect(persistent()).await.unwrap();
+    assert!(!ack.session_present);
+    c.subscribe("cmd/dev-1", QoS::AtLeastOnce).await.unwrap();
+    c.disconnect().await.unwrap();
+    // A clean session leaves nothing in the store.
+    let (clean, _ce) = client(port, "dashboard").await;
+    clean.subscribe("cmd/#", QoS::AtMostOnce).await.unwrap();
+    // Connect, subscribe and disconnect of the persistent session are three commands: wait until they are
+    // applied (stored), then kill.
+    let deadline = std::time::Instant::now() + WAIT;
+    while metric(broker.http_port, applied).await < before + 3.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "session state not stored"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    broker.kill9_and_restart();
+    // Same config, same port.
+    let (c, mut e, ack) = Client::connect(persistent()).await.unwrap();
+    assert!(ack.session_present, "session present after kill -9");
+    // Its subscription is there without subscribing again.
+    let (p, _pe) = client(broker.port, "backend").await;
+    p.publish("cmd/dev-1", QoS::AtLeastOnce, false, "reboot")
+        .await
+        .unwrap();
+    let m = next_message(&mut e, "the command").await;
+    assert_eq!(&m.payload[..], b"reboot");
+    c.disconnect().await.unwrap();
+    let (_, _, ack) = Client::connect(
+        ClientOptions::new("127.0.0.1", broker.port, "dashboard")
+            .version(ProtocolVersion::V5)
+            .clean_start(false)
+            .session_expiry(60),
+    )
+    .await
+    .unwrap();
+    assert!(!ack.session_present, "a clean session is not restored");
+}

@@ -16,6 +16,7 @@ pub struct Metrics {
     pub proposal_latency: Histogram,
     pub commit_index: IntGauge,
     pub applied_index: IntGauge,
+    pub applied_commands: IntCounter,
     pub apply_lag: IntGauge,
     pub log_entries: IntGauge,
     pub snapshots_sent: IntCounter,
@@ -89,6 +90,10 @@ impl Metrics {
             applied_index: g(
                 "cicada_raft_applied_index",
                 "Highest log index applied to the state machine.",
+            ),
+            applied_commands: c(
+                "cicada_raft_applied_commands_total",
+                "Commands applied to the state machine on this node.",
             ),
             apply_lag: g(
                 "cicada_raft_apply_lag",

@@ -470,6 +470,7 @@ impl NodeState {
                     let mut results = Vec::with_capacity(cmds.len());
                     for c in cmds {
                         let r = self.a.machine.apply(&mut txn, &c);
+                        self.a.metrics.applied_commands.inc();
                         let _ = self.a.applied_tx.send(Applied {
                             index: e.index,
                             command: Bytes::from(c),

@@ -54,6 +54,9 @@ pub struct Context {
     pub registry: OnceLock<ActorRef<RegistryMsg>>,
     pub next_session_id: AtomicU64,
     pub next_conn_id: AtomicU64,
+    /// Versions of stored session records: increasing across restarts (seeded with the clock), so the newest
+    /// change of a session wins in the store whatever order its proposals commit in.
+    pub next_version: AtomicU64,
     /// Connections past CONNACK (the `max_connections` limit).
     pub connections: AtomicUsize,
     /// Bytes queued in all sessions (the memory watermark).
@@ -243,6 +246,7 @@ impl Broker {
             registry: OnceLock::new(),
             next_session_id: AtomicU64::new(1),
             next_conn_id: AtomicU64::new(1),
+            next_version: AtomicU64::new(crate::store::clock_version()),
             connections: AtomicUsize::new(0),
             queued_bytes: AtomicI64::new(0),
             below_watermark: Notify::new(),
@@ -267,6 +271,7 @@ impl Broker {
             registry: OnceLock::new(),
             next_session_id: AtomicU64::new(1),
             next_conn_id: AtomicU64::new(1),
+            next_version: AtomicU64::new(crate::store::clock_version()),
             connections: AtomicUsize::new(0),
             queued_bytes: AtomicI64::new(0),
             below_watermark: Notify::new(),

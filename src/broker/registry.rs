@@ -2,7 +2,7 @@
 //! gets: the existing one (resumed, its old connection taken over) or a new one (clean start discards it).
 
 use super::message::SessionId;
-use super::session::{Session, SessionArgs, SessionMsg};
+use super::session::{Restored, Session, SessionArgs, SessionMsg};
 use super::Context;
 use crate::protocol::ReasonCode;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -42,13 +42,52 @@ impl Actor for Registry {
 
     async fn pre_start(
         &self,
-        _me: ActorRef<RegistryMsg>,
+        me: ActorRef<RegistryMsg>,
         ctx: Arc<Context>,
     ) -> Result<RegistryState, ActorProcessingErr> {
-        Ok(RegistryState {
-            ctx,
-            sessions: HashMap::new(),
-        })
+        let mut sessions = HashMap::new();
+        // Persistent sessions the store kept: back as offline sessions with their subscriptions, unless
+        // they expired while the broker was down.
+        if let Some(store) = &ctx.store {
+            let now = crate::store::unix_now();
+            let mut restored = 0;
+            for (client_id, rec) in store.sessions() {
+                let elapsed = match rec.offline_since {
+                    0 => 0, // connected when the broker stopped: offline from now
+                    t => now.saturating_sub(t),
+                };
+                let remaining = if rec.expiry == u32::MAX {
+                    u32::MAX
+                } else if elapsed >= u64::from(rec.expiry) {
+                    let v = ctx.next_version.fetch_add(1, Ordering::Relaxed);
+                    store.delete_session(&client_id, v);
+                    continue;
+                } else {
+                    rec.expiry - elapsed as u32
+                };
+                let id = ctx.next_session_id.fetch_add(1, Ordering::Relaxed);
+                let args = SessionArgs {
+                    ctx: ctx.clone(),
+                    client_id: client_id.clone(),
+                    id,
+                    restored: Some(Restored {
+                        expiry: rec.expiry,
+                        remaining,
+                        subscriptions: rec.subscriptions,
+                    }),
+                };
+                let (session, _) = Actor::spawn_linked(None, Session, args, me.get_cell()).await?;
+                sessions.insert(client_id, (id, session));
+                restored += 1;
+            }
+            if restored > 0 {
+                tracing::info!(
+                    sessions = restored,
+                    "persistent sessions restored from the store"
+                );
+            }
+        }
+        Ok(RegistryState { ctx, sessions })
     }
 
     async fn handle(
@@ -80,6 +119,7 @@ impl Actor for Registry {
                     ctx: s.ctx.clone(),
                     client_id: client_id.clone(),
                     id,
+                    restored: None,
                 };
                 match Actor::spawn_linked(None, Session, args, me.get_cell()).await {
                     Ok((session, _)) => {

@@ -7,7 +7,9 @@
 
 use crate::broker::message::Message;
 use crate::broker::retained::{MemoryRetained, RetainedStore};
-use crate::protocol::{self, Packet, ProtocolVersion, Publish, QoS};
+use crate::protocol::{
+    self, Packet, ProtocolVersion, Publish, QoS, RetainHandling, SubscriptionOptions,
+};
 use bytes::{BufMut, BytesMut};
 use cicada_cluster::{Cluster, ClusterConfig, ClusterError, StateMachine, Txn, View};
 use std::path::Path;
@@ -16,7 +18,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const SET_RETAINED: u8 = 1;
 const CLEAR_RETAINED: u8 = 2;
+const PUT_SESSION: u8 = 3;
+const DELETE_SESSION: u8 = 4;
 const RETAINED_PREFIX: &[u8] = b"r/";
+const SESSION_PREFIX: &[u8] = b"s/";
 
 /// A change to durable broker state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +33,18 @@ pub enum Command {
     },
     ClearRetained {
         topic: String,
+    },
+    /// Stores a persistent session's record; applied only if `version` is newer than the stored one
+    /// (a session's proposals may commit out of order).
+    PutSession {
+        client_id: String,
+        version: u64,
+        record: Vec<u8>,
+    },
+    /// Forgets a session (clean start, expiry); applied only if `version` is newer than the stored one.
+    DeleteSession {
+        client_id: String,
+        version: u64,
     },
 }
 
@@ -44,6 +61,22 @@ impl Command {
             Command::ClearRetained { topic } => {
                 b.push(CLEAR_RETAINED);
                 b.extend_from_slice(topic.as_bytes());
+            }
+            Command::PutSession {
+                client_id,
+                version,
+                record,
+            } => {
+                b.push(PUT_SESSION);
+                b.extend_from_slice(&version.to_be_bytes());
+                b.extend_from_slice(&(client_id.len() as u32).to_be_bytes());
+                b.extend_from_slice(client_id.as_bytes());
+                b.extend_from_slice(record);
+            }
+            Command::DeleteSession { client_id, version } => {
+                b.push(DELETE_SESSION);
+                b.extend_from_slice(&version.to_be_bytes());
+                b.extend_from_slice(client_id.as_bytes());
             }
         }
         b
@@ -63,12 +96,34 @@ impl Command {
             CLEAR_RETAINED => Some(Command::ClearRetained {
                 topic: std::str::from_utf8(rest).ok()?.to_string(),
             }),
+            PUT_SESSION => {
+                let version = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+                let n = u32::from_be_bytes(rest.get(8..12)?.try_into().ok()?) as usize;
+                let client_id = std::str::from_utf8(rest.get(12..12 + n)?).ok()?.to_string();
+                Some(Command::PutSession {
+                    client_id,
+                    version,
+                    record: rest[12 + n..].to_vec(),
+                })
+            }
+            DELETE_SESSION => Some(Command::DeleteSession {
+                version: u64::from_be_bytes(rest.get(..8)?.try_into().ok()?),
+                client_id: std::str::from_utf8(rest.get(8..)?).ok()?.to_string(),
+            }),
             _ => None,
         }
     }
 }
 
-fn unix_now() -> u64 {
+/// A starting point for session record versions: nanoseconds since the epoch, above any earlier run's.
+pub fn clock_version() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+}
+
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -122,9 +177,96 @@ pub fn decode_record(record: &[u8]) -> Option<Message> {
     }
 }
 
+/// A persistent session as stored: what a restarted broker needs to resume it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Session Expiry Interval in seconds.
+    pub expiry: u32,
+    /// When it went offline (unix seconds), 0 while a client is connected.
+    pub offline_since: u64,
+    /// (filter as subscribed, options, subscription identifier).
+    pub subscriptions: Vec<(String, SubscriptionOptions, Option<u32>)>,
+}
+
+fn options_byte(o: &SubscriptionOptions) -> u8 {
+    o.qos as u8
+        | (o.no_local as u8) << 2
+        | (o.retain_as_published as u8) << 3
+        | (o.retain_handling as u8) << 4
+}
+
+fn options_from(b: u8) -> Option<SubscriptionOptions> {
+    Some(SubscriptionOptions {
+        qos: QoS::from_u8(b & 3)?,
+        no_local: b & 4 != 0,
+        retain_as_published: b & 8 != 0,
+        retain_handling: match (b >> 4) & 3 {
+            0 => RetainHandling::SendAtSubscribe,
+            1 => RetainHandling::SendIfNew,
+            _ => RetainHandling::DoNotSend,
+        },
+    })
+}
+
+impl SessionRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&self.expiry.to_be_bytes());
+        b.extend_from_slice(&self.offline_since.to_be_bytes());
+        b.extend_from_slice(&(self.subscriptions.len() as u32).to_be_bytes());
+        for (filter, options, sub_id) in &self.subscriptions {
+            b.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+            b.extend_from_slice(filter.as_bytes());
+            b.push(options_byte(options));
+            b.extend_from_slice(&sub_id.unwrap_or(0).to_be_bytes());
+        }
+        b
+    }
+
+    pub fn decode(mut b: &[u8]) -> Option<SessionRecord> {
+        fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            let (head, rest) = (b.get(..n)?, b.get(n..)?);
+            *b = rest;
+            Some(head)
+        }
+        let expiry = u32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?);
+        let offline_since = u64::from_be_bytes(take(&mut b, 8)?.try_into().ok()?);
+        let n = u32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?) as usize;
+        let mut subscriptions = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            let len = u16::from_be_bytes(take(&mut b, 2)?.try_into().ok()?) as usize;
+            let filter = std::str::from_utf8(take(&mut b, len)?).ok()?.to_string();
+            let options = options_from(take(&mut b, 1)?[0])?;
+            let sub_id = u32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?);
+            subscriptions.push((filter, options, (sub_id != 0).then_some(sub_id)));
+        }
+        Some(SessionRecord {
+            expiry,
+            offline_since,
+            subscriptions,
+        })
+    }
+}
+
 /// The broker's state machine: applies commands to sled and mirrors retained messages into memory.
 pub struct BrokerMachine {
     retained: Arc<MemoryRetained>,
+}
+
+fn session_key(client_id: &str) -> Vec<u8> {
+    let mut k = SESSION_PREFIX.to_vec();
+    k.extend_from_slice(client_id.as_bytes());
+    k
+}
+
+/// Whether `version` is newer than the stored session value's (stored values start with their version).
+fn newer(txn: &Txn<'_>, key: &[u8], version: u64) -> bool {
+    match txn.get(key) {
+        Ok(Some(v)) if v.len() >= 8 => {
+            version > u64::from_be_bytes(v[..8].try_into().expect("8 bytes"))
+        }
+        _ => true,
+    }
 }
 
 fn retained_key(topic: &str) -> Vec<u8> {
@@ -159,6 +301,25 @@ impl StateMachine for BrokerMachine {
             Some(Command::ClearRetained { topic }) => {
                 txn.remove(&retained_key(&topic));
                 self.retained.clear(&topic);
+            }
+            Some(Command::PutSession {
+                client_id,
+                version,
+                record,
+            }) => {
+                let key = session_key(&client_id);
+                if newer(txn, &key, version) {
+                    let mut v = version.to_be_bytes().to_vec();
+                    v.extend_from_slice(&record);
+                    txn.insert(&key, &v);
+                }
+            }
+            Some(Command::DeleteSession { client_id, version }) => {
+                let key = session_key(&client_id);
+                if newer(txn, &key, version) {
+                    // A tombstone keeps the version, so an older put that commits later stays ignored.
+                    txn.insert(&key, &version.to_be_bytes());
+                }
             }
             None => tracing::error!("undecodable store command skipped"),
         }
@@ -211,6 +372,45 @@ impl Store {
             }
         };
         self.cluster.propose(cmd.encode()).await.map(|_| ())
+    }
+
+    /// Saves a persistent session's record (fire and forget, ordered by `version`).
+    pub fn put_session(self: &Arc<Self>, client_id: &str, version: u64, record: &SessionRecord) {
+        self.spawn_propose(Command::PutSession {
+            client_id: client_id.to_string(),
+            version,
+            record: record.encode(),
+        });
+    }
+
+    /// Forgets a session's record.
+    pub fn delete_session(self: &Arc<Self>, client_id: &str, version: u64) {
+        self.spawn_propose(Command::DeleteSession {
+            client_id: client_id.to_string(),
+            version,
+        });
+    }
+
+    fn spawn_propose(self: &Arc<Self>, cmd: Command) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.cluster.propose(cmd.encode()).await {
+                tracing::warn!(error = %e, "session state not stored");
+            }
+        });
+    }
+
+    /// The stored persistent sessions (client id, record), tombstones and unreadable records skipped.
+    pub fn sessions(&self) -> Vec<(String, SessionRecord)> {
+        self.cluster
+            .view()
+            .scan_prefix(SESSION_PREFIX)
+            .flatten()
+            .filter_map(|(k, v)| {
+                let id = String::from_utf8(k[SESSION_PREFIX.len()..].to_vec()).ok()?;
+                Some((id, SessionRecord::decode(v.get(8..)?)?))
+            })
+            .collect()
     }
 
     /// Whether the raft group has a leader (what needs consensus can be acknowledged).
@@ -288,6 +488,38 @@ mod tests {
         ] {
             assert_eq!(Command::decode(&c.encode()), Some(c));
         }
+        for c in [
+            Command::PutSession {
+                client_id: "dev-7".into(),
+                version: 42,
+                record: vec![9, 9],
+            },
+            Command::DeleteSession {
+                client_id: "dev-7".into(),
+                version: 43,
+            },
+        ] {
+            assert_eq!(Command::decode(&c.encode()), Some(c));
+        }
+        let rec = SessionRecord {
+            expiry: 3600,
+            offline_since: 1_700_000_000,
+            subscriptions: vec![
+                (
+                    "device/+/command".into(),
+                    SubscriptionOptions {
+                        qos: QoS::AtLeastOnce,
+                        no_local: true,
+                        retain_as_published: false,
+                        retain_handling: RetainHandling::DoNotSend,
+                    },
+                    Some(7),
+                ),
+                ("$share/g/a/#".into(), SubscriptionOptions::default(), None),
+            ],
+        };
+        assert_eq!(SessionRecord::decode(&rec.encode()), Some(rec.clone()));
+        assert_eq!(SessionRecord::decode(&rec.encode()[..20]), None);
         assert_eq!(Command::decode(&[9]), None);
         assert_eq!(Command::decode(&[SET_RETAINED, 0, 0, 0, 9, b'x']), None);
         let m = Message {

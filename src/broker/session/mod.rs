@@ -88,6 +88,16 @@ pub struct SessionArgs {
     pub ctx: Arc<Context>,
     pub client_id: String,
     pub id: SessionId,
+    /// A persistent session read back from the store at start: offline, with its subscriptions.
+    pub restored: Option<Restored>,
+}
+
+/// What the store kept of a persistent session.
+pub struct Restored {
+    pub expiry: u32,
+    /// Seconds of expiry left.
+    pub remaining: u32,
+    pub subscriptions: Vec<(String, crate::protocol::SubscriptionOptions, Option<u32>)>,
 }
 
 pub struct SessionState {
@@ -107,6 +117,8 @@ pub struct SessionState {
     /// The ACL of the listener the client last connected through, and its user name.
     perms: Option<Permissions>,
     username: Option<String>,
+    /// Whether the store holds a record of this session (to delete when it ends).
+    stored: bool,
     /// Last values added to the node-wide gauges, to report changes as deltas.
     reported: (i64, i64, i64),
 }
@@ -118,7 +130,7 @@ impl Actor for Session {
 
     async fn pre_start(
         &self,
-        _me: ActorRef<SessionMsg>,
+        me: ActorRef<SessionMsg>,
         a: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
         let limits = OutboxLimits {
@@ -126,7 +138,8 @@ impl Actor for Session {
             max_queued_bytes: a.ctx.config.limits.max_queued_bytes,
         };
         let window = a.ctx.config.limits.max_inflight;
-        Ok(SessionState {
+        let restored = a.restored;
+        let mut s = SessionState {
             client_id: a.client_id,
             id: a.id,
             outbox: Outbox::new(limits, window),
@@ -139,9 +152,31 @@ impl Actor for Session {
             attached_before: false,
             perms: None,
             username: None,
+            stored: false,
             reported: (0, 0, 0),
             ctx: a.ctx,
-        })
+        };
+        if let Some(r) = restored {
+            // Offline, as the client left it (or as the crash left it): reconnecting with clean start = 0
+            // gets session present = 1 and these subscriptions.
+            s.expiry = r.expiry;
+            s.attached_before = true;
+            s.stored = true;
+            s.ctx.metrics.sessions_offline.inc();
+            for (filter, options, sub_id) in r.subscriptions {
+                let rec = SubRecord { options, sub_id };
+                rec.install(&s.ctx, &me, s.id, &filter);
+                s.subs.insert(filter, rec);
+                s.ctx.metrics.subscriptions.inc();
+            }
+            if r.expiry != u32::MAX {
+                let g = s.generation;
+                me.send_after(Duration::from_secs(u64::from(r.remaining)), move || {
+                    SessionMsg::ExpiryDue(g)
+                });
+            }
+        }
+        Ok(s)
     }
 
     async fn post_stop(
@@ -261,6 +296,7 @@ impl SessionState {
         }
         self.conn = Some(a.conn);
         self.flush();
+        self.persist();
         AttachReply {
             session_present,
             inbound_qos2: self.inbound_qos2.clone(),
@@ -291,6 +327,7 @@ impl SessionState {
             self.end(me);
             return;
         }
+        self.persist();
         if let Some(delay) = self
             .will
             .as_ref()
@@ -318,6 +355,13 @@ impl SessionState {
     /// forgets it, and the actor stops.
     fn end(&mut self, me: &ActorRef<SessionMsg>) {
         self.publish_will();
+        if self.stored {
+            if let Some(store) = &self.ctx.store {
+                let v = self.ctx.next_version.fetch_add(1, Ordering::Relaxed);
+                store.delete_session(&self.client_id, v);
+            }
+            self.stored = false;
+        }
         self.ctx.metrics.subscriptions.sub(self.subs.len() as i64);
         for (filter, rec) in self.subs.drain() {
             rec.remove_from_shards(&self.ctx, self.id, &filter);
@@ -329,6 +373,38 @@ impl SessionState {
             });
         }
         me.stop(None);
+    }
+
+    /// Saves what a restart needs of a persistent session (expiry > 0) to the store; a session that stopped
+    /// being persistent (expiry set to 0) is forgotten there.
+    pub(super) fn persist(&mut self) {
+        let Some(store) = self.ctx.store.clone() else {
+            return;
+        };
+        if self.expiry == 0 && !self.stored {
+            return;
+        }
+        let v = self.ctx.next_version.fetch_add(1, Ordering::Relaxed);
+        if self.expiry == 0 {
+            store.delete_session(&self.client_id, v);
+            self.stored = false;
+            return;
+        }
+        let record = crate::store::SessionRecord {
+            expiry: self.expiry,
+            offline_since: if self.conn.is_some() {
+                0
+            } else {
+                crate::store::unix_now()
+            },
+            subscriptions: self
+                .subs
+                .iter()
+                .map(|(f, r)| (f.clone(), r.options, r.sub_id))
+                .collect(),
+        };
+        store.put_session(&self.client_id, v, &record);
+        self.stored = true;
     }
 
     /// Whether the ACL lets this client publish (`write`) or receive (`!write`) on a topic.

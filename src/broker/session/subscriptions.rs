@@ -28,7 +28,13 @@ fn split(filter: &str) -> (Option<&str>, &str) {
 }
 
 impl SubRecord {
-    fn install(&self, ctx: &Context, me: &ActorRef<SessionMsg>, id: SessionId, full: &str) {
+    pub(super) fn install(
+        &self,
+        ctx: &Context,
+        me: &ActorRef<SessionMsg>,
+        id: SessionId,
+        full: &str,
+    ) {
         let (group, filter) = split(full);
         for shard in ctx.shards_for_filter(filter) {
             let _ = shard.cast(ShardMsg::Subscribe {
@@ -151,6 +157,7 @@ impl SessionState {
         for d in retained {
             self.deliver(d);
         }
+        self.persist();
     }
 
     pub(super) fn unsubscribe(&mut self, packet: Unsubscribe) {
@@ -173,5 +180,6 @@ impl SessionState {
             properties: Default::default(),
             reasons,
         }));
+        self.persist();
     }
 }
