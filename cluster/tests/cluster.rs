@@ -118,7 +118,8 @@ async fn a_single_node_applies_in_order_and_restarts_without_reapplying() {
     let node = Cluster::start(c, Counter, &registry).await.unwrap();
     leader_of(&[&node]).await;
     assert_eq!(count(&node), 1000, "nothing applied twice on restart");
-    assert_eq!(node.leader(), 1);
+    // The gauge follows the first Ready after the restart's campaign.
+    until("the leader gauge", async || node.leader() == 1).await;
     assert_eq!(keys(&node).len(), 1000);
     let r = node.propose(b"after".to_vec()).await.unwrap();
     assert_eq!(u64::from_be_bytes(r.try_into().unwrap()), 1001);
