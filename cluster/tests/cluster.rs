@@ -332,3 +332,48 @@ async fn a_node_of_another_cluster_is_refused() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_to_the_node_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(3);
+    let peers: HashMap<u64, String> = (1..=3u64)
+        .map(|i| (i, format!("127.0.0.1:{}", ports[i as usize - 1])))
+        .collect();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        let c = config(id, dir.path(), &peers);
+        nodes.push(
+            Cluster::start(c, Counter, &prometheus::Registry::new())
+                .await
+                .unwrap(),
+        );
+    }
+    let refs: Vec<&Cluster> = nodes.iter().collect();
+    let leader = leader_of(&refs).await;
+    let via = &nodes[leader as usize - 1];
+    via.propose(b"before".to_vec()).await.unwrap();
+    let target = (leader % 3) + 1;
+    via.transfer_leader(target);
+    until("the transfer", async || {
+        nodes[target as usize - 1].status().await.unwrap().role == "Leader"
+    })
+    .await;
+    until("the old leader follows", async || {
+        via.status().await.unwrap().leader == target
+    })
+    .await;
+    // The new leader takes proposals; the old one forwards to it.
+    nodes[target as usize - 1]
+        .propose(b"after".to_vec())
+        .await
+        .unwrap();
+    via.propose(b"forwarded".to_vec()).await.unwrap();
+    for n in &nodes {
+        until("every node applied the three commands", async || {
+            count(n) == 3
+        })
+        .await;
+        n.shutdown().await;
+    }
+}
