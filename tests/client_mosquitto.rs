@@ -175,7 +175,9 @@ async fn persistent_session_resumes_with_queued_qos1_messages() {
                 o
             }
         };
-        let (c, _, ack) = Client::connect(opts()).await.unwrap();
+        let (c, _, ack) = Client::connect(opts())
+            .await
+            .unwrap_or_else(|e| panic!("{v:?}: {e:?}; {}", broker.diagnose()));
         assert!(!ack.session_present || v == ProtocolVersion::V311);
         c.subscribe("resume/#", QoS::AtLeastOnce).await.unwrap();
         c.disconnect().await.unwrap();
@@ -192,7 +194,9 @@ async fn persistent_session_resumes_with_queued_qos1_messages() {
                 .await
                 .unwrap();
         }
-        let (_c, mut events, ack) = Client::connect(opts()).await.unwrap();
+        let (_c, mut events, ack) = Client::connect(opts())
+            .await
+            .unwrap_or_else(|e| panic!("{v:?}: {e:?}; {}", broker.diagnose()));
         assert!(
             ack.session_present,
             "{v:?}: session present after reconnect"

@@ -74,30 +74,41 @@ impl Mosquitto {
         } else {
             "mosquitto"
         };
+        let log = std::fs::File::create(self.log()).expect("mosquitto log file");
         let child = Command::new(program)
             .arg("-c")
             .arg(self.conf())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("mosquitto must be installed (bash .ci/install)");
         self.child = Some(child);
         self.wait_listening();
     }
 
-    /// Polls until the port accepts connections: the event we wait on is "broker ready".
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("mosquitto.log")
+    }
+
+    /// Polls until mosquitto answers an MQTT CONNECT with a CONNACK: the event we wait on is "broker ready". A bare
+    /// TCP connect is not enough evidence (it once passed in CI while the next connect was refused).
     fn wait_listening(&mut self) {
         let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while !answers_connect(self.port) {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("mosquitto exited early with {status} on port {}", self.port);
+                    panic!(
+                        "mosquitto exited early with {status} on port {}: {}",
+                        self.port,
+                        self.diagnose()
+                    );
                 }
             }
             assert!(
                 Instant::now() < deadline,
-                "mosquitto did not listen on {}",
-                self.port
+                "mosquitto did not listen on {}: {}",
+                self.port,
+                self.diagnose()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -124,8 +135,16 @@ impl Mosquitto {
     pub async fn connect(&self, client_id: &str, version: ProtocolVersion) -> (Client, Events) {
         let (c, e, _) = Client::connect(self.options(client_id, version))
             .await
-            .expect("connect to mosquitto");
+            .unwrap_or_else(|e| panic!("connect to mosquitto: {e:?}; {}", self.diagnose()));
         (c, e)
+    }
+
+    /// Whether the process still runs, and what it wrote to stderr: printed when a test cannot reach it.
+    pub fn diagnose(&self) -> String {
+        let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+        let pid = self.child.as_ref().map(|c| c.id());
+        let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+        format!("mosquitto pid {pid:?} alive: {alive}; its log:\n{log}")
     }
 }
 
@@ -133,6 +152,23 @@ impl Drop for Mosquitto {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Whether an MQTT broker on this loopback port answers a CONNECT with a CONNACK. A socket connected to itself
+/// (same local and remote port) does not count.
+pub fn answers_connect(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    if s.local_addr().is_ok_and(|a| a.port() == port) {
+        return false;
+    }
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    // MQTT 3.1.1 CONNECT, clean session, keep-alive 10 s, empty client id.
+    let connect = [0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 10, 0, 0];
+    let mut first = [0u8; 1];
+    s.write_all(&connect).is_ok() && s.read_exact(&mut first).is_ok() && first[0] == 0x20
 }
 
 /// The next application message, or a panic naming what was awaited.

@@ -53,7 +53,7 @@ impl CicadaProcess {
 
     fn wait_listening(&mut self) {
         let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while !super::answers_connect(self.port) {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("cicada exited early with {status}");
             }
