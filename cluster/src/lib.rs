@@ -272,6 +272,26 @@ impl Cluster {
         self.call(|r| NodeMsg::Propose(command, r)).await?
     }
 
+    /// Like [`propose`](Self::propose), but the command is queued before this returns: commands submitted one
+    /// after another from one task are proposed (and so committed and applied) in that order, whoever awaits
+    /// the returned futures and when.
+    pub fn submit(
+        &self,
+        command: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<Vec<u8>, ClusterError>> + Send + 'static {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self.node.cast(NodeMsg::Propose(command, tx.into()));
+        let timeout = self.timeout;
+        async move {
+            sent.map_err(|_| ClusterError::Stopped)?;
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(ClusterError::Stopped),
+                Err(_) => Err(ClusterError::Timeout),
+            }
+        }
+    }
+
     /// A read barrier: returns once this node has applied everything committed when it was called.
     pub async fn read_index(&self) -> Result<u64, ClusterError> {
         self.call(NodeMsg::ReadIndex).await?

@@ -3,12 +3,14 @@
 //! reading while its messages are still on their way through the router (credit) or the node is over its
 //! memory watermark. Everything stateful goes to the Session; the socket's write half belongs to [`Writer`].
 
+use super::acks::AckQueue;
 use super::conn::{ConnHandle, ConnShared, Outbound};
 use super::message::{Message, SessionId};
 use super::metrics::Metrics;
 use super::ratelimit::{self, TokenBucket};
 use super::registry::{Opened, RegistryMsg};
 use super::session::{Attach, AttachReply, Detach, SessionMsg};
+use super::ticket::{AckGate, Ticket};
 use super::writer::Writer;
 use super::Context;
 use crate::auth::acl::Who;
@@ -495,6 +497,7 @@ async fn run<R, W>(
         client_id: a.client_id.clone(),
         message_rate: ratelimit::bucket(ctx.config.limits.client_messages_per_sec, Instant::now()),
         byte_rate: ratelimit::bucket(ctx.config.limits.client_bytes_per_sec, Instant::now()),
+        acks: AckQueue::new(handle.clone(), ctx.metrics.clone()),
     };
     let keep_alive = a.keep_alive;
     // The token's expiry as a timer: the connection ends then with 0x87 [issue: JWT].
@@ -595,6 +598,8 @@ struct Reader {
     /// client_messages_per_sec and client_bytes_per_sec.
     message_rate: Option<TokenBucket>,
     byte_rate: Option<TokenBucket>,
+    /// PUBACK / PUBREC in order, some waiting for the store.
+    acks: AckQueue,
 }
 
 impl Reader {
@@ -804,6 +809,7 @@ impl Reader {
         let qos = p.qos;
         let mut reason = ReasonCode::SUCCESS;
         let mut route = true;
+        let mut wait = None;
         if qos == QoS::ExactlyOnce {
             if self.inbound_qos2.contains(&pkid) {
                 // A re-sent QoS 2 PUBLISH before PUBREL: acknowledged, not delivered twice [MQTT-4.3.3-10].
@@ -892,28 +898,42 @@ impl Reader {
                         }
                         let mut ack = PubAck::new(pkid);
                         ack.reason = ReasonCode::UNSPECIFIED_ERROR;
-                        self.handle.packet(if qos == QoS::ExactlyOnce {
+                        let ack = if qos == QoS::ExactlyOnce {
                             Packet::PubRec(ack)
                         } else {
                             Packet::PubAck(ack)
-                        });
+                        };
+                        self.acks.send(ack, None);
                         return None;
                     }
                 }
             }
-            ctx.route_committed(Arc::new(message), Some(Arc::new(permit)));
+            // Persistent sessions' copies are committed before the acknowledgement: they hold the gate.
+            let gate = (qos != QoS::AtMostOnce
+                && ctx.store.is_some()
+                && ctx.durable_sessions.load(Ordering::Acquire) > 0)
+                .then(|| {
+                    let (gate, w) = AckGate::new();
+                    wait = Some(w);
+                    gate
+                });
+            let ticket = Ticket {
+                credit: Some(Arc::new(permit)),
+                gate,
+            };
+            ctx.route_committed(Arc::new(message), ticket);
         }
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
                 let mut ack = PubAck::new(pkid);
                 ack.reason = reason;
-                self.handle.packet(Packet::PubAck(ack));
+                self.acks.send(Packet::PubAck(ack), wait);
             }
             QoS::ExactlyOnce => {
                 let mut rec = PubAck::new(pkid);
                 rec.reason = reason;
-                self.handle.packet(Packet::PubRec(rec));
+                self.acks.send(Packet::PubRec(rec), wait);
             }
         }
         None

@@ -73,6 +73,9 @@ pub struct Delivery {
     pub sub_ids: Vec<u32>,
     /// `group/filter` when it came through a shared subscription, so it can be handed to another member.
     pub shared: Option<Arc<str>>,
+    /// Its sequence number in the session's inbox in the store, when the copy is durable (a persistent
+    /// session's QoS 1/2 message): removed from there once it leaves the session.
+    pub durable: Option<u64>,
 }
 
 impl Delivery {
@@ -129,6 +132,7 @@ mod tests {
             retain: false,
             sub_ids: vec![4],
             shared: None,
+            durable: None,
         };
         let out = d.to_publish(0, false, t0 + Duration::from_secs(4)).unwrap();
         assert_eq!(out.properties.message_expiry_interval, Some(6));

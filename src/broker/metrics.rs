@@ -35,6 +35,8 @@ pub struct Metrics {
     pub proxy_header_failures: IntCounter,
     pub jwt_logins: IntCounter,
     pub jwt_expired_disconnects: IntCounter,
+    pub inbox: IntCounterVec,
+    pub ack_hold: Histogram,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -81,6 +83,9 @@ impl Metrics {
         ] {
             m.dropped.with_label_values(&[reason]);
         }
+        for op in ["appended", "removed", "restored", "failed"] {
+            m.inbox.with_label_values(&[op]);
+        }
         for cause in ["credit", "memory_watermark"] {
             m.reads_paused.with_label_values(&[cause]);
         }
@@ -115,6 +120,19 @@ impl Metrics {
         )
         .expect("valid histogram");
         r.register(Box::new(delivery_latency.clone()))
+            .expect("metric registered once");
+        let ack_hold = Histogram::with_opts(
+            HistogramOpts::new(
+                "cicada_puback_hold_seconds",
+                "Time a publisher's PUBACK/PUBREC waited for persistent sessions' copies to be committed.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                5.0,
+            ]),
+        )
+        .expect("valid histogram");
+        r.register(Box::new(ack_hold.clone()))
             .expect("metric registered once");
         Metrics {
             connections: gauge(
@@ -199,6 +217,13 @@ impl Metrics {
                 "QoS 1/2 messages sent and not yet acknowledged.",
             ),
             delivery_latency,
+            ack_hold,
+            inbox: counter_vec(
+                &r,
+                "cicada_inbox_messages_total",
+                "QoS 1/2 copies for persistent sessions in the store: appended, removed (acknowledged or gone), restored at start, failed to append.",
+                &["op"],
+            ),
             reads_paused: counter_vec(
                 &r,
                 "cicada_reads_paused_total",

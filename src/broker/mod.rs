@@ -8,6 +8,7 @@
 //! - [`shard`]: TopicShard actors over the pure [`trie`]; [`retained`]: the retained-message store.
 //! - [`metrics`], [`sys`] (`$SYS/broker/...`), and the shutdown sequence in [`Broker::shutdown`].
 
+pub mod acks;
 pub mod conn;
 pub mod connection;
 pub mod listener;
@@ -20,6 +21,7 @@ pub mod retained;
 pub mod session;
 pub mod shard;
 pub mod sys;
+pub mod ticket;
 pub mod tls;
 pub mod trie;
 pub mod writer;
@@ -33,12 +35,13 @@ use metrics::Metrics;
 use ractor::{Actor, ActorRef};
 use registry::{Registry, RegistryMsg};
 use retained::RetainedStore;
-use shard::{Credit, ShardMsg, TopicShard};
+use shard::{ShardMsg, TopicShard};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use thiserror::Error;
+use ticket::Ticket;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -57,6 +60,9 @@ pub struct Context {
     /// Versions of stored session records: increasing across restarts (seeded with the clock), so the newest
     /// change of a session wins in the store whatever order its proposals commit in.
     pub next_version: AtomicU64,
+    /// Sessions whose QoS 1/2 copies go to the store; while there are none, a publisher's PUBACK need not
+    /// wait for routing.
+    pub durable_sessions: AtomicUsize,
     /// Connections past CONNACK (the `max_connections` limit).
     pub connections: AtomicUsize,
     /// Bytes queued in all sessions (the memory watermark).
@@ -87,8 +93,8 @@ impl Context {
     }
 
     /// Routes a message: the retained store first (set, or clear on an empty payload), then the shard of its
-    /// topic. `credit` returns to the publisher's connection once every copy is queued.
-    pub fn route(&self, message: Arc<Message>, credit: Credit) {
+    /// topic. The ticket's credit returns to the publisher's connection once every copy is queued.
+    pub fn route(&self, message: Arc<Message>, ticket: Ticket) {
         if message.retain {
             match self
                 .store
@@ -119,17 +125,17 @@ impl Context {
                 }
             }
         }
-        self.route_committed(message, credit);
+        self.route_committed(message, ticket);
     }
 
     /// Routes a message whose retained part (if any) the caller already committed to the store.
-    pub fn route_committed(&self, message: Arc<Message>, credit: Credit) {
+    pub fn route_committed(&self, message: Arc<Message>, ticket: Ticket) {
         if message.retain {
             self.metrics.retained.set(self.retained.len() as i64);
         }
         let _ = self
             .shard_for(&message.topic)
-            .cast(ShardMsg::Publish(message, credit));
+            .cast(ShardMsg::Publish(message, ticket));
     }
 
     /// Adds to the node-wide queued bytes, waking paused readers when it falls under the watermark.
@@ -248,6 +254,7 @@ impl Broker {
             next_conn_id: AtomicU64::new(1),
             next_version: AtomicU64::new(crate::store::clock_version()),
             connections: AtomicUsize::new(0),
+            durable_sessions: AtomicUsize::new(0),
             queued_bytes: AtomicI64::new(0),
             below_watermark: Notify::new(),
             shutdown: shutdown.clone(),
@@ -273,6 +280,7 @@ impl Broker {
             next_conn_id: AtomicU64::new(1),
             next_version: AtomicU64::new(crate::store::clock_version()),
             connections: AtomicUsize::new(0),
+            durable_sessions: AtomicUsize::new(0),
             queued_bytes: AtomicI64::new(0),
             below_watermark: Notify::new(),
             shutdown,

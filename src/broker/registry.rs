@@ -71,6 +71,8 @@ impl Actor for Registry {
                     client_id: client_id.clone(),
                     id,
                     restored: Some(Restored {
+                        incarnation: rec.incarnation,
+                        inbox: store.inbox(&client_id, rec.incarnation),
                         expiry: rec.expiry,
                         remaining,
                         subscriptions: rec.subscriptions,

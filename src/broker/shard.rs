@@ -4,13 +4,13 @@
 
 use super::message::{Delivery, Message, SessionId};
 use super::session::SessionMsg;
+use super::ticket::Ticket;
 use super::trie::Trie;
 use super::Context;
 use crate::protocol::{topic, QoS, SubscriptionOptions};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::OwnedSemaphorePermit;
 
 /// A session's subscription as a shard stores it.
 #[derive(Debug, Clone)]
@@ -54,9 +54,6 @@ impl Group {
     }
 }
 
-/// Credit a publisher's connection gets back when every copy of its message has been queued.
-pub type Credit = Option<Arc<OwnedSemaphorePermit>>;
-
 pub enum ShardMsg {
     Subscribe {
         id: SessionId,
@@ -69,7 +66,7 @@ pub enum ShardMsg {
         filter: String,
         group: Option<String>,
     },
-    Publish(Arc<Message>, Credit),
+    Publish(Arc<Message>, Ticket),
     /// A shared-subscription message a member gave back (it went away): another member takes it.
     Redeliver {
         delivery: Delivery,
@@ -159,7 +156,7 @@ impl Actor for TopicShard {
                 }
                 s.trie.remove_if(&filter, Entry::is_empty);
             }
-            ShardMsg::Publish(message, credit) => s.route(message, credit),
+            ShardMsg::Publish(message, ticket) => s.route(message, ticket),
             ShardMsg::Redeliver { delivery, exclude } => s.redeliver(delivery, exclude),
         }
         Ok(())
@@ -167,7 +164,7 @@ impl Actor for TopicShard {
 }
 
 impl ShardState {
-    fn route(&mut self, message: Arc<Message>, credit: Credit) {
+    fn route(&mut self, message: Arc<Message>, ticket: Ticket) {
         let mut targets: HashMap<SessionId, (ActorRef<SessionMsg>, Delivery)> = HashMap::new();
         let mut shared: Vec<(ActorRef<SessionMsg>, Delivery)> = Vec::new();
         let mut shared_filters: Vec<Box<str>> = Vec::new();
@@ -187,6 +184,7 @@ impl ShardState {
                             retain,
                             sub_ids: Vec::new(),
                             shared: None,
+                            durable: None,
                         },
                     )
                 });
@@ -214,7 +212,7 @@ impl ShardState {
                 .inc();
         }
         for (session, delivery) in targets.into_values().chain(shared) {
-            let _ = session.cast(SessionMsg::Deliver(delivery, credit.clone()));
+            let _ = session.cast(SessionMsg::Deliver(delivery, ticket.clone()));
         }
     }
 
@@ -240,6 +238,7 @@ impl ShardState {
                     retain: sub.options.retain_as_published && message.retain,
                     sub_ids: sub.sub_id.into_iter().collect(),
                     shared: Some(format!("$share/{group_name}/{filter}").into()),
+                    durable: None,
                 },
             ));
         }
@@ -265,7 +264,9 @@ impl ShardState {
             Some((_, sub)) => {
                 delivery.qos = delivery.message.qos.min(sub.options.qos);
                 delivery.sub_ids = sub.sub_id.into_iter().collect();
-                let _ = sub.session.cast(SessionMsg::Deliver(delivery, None));
+                let _ = sub
+                    .session
+                    .cast(SessionMsg::Deliver(delivery, Ticket::default()));
             }
             None => {
                 if delivery.qos != QoS::AtMostOnce {

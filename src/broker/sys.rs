@@ -107,7 +107,7 @@ fn publish(ctx: &Context) {
                 publisher: None,
                 received: now,
             }),
-            None,
+            Default::default(),
         );
     }
 }

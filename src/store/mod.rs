@@ -4,9 +4,15 @@
 //! Retained messages are stored under `r/{topic}` as a record: the wall-clock expiry (unix seconds, 0 for
 //! none) followed by the message as an MQTT 5 PUBLISH (our own codec: every property survives). The applied
 //! state is mirrored into the in-memory [`MemoryRetained`] index that subscriptions match against.
+//!
+//! Persistent sessions are stored under `s/{client id}` (version, then [`SessionRecord`]), and the QoS 1/2
+//! messages waiting for them (queued or not yet acknowledged by the client) under
+//! `i/{client id}\0{incarnation}{seq}`: the session's inbox. An incarnation is one life of a session (a clean
+//! start begins another), so appends of a replaced session can never leak into its successor.
 
-use crate::broker::message::Message;
+use crate::broker::message::{Delivery, Message};
 use crate::broker::retained::{MemoryRetained, RetainedStore};
+use crate::broker::ticket::AckGate;
 use crate::protocol::{
     self, Packet, ProtocolVersion, Publish, QoS, RetainHandling, SubscriptionOptions,
 };
@@ -20,8 +26,14 @@ const SET_RETAINED: u8 = 1;
 const CLEAR_RETAINED: u8 = 2;
 const PUT_SESSION: u8 = 3;
 const DELETE_SESSION: u8 = 4;
+const INBOX_APPEND: u8 = 5;
+const INBOX_ACK: u8 = 6;
+const INBOX_RELEASE: u8 = 7;
+/// First byte of an inbox value whose QoS 2 message the client received (a delivery starts with its QoS).
+const RELEASED: u8 = 0xFE;
 const RETAINED_PREFIX: &[u8] = b"r/";
 const SESSION_PREFIX: &[u8] = b"s/";
+const INBOX_PREFIX: &[u8] = b"i/";
 
 /// A change to durable broker state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +58,66 @@ pub enum Command {
         client_id: String,
         version: u64,
     },
+    /// A message for a persistent session (see [`encode_delivery`]); applied only while the stored session
+    /// is this incarnation.
+    InboxAppend {
+        client_id: String,
+        incarnation: u64,
+        seq: u64,
+        record: Vec<u8>,
+    },
+    /// QoS 2: the client sent PUBREC for the copy, which it received with packet id `pkid`.
+    InboxRelease {
+        client_id: String,
+        incarnation: u64,
+        seq: u64,
+        pkid: u16,
+    },
+    /// Messages the client acknowledged (or that left the session otherwise): removed from the inbox.
+    InboxAck {
+        client_id: String,
+        incarnation: u64,
+        seqs: Vec<u64>,
+    },
+}
+
+/// Reads the fixed-size fields and length-prefixed strings of an encoded command.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn str32(&mut self) -> Option<String> {
+        let n = self.u32()? as usize;
+        Some(std::str::from_utf8(self.take(n)?).ok()?.to_string())
+    }
+    fn str16(&mut self) -> Option<String> {
+        let n = usize::from(self.u16()?);
+        Some(std::str::from_utf8(self.take(n)?).ok()?.to_string())
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.0)
+    }
+}
+
+fn put_str32(b: &mut Vec<u8>, s: &str) {
+    b.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    b.extend_from_slice(s.as_bytes());
 }
 
 impl Command {
@@ -77,6 +149,42 @@ impl Command {
                 b.push(DELETE_SESSION);
                 b.extend_from_slice(&version.to_be_bytes());
                 b.extend_from_slice(client_id.as_bytes());
+            }
+            Command::InboxAppend {
+                client_id,
+                incarnation,
+                seq,
+                record,
+            } => {
+                b.push(INBOX_APPEND);
+                put_str32(&mut b, client_id);
+                b.extend_from_slice(&incarnation.to_be_bytes());
+                b.extend_from_slice(&seq.to_be_bytes());
+                b.extend_from_slice(record);
+            }
+            Command::InboxRelease {
+                client_id,
+                incarnation,
+                seq,
+                pkid,
+            } => {
+                b.push(INBOX_RELEASE);
+                put_str32(&mut b, client_id);
+                b.extend_from_slice(&incarnation.to_be_bytes());
+                b.extend_from_slice(&seq.to_be_bytes());
+                b.extend_from_slice(&pkid.to_be_bytes());
+            }
+            Command::InboxAck {
+                client_id,
+                incarnation,
+                seqs,
+            } => {
+                b.push(INBOX_ACK);
+                put_str32(&mut b, client_id);
+                b.extend_from_slice(&incarnation.to_be_bytes());
+                for seq in seqs {
+                    b.extend_from_slice(&seq.to_be_bytes());
+                }
             }
         }
         b
@@ -110,6 +218,39 @@ impl Command {
                 version: u64::from_be_bytes(rest.get(..8)?.try_into().ok()?),
                 client_id: std::str::from_utf8(rest.get(8..)?).ok()?.to_string(),
             }),
+            INBOX_APPEND => {
+                let mut r = Reader(rest);
+                Some(Command::InboxAppend {
+                    client_id: r.str32()?,
+                    incarnation: r.u64()?,
+                    seq: r.u64()?,
+                    record: r.rest().to_vec(),
+                })
+            }
+            INBOX_RELEASE => {
+                let mut r = Reader(rest);
+                let cmd = Command::InboxRelease {
+                    client_id: r.str32()?,
+                    incarnation: r.u64()?,
+                    seq: r.u64()?,
+                    pkid: r.u16()?,
+                };
+                r.0.is_empty().then_some(cmd)
+            }
+            INBOX_ACK => {
+                let mut r = Reader(rest);
+                let client_id = r.str32()?;
+                let incarnation = r.u64()?;
+                let mut seqs = Vec::new();
+                while !r.0.is_empty() {
+                    seqs.push(r.u64()?);
+                }
+                Some(Command::InboxAck {
+                    client_id,
+                    incarnation,
+                    seqs,
+                })
+            }
             _ => None,
         }
     }
@@ -130,7 +271,7 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The stored form of a retained message.
+/// The stored form of a message (retained, or in an inbox).
 pub fn encode_record(m: &Message) -> Vec<u8> {
     let now = Instant::now();
     let expires = m
@@ -141,7 +282,7 @@ pub fn encode_record(m: &Message) -> Vec<u8> {
         topic: m.topic.clone(),
         payload: m.payload.clone(),
         qos: m.qos,
-        retain: true,
+        retain: m.retain,
         pkid: if m.qos == QoS::AtMostOnce { 0 } else { 1 },
         properties: m.properties.clone(),
         ..Publish::default()
@@ -150,7 +291,7 @@ pub fn encode_record(m: &Message) -> Vec<u8> {
     buf.put_u64(expires);
     // A message the broker accepted always encodes; an error leaves an empty record that decodes to nothing.
     if protocol::encode(&Packet::Publish(publish), ProtocolVersion::V5, &mut buf).is_err() {
-        tracing::error!(topic = %m.topic, "retained message could not be encoded");
+        tracing::error!(topic = %m.topic, "message could not be encoded for the store");
     }
     buf.to_vec()
 }
@@ -177,9 +318,78 @@ pub fn decode_record(record: &[u8]) -> Option<Message> {
     }
 }
 
+/// The stored form of a session's copy of a message: QoS, RETAIN flag, subscription identifiers, the shared
+/// subscription it came through, then the message record.
+pub fn encode_delivery(d: &Delivery) -> Vec<u8> {
+    let mut b = vec![d.qos as u8, d.retain as u8];
+    b.extend_from_slice(&(d.sub_ids.len() as u16).to_be_bytes());
+    for id in &d.sub_ids {
+        b.extend_from_slice(&id.to_be_bytes());
+    }
+    let shared = d.shared.as_deref().unwrap_or("");
+    b.extend_from_slice(&(shared.len() as u16).to_be_bytes());
+    b.extend_from_slice(shared.as_bytes());
+    b.extend_from_slice(&encode_record(&d.message));
+    b
+}
+
+/// A stored copy back into a delivery; `None` when the message expired or the record does not decode.
+pub fn decode_delivery(b: &[u8], seq: u64) -> Option<Delivery> {
+    let mut r = Reader(b);
+    let qos = QoS::from_u8(r.u8()?)?;
+    let retain = r.u8()? != 0;
+    let n = r.u16()?;
+    let mut sub_ids = Vec::with_capacity(usize::from(n));
+    for _ in 0..n {
+        sub_ids.push(r.u32()?);
+    }
+    let shared = r.str16()?;
+    let message = decode_record(r.rest())?;
+    Some(Delivery {
+        message: Arc::new(message),
+        qos,
+        retain,
+        sub_ids,
+        shared: (!shared.is_empty()).then(|| shared.into()),
+        durable: Some(seq),
+    })
+}
+
+/// One inbox entry as read back at start.
+#[derive(Debug, Clone)]
+pub struct StoredCopy {
+    pub seq: u64,
+    /// QoS 2 copies the client already received: the packet id to resend PUBREL with.
+    pub released: Option<u16>,
+    /// `None` when the message expired (and was not yet received) or the record does not decode.
+    pub delivery: Option<Delivery>,
+}
+
+impl StoredCopy {
+    fn decode(seq: u64, v: &[u8]) -> StoredCopy {
+        match v {
+            [RELEASED, hi, lo, rest @ ..] => {
+                let delivery = decode_delivery(rest, seq);
+                StoredCopy {
+                    seq,
+                    released: Some(u16::from_be_bytes([*hi, *lo])),
+                    delivery,
+                }
+            }
+            _ => StoredCopy {
+                seq,
+                released: None,
+                delivery: decode_delivery(v, seq),
+            },
+        }
+    }
+}
+
 /// A persistent session as stored: what a restarted broker needs to resume it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
+    /// This life of the session (a clean start begins another); its inbox entries carry it.
+    pub incarnation: u64,
     /// Session Expiry Interval in seconds.
     pub expiry: u32,
     /// When it went offline (unix seconds), 0 while a client is connected.
@@ -211,6 +421,7 @@ fn options_from(b: u8) -> Option<SubscriptionOptions> {
 impl SessionRecord {
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::new();
+        b.extend_from_slice(&self.incarnation.to_be_bytes());
         b.extend_from_slice(&self.expiry.to_be_bytes());
         b.extend_from_slice(&self.offline_since.to_be_bytes());
         b.extend_from_slice(&(self.subscriptions.len() as u32).to_be_bytes());
@@ -229,6 +440,7 @@ impl SessionRecord {
             *b = rest;
             Some(head)
         }
+        let incarnation = u64::from_be_bytes(take(&mut b, 8)?.try_into().ok()?);
         let expiry = u32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?);
         let offline_since = u64::from_be_bytes(take(&mut b, 8)?.try_into().ok()?);
         let n = u32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?) as usize;
@@ -241,6 +453,7 @@ impl SessionRecord {
             subscriptions.push((filter, options, (sub_id != 0).then_some(sub_id)));
         }
         Some(SessionRecord {
+            incarnation,
             expiry,
             offline_since,
             subscriptions,
@@ -251,6 +464,8 @@ impl SessionRecord {
 /// The broker's state machine: applies commands to sled and mirrors retained messages into memory.
 pub struct BrokerMachine {
     retained: Arc<MemoryRetained>,
+    /// Messages in all inboxes (`cicada_store_inbox_messages`).
+    inbox: prometheus::IntGauge,
 }
 
 fn session_key(client_id: &str) -> Vec<u8> {
@@ -269,6 +484,49 @@ fn newer(txn: &Txn<'_>, key: &[u8], version: u64) -> bool {
     }
 }
 
+/// `i/{client id}\0`: every inbox entry of the client, whatever the incarnation.
+fn inbox_prefix(client_id: &str) -> Vec<u8> {
+    let mut k = INBOX_PREFIX.to_vec();
+    k.extend_from_slice(client_id.as_bytes());
+    k.push(0);
+    k
+}
+
+fn inbox_key(client_id: &str, incarnation: u64, seq: u64) -> Vec<u8> {
+    let mut k = inbox_prefix(client_id);
+    k.extend_from_slice(&incarnation.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The incarnation of the live session stored under `key` (a tombstone has none).
+fn stored_incarnation(txn: &Txn<'_>, key: &[u8]) -> Option<u64> {
+    match txn.get(key) {
+        Ok(Some(v)) if v.len() >= 16 => {
+            Some(u64::from_be_bytes(v[8..16].try_into().expect("8 bytes")))
+        }
+        _ => None,
+    }
+}
+
+/// Removes the client's inbox entries except those of `keep` (an incarnation); returns how many.
+fn drop_inbox(txn: &mut Txn<'_>, client_id: &str, keep: Option<u64>) -> i64 {
+    let prefix = inbox_prefix(client_id);
+    let keys = txn.keys_with_prefix(&prefix).unwrap_or_default();
+    let mut removed = 0;
+    for k in keys {
+        let incarnation = k
+            .get(prefix.len()..prefix.len() + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes);
+        if incarnation != keep {
+            txn.remove(&k);
+            removed += 1;
+        }
+    }
+    removed
+}
+
 fn retained_key(topic: &str) -> Vec<u8> {
     let mut k = RETAINED_PREFIX.to_vec();
     k.extend_from_slice(topic.as_bytes());
@@ -285,6 +543,8 @@ impl BrokerMachine {
                 tracing::debug!(key = %String::from_utf8_lossy(&k), "stored retained message expired or unreadable");
             }
         }
+        self.inbox
+            .set(view.scan_prefix(INBOX_PREFIX).count() as i64);
     }
 }
 
@@ -309,6 +569,13 @@ impl StateMachine for BrokerMachine {
             }) => {
                 let key = session_key(&client_id);
                 if newer(txn, &key, version) {
+                    let incarnation = record
+                        .get(..8)
+                        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+                    if stored_incarnation(txn, &key) != incarnation {
+                        // A new life of the session: what the previous one left in the inbox goes.
+                        self.inbox.sub(drop_inbox(txn, &client_id, incarnation));
+                    }
                     let mut v = version.to_be_bytes().to_vec();
                     v.extend_from_slice(&record);
                     txn.insert(&key, &v);
@@ -319,6 +586,47 @@ impl StateMachine for BrokerMachine {
                 if newer(txn, &key, version) {
                     // A tombstone keeps the version, so an older put that commits later stays ignored.
                     txn.insert(&key, &version.to_be_bytes());
+                    self.inbox.sub(drop_inbox(txn, &client_id, None));
+                }
+            }
+            Some(Command::InboxAppend {
+                client_id,
+                incarnation,
+                seq,
+                record,
+            }) => {
+                if stored_incarnation(txn, &session_key(&client_id)) == Some(incarnation) {
+                    txn.insert(&inbox_key(&client_id, incarnation, seq), &record);
+                    self.inbox.inc();
+                }
+            }
+            Some(Command::InboxRelease {
+                client_id,
+                incarnation,
+                seq,
+                pkid,
+            }) => {
+                let key = inbox_key(&client_id, incarnation, seq);
+                if let Ok(Some(v)) = txn.get(&key) {
+                    if v.first() != Some(&RELEASED) {
+                        let mut released = vec![RELEASED];
+                        released.extend_from_slice(&pkid.to_be_bytes());
+                        released.extend_from_slice(&v);
+                        txn.insert(&key, &released);
+                    }
+                }
+            }
+            Some(Command::InboxAck {
+                client_id,
+                incarnation,
+                seqs,
+            }) => {
+                for seq in seqs {
+                    let key = inbox_key(&client_id, incarnation, seq);
+                    if matches!(txn.get(&key), Ok(Some(_))) {
+                        txn.remove(&key);
+                        self.inbox.dec();
+                    }
                 }
             }
             None => tracing::error!("undecodable store command skipped"),
@@ -347,8 +655,17 @@ impl Store {
         let retained = Arc::new(MemoryRetained::default());
         let mut config = ClusterConfig::single(data_dir.join("store"));
         config.fsync = fsync;
+        let inbox = prometheus::IntGauge::new(
+            "cicada_store_inbox_messages",
+            "QoS 1/2 messages stored for persistent sessions (queued or awaiting the client's acknowledgement).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(inbox.clone()))
+            .map_err(|e| ClusterError::Start(e.to_string()))?;
         let machine = BrokerMachine {
             retained: retained.clone(),
+            inbox,
         };
         // The machine loads what was applied before this start (`restored`), then raft replays the rest:
         // entries that were committed (and acknowledged) but whose state write a kill -9 lost. The read
@@ -375,7 +692,7 @@ impl Store {
     }
 
     /// Saves a persistent session's record (fire and forget, ordered by `version`).
-    pub fn put_session(self: &Arc<Self>, client_id: &str, version: u64, record: &SessionRecord) {
+    pub fn put_session(&self, client_id: &str, version: u64, record: &SessionRecord) {
         self.spawn_propose(Command::PutSession {
             client_id: client_id.to_string(),
             version,
@@ -384,17 +701,86 @@ impl Store {
     }
 
     /// Forgets a session's record.
-    pub fn delete_session(self: &Arc<Self>, client_id: &str, version: u64) {
+    pub fn delete_session(&self, client_id: &str, version: u64) {
         self.spawn_propose(Command::DeleteSession {
             client_id: client_id.to_string(),
             version,
         });
     }
 
-    fn spawn_propose(self: &Arc<Self>, cmd: Command) {
-        let store = self.clone();
+    /// Appends a persistent session's copy of a message to its inbox. `gate` (the publisher's acknowledgement)
+    /// is held until the append is committed, and failed when it is not.
+    pub fn inbox_append(
+        &self,
+        client_id: &str,
+        incarnation: u64,
+        delivery: &Delivery,
+        gate: Option<Arc<AckGate>>,
+        failures: prometheus::IntCounter,
+    ) {
+        let Some(seq) = delivery.durable else {
+            return;
+        };
+        let commit = self.cluster.submit(
+            Command::InboxAppend {
+                client_id: client_id.to_string(),
+                incarnation,
+                seq,
+                record: encode_delivery(delivery),
+            }
+            .encode(),
+        );
         tokio::spawn(async move {
-            if let Err(e) = store.cluster.propose(cmd.encode()).await {
+            if let Err(e) = commit.await {
+                failures.inc();
+                tracing::warn!(error = %e, "message for a persistent session not stored");
+                if let Some(g) = &gate {
+                    g.fail();
+                }
+            }
+            drop(gate);
+        });
+    }
+
+    /// Marks a QoS 2 copy as received by the client with packet id `pkid` (ordered after its append).
+    pub fn inbox_release(&self, client_id: &str, incarnation: u64, seq: u64, pkid: u16) {
+        self.spawn_propose(Command::InboxRelease {
+            client_id: client_id.to_string(),
+            incarnation,
+            seq,
+            pkid,
+        });
+    }
+
+    /// Removes messages that left a session from its inbox (ordered after their appends).
+    pub fn inbox_ack(&self, client_id: &str, incarnation: u64, seqs: Vec<u64>) {
+        self.spawn_propose(Command::InboxAck {
+            client_id: client_id.to_string(),
+            incarnation,
+            seqs,
+        });
+    }
+
+    /// A stored session's inbox, in the order the messages arrived.
+    pub fn inbox(&self, client_id: &str, incarnation: u64) -> Vec<StoredCopy> {
+        let mut prefix = inbox_prefix(client_id);
+        prefix.extend_from_slice(&incarnation.to_be_bytes());
+        self.cluster
+            .view()
+            .scan_prefix(&prefix)
+            .flatten()
+            .filter_map(|(k, v)| {
+                let seq = u64::from_be_bytes(k.get(prefix.len()..)?.try_into().ok()?);
+                Some(StoredCopy::decode(seq, &v))
+            })
+            .collect()
+    }
+
+    /// Proposes in the background, in call order (see [`Cluster::submit`]).
+    fn spawn_propose(&self, cmd: Command) {
+        let commit = self.cluster.submit(cmd.encode());
+        tokio::spawn(async move {
+            if let Err(e) = commit.await {
                 tracing::warn!(error = %e, "session state not stored");
             }
         });
@@ -475,6 +861,99 @@ mod tests {
         store.shutdown().await;
     }
 
+    fn delivery(topic: &str, payload: &'static [u8], seq: u64) -> Delivery {
+        let mut m = retained_msg(topic, payload);
+        m.retain = false;
+        Delivery {
+            message: Arc::new(m),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            sub_ids: vec![3, 4],
+            shared: None,
+            durable: Some(seq),
+        }
+    }
+
+    fn record(incarnation: u64) -> SessionRecord {
+        SessionRecord {
+            incarnation,
+            expiry: 60,
+            offline_since: 0,
+            subscriptions: Vec::new(),
+        }
+    }
+
+    /// Waits until every proposal made so far is applied (the inbox calls are fire-and-forget).
+    async fn settle(store: &Store) {
+        // Proposals commit in submission order: once this one is applied, so are the earlier ones.
+        store.retain(&retained_msg("settle", b"")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn inboxes_follow_their_session_incarnation_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let fsync = cicada_cluster::Fsync::Always;
+        let store = Store::open(dir.path(), fsync, &prometheus::Registry::new())
+            .await
+            .unwrap();
+        let failed = prometheus::IntCounter::new("f", "f").unwrap();
+        store.put_session("dev", 1, &record(10));
+        for seq in 1..=3 {
+            let d = delivery(&format!("cmd/{seq}"), b"x", seq);
+            store.inbox_append("dev", 10, &d, None, failed.clone());
+        }
+        // Another incarnation's append (a replaced session) is ignored.
+        store.inbox_append(
+            "dev",
+            11,
+            &delivery("cmd/old", b"x", 1),
+            None,
+            failed.clone(),
+        );
+        store.inbox_ack("dev", 10, vec![2]);
+        store.inbox_release("dev", 10, 3, 700);
+        settle(&store).await;
+        store.shutdown().await;
+        drop(store);
+
+        let store = Store::open(dir.path(), fsync, &prometheus::Registry::new())
+            .await
+            .unwrap();
+        let inbox = store.inbox("dev", 10);
+        let topics: Vec<(u64, String)> = inbox
+            .iter()
+            .map(|c| (c.seq, c.delivery.as_ref().unwrap().message.topic.clone()))
+            .collect();
+        assert_eq!(topics, [(1, "cmd/1".to_string()), (3, "cmd/3".to_string())]);
+        assert_eq!(inbox[0].released, None);
+        assert_eq!(inbox[1].released, Some(700), "the QoS 2 stage survives");
+        let d = inbox[0].delivery.as_ref().unwrap();
+        assert_eq!(
+            (d.qos, d.sub_ids.clone(), d.durable),
+            (QoS::AtLeastOnce, vec![3, 4], Some(1))
+        );
+        assert!(store.inbox("dev", 11).is_empty());
+        assert_eq!(store.sessions()[0].1.incarnation, 10);
+
+        // A new life of the session drops the old inbox; deleting the session drops the new one.
+        store.put_session("dev", 2, &record(12));
+        store.inbox_append(
+            "dev",
+            12,
+            &delivery("cmd/new", b"x", 1),
+            None,
+            failed.clone(),
+        );
+        settle(&store).await;
+        assert!(store.inbox("dev", 10).is_empty());
+        assert_eq!(store.inbox("dev", 12).len(), 1);
+        store.delete_session("dev", 3);
+        settle(&store).await;
+        assert!(store.inbox("dev", 12).is_empty());
+        assert_eq!(failed.get(), 0);
+        store.shutdown().await;
+    }
+
     #[test]
     fn commands_and_records_round_trip() {
         for c in [
@@ -498,10 +977,28 @@ mod tests {
                 client_id: "dev-7".into(),
                 version: 43,
             },
+            Command::InboxAppend {
+                client_id: "dev-7".into(),
+                incarnation: 5,
+                seq: 9,
+                record: vec![1, 2],
+            },
+            Command::InboxAck {
+                client_id: "dev-7".into(),
+                incarnation: 5,
+                seqs: vec![9, 10, 12],
+            },
+            Command::InboxRelease {
+                client_id: "dev-7".into(),
+                incarnation: 5,
+                seq: 9,
+                pkid: 65535,
+            },
         ] {
             assert_eq!(Command::decode(&c.encode()), Some(c));
         }
         let rec = SessionRecord {
+            incarnation: 77,
             expiry: 3600,
             offline_since: 1_700_000_000,
             subscriptions: vec![
@@ -550,6 +1047,24 @@ mod tests {
             back.publisher, None,
             "a stored message has no live publisher"
         );
+        let d = delivery("cmd/1", b"reboot", 42);
+        let back = decode_delivery(&encode_delivery(&d), 42).unwrap();
+        assert_eq!(
+            (back.qos, back.retain, back.sub_ids.clone(), back.durable),
+            (d.qos, d.retain, d.sub_ids.clone(), Some(42))
+        );
+        assert_eq!(back.message.payload, d.message.payload);
+        let shared = Delivery {
+            shared: Some("$share/g/cmd/#".into()),
+            ..d.clone()
+        };
+        assert_eq!(
+            decode_delivery(&encode_delivery(&shared), 1)
+                .unwrap()
+                .shared,
+            shared.shared
+        );
+        assert!(decode_delivery(&encode_delivery(&d)[..5], 1).is_none());
         let mut expired = encode_record(&m);
         expired[..8].copy_from_slice(&(unix_now() - 1).to_be_bytes());
         assert!(decode_record(&expired).is_none());

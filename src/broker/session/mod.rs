@@ -8,13 +8,14 @@ mod subscriptions;
 use super::conn::{ConnHandle, Outbound};
 use super::message::{Delivery, Message, SessionId};
 use super::registry::RegistryMsg;
-use super::shard::{Credit, ShardMsg};
+use super::shard::ShardMsg;
+use super::ticket::Ticket;
 use super::Context;
 use crate::auth::acl::Who;
 use crate::auth::Permissions;
 use crate::broker::metrics::Metrics;
 use crate::protocol::{ConnAck, LastWill, Packet, PubAck, QoS, ReasonCode, Subscribe, Unsubscribe};
-use outbox::{Outbox, OutboxLimits, Outgoing};
+use outbox::{InboxChange, Outbox, OutboxLimits, Outgoing};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -58,7 +59,7 @@ pub struct Detach {
 pub enum SessionMsg {
     Attach(Box<Attach>, RpcReplyPort<AttachReply>),
     Detach(Box<Detach>),
-    Deliver(Delivery, Credit),
+    Deliver(Delivery, Ticket),
     /// PUBACK, PUBREC or PUBCOMP from the client.
     Ack {
         conn: u64,
@@ -94,6 +95,9 @@ pub struct SessionArgs {
 
 /// What the store kept of a persistent session.
 pub struct Restored {
+    pub incarnation: u64,
+    /// The inbox, in arrival order.
+    pub inbox: Vec<crate::store::StoredCopy>,
     pub expiry: u32,
     /// Seconds of expiry left.
     pub remaining: u32,
@@ -117,8 +121,14 @@ pub struct SessionState {
     /// The ACL of the listener the client last connected through, and its user name.
     perms: Option<Permissions>,
     username: Option<String>,
-    /// Whether the store holds a record of this session (to delete when it ends).
+    /// Whether the store holds a record of this session (to delete when it ends); its QoS 1/2 copies then
+    /// go to the store's inbox too.
     stored: bool,
+    /// This life of the session in the store, and the next inbox sequence number.
+    incarnation: u64,
+    next_seq: u64,
+    /// Inbox entries to remove that never entered the outbox (expired or over the limits at restore).
+    pending_done: Vec<InboxChange>,
     /// Last values added to the node-wide gauges, to report changes as deltas.
     reported: (i64, i64, i64),
 }
@@ -153,15 +163,21 @@ impl Actor for Session {
             perms: None,
             username: None,
             stored: false,
+            incarnation: 0,
+            next_seq: 1,
+            pending_done: Vec::new(),
             reported: (0, 0, 0),
             ctx: a.ctx,
         };
+        s.incarnation = s.ctx.next_version.fetch_add(1, Ordering::Relaxed);
         if let Some(r) = restored {
             // Offline, as the client left it (or as the crash left it): reconnecting with clean start = 0
             // gets session present = 1 and these subscriptions.
             s.expiry = r.expiry;
             s.attached_before = true;
-            s.stored = true;
+            s.set_stored(true);
+            s.incarnation = r.incarnation;
+            s.restore_inbox(r.inbox);
             s.ctx.metrics.sessions_offline.inc();
             for (filter, options, sub_id) in r.subscriptions {
                 let rec = SubRecord { options, sub_id };
@@ -184,6 +200,9 @@ impl Actor for Session {
         _me: ActorRef<SessionMsg>,
         s: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
+        s.sync_inbox();
+        // Stopped with the broker: the stored record and inbox stay for the next start.
+        s.set_stored(false);
         s.outbox.clear();
         s.report();
         let m = &s.ctx.metrics;
@@ -212,9 +231,9 @@ impl Actor for Session {
                     s.detach(&me, *d);
                 }
             }
-            SessionMsg::Deliver(d, credit) => {
-                s.deliver(d);
-                drop(credit);
+            SessionMsg::Deliver(d, ticket) => {
+                s.deliver(d, &ticket);
+                drop(ticket);
             }
             SessionMsg::Ack { conn, packet } if s.is_current(conn) => s.ack(packet),
             SessionMsg::Subscribe { conn, packet } if s.is_current(conn) => {
@@ -246,6 +265,7 @@ impl Actor for Session {
                 let _ = done.send(());
             }
         }
+        s.sync_inbox();
         s.report();
         Ok(())
     }
@@ -360,8 +380,9 @@ impl SessionState {
                 let v = self.ctx.next_version.fetch_add(1, Ordering::Relaxed);
                 store.delete_session(&self.client_id, v);
             }
-            self.stored = false;
+            self.set_stored(false);
         }
+        self.outbox.take_changes();
         self.ctx.metrics.subscriptions.sub(self.subs.len() as i64);
         for (filter, rec) in self.subs.drain() {
             rec.remove_from_shards(&self.ctx, self.id, &filter);
@@ -387,10 +408,11 @@ impl SessionState {
         let v = self.ctx.next_version.fetch_add(1, Ordering::Relaxed);
         if self.expiry == 0 {
             store.delete_session(&self.client_id, v);
-            self.stored = false;
+            self.set_stored(false);
             return;
         }
         let record = crate::store::SessionRecord {
+            incarnation: self.incarnation,
             expiry: self.expiry,
             offline_since: if self.conn.is_some() {
                 0
@@ -404,7 +426,86 @@ impl SessionState {
                 .collect(),
         };
         store.put_session(&self.client_id, v, &record);
-        self.stored = true;
+        self.set_stored(true);
+    }
+
+    /// Keeps the node-wide count of durable sessions (publishers' acknowledgements wait only while there are any).
+    fn set_stored(&mut self, stored: bool) {
+        if stored != self.stored {
+            if stored {
+                self.ctx.durable_sessions.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.ctx.durable_sessions.fetch_sub(1, Ordering::AcqRel);
+            }
+            self.stored = stored;
+        }
+    }
+
+    /// Queues what the store kept for this session (offline: QoS 1/2 only, in arrival order); QoS 2 messages
+    /// the client had received wait for PUBCOMP again, with their packet ids.
+    fn restore_inbox(&mut self, inbox: Vec<crate::store::StoredCopy>) {
+        for copy in inbox {
+            let seq = copy.seq;
+            self.next_seq = self.next_seq.max(seq + 1);
+            match (copy.released, copy.delivery) {
+                (Some(pkid), Some(d)) => self.outbox.restore_released(pkid, d),
+                (None, Some(d)) => {
+                    if let Err(reason) = self.outbox.push(d, false) {
+                        self.ctx
+                            .metrics
+                            .dropped
+                            .with_label_values(&[reason.label()])
+                            .inc();
+                        self.pending_done.push(InboxChange::Done(seq));
+                        continue;
+                    }
+                }
+                (_, None) => {
+                    // Expired while the broker was down.
+                    self.ctx
+                        .metrics
+                        .dropped
+                        .with_label_values(&["expired"])
+                        .inc();
+                    self.pending_done.push(InboxChange::Done(seq));
+                    continue;
+                }
+            }
+            self.ctx
+                .metrics
+                .inbox
+                .with_label_values(&["restored"])
+                .inc();
+        }
+    }
+
+    /// Brings the store's inbox up to date with the durable messages that moved or left the session.
+    fn sync_inbox(&mut self) {
+        let mut changes = std::mem::take(&mut self.pending_done);
+        changes.append(&mut self.outbox.take_changes());
+        if changes.is_empty() || !self.stored {
+            return;
+        }
+        let Some(store) = &self.ctx.store else {
+            return;
+        };
+        let mut done = Vec::new();
+        for change in changes {
+            match change {
+                InboxChange::Done(seq) => done.push(seq),
+                InboxChange::Released { seq, pkid } => {
+                    store.inbox_release(&self.client_id, self.incarnation, seq, pkid)
+                }
+            }
+        }
+        if !done.is_empty() {
+            self.ctx
+                .metrics
+                .inbox
+                .with_label_values(&["removed"])
+                .inc_by(done.len() as u64);
+            store.inbox_ack(&self.client_id, self.incarnation, done);
+        }
     }
 
     /// Whether the ACL lets this client publish (`write`) or receive (`!write`) on a topic.
@@ -457,11 +558,11 @@ impl SessionState {
                 .messages_received
                 .with_label_values(&[Metrics::qos_label(w.qos)])
                 .inc();
-            self.ctx.route(Arc::new(message), None);
+            self.ctx.route(Arc::new(message), Ticket::default());
         }
     }
 
-    fn deliver(&mut self, d: Delivery) {
+    fn deliver(&mut self, mut d: Delivery, ticket: &Ticket) {
         if !self.allowed(&d.message.topic, false) {
             self.ctx
                 .metrics
@@ -476,6 +577,17 @@ impl SessionState {
             return;
         }
         let online = self.conn.is_some();
+        // A persistent session's QoS 1/2 copy is durable: appended to its inbox in the store, and the
+        // publisher's acknowledgement waits for that commit (through the ticket's gate).
+        let store = self
+            .ctx
+            .store
+            .as_ref()
+            .filter(|_| self.stored && d.qos != QoS::AtMostOnce);
+        let durable = store.map(|store| {
+            d.durable = Some(self.next_seq);
+            (store.clone(), d.clone())
+        });
         if let Err(reason) = self.outbox.push(d, online) {
             self.ctx
                 .metrics
@@ -483,6 +595,18 @@ impl SessionState {
                 .with_label_values(&[reason.label()])
                 .inc();
             return;
+        }
+        if let Some((store, copy)) = durable {
+            self.next_seq += 1;
+            let m = &self.ctx.metrics;
+            m.inbox.with_label_values(&["appended"]).inc();
+            store.inbox_append(
+                &self.client_id,
+                self.incarnation,
+                &copy,
+                ticket.gate.clone(),
+                m.inbox.with_label_values(&["failed"]),
+            );
         }
         self.flush();
     }
@@ -581,6 +705,8 @@ impl SessionState {
             Packet::PubAck(a) => self.outbox.puback(a.pkid).map(|_| ()),
             Packet::PubRec(a) => match self.outbox.pubrec(a.pkid, a.reason) {
                 Ok(Some(out)) => {
+                    // The store hears of the release before the client sees PUBREL.
+                    self.sync_inbox();
                     self.send(&conn, out);
                     Ok(())
                 }

@@ -66,6 +66,16 @@ pub enum Outgoing {
     PubRel(u16),
 }
 
+/// A change the store's copy of a durable message needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxChange {
+    /// It left the session (acknowledged, expired, handed to another group member): remove it.
+    Done(u64),
+    /// QoS 2: the client received it (PUBREC); after a restart the session resends PUBREL with this packet id,
+    /// never the PUBLISH [MQTT-4.3.3-10 for the client's side].
+    Released { seq: u64, pkid: u16 },
+}
+
 /// A client acknowledgement that does not fit the session state (a protocol violation by the client).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AckError {
@@ -84,6 +94,8 @@ pub struct Outbox {
     next_pkid: u16,
     window: u16,
     limits: OutboxLimits,
+    /// What the store's copies of durable messages need, for the session to propose.
+    changes: Vec<InboxChange>,
 }
 
 impl Outbox {
@@ -95,6 +107,7 @@ impl Outbox {
             next_pkid: 1,
             window: window.max(1),
             limits,
+            changes: Vec::new(),
         }
     }
 
@@ -138,8 +151,9 @@ impl Outbox {
         loop {
             let front = self.queue.front()?;
             if front.message.is_expired(now) {
-                let d = self.pop_front();
-                drop(d);
+                if let Some(d) = self.pop_front() {
+                    self.finished(&d);
+                }
                 dropped(DropReason::Expired);
                 continue;
             }
@@ -166,6 +180,27 @@ impl Outbox {
                 delivery,
             });
         }
+    }
+
+    fn finished(&mut self, d: &Delivery) {
+        if let Some(seq) = d.durable {
+            self.changes.push(InboxChange::Done(seq));
+        }
+    }
+
+    /// What happened to durable messages since the last call, in order.
+    pub fn take_changes(&mut self) -> Vec<InboxChange> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// A QoS 2 message the client had received (PUBREC) before a restart: in flight, waiting for PUBCOMP, with
+    /// its packet id.
+    pub fn restore_released(&mut self, pkid: u16, delivery: Delivery) {
+        self.inflight.push_back(Inflight {
+            pkid,
+            stage: Stage::Released,
+            delivery,
+        });
     }
 
     fn pop_front(&mut self) -> Option<Delivery> {
@@ -199,11 +234,13 @@ impl Outbox {
         if i.delivery.qos != QoS::AtLeastOnce || i.stage != Stage::Published {
             return Err(AckError::WrongStage(pkid));
         }
-        Ok(self
+        let d = self
             .inflight
             .remove(at)
             .map(|i| i.delivery)
-            .expect("position is valid"))
+            .expect("position is valid");
+        self.finished(&d);
+        Ok(d)
     }
 
     /// PUBREC for a QoS 2 message: answer PUBREL, or, with an error reason, the message is done [MQTT-4.3.3-4].
@@ -214,10 +251,15 @@ impl Outbox {
             return Err(AckError::WrongStage(pkid));
         }
         if reason.is_error() {
-            self.inflight.remove(at);
+            if let Some(i) = self.inflight.remove(at) {
+                self.finished(&i.delivery);
+            }
             return Ok(None);
         }
         i.stage = Stage::Released;
+        if let Some(seq) = i.delivery.durable {
+            self.changes.push(InboxChange::Released { seq, pkid });
+        }
         Ok(Some(Outgoing::PubRel(pkid)))
     }
 
@@ -227,11 +269,13 @@ impl Outbox {
         if self.inflight[at].stage != Stage::Released {
             return Err(AckError::WrongStage(pkid));
         }
-        Ok(self
+        let d = self
             .inflight
             .remove(at)
             .map(|i| i.delivery)
-            .expect("position is valid"))
+            .expect("position is valid");
+        self.finished(&d);
+        Ok(d)
     }
 
     /// What to send again on a resumed session, in the original order: unacknowledged PUBLISH with DUP set
@@ -273,10 +317,16 @@ impl Outbox {
             }
         }
         self.inflight = inflight;
+        // Another member takes them: out of this session's inbox (the taker stores its own copy).
+        for d in &mut out {
+            if let Some(seq) = d.durable.take() {
+                self.changes.push(InboxChange::Done(seq));
+            }
+        }
         out
     }
 
-    /// Drops everything (clean start, session end).
+    /// Drops everything (the session ended; its stored inbox goes with the session record).
     pub fn clear(&mut self) {
         self.queue.clear();
         self.queued_bytes = 0;
@@ -309,6 +359,7 @@ mod tests {
             retain: false,
             sub_ids: vec![],
             shared: None,
+            durable: None,
         }
     }
 
@@ -317,6 +368,63 @@ mod tests {
             max_queued_messages: n,
             max_queued_bytes: usize::MAX,
         }
+    }
+
+    fn durable(qos: QoS, seq: u64) -> Delivery {
+        Delivery {
+            durable: Some(seq),
+            ..d(qos, "stored")
+        }
+    }
+
+    #[test]
+    fn durable_messages_report_release_and_departure_in_order() {
+        let mut o = Outbox::new(limits(10), 10);
+        o.push(durable(QoS::AtLeastOnce, 1), true).unwrap();
+        o.push(durable(QoS::ExactlyOnce, 2), true).unwrap();
+        o.push(d(QoS::AtLeastOnce, "not stored"), true).unwrap();
+        let now = Instant::now();
+        let (a, b, c) = (
+            pkid(o.next(now, |_| {})),
+            pkid(o.next(now, |_| {})),
+            pkid(o.next(now, |_| {})),
+        );
+        assert!(o.take_changes().is_empty(), "sending changes nothing");
+        o.puback(a).unwrap();
+        o.pubrec(b, ReasonCode::SUCCESS).unwrap();
+        o.puback(c).unwrap();
+        assert_eq!(
+            o.take_changes(),
+            [
+                InboxChange::Done(1),
+                InboxChange::Released { seq: 2, pkid: b }
+            ]
+        );
+        o.pubcomp(b).unwrap();
+        assert_eq!(o.take_changes(), [InboxChange::Done(2)]);
+
+        // Restored after a restart: PUBREL again with the same packet id, then done at PUBCOMP.
+        let mut o = Outbox::new(limits(10), 10);
+        o.restore_released(700, durable(QoS::ExactlyOnce, 9));
+        o.push(durable(QoS::AtLeastOnce, 10), false).unwrap();
+        assert!(matches!(o.resend()[..], [Outgoing::PubRel(700)]));
+        assert_ne!(pkid(o.next(now, |_| {})), 700, "a restored id stays taken");
+        o.pubcomp(700).unwrap();
+        assert_eq!(o.take_changes(), [InboxChange::Done(9)]);
+
+        // Handed to another group member: out of this session's inbox, and not durable on the way.
+        let mut o = Outbox::new(limits(10), 10);
+        o.push(
+            Delivery {
+                shared: Some("$share/g/t".into()),
+                ..durable(QoS::AtLeastOnce, 4)
+            },
+            false,
+        )
+        .unwrap();
+        let given = o.take_shared();
+        assert_eq!(given[0].durable, None);
+        assert_eq!(o.take_changes(), [InboxChange::Done(4)]);
     }
 
     fn pkid(o: Option<Outgoing>) -> u16 {

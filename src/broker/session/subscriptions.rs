@@ -144,6 +144,7 @@ impl SessionState {
                         retain: true,
                         sub_ids: sub_id.into_iter().collect(),
                         shared: None,
+                        durable: None,
                         message: m,
                     });
                 }
@@ -155,7 +156,7 @@ impl SessionState {
             reasons,
         }));
         for d in retained {
-            self.deliver(d);
+            self.deliver(d, &super::Ticket::default());
         }
         self.persist();
     }
