@@ -103,6 +103,10 @@ pub struct PubSubArgs {
     /// Publish with the RETAIN flag (each one is committed to the broker's store before it is acknowledged).
     #[arg(long)]
     pub retain: bool,
+    /// Subscribers keep persistent sessions (clean start 0, v5 session expiry 300 s): their QoS 1/2 copies
+    /// are committed to the broker's store before the publishers' acknowledgements. Removed at the end.
+    #[arg(long)]
+    pub persistent: bool,
     /// Seconds to wait for the last deliveries after publishing stopped.
     #[arg(long, default_value_t = 10)]
     pub drain: u64,

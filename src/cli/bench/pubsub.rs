@@ -71,8 +71,16 @@ pub async fn run(args: PubSubArgs) -> Result<(), CliError> {
     // Subscribers first, so that nothing published is missed.
     let mut records = Vec::new();
     let mut sub_clients = Vec::new();
+    let sub_options = |i: u32| {
+        let o = options(format!("bench-sub-{tag}-{i}"));
+        match (args.persistent, args.target.version.is_v5()) {
+            (false, _) => o,
+            (true, true) => o.clean_start(false).session_expiry(300),
+            (true, false) => o.clean_start(false),
+        }
+    };
     for i in 0..args.subscribers {
-        let (client, events, _) = Client::connect(options(format!("bench-sub-{tag}-{i}")))
+        let (client, events, _) = Client::connect(sub_options(i))
             .await
             .map_err(|e| CliError::failure(format!("subscriber {i}: {e}")))?;
         client
@@ -200,6 +208,15 @@ pub async fn run(args: PubSubArgs) -> Result<(), CliError> {
     };
     for c in pub_clients.iter().chain(&sub_clients) {
         let _ = c.disconnect().await;
+    }
+    if args.persistent {
+        // A clean start ends each persistent session the bench made (and its stored inbox).
+        for i in 0..args.subscribers {
+            let end = sub_options(i).clean_start(true).session_expiry(0);
+            if let Ok((c, _, _)) = Client::connect(end).await {
+                let _ = c.disconnect().await;
+            }
+        }
     }
     if args.target.json {
         println!(
