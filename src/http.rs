@@ -62,11 +62,15 @@ fn respond(req: &Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
         );
     }
     match req.uri().path() {
-        "/metrics" => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            ctx.metrics.render(),
-        ),
+        "/metrics" => {
+            // The retained index changes as the store applies commands: read its size at scrape time.
+            ctx.metrics.retained.set(ctx.retained.len() as i64);
+            text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                ctx.metrics.render(),
+            )
+        }
         "/health" => text(StatusCode::OK, plain, "ok\n"),
         "/ready" => {
             if ctx.shutdown.is_cancelled() {

@@ -873,50 +873,36 @@ impl Reader {
                 self.inbound_qos2.insert(pkid);
             }
             let message = Message::from_publish(p, Some(self.session_id), Instant::now());
+            // What must be committed before the acknowledgement holds the gate: persistent sessions' copies,
+            // and a retained message. The reader goes on meanwhile; acknowledgements leave in order.
+            let needs_gate = qos != QoS::AtMostOnce
+                && ctx.store.is_some()
+                && (message.retain || ctx.durable_sessions.load(Ordering::Acquire) > 0);
+            let gate = needs_gate.then(|| {
+                let (gate, w) = AckGate::new();
+                wait = Some(w);
+                gate
+            });
             if message.retain {
-                // Durable before the acknowledgement: the retained message is committed to the store first.
                 if let Some(store) = &ctx.store {
-                    if let Err(e) = store.retain(&message).await {
-                        ctx.metrics
-                            .dropped
-                            .with_label_values(&["store_unavailable"])
-                            .inc();
-                        tracing::warn!(topic = %message.topic, error = %e, "retained message not stored");
-                        if !self.handle.version.is_v5() && qos != QoS::AtMostOnce {
-                            // v3 has no reason code in PUBACK: no acknowledgement, the client resends.
-                            return Some(End::Error(
-                                ReasonCode::SERVER_UNAVAILABLE,
-                                format!("store: {e}"),
-                            ));
-                        }
-                        match qos {
-                            QoS::AtMostOnce => return None,
-                            QoS::ExactlyOnce => {
-                                self.inbound_qos2.remove(&pkid);
+                    // Queued now, so retained changes from this connection commit in publish order.
+                    let commit = store.retain(&message);
+                    let (gate, metrics) = (gate.clone(), ctx.metrics.clone());
+                    let topic = message.topic.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = commit.await {
+                            metrics
+                                .dropped
+                                .with_label_values(&["store_unavailable"])
+                                .inc();
+                            tracing::warn!(%topic, error = %e, "retained message not stored");
+                            if let Some(g) = gate {
+                                g.fail();
                             }
-                            QoS::AtLeastOnce => {}
                         }
-                        let mut ack = PubAck::new(pkid);
-                        ack.reason = ReasonCode::UNSPECIFIED_ERROR;
-                        let ack = if qos == QoS::ExactlyOnce {
-                            Packet::PubRec(ack)
-                        } else {
-                            Packet::PubAck(ack)
-                        };
-                        self.acks.send(ack, None);
-                        return None;
-                    }
+                    });
                 }
             }
-            // Persistent sessions' copies are committed before the acknowledgement: they hold the gate.
-            let gate = (qos != QoS::AtMostOnce
-                && ctx.store.is_some()
-                && ctx.durable_sessions.load(Ordering::Acquire) > 0)
-                .then(|| {
-                    let (gate, w) = AckGate::new();
-                    wait = Some(w);
-                    gate
-                });
             let ticket = Ticket {
                 credit: Some(Arc::new(permit)),
                 gate,

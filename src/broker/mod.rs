@@ -128,11 +128,8 @@ impl Context {
         self.route_committed(message, ticket);
     }
 
-    /// Routes a message whose retained part (if any) the caller already committed to the store.
+    /// Routes a message whose retained part (if any) the caller already handed to the store.
     pub fn route_committed(&self, message: Arc<Message>, ticket: Ticket) {
-        if message.retain {
-            self.metrics.retained.set(self.retained.len() as i64);
-        }
         let _ = self
             .shard_for(&message.topic)
             .cast(ShardMsg::Publish(message, ticket));

@@ -676,8 +676,12 @@ impl Store {
         Ok(Store { cluster, retained })
     }
 
-    /// Commits a retained message (set, or clear for an empty payload); returns once it is durable.
-    pub async fn retain(&self, m: &Message) -> Result<(), ClusterError> {
+    /// Commits a retained message (set, or clear for an empty payload). The command is queued when this is
+    /// called (calls commit in call order); the future resolves once it is durable.
+    pub fn retain(
+        &self,
+        m: &Message,
+    ) -> impl std::future::Future<Output = Result<(), ClusterError>> + Send + 'static {
         let cmd = if m.payload.is_empty() {
             Command::ClearRetained {
                 topic: m.topic.clone(),
@@ -688,7 +692,8 @@ impl Store {
                 record: encode_record(m),
             }
         };
-        self.cluster.propose(cmd.encode()).await.map(|_| ())
+        let commit = self.cluster.submit(cmd.encode());
+        async move { commit.await.map(|_| ()) }
     }
 
     /// Saves a persistent session's record (fire and forget, ordered by `version`).
