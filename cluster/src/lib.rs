@@ -4,6 +4,7 @@
 //!
 //! A single node is a group of one; the same code runs three or five.
 
+pub mod counter;
 pub mod logger;
 pub mod machine;
 pub mod metrics;

@@ -2,28 +2,11 @@
 //! one sets the key and increments a counter, so a command applied twice or skipped shows up as a counter that
 //! differs from the number of keys.
 
-use cicada_cluster::{Cluster, ClusterConfig, ClusterError, Membership, StateMachine, Txn};
+use cicada_cluster::counter::{self, Counter};
+use cicada_cluster::{Cluster, ClusterConfig, ClusterError, Membership};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-struct Counter;
-
-impl StateMachine for Counter {
-    fn apply(&mut self, txn: &mut Txn<'_>, command: &[u8]) -> Vec<u8> {
-        let n = txn
-            .get(b"count")
-            .unwrap()
-            .map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap()))
-            .unwrap_or(0)
-            + 1;
-        txn.insert(b"count", &n.to_be_bytes());
-        let mut k = b"k/".to_vec();
-        k.extend_from_slice(command);
-        txn.insert(&k, command);
-        n.to_be_bytes().to_vec()
-    }
-}
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -47,15 +30,11 @@ fn config(id: u64, dir: &Path, peers: &HashMap<u64, String>) -> ClusterConfig {
 }
 
 fn count(c: &Cluster) -> u64 {
-    c.view()
-        .get(b"count")
-        .unwrap()
-        .map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap()))
-        .unwrap_or(0)
+    counter::count(c.view())
 }
 
 fn keys(c: &Cluster) -> Vec<Vec<u8>> {
-    c.view().scan_prefix(b"k/").map(|r| r.unwrap().0).collect()
+    counter::keys(c.view())
 }
 
 /// Waits (polling the node's own status) until `f` holds.

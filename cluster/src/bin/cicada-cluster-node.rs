@@ -1,0 +1,125 @@
+//! One raft node of the [`Counter`] state machine as its own process, driven line by line on stdin, for the
+//! crate's multi-process tests (a leader killed with SIGKILL, restarted from its directory).
+//!
+//! Usage: `cicada-cluster-node ID DIR PEERS [join]`, PEERS as `1=127.0.0.1:7001,2=127.0.0.1:7002,...`.
+//! Commands (one per line) and answers (one line each, in completion order):
+//! `p KEY` → `ok KEY N` | `err KEY why`; `s` → `status ROLE TERM LEADER APPLIED COUNT KEYS`;
+//! `missing FILE` (one key per line) → `missing N`; `add ID ADDR` | `promote ID` | `remove ID` → `done` | `err why`.
+
+use cicada_cluster::counter::{self, Counter};
+use cicada_cluster::{Cluster, ClusterConfig, Membership};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+fn usage(why: &str) -> ! {
+    eprintln!("cicada-cluster-node: {why}\nusage: cicada-cluster-node ID DIR PEERS [join]");
+    std::process::exit(2);
+}
+
+fn peers(arg: &str) -> HashMap<u64, String> {
+    arg.split(',')
+        .map(|p| {
+            let (id, addr) = p
+                .split_once('=')
+                .unwrap_or_else(|| usage(&format!("peer {p:?} is not ID=ADDR")));
+            let id = id
+                .parse()
+                .unwrap_or_else(|_| usage(&format!("peer id {id:?}")));
+            (id, addr.to_string())
+        })
+        .collect()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 4 {
+        usage("missing arguments");
+    }
+    let id: u64 = args[1].parse().unwrap_or_else(|_| usage("ID"));
+    let peers = peers(&args[3]);
+    let Some(listen) = peers.get(&id).cloned() else {
+        usage("PEERS must include this node")
+    };
+    let mut config = ClusterConfig::single(&args[2]);
+    config.node_id = id;
+    config.listen = listen;
+    config.peers = peers;
+    config.join = args.get(4).is_some_and(|a| a == "join");
+    config.tick = Duration::from_millis(20);
+    config.snapshot_interval = 500;
+    let cluster = match Cluster::start(config, Counter, &prometheus::Registry::new()).await {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("cicada-cluster-node: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!("ready");
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let c = cluster.clone();
+        match words.as_slice() {
+            ["p", key] => {
+                let key = key.to_string();
+                tokio::spawn(async move {
+                    match c.propose(key.clone().into_bytes()).await {
+                        Ok(n) => {
+                            let n = n.try_into().map(u64::from_be_bytes).unwrap_or(0);
+                            println!("ok {key} {n}");
+                        }
+                        Err(e) => println!("err {key} {e}"),
+                    }
+                });
+            }
+            ["s"] => match c.status().await {
+                Ok(s) => println!(
+                    "status {} {} {} {} {} {}",
+                    s.role,
+                    s.term,
+                    s.leader,
+                    s.applied,
+                    counter::count(c.view()),
+                    counter::keys(c.view()).len()
+                ),
+                Err(e) => println!("err status {e}"),
+            },
+            ["missing", file] => {
+                let have: HashSet<Vec<u8>> = counter::keys(c.view()).into_iter().collect();
+                let wanted = std::fs::read_to_string(file).unwrap_or_default();
+                let missing = wanted
+                    .lines()
+                    .filter(|k| !have.contains(k.as_bytes()))
+                    .count();
+                println!("missing {missing}");
+            }
+            [verb @ ("add" | "promote" | "remove"), id, rest @ ..] => {
+                let Ok(id) = id.parse() else {
+                    println!("err bad id");
+                    continue;
+                };
+                let change = match (*verb, rest) {
+                    ("add", [addr]) => Membership::AddLearner {
+                        id,
+                        addr: addr.to_string(),
+                    },
+                    ("promote", []) => Membership::Promote { id },
+                    ("remove", []) => Membership::Remove { id },
+                    _ => {
+                        println!("err bad membership command");
+                        continue;
+                    }
+                };
+                match c.change_membership(change).await {
+                    Ok(()) => println!("done"),
+                    Err(e) => println!("err {e}"),
+                }
+            }
+            _ => println!("err unknown command {line:?}"),
+        }
+    }
+    cluster.shutdown().await;
+}
