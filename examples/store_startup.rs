@@ -1,7 +1,8 @@
 //! Startup time of the store with many retained messages: writes N retained messages (64-byte payloads,
 //! `device/{i}/status`) through the store, closes it, and times opening it again (load + replay barrier).
 //!
-//! `cargo run --release --example store_startup -- N` (default 1000000). Prints one JSON line.
+//! `cargo run --release --example store_startup -- N [CACHE_MB]` (defaults 1000000 and 128). Prints one JSON
+//! line, with the resident memory right after the reopen.
 
 use bytes::Bytes;
 use cicada::broker::message::Message;
@@ -17,10 +18,15 @@ async fn main() {
         .nth(1)
         .map(|a| a.parse().expect("N"))
         .unwrap_or(1_000_000);
+    let cache: u64 = std::env::args()
+        .nth(2)
+        .map(|a| a.parse().expect("CACHE_MB"))
+        .unwrap_or(128)
+        << 20;
     let dir = tempfile::tempdir().expect("temp dir");
     let fsync = cicada_cluster::Fsync::Always;
     let store = Arc::new(
-        Store::open(dir.path(), fsync, &prometheus::Registry::new())
+        Store::open(dir.path(), fsync, cache, &prometheus::Registry::new())
             .await
             .expect("open"),
     );
@@ -54,16 +60,23 @@ async fn main() {
     store.shutdown().await;
     drop(store);
     let opened = Instant::now();
-    let store = Store::open(dir.path(), fsync, &prometheus::Registry::new())
+    let store = Store::open(dir.path(), fsync, cache, &prometheus::Registry::new())
         .await
         .expect("reopen");
     let open_secs = opened.elapsed().as_secs_f64();
     assert_eq!(store.retained.len(), n);
     let bytes: u64 = walk(dir.path());
+    let rss_kb: u64 = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
     println!(
-        "{{\"retained\":{n},\"write_per_sec\":{:.0},\"startup_secs\":{open_secs:.2},\"store_mib\":{:.1}}}",
+        "{{\"retained\":{n},\"write_per_sec\":{:.0},\"startup_secs\":{open_secs:.2},\"store_mib\":{:.1},\"rss_after_open_mib\":{}}}",
         n as f64 / write_secs,
-        bytes as f64 / (1 << 20) as f64
+        bytes as f64 / (1 << 20) as f64,
+        rss_kb >> 10
     );
     store.shutdown().await;
 }

@@ -94,12 +94,15 @@ pub struct StoreConfig {
     /// `always`: fsync before anything that depends on a write is acknowledged (safe, the default);
     /// `interval`: sled's background flush every 500 ms (faster; a crash can lose the last writes).
     pub fsync: String,
+    /// MiB of sled page cache for the store (reads past it go to disk; sled's own default is 1024).
+    pub cache_mb: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             fsync: "always".into(),
+            cache_mb: 128,
         }
     }
 }
@@ -551,6 +554,9 @@ impl Config {
                 format!("{:?} is not always or interval", self.store.fsync),
             ));
         }
+        if self.store.cache_mb == 0 {
+            return Err(("store", "cache_mb", "must be at least 1".into()));
+        }
         if self.listeners.is_empty() {
             return Err(("", "listener", "at least one listener is needed".into()));
         }
@@ -754,6 +760,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.auth.jwt.unwrap().username_claim, "sub");
+    }
+
+    #[test]
+    fn store_settings_are_checked() {
+        let base = "[[listener]]\nbind = \"0.0.0.0:1883\"\n[store]\n";
+        let e = Config::parse(&format!("{base}cache_mb = 0\n"), "s.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "s.toml:4: key `store.cache_mb`: must be at least 1"
+        );
+        let e = Config::parse(&format!("{base}fsync = \"sometimes\"\n"), "s.toml").unwrap_err();
+        assert!(
+            e.to_string().starts_with("s.toml:4: key `store.fsync`"),
+            "{e}"
+        );
+        let ok = Config::parse(&format!("{base}cache_mb = 512\n"), "s.toml").unwrap();
+        assert_eq!(ok.store.cache_mb, 512);
     }
 
     #[test]

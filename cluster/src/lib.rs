@@ -54,6 +54,8 @@ pub struct ClusterConfig {
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
     pub fsync: Fsync,
+    /// sled's page cache in bytes (sled's own default is 1 GiB; what is not cached is read from disk).
+    pub cache_capacity: u64,
     /// Log entries kept before compaction (followers further behind get a snapshot).
     pub snapshot_interval: u64,
     /// Commands per raft entry at most.
@@ -79,6 +81,7 @@ impl ClusterConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,
             fsync: Fsync::Always,
+            cache_capacity: 128 << 20,
             snapshot_interval: 10_000,
             max_batch: 1024,
             propose_timeout: Duration::from_secs(5),
@@ -170,6 +173,7 @@ impl Cluster {
         };
         let db = sled::Config::new()
             .path(&config.data_dir)
+            .cache_capacity(config.cache_capacity)
             .open()
             .map_err(|e| start_err("cannot open the store", &e))?;
         let mut voters: Vec<u64> = if config.join {

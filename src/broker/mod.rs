@@ -232,9 +232,14 @@ impl Broker {
             cicada_cluster::Fsync::Always
         };
         let store = Arc::new(
-            Store::open(&config.data_dir, fsync, &metrics.registry)
-                .await
-                .map_err(|e| StartError::Store(e.to_string()))?,
+            Store::open(
+                &config.data_dir,
+                fsync,
+                config.store.cache_mb << 20,
+                &metrics.registry,
+            )
+            .await
+            .map_err(|e| StartError::Store(e.to_string()))?,
         );
         metrics.retained.set(store.retained.len() as i64);
         let shutdown = CancellationToken::new();

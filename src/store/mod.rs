@@ -650,11 +650,13 @@ impl Store {
     pub async fn open(
         data_dir: &Path,
         fsync: cicada_cluster::Fsync,
+        cache_bytes: u64,
         registry: &prometheus::Registry,
     ) -> Result<Store, ClusterError> {
         let retained = Arc::new(MemoryRetained::default());
         let mut config = ClusterConfig::single(data_dir.join("store"));
         config.fsync = fsync;
+        config.cache_capacity = cache_bytes;
         let inbox = prometheus::IntGauge::new(
             "cicada_store_inbox_messages",
             "QoS 1/2 messages stored for persistent sessions (queued or awaiting the client's acknowledgement).",
@@ -841,7 +843,7 @@ mod tests {
     async fn retained_messages_are_reloaded_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let fsync = cicada_cluster::Fsync::Always;
-        let store = Store::open(dir.path(), fsync, &prometheus::Registry::new())
+        let store = Store::open(dir.path(), fsync, 64 << 20, &prometheus::Registry::new())
             .await
             .unwrap();
         for t in ["d/0", "d/1", "d/2"] {
@@ -851,7 +853,7 @@ mod tests {
         assert_eq!(store.retained.len(), 2);
         store.shutdown().await;
         drop(store);
-        let store = Store::open(dir.path(), fsync, &prometheus::Registry::new())
+        let store = Store::open(dir.path(), fsync, 64 << 20, &prometheus::Registry::new())
             .await
             .unwrap();
         let mut topics: Vec<String> = store
@@ -898,7 +900,7 @@ mod tests {
     async fn inboxes_follow_their_session_incarnation_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let fsync = cicada_cluster::Fsync::Always;
-        let store = Store::open(dir.path(), fsync, &prometheus::Registry::new())
+        let store = Store::open(dir.path(), fsync, 64 << 20, &prometheus::Registry::new())
             .await
             .unwrap();
         let failed = prometheus::IntCounter::new("f", "f").unwrap();
@@ -921,7 +923,7 @@ mod tests {
         store.shutdown().await;
         drop(store);
 
-        let store = Store::open(dir.path(), fsync, &prometheus::Registry::new())
+        let store = Store::open(dir.path(), fsync, 64 << 20, &prometheus::Registry::new())
             .await
             .unwrap();
         let inbox = store.inbox("dev", 10);
