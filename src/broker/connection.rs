@@ -872,7 +872,11 @@ impl Reader {
             if qos == QoS::ExactlyOnce {
                 self.inbound_qos2.insert(pkid);
             }
-            let message = Message::from_publish(p, Some(self.session_id), Instant::now());
+            let message = Arc::new(Message::from_publish(
+                p,
+                Some(self.session_id),
+                Instant::now(),
+            ));
             // What must be committed before the acknowledgement holds the gate: persistent sessions' copies,
             // and a retained message. The reader goes on meanwhile; acknowledgements leave in order.
             let needs_gate = qos != QoS::AtMostOnce
@@ -886,28 +890,14 @@ impl Reader {
             if message.retain {
                 if let Some(store) = &ctx.store {
                     // Queued now, so retained changes from this connection commit in publish order.
-                    let commit = store.retain(&message);
-                    let (gate, metrics) = (gate.clone(), ctx.metrics.clone());
-                    let topic = message.topic.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = commit.await {
-                            metrics
-                                .dropped
-                                .with_label_values(&["store_unavailable"])
-                                .inc();
-                            tracing::warn!(%topic, error = %e, "retained message not stored");
-                            if let Some(g) = gate {
-                                g.fail();
-                            }
-                        }
-                    });
+                    ctx.commit_retained(store, &message, gate.clone());
                 }
             }
             let ticket = Ticket {
                 credit: Some(Arc::new(permit)),
                 gate,
             };
-            ctx.route_committed(Arc::new(message), ticket);
+            ctx.route_committed(message, ticket);
         }
         match qos {
             QoS::AtMostOnce => {}

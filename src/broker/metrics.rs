@@ -36,6 +36,9 @@ pub struct Metrics {
     pub jwt_logins: IntCounter,
     pub jwt_expired_disconnects: IntCounter,
     pub inbox: IntCounterVec,
+    /// `inbox{op="appended"|"failed"}`, resolved once: they count on the per-message path.
+    pub inbox_appended: IntCounter,
+    pub inbox_failed: IntCounter,
     pub ack_hold: Histogram,
 }
 
@@ -51,6 +54,14 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     r.register(Box::new(c.clone()))
         .expect("metric registered once");
     c
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        .expect("valid histogram");
+    r.register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -108,32 +119,29 @@ impl Metrics {
 
     fn register() -> Metrics {
         let r = Registry::new();
-        let delivery_latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "cicada_delivery_latency_seconds",
-                "Time from a PUBLISH arriving to its copy being handed to a subscriber's socket writer.",
-            )
-            .buckets(vec![
+        let delivery_latency = histogram(
+            &r,
+            "cicada_delivery_latency_seconds",
+            "Time from a PUBLISH arriving to its copy being handed to a subscriber's socket writer.",
+            &[
                 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                 2.5, 5.0,
-            ]),
-        )
-        .expect("valid histogram");
-        r.register(Box::new(delivery_latency.clone()))
-            .expect("metric registered once");
-        let ack_hold = Histogram::with_opts(
-            HistogramOpts::new(
-                "cicada_puback_hold_seconds",
-                "Time a publisher's PUBACK/PUBREC waited for persistent sessions' copies to be committed.",
-            )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                5.0,
-            ]),
-        )
-        .expect("valid histogram");
-        r.register(Box::new(ack_hold.clone()))
-            .expect("metric registered once");
+            ],
+        );
+        let ack_hold = histogram(
+            &r,
+            "cicada_puback_hold_seconds",
+            "Time a publisher's PUBACK/PUBREC waited for persistent sessions' copies to be committed.",
+            &[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ],
+        );
+        let inbox = counter_vec(
+            &r,
+            "cicada_inbox_messages_total",
+            "QoS 1/2 copies for persistent sessions in the store: appended, removed (acknowledged or gone), restored at start, failed to append.",
+            &["op"],
+        );
         Metrics {
             connections: gauge(
                 &r,
@@ -218,12 +226,9 @@ impl Metrics {
             ),
             delivery_latency,
             ack_hold,
-            inbox: counter_vec(
-                &r,
-                "cicada_inbox_messages_total",
-                "QoS 1/2 copies for persistent sessions in the store: appended, removed (acknowledged or gone), restored at start, failed to append.",
-                &["op"],
-            ),
+            inbox_appended: inbox.with_label_values(&["appended"]),
+            inbox_failed: inbox.with_label_values(&["failed"]),
+            inbox,
             reads_paused: counter_vec(
                 &r,
                 "cicada_reads_paused_total",

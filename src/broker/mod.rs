@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use thiserror::Error;
-use ticket::Ticket;
+use ticket::{AckGate, Ticket};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -103,19 +103,7 @@ impl Context {
             {
                 // The broker's own retained messages (Wills, ...): committed in the background; the
                 // store's apply updates the index.
-                Some(store) => {
-                    let (store, m) = (store.clone(), message.clone());
-                    let metrics = self.metrics.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = store.retain(&m).await {
-                            metrics
-                                .dropped
-                                .with_label_values(&["store_unavailable"])
-                                .inc();
-                            tracing::warn!(topic = %m.topic, error = %e, "retained message not stored");
-                        }
-                    });
-                }
+                Some(store) => self.commit_retained(store, &message, None),
                 None => {
                     if message.payload.is_empty() {
                         self.retained.clear(&message.topic);
@@ -126,6 +114,30 @@ impl Context {
             }
         }
         self.route_committed(message, ticket);
+    }
+
+    /// Queues a retained message's commit (commits keep call order) and waits for it in the background; `gate`
+    /// (a publisher's acknowledgement) is held until then and failed when the store cannot commit.
+    pub fn commit_retained(
+        &self,
+        store: &Store,
+        message: &Arc<Message>,
+        gate: Option<Arc<AckGate>>,
+    ) {
+        let commit = store.retain(message);
+        let (m, metrics) = (message.clone(), self.metrics.clone());
+        tokio::spawn(async move {
+            if let Err(e) = commit.await {
+                metrics
+                    .dropped
+                    .with_label_values(&["store_unavailable"])
+                    .inc();
+                tracing::warn!(topic = %m.topic, error = %e, "retained message not stored");
+                if let Some(g) = gate {
+                    g.fail();
+                }
+            }
+        });
     }
 
     /// Routes a message whose retained part (if any) the caller already handed to the store.

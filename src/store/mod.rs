@@ -113,6 +113,9 @@ impl<'a> Reader<'a> {
     fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.0)
     }
+    fn rest_str(&mut self) -> Option<String> {
+        Some(std::str::from_utf8(self.rest()).ok()?.to_string())
+    }
 }
 
 fn put_str32(b: &mut Vec<u8>, s: &str) {
@@ -192,43 +195,37 @@ impl Command {
 
     pub fn decode(b: &[u8]) -> Option<Command> {
         let (&kind, rest) = b.split_first()?;
+        let mut r = Reader(rest);
         match kind {
-            SET_RETAINED => {
-                let n = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-                let topic = std::str::from_utf8(rest.get(4..4 + n)?).ok()?.to_string();
-                Some(Command::SetRetained {
-                    topic,
-                    record: rest[4 + n..].to_vec(),
-                })
-            }
+            SET_RETAINED => Some(Command::SetRetained {
+                topic: r.str32()?,
+                record: r.rest().to_vec(),
+            }),
             CLEAR_RETAINED => Some(Command::ClearRetained {
-                topic: std::str::from_utf8(rest).ok()?.to_string(),
+                topic: r.rest_str()?,
             }),
             PUT_SESSION => {
-                let version = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
-                let n = u32::from_be_bytes(rest.get(8..12)?.try_into().ok()?) as usize;
-                let client_id = std::str::from_utf8(rest.get(12..12 + n)?).ok()?.to_string();
+                let version = r.u64()?;
                 Some(Command::PutSession {
-                    client_id,
-                    version,
-                    record: rest[12 + n..].to_vec(),
-                })
-            }
-            DELETE_SESSION => Some(Command::DeleteSession {
-                version: u64::from_be_bytes(rest.get(..8)?.try_into().ok()?),
-                client_id: std::str::from_utf8(rest.get(8..)?).ok()?.to_string(),
-            }),
-            INBOX_APPEND => {
-                let mut r = Reader(rest);
-                Some(Command::InboxAppend {
                     client_id: r.str32()?,
-                    incarnation: r.u64()?,
-                    seq: r.u64()?,
+                    version,
                     record: r.rest().to_vec(),
                 })
             }
+            DELETE_SESSION => {
+                let version = r.u64()?;
+                Some(Command::DeleteSession {
+                    client_id: r.rest_str()?,
+                    version,
+                })
+            }
+            INBOX_APPEND => Some(Command::InboxAppend {
+                client_id: r.str32()?,
+                incarnation: r.u64()?,
+                seq: r.u64()?,
+                record: r.rest().to_vec(),
+            }),
             INBOX_RELEASE => {
-                let mut r = Reader(rest);
                 let cmd = Command::InboxRelease {
                     client_id: r.str32()?,
                     incarnation: r.u64()?,
@@ -238,7 +235,6 @@ impl Command {
                 r.0.is_empty().then_some(cmd)
             }
             INBOX_ACK => {
-                let mut r = Reader(rest);
                 let client_id = r.str32()?;
                 let incarnation = r.u64()?;
                 let mut seqs = Vec::new();
@@ -293,7 +289,7 @@ pub fn encode_record(m: &Message) -> Vec<u8> {
     if protocol::encode(&Packet::Publish(publish), ProtocolVersion::V5, &mut buf).is_err() {
         tracing::error!(topic = %m.topic, "message could not be encoded for the store");
     }
-    buf.to_vec()
+    buf.into()
 }
 
 /// A stored record back into a message; `None` when it expired or does not decode.
@@ -434,22 +430,17 @@ impl SessionRecord {
         b
     }
 
-    pub fn decode(mut b: &[u8]) -> Option<SessionRecord> {
-        fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-            let (head, rest) = (b.get(..n)?, b.get(n..)?);
-            *b = rest;
-            Some(head)
-        }
-        let incarnation = u64::from_be_bytes(take(&mut b, 8)?.try_into().ok()?);
-        let expiry = u32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?);
-        let offline_since = u64::from_be_bytes(take(&mut b, 8)?.try_into().ok()?);
-        let n = u32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?) as usize;
+    pub fn decode(b: &[u8]) -> Option<SessionRecord> {
+        let mut r = Reader(b);
+        let incarnation = r.u64()?;
+        let expiry = r.u32()?;
+        let offline_since = r.u64()?;
+        let n = r.u32()? as usize;
         let mut subscriptions = Vec::with_capacity(n.min(1024));
         for _ in 0..n {
-            let len = u16::from_be_bytes(take(&mut b, 2)?.try_into().ok()?) as usize;
-            let filter = std::str::from_utf8(take(&mut b, len)?).ok()?.to_string();
-            let options = options_from(take(&mut b, 1)?[0])?;
-            let sub_id = u32::from_be_bytes(take(&mut b, 4)?.try_into().ok()?);
+            let filter = r.str16()?;
+            let options = options_from(r.u8()?)?;
+            let sub_id = r.u32()?;
             subscriptions.push((filter, options, (sub_id != 0).then_some(sub_id)));
         }
         Some(SessionRecord {
@@ -715,25 +706,23 @@ impl Store {
         });
     }
 
-    /// Appends a persistent session's copy of a message to its inbox. `gate` (the publisher's acknowledgement)
+    /// Appends a persistent session's copy of a message (`record`: [`encode_delivery`]) to its inbox. `gate` (the publisher's acknowledgement)
     /// is held until the append is committed, and failed when it is not.
     pub fn inbox_append(
         &self,
         client_id: &str,
         incarnation: u64,
-        delivery: &Delivery,
+        seq: u64,
+        record: Vec<u8>,
         gate: Option<Arc<AckGate>>,
         failures: prometheus::IntCounter,
     ) {
-        let Some(seq) = delivery.durable else {
-            return;
-        };
         let commit = self.cluster.submit(
             Command::InboxAppend {
                 client_id: client_id.to_string(),
                 incarnation,
                 seq,
-                record: encode_delivery(delivery),
+                record,
             }
             .encode(),
         );
@@ -890,6 +879,13 @@ mod tests {
         }
     }
 
+    /// Appends `d` (its seq is `d.durable`) to client "dev"'s inbox, as a session does.
+    fn append(store: &Store, incarnation: u64, d: &Delivery, failed: &prometheus::IntCounter) {
+        let seq = d.durable.unwrap();
+        let record = encode_delivery(d);
+        store.inbox_append("dev", incarnation, seq, record, None, failed.clone());
+    }
+
     /// Waits until every proposal made so far is applied (the inbox calls are fire-and-forget).
     async fn settle(store: &Store) {
         // Proposals commit in submission order: once this one is applied, so are the earlier ones.
@@ -907,16 +903,10 @@ mod tests {
         store.put_session("dev", 1, &record(10));
         for seq in 1..=3 {
             let d = delivery(&format!("cmd/{seq}"), b"x", seq);
-            store.inbox_append("dev", 10, &d, None, failed.clone());
+            append(&store, 10, &d, &failed);
         }
         // Another incarnation's append (a replaced session) is ignored.
-        store.inbox_append(
-            "dev",
-            11,
-            &delivery("cmd/old", b"x", 1),
-            None,
-            failed.clone(),
-        );
+        append(&store, 11, &delivery("cmd/old", b"x", 1), &failed);
         store.inbox_ack("dev", 10, vec![2]);
         store.inbox_release("dev", 10, 3, 700);
         settle(&store).await;
@@ -944,13 +934,7 @@ mod tests {
 
         // A new life of the session drops the old inbox; deleting the session drops the new one.
         store.put_session("dev", 2, &record(12));
-        store.inbox_append(
-            "dev",
-            12,
-            &delivery("cmd/new", b"x", 1),
-            None,
-            failed.clone(),
-        );
+        append(&store, 12, &delivery("cmd/new", b"x", 1), &failed);
         settle(&store).await;
         assert!(store.inbox("dev", 10).is_empty());
         assert_eq!(store.inbox("dev", 12).len(), 1);

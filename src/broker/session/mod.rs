@@ -128,7 +128,7 @@ pub struct SessionState {
     incarnation: u64,
     next_seq: u64,
     /// Inbox entries to remove that never entered the outbox (expired or over the limits at restore).
-    pending_done: Vec<InboxChange>,
+    pending_changes: Vec<InboxChange>,
     /// Last values added to the node-wide gauges, to report changes as deltas.
     reported: (i64, i64, i64),
 }
@@ -165,7 +165,7 @@ impl Actor for Session {
             stored: false,
             incarnation: 0,
             next_seq: 1,
-            pending_done: Vec::new(),
+            pending_changes: Vec::new(),
             reported: (0, 0, 0),
             ctx: a.ctx,
         };
@@ -456,7 +456,7 @@ impl SessionState {
                             .dropped
                             .with_label_values(&[reason.label()])
                             .inc();
-                        self.pending_done.push(InboxChange::Done(seq));
+                        self.pending_changes.push(InboxChange::Done(seq));
                         continue;
                     }
                 }
@@ -467,7 +467,7 @@ impl SessionState {
                         .dropped
                         .with_label_values(&["expired"])
                         .inc();
-                    self.pending_done.push(InboxChange::Done(seq));
+                    self.pending_changes.push(InboxChange::Done(seq));
                     continue;
                 }
             }
@@ -481,7 +481,7 @@ impl SessionState {
 
     /// Brings the store's inbox up to date with the durable messages that moved or left the session.
     fn sync_inbox(&mut self) {
-        let mut changes = std::mem::take(&mut self.pending_done);
+        let mut changes = std::mem::take(&mut self.pending_changes);
         changes.append(&mut self.outbox.take_changes());
         if changes.is_empty() || !self.stored {
             return;
@@ -586,7 +586,7 @@ impl SessionState {
             .filter(|_| self.stored && d.qos != QoS::AtMostOnce);
         let durable = store.map(|store| {
             d.durable = Some(self.next_seq);
-            (store.clone(), d.clone())
+            (store.clone(), crate::store::encode_delivery(&d))
         });
         if let Err(reason) = self.outbox.push(d, online) {
             self.ctx
@@ -596,17 +596,18 @@ impl SessionState {
                 .inc();
             return;
         }
-        if let Some((store, copy)) = durable {
-            self.next_seq += 1;
+        if let Some((store, record)) = durable {
             let m = &self.ctx.metrics;
-            m.inbox.with_label_values(&["appended"]).inc();
+            m.inbox_appended.inc();
             store.inbox_append(
                 &self.client_id,
                 self.incarnation,
-                &copy,
+                self.next_seq,
+                record,
                 ticket.gate.clone(),
-                m.inbox.with_label_values(&["failed"]),
+                m.inbox_failed.clone(),
             );
+            self.next_seq += 1;
         }
         self.flush();
     }
