@@ -171,10 +171,8 @@ impl Cluster {
         let start_err = |what: &str, e: &dyn std::fmt::Display| {
             ClusterError::Start(format!("{}: {what}: {e}", config.data_dir.display()))
         };
-        let db = sled::Config::new()
-            .path(&config.data_dir)
-            .cache_capacity(config.cache_capacity)
-            .open()
+        let db = open_db(&config.data_dir, config.cache_capacity)
+            .await
             .map_err(|e| start_err("cannot open the store", &e))?;
         let mut voters: Vec<u64> = if config.join {
             Vec::new()
@@ -361,6 +359,42 @@ impl Cluster {
             Ok(ractor::rpc::CallResult::Success(v)) => Ok(v),
             Ok(ractor::rpc::CallResult::Timeout) => Err(ClusterError::Timeout),
             Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err(ClusterError::Stopped),
+        }
+    }
+}
+
+/// How long [`open_db`] waits for a data directory's lock before it reports the directory as in use.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens sled, waiting for its directory lock when another holder is letting go of it.
+///
+/// sled 0.34 releases the lock from a background thread some time after the last handle is dropped (sled
+/// issues 1234 and 1289), so a node stopped and started again in the same process, or a process restarted
+/// right after the previous one exited, can find the lock still held for a few milliseconds. A directory that
+/// stays locked for [`LOCK_WAIT`] belongs to another running node: that is the error.
+async fn open_db(dir: &std::path::Path, cache_capacity: u64) -> Result<sled::Db, sled::Error> {
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_capacity)
+            .open()
+        {
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::debug!(dir = %dir.display(), "store directory still locked; waiting");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
+                return Err(sled::Error::Io(std::io::Error::other(format!(
+                    "{e} (another cicada node is using this data directory)"
+                ))));
+            }
+            other => return other,
         }
     }
 }

@@ -107,6 +107,39 @@ async fn a_single_node_applies_in_order_and_restarts_without_reapplying() {
     node.shutdown().await;
 }
 
+/// sled lets go of its directory lock from a background thread after the last handle is gone: a node
+/// stopped and started again at once must wait for it rather than fail, and a directory another running
+/// node holds must be refused with an error that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_reopens_at_once_and_a_directory_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = ClusterConfig::single(dir.path().join("n1"));
+    for round in 1..=10u64 {
+        let node = Cluster::start(c.clone(), Counter, &prometheus::Registry::new())
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        node.propose(format!("k{round}").into_bytes())
+            .await
+            .unwrap();
+        assert_eq!(count(&node), round, "round {round}");
+        node.shutdown().await;
+    }
+
+    let running = Cluster::start(c.clone(), Counter, &prometheus::Registry::new())
+        .await
+        .unwrap();
+    let err = match Cluster::start(c, Counter, &prometheus::Registry::new()).await {
+        Ok(_) => panic!("a second node opened a directory in use"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("n1") && err.contains("another cicada node is using this data directory"),
+        "{err}"
+    );
+    assert_eq!(count(&running), 10, "the running node is untouched");
+    running.shutdown().await;
+}
+
 async fn futures_join<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output>
 where
     F::Output: Send,
