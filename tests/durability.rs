@@ -381,3 +381,103 @@ async fn a_received_qos2_message_gets_its_pubrel_again_after_kill_9_not_a_second
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Copies sent but not acknowledged when the broker died come again after the restart with the packet ids
+/// they had and DUP set [MQTT-4.4.0-1], so a QoS 2 receiver that already holds one does not deliver it twice;
+/// a copy that never left the queue (the client's Receive Maximum held it) goes out too, also with DUP (the
+/// store does not record sends, so every restored copy may have been sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_copies_come_again_with_their_packet_ids_and_dup_after_kill_9() {
+    use cicada::protocol::{Packet, PubAck, ReasonCode};
+    let mut broker = CicadaProcess::start("[mqtt]\nsys_interval = 0");
+    let addr = ([127, 0, 0, 1], broker.port).into();
+    let login = || {
+        let mut c = common::broker::connect("dashboard", ProtocolVersion::V5);
+        c.clean_start = false;
+        c.properties.session_expiry_interval = Some(3600);
+        c.properties.receive_maximum = Some(2);
+        c
+    };
+    let mut raw = common::broker::Raw::connect(addr).await;
+    raw.handshake(login()).await;
+    assert_eq!(
+        raw.subscribe(1, "meter/#", QoS::ExactlyOnce).await,
+        [ReasonCode::GRANTED_QOS_2]
+    );
+    let (p, _pe) = client(broker.port, "meter").await;
+    // One delivered and acknowledged first, so the ids below do not start at 1 (after the restart a fresh
+    // allocator would start there).
+    p.publish("meter/0", QoS::AtLeastOnce, false, "zero")
+        .await
+        .unwrap();
+    let Some(Packet::Publish(m)) = raw.recv().await else {
+        panic!("expected a PUBLISH");
+    };
+    raw.send(&Packet::PubAck(PubAck::new(m.pkid))).await;
+    // Acknowledged to the publisher, so committed to the subscriber's inbox.
+    p.publish("meter/1", QoS::AtLeastOnce, false, "one")
+        .await
+        .unwrap();
+    p.publish("meter/2", QoS::ExactlyOnce, false, "two")
+        .await
+        .unwrap();
+    p.publish("meter/3", QoS::ExactlyOnce, false, "three")
+        .await
+        .unwrap();
+    let mut first = Vec::new();
+    for _ in 0..2 {
+        let Some(Packet::Publish(m)) = raw.recv().await else {
+            panic!("expected a PUBLISH");
+        };
+        first.push((m.topic.clone(), m.pkid, m.dup));
+    }
+    assert!(first.iter().all(|(_, _, dup)| !dup), "{first:?}");
+    // No acknowledgements: the broker dies with both in flight and the third queued behind the window.
+    broker.kill9_and_restart();
+
+    let mut raw = common::broker::Raw::connect(addr).await;
+    let (reason, session_present, _) = raw.handshake(login()).await;
+    assert_eq!((reason, session_present), (ReasonCode::SUCCESS, true));
+    let mut again = Vec::new();
+    for _ in 0..2 {
+        let Some(Packet::Publish(m)) = raw.recv().await else {
+            panic!("expected a PUBLISH");
+        };
+        again.push((m.topic.clone(), m.pkid, m.dup));
+    }
+    let resent: Vec<_> = first
+        .iter()
+        .map(|(t, pkid, _)| (t.clone(), *pkid, true))
+        .collect();
+    assert_eq!(again, resent, "same packet ids, DUP set, same order");
+    // Acknowledge them: PUBREL for the second, and the third leaves the queue (in either order).
+    raw.send(&Packet::PubAck(PubAck::new(again[0].1))).await;
+    raw.send(&Packet::PubRec(PubAck::new(again[1].1))).await;
+    let mut third = None;
+    let mut released = false;
+    while third.is_none() || !released {
+        match raw.recv().await {
+            Some(Packet::PubRel(r)) if r.pkid == again[1].1 && !released => released = true,
+            Some(Packet::Publish(m)) if third.is_none() => third = Some(m),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    raw.send(&Packet::PubComp(PubAck::new(again[1].1))).await;
+    let m = third.unwrap();
+    assert_eq!(m.topic, "meter/3");
+    assert!(
+        m.dup,
+        "the store cannot tell whether a restored copy was sent before the crash: DUP"
+    );
+    raw.send(&Packet::PubRec(PubAck::new(m.pkid))).await;
+    assert_eq!(raw.recv().await, Some(Packet::PubRel(PubAck::new(m.pkid))));
+    raw.send(&Packet::PubComp(PubAck::new(m.pkid))).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while metric(broker.http_port, "cicada_store_inbox_messages").await != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "acknowledgements not applied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -450,7 +450,7 @@ impl SessionState {
             match (copy.released, copy.delivery) {
                 (Some(pkid), Some(d)) => self.outbox.restore_released(pkid, d),
                 (None, Some(d)) => {
-                    if let Err(reason) = self.outbox.push(d, false) {
+                    if let Err(reason) = self.outbox.restore(d) {
                         self.ctx
                             .metrics
                             .dropped

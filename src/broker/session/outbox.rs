@@ -96,6 +96,17 @@ pub struct Outbox {
     limits: OutboxLimits,
     /// What the store's copies of durable messages need, for the session to propose.
     changes: Vec<InboxChange>,
+    /// Durable copies with a lower seq were restored from the store after a restart: they may have been sent
+    /// before it, so they go out with DUP set.
+    restored_below: u64,
+}
+
+/// The packet id of a durable copy: a function of its seq, so the same copy has the same id after a restart
+/// without a store write per send. A receiver that got the PUBLISH before a crash then recognises it (QoS 2
+/// receivers deduplicate by packet id [MQTT-4.3.3-9]) and the resend is the one [MQTT-4.4.0-1] asks for.
+pub fn durable_pkid(seq: u64) -> u16 {
+    // 1..=65535: seq 1 gets id 1, and ids repeat every 65,535 copies.
+    (seq.wrapping_sub(1) % u64::from(u16::MAX)) as u16 + 1
 }
 
 impl Outbox {
@@ -108,6 +119,7 @@ impl Outbox {
             window: window.max(1),
             limits,
             changes: Vec::new(),
+            restored_below: 0,
         }
     }
 
@@ -160,23 +172,30 @@ impl Outbox {
             if front.qos != QoS::AtMostOnce && self.inflight.len() >= usize::from(self.window) {
                 return None;
             }
+            let (pkid, dup) = match (front.qos, front.durable) {
+                (QoS::AtMostOnce, _) => (0, false),
+                (_, Some(seq)) => {
+                    let pkid = durable_pkid(seq);
+                    // Its id is still taken (65,535 copies later, or by a copy that is not durable): it waits,
+                    // as for a full window, and keeps the order.
+                    if self.inflight.iter().any(|i| i.pkid == pkid) {
+                        return None;
+                    }
+                    (pkid, seq < self.restored_below)
+                }
+                (_, None) => (self.allocate_pkid(), false),
+            };
             let delivery = self.pop_front()?;
-            if delivery.qos == QoS::AtMostOnce {
-                return Some(Outgoing::Publish {
-                    pkid: 0,
-                    dup: false,
-                    delivery,
+            if pkid != 0 {
+                self.inflight.push_back(Inflight {
+                    pkid,
+                    stage: Stage::Published,
+                    delivery: delivery.clone(),
                 });
             }
-            let pkid = self.allocate_pkid();
-            self.inflight.push_back(Inflight {
-                pkid,
-                stage: Stage::Published,
-                delivery: delivery.clone(),
-            });
             return Some(Outgoing::Publish {
                 pkid,
-                dup: false,
+                dup,
                 delivery,
             });
         }
@@ -191,6 +210,15 @@ impl Outbox {
     /// What happened to durable messages since the last call, in order.
     pub fn take_changes(&mut self) -> Vec<InboxChange> {
         std::mem::take(&mut self.changes)
+    }
+
+    /// A durable copy back from the store after a restart, not yet received by the client as far as the
+    /// store knows: queued again, to go out with its packet id and DUP set (it may have been sent before).
+    pub fn restore(&mut self, d: Delivery) -> Result<(), DropReason> {
+        if let Some(seq) = d.durable {
+            self.restored_below = self.restored_below.max(seq + 1);
+        }
+        self.push(d, false)
     }
 
     /// A QoS 2 message the client had received (PUBREC) before a restart: in flight, waiting for PUBCOMP, with
@@ -331,6 +359,7 @@ impl Outbox {
         self.queue.clear();
         self.queued_bytes = 0;
         self.inflight.clear();
+        self.restored_below = 0;
     }
 }
 
@@ -375,6 +404,59 @@ mod tests {
             durable: Some(seq),
             ..d(qos, "stored")
         }
+    }
+
+    #[test]
+    fn durable_copies_keep_their_packet_id_across_a_restart_and_go_out_again_with_dup() {
+        let now = Instant::now();
+        assert_eq!(
+            [1, 2, 65_535, 65_536, 65_537].map(durable_pkid),
+            [1, 2, 65_535, 1, 2]
+        );
+        // Before the restart: seq 7 and 8 sent, never acknowledged.
+        let mut o = Outbox::new(limits(10), 10);
+        o.push(durable(QoS::AtLeastOnce, 7), true).unwrap();
+        o.push(durable(QoS::ExactlyOnce, 8), true).unwrap();
+        let sent: Vec<(u16, bool)> = (0..2)
+            .map(|_| match o.next(now, |_| {}) {
+                Some(Outgoing::Publish { pkid, dup, .. }) => (pkid, dup),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sent, [(7, false), (8, false)]);
+
+        // After it the session is rebuilt from the store: the same ids, DUP set; new copies are first sends.
+        let mut o = Outbox::new(limits(10), 10);
+        o.restore(durable(QoS::AtLeastOnce, 7)).unwrap();
+        o.restore(durable(QoS::ExactlyOnce, 8)).unwrap();
+        o.push(durable(QoS::AtLeastOnce, 9), true).unwrap();
+        let again: Vec<(u16, bool)> = (0..3)
+            .map(|_| match o.next(now, |_| {}) {
+                Some(Outgoing::Publish { pkid, dup, .. }) => (pkid, dup),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(again, [(7, true), (8, true), (9, false)]);
+    }
+
+    #[test]
+    fn a_durable_copy_whose_packet_id_is_taken_waits_for_it() {
+        let now = Instant::now();
+        let mut o = Outbox::new(limits(10), 10);
+        // A copy that is not durable takes id 1 first; durable seq 1 wants the same id.
+        o.push(d(QoS::AtLeastOnce, "clean"), true).unwrap();
+        o.push(durable(QoS::AtLeastOnce, 1), true).unwrap();
+        o.push(d(QoS::AtMostOnce, "behind"), true).unwrap();
+        assert_eq!(pkid(o.next(now, |_| {})), 1);
+        assert!(o.next(now, |_| {}).is_none(), "waits, and keeps the order");
+        o.puback(1).unwrap();
+        assert_eq!(pkid(o.next(now, |_| {})), 1);
+        assert_eq!(pkid(o.next(now, |_| {})), 0, "then what was behind it");
+        // 65,535 copies later the id comes round again while the first still waits for its PUBACK.
+        o.push(durable(QoS::AtLeastOnce, 65_536), true).unwrap();
+        assert!(o.next(now, |_| {}).is_none());
+        o.puback(1).unwrap();
+        assert_eq!(pkid(o.next(now, |_| {})), 1);
     }
 
     #[test]
