@@ -481,3 +481,100 @@ async fn unacknowledged_copies_come_again_with_their_packet_ids_and_dup_after_ki
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Logs in a raw MQTT 5 client to `$share/workers/jobs/#` at QoS 1; persistent when `expiry` > 0.
+async fn worker(addr: std::net::SocketAddr, id: &str, expiry: u32) -> common::broker::Raw {
+    let mut c = common::broker::connect(id, ProtocolVersion::V5);
+    c.clean_start = expiry == 0;
+    c.properties.session_expiry_interval = Some(expiry);
+    let mut raw = common::broker::Raw::connect(addr).await;
+    raw.handshake(c).await;
+    assert_eq!(
+        raw.subscribe(1, "$share/workers/jobs/#", QoS::AtLeastOnce)
+            .await,
+        [cicada::protocol::ReasonCode::GRANTED_QOS_1]
+    );
+    raw
+}
+
+async fn next_publish(raw: &mut common::broker::Raw) -> cicada::protocol::Publish {
+    match raw.recv().await {
+        Some(cicada::protocol::Packet::Publish(m)) => m,
+        other => panic!("expected a PUBLISH, got {other:?}"),
+    }
+}
+
+/// A persistent member leaves a shared group with a copy it never acknowledged; the copy goes to a member
+/// with a clean session, which does not acknowledge it either, and the broker is killed. The copy was only
+/// ever safe in the first member's inbox, so it must still be there after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_copy_handed_to_a_clean_member_stays_stored_until_acknowledged() {
+    let mut broker = CicadaProcess::start("[mqtt]\nsys_interval = 0");
+    let addr = ([127, 0, 0, 1], broker.port).into();
+    let mut a = worker(addr, "worker-a", 3600).await;
+    let (p, _pe) = client(broker.port, "scheduler").await;
+    p.publish("jobs/1", QoS::AtLeastOnce, false, "build")
+        .await
+        .unwrap();
+    let first = next_publish(&mut a).await;
+    let mut b = worker(addr, "worker-b", 0).await;
+    drop(a); // gone without PUBACK: the copy goes to the other member
+    let handed = next_publish(&mut b).await;
+    assert_eq!(handed.payload, first.payload);
+    // A retained publish commits after anything the handover proposed.
+    p.publish("barrier", QoS::AtLeastOnce, true, "x")
+        .await
+        .unwrap();
+    broker.kill9_and_restart();
+
+    let mut c = common::broker::connect("worker-a", ProtocolVersion::V5);
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(3600);
+    let mut a = common::broker::Raw::connect(addr).await;
+    let (_, session_present, _) = a.handshake(c).await;
+    assert!(session_present);
+    let again = next_publish(&mut a).await;
+    assert_eq!(
+        (
+            again.topic.as_str(),
+            &again.payload[..],
+            again.pkid,
+            again.dup
+        ),
+        ("jobs/1", &b"build"[..], first.pkid, true)
+    );
+}
+
+/// The same handover to a persistent member: the taker commits its own copy, then the first member's entry
+/// goes, so after a restart the copy is in exactly one inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_copy_handed_to_a_persistent_member_moves_to_its_inbox() {
+    let mut broker = CicadaProcess::start("[mqtt]\nsys_interval = 0");
+    let addr = ([127, 0, 0, 1], broker.port).into();
+    let mut a = worker(addr, "worker-a", 3600).await;
+    let (p, _pe) = client(broker.port, "scheduler").await;
+    p.publish("jobs/1", QoS::AtLeastOnce, false, "build")
+        .await
+        .unwrap();
+    next_publish(&mut a).await;
+    let mut b = worker(addr, "worker-b", 3600).await;
+    drop(a);
+    next_publish(&mut b).await;
+    p.publish("barrier", QoS::AtLeastOnce, true, "x")
+        .await
+        .unwrap();
+    broker.kill9_and_restart();
+    assert_eq!(
+        metric(broker.http_port, "cicada_store_inbox_messages").await,
+        1.0,
+        "one stored copy: the taker's"
+    );
+    let mut c = common::broker::connect("worker-b", ProtocolVersion::V5);
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(3600);
+    let mut b = common::broker::Raw::connect(addr).await;
+    let (_, session_present, _) = b.handshake(c).await;
+    assert!(session_present);
+    let again = next_publish(&mut b).await;
+    assert_eq!((again.topic.as_str(), again.dup), ("jobs/1", true));
+}

@@ -76,6 +76,21 @@ pub struct Delivery {
     /// Its sequence number in the session's inbox in the store, when the copy is durable (a persistent
     /// session's QoS 1/2 message): removed from there once it leaves the session.
     pub durable: Option<u64>,
+    /// The stored copy this one was handed over from (shared subscriptions), while that copy is its only
+    /// safe place.
+    pub origin: Option<Arc<Origin>>,
+}
+
+/// The inbox entry of a persistent session that left a shared group with a copy it had not received.
+///
+/// The entry stays in the store until the copy is safe elsewhere: committed to the taker's own inbox (the
+/// removal is proposed after the append, and proposals commit in order), or acknowledged by a taker that has
+/// no inbox. A crash in between brings the copy back to the member that left, never loses it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub client_id: String,
+    pub incarnation: u64,
+    pub seq: u64,
 }
 
 impl Delivery {
@@ -133,6 +148,7 @@ mod tests {
             sub_ids: vec![4],
             shared: None,
             durable: None,
+            origin: None,
         };
         let out = d.to_publish(0, false, t0 + Duration::from_secs(4)).unwrap();
         assert_eq!(out.properties.message_expiry_interval, Some(6));

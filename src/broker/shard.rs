@@ -185,6 +185,7 @@ impl ShardState {
                             sub_ids: Vec::new(),
                             shared: None,
                             durable: None,
+                            origin: None,
                         },
                     )
                 });
@@ -239,6 +240,7 @@ impl ShardState {
                     sub_ids: sub.sub_id.into_iter().collect(),
                     shared: Some(format!("$share/{group_name}/{filter}").into()),
                     durable: None,
+                    origin: None,
                 },
             ));
         }
@@ -277,6 +279,10 @@ impl ShardState {
                     .dropped
                     .with_label_values(&["no_group_member"])
                     .inc();
+                // Dropped, as counted: its stored entry goes too.
+                if let (Some(origin), Some(store)) = (&delivery.origin, &self.ctx.store) {
+                    store.release_origin(origin);
+                }
             }
         }
     }

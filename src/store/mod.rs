@@ -10,7 +10,7 @@
 //! `i/{client id}\0{incarnation}{seq}`: the session's inbox. An incarnation is one life of a session (a clean
 //! start begins another), so appends of a replaced session can never leak into its successor.
 
-use crate::broker::message::{Delivery, Message};
+use crate::broker::message::{Delivery, Message, Origin};
 use crate::broker::retained::{MemoryRetained, RetainedStore};
 use crate::broker::ticket::AckGate;
 use crate::protocol::{
@@ -348,6 +348,7 @@ pub fn decode_delivery(b: &[u8], seq: u64) -> Option<Delivery> {
         sub_ids,
         shared: (!shared.is_empty()).then(|| shared.into()),
         durable: Some(seq),
+        origin: None,
     })
 }
 
@@ -757,6 +758,11 @@ impl Store {
         });
     }
 
+    /// Removes a handed-over copy's entry from the inbox it came from (see [`Origin`]).
+    pub fn release_origin(&self, origin: &Origin) {
+        self.inbox_ack(&origin.client_id, origin.incarnation, vec![origin.seq]);
+    }
+
     /// A stored session's inbox, in the order the messages arrived.
     pub fn inbox(&self, client_id: &str, incarnation: u64) -> Vec<StoredCopy> {
         let mut prefix = inbox_prefix(client_id);
@@ -867,6 +873,7 @@ mod tests {
             sub_ids: vec![3, 4],
             shared: None,
             durable: Some(seq),
+            origin: None,
         }
     }
 

@@ -6,7 +6,7 @@ pub mod outbox;
 mod subscriptions;
 
 use super::conn::{ConnHandle, Outbound};
-use super::message::{Delivery, Message, SessionId};
+use super::message::{Delivery, Message, Origin, SessionId};
 use super::registry::RegistryMsg;
 use super::shard::ShardMsg;
 use super::ticket::Ticket;
@@ -332,7 +332,12 @@ impl SessionState {
         self.ctx.metrics.sessions_online.dec();
         self.ctx.metrics.sessions_offline.inc();
         // Shared-subscription messages not yet received go to another member of their group.
-        for delivery in self.outbox.take_shared() {
+        let origin = |seq| Origin {
+            client_id: self.client_id.clone(),
+            incarnation: self.incarnation,
+            seq,
+        };
+        for delivery in self.outbox.take_shared(origin) {
             let shard = self.ctx.shard_for(&delivery.message.topic);
             let _ = shard.cast(ShardMsg::Redeliver {
                 delivery,
@@ -382,7 +387,7 @@ impl SessionState {
             }
             self.set_stored(false);
         }
-        self.outbox.take_changes();
+        // What is left to sync is only for other sessions' inboxes (`OriginDone`): this one's went with it.
         self.ctx.metrics.subscriptions.sub(self.subs.len() as i64);
         for (filter, rec) in self.subs.drain() {
             rec.remove_from_shards(&self.ctx, self.id, &filter);
@@ -483,15 +488,15 @@ impl SessionState {
     fn sync_inbox(&mut self) {
         let mut changes = std::mem::take(&mut self.pending_changes);
         changes.append(&mut self.outbox.take_changes());
-        if changes.is_empty() || !self.stored {
-            return;
-        }
         let Some(store) = &self.ctx.store else {
             return;
         };
         let mut done = Vec::new();
         for change in changes {
             match change {
+                // Another session's entry: released whether or not this session has an inbox.
+                InboxChange::OriginDone(origin) => store.release_origin(&origin),
+                _ if !self.stored => {}
                 InboxChange::Done(seq) => done.push(seq),
                 InboxChange::Released { seq, pkid } => {
                     store.inbox_release(&self.client_id, self.incarnation, seq, pkid)
@@ -563,7 +568,11 @@ impl SessionState {
     }
 
     fn deliver(&mut self, mut d: Delivery, ticket: &Ticket) {
+        // A copy handed over from a member that left a shared group: its stored entry goes once this copy is
+        // safe here (see `Origin`).
+        let origin = d.origin.clone();
         if !self.allowed(&d.message.topic, false) {
+            self.release_origin(origin.as_deref());
             self.ctx
                 .metrics
                 .acl_denied
@@ -586,6 +595,7 @@ impl SessionState {
             .filter(|_| self.stored && d.qos != QoS::AtMostOnce);
         let durable = store.map(|store| {
             d.durable = Some(self.next_seq);
+            d.origin = None;
             (store.clone(), crate::store::encode_delivery(&d))
         });
         if let Err(reason) = self.outbox.push(d, online) {
@@ -594,6 +604,7 @@ impl SessionState {
                 .dropped
                 .with_label_values(&[reason.label()])
                 .inc();
+            self.release_origin(origin.as_deref());
             return;
         }
         if let Some((store, record)) = durable {
@@ -608,8 +619,17 @@ impl SessionState {
                 m.inbox_failed.clone(),
             );
             self.next_seq += 1;
+            // Proposed after the append, so committed after it: the copy is never in neither inbox.
+            self.release_origin(origin.as_deref());
         }
         self.flush();
+    }
+
+    /// The copy handed over from `origin` is gone or safe: its entry in the other session's inbox can go.
+    fn release_origin(&self, origin: Option<&Origin>) {
+        if let (Some(origin), Some(store)) = (origin, &self.ctx.store) {
+            store.release_origin(origin);
+        }
     }
 
     /// Moves what the window allows from the queue to the connection's writer, up to its budget.

@@ -1,9 +1,10 @@
 //! The outbound side of a session as a pure state machine: a bounded queue, the in-flight window (the
 //! client's Receive Maximum), packet identifiers, and the QoS 1 / QoS 2 acknowledgement stages.
 
-use crate::broker::message::Delivery;
+use crate::broker::message::{Delivery, Origin};
 use crate::protocol::{QoS, ReasonCode};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Bounds of one session's queue.
@@ -67,13 +68,16 @@ pub enum Outgoing {
 }
 
 /// A change the store's copy of a durable message needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InboxChange {
     /// It left the session (acknowledged, expired, handed to another group member): remove it.
     Done(u64),
     /// QoS 2: the client received it (PUBREC); after a restart the session resends PUBREL with this packet id,
     /// never the PUBLISH [MQTT-4.3.3-10 for the client's side].
     Released { seq: u64, pkid: u16 },
+    /// A copy handed over from another session's inbox left this one (which has no inbox): the other
+    /// session's stored entry can go.
+    OriginDone(Arc<Origin>),
 }
 
 /// A client acknowledgement that does not fit the session state (a protocol violation by the client).
@@ -204,6 +208,8 @@ impl Outbox {
     fn finished(&mut self, d: &Delivery) {
         if let Some(seq) = d.durable {
             self.changes.push(InboxChange::Done(seq));
+        } else if let Some(origin) = &d.origin {
+            self.changes.push(InboxChange::OriginDone(origin.clone()));
         }
     }
 
@@ -323,8 +329,9 @@ impl Outbox {
     }
 
     /// Removes the messages that came through shared subscriptions and were not yet received by the client
-    /// (queued, or in flight before PUBREC), so another member of the group can take them.
-    pub fn take_shared(&mut self) -> Vec<Delivery> {
+    /// (queued, or in flight before PUBREC), so another member of the group can take them. A durable copy
+    /// leaves with `origin(seq)` and stays in the store until the taker has it safe.
+    pub fn take_shared(&mut self, origin: impl Fn(u64) -> Origin) -> Vec<Delivery> {
         let mut out = Vec::new();
         let mut keep = VecDeque::with_capacity(self.queue.len());
         while let Some(d) = self.pop_front() {
@@ -345,10 +352,9 @@ impl Outbox {
             }
         }
         self.inflight = inflight;
-        // Another member takes them: out of this session's inbox (the taker stores its own copy).
         for d in &mut out {
             if let Some(seq) = d.durable.take() {
-                self.changes.push(InboxChange::Done(seq));
+                d.origin = Some(Arc::new(origin(seq)));
             }
         }
         out
@@ -389,6 +395,7 @@ mod tests {
             sub_ids: vec![],
             shared: None,
             durable: None,
+            origin: None,
         }
     }
 
@@ -494,7 +501,7 @@ mod tests {
         o.pubcomp(700).unwrap();
         assert_eq!(o.take_changes(), [InboxChange::Done(9)]);
 
-        // Handed to another group member: out of this session's inbox, and not durable on the way.
+        // Handed to another group member: it names its stored entry, which stays until the taker has it safe.
         let mut o = Outbox::new(limits(10), 10);
         o.push(
             Delivery {
@@ -504,9 +511,29 @@ mod tests {
             false,
         )
         .unwrap();
-        let given = o.take_shared();
+        let mut given = o.take_shared(|seq| origin("leaver", seq));
         assert_eq!(given[0].durable, None);
-        assert_eq!(o.take_changes(), [InboxChange::Done(4)]);
+        assert_eq!(given[0].origin.as_deref(), Some(&origin("leaver", 4)));
+        assert!(o.take_changes().is_empty(), "still in the leaver's inbox");
+
+        // A taker without an inbox reports the origin done when its client acknowledges the copy.
+        let mut taker = Outbox::new(limits(10), 10);
+        taker.push(given.remove(0), true).unwrap();
+        let id = pkid(taker.next(now, |_| {}));
+        assert!(taker.take_changes().is_empty());
+        taker.puback(id).unwrap();
+        assert_eq!(
+            taker.take_changes(),
+            [InboxChange::OriginDone(Arc::new(origin("leaver", 4)))]
+        );
+    }
+
+    fn origin(client: &str, seq: u64) -> Origin {
+        Origin {
+            client_id: client.into(),
+            incarnation: 1,
+            seq,
+        }
     }
 
     fn pkid(o: Option<Outgoing>) -> u16 {
@@ -611,7 +638,7 @@ mod tests {
         let first = pkid(o.next(now, |_| {}));
         let _second = pkid(o.next(now, |_| {}));
         o.pubrec(first, ReasonCode::SUCCESS).unwrap();
-        let handed = o.take_shared();
+        let handed = o.take_shared(|seq| origin("me", seq));
         assert_eq!(
             handed.len(),
             2,

@@ -145,6 +145,7 @@ impl SessionState {
                         sub_ids: sub_id.into_iter().collect(),
                         shared: None,
                         durable: None,
+                        origin: None,
                         message: m,
                     });
                 }
