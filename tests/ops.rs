@@ -80,6 +80,7 @@ async fn sigterm_tells_v5_clients_server_shutting_down_and_exits_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_runs_on_the_embedded_defaults_with_port_flags() {
     let (port, http_port) = (common::free_port(), common::free_port());
+    let data = tempfile::tempdir().unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cicada"))
         .args([
             "serve",
@@ -89,19 +90,21 @@ async fn serve_runs_on_the_embedded_defaults_with_port_flags() {
             &http_port.to_string(),
         ])
         .arg("--data-dir")
-        .arg(tempfile::tempdir().unwrap().path())
+        .arg(data.path())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let http = ([127, 0, 0, 1], http_port).into();
+    // Up once it answers an MQTT CONNECT; the HTTP port is bound before any MQTT port.
     let deadline = std::time::Instant::now() + common::WAIT;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+    while !tokio::task::spawn_blocking(move || common::answers_connect(port))
         .await
-        .is_err()
+        .unwrap()
     {
+        assert!(child.try_wait().unwrap().is_none(), "serve exited early");
         assert!(std::time::Instant::now() < deadline, "serve did not listen");
-        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(
         http_request(http, "GET", "/health").await,

@@ -221,6 +221,14 @@ impl Broker {
             });
         }
         let all_tls: Vec<Arc<tls::Tls>> = listener_tls.iter().flatten().cloned().collect();
+        // HTTP first: once an MQTT port accepts, `/health` and `/metrics` do too (tests and health checks
+        // that wait for the MQTT port rely on it).
+        let http = tokio::net::TcpListener::bind(&config.http.bind)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.http.bind.clone(),
+                source,
+            })?;
         let mut listeners = Vec::new();
         for l in &config.listeners {
             let sock = tokio::net::TcpListener::bind(&l.bind)
@@ -231,12 +239,6 @@ impl Broker {
                 })?;
             listeners.push((sock, l.clone()));
         }
-        let http = tokio::net::TcpListener::bind(&config.http.bind)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.http.bind.clone(),
-                source,
-            })?;
         let metrics = Arc::new(Metrics::new());
         let fsync = if config.store.fsync == "interval" {
             cicada_cluster::Fsync::Interval
