@@ -208,3 +208,29 @@ async fn sys_topics_are_published_as_mosquitto_names_them() {
         seen.insert(m.topic);
     }
 }
+
+/// A second broker on a data directory another one is using stops with an error that names the directory and
+/// says why (sled's lock), exit code 1, and the first broker carries on.
+#[test]
+fn a_second_broker_on_a_data_directory_in_use_is_refused_with_a_clear_error() {
+    let first = CicadaProcess::start("");
+    let data = first.dir.path().join("data");
+    let out = Command::new(env!("CARGO_BIN_EXE_cicada"))
+        .args(["serve", "--port", &common::free_port().to_string()])
+        .args(["--http-port", &common::free_port().to_string()])
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&data.display().to_string())
+            && stderr.contains("another cicada node is using this data directory"),
+        "{stderr}"
+    );
+    assert!(
+        common::answers_connect(first.port),
+        "the first one still serves"
+    );
+}

@@ -173,7 +173,7 @@ impl Cluster {
         };
         let db = open_db(&config.data_dir, config.cache_capacity)
             .await
-            .map_err(|e| start_err("cannot open the store", &e))?;
+            .map_err(|e| start_err("cannot open its database", &e))?;
         let mut voters: Vec<u64> = if config.join {
             Vec::new()
         } else {
