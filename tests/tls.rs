@@ -363,3 +363,81 @@ async fn sighup_reloads_certificates_and_keeps_open_connections() {
     }
     drop(broker);
 }
+
+fn cicada(args: &[&str], files: &[(&str, &Path)]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cicada"));
+    c.args(args);
+    for (flag, path) in files {
+        c.arg(flag).arg(path);
+    }
+    c
+}
+
+/// `cicada pub` and `cicada sub` over TLS with mosquitto's flags (`--cafile`, `--cert`, `--key`), against a
+/// listener that requires client certificates; a missing client certificate, a broker certificate from
+/// another CA and an unreadable file each fail with a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cicada_pub_and_sub_speak_tls_and_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = new_ca("test CA");
+    let (_b, tls_port) = broker(dir.path(), &ca, |t| t.require_certificate = true, None).await;
+    let ca_file = dir.path().join("ca.pem");
+    let (cert, key) = leaf(&ca, "sensor-1", &[], false);
+    let cert_file = write(dir.path(), "client.pem", &cert);
+    let key_file = write(dir.path(), "client.key", &key);
+    let port = tls_port.to_string();
+    let at = ["-h", "127.0.0.1", "-p", &port];
+    let mtls = [
+        ("--cafile", ca_file.as_path()),
+        ("--cert", &cert_file),
+        ("--key", &key_file),
+    ];
+
+    let mut publish = cicada(&["pub"], &mtls);
+    publish
+        .args(at)
+        .args(["-t", "secure/1", "-m", "sealed", "-q", "1", "-r"]);
+    let o = run(&mut publish).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut subscribe = cicada(&["sub"], &mtls);
+    subscribe
+        .args(at)
+        .args(["-t", "secure/#", "-C", "1", "-W", "10", "-v"]);
+    let o = run(&mut subscribe).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "secure/1 sealed\n");
+
+    // No client certificate: the handshake is refused.
+    let mut no_cert = cicada(&["pub"], &mtls[..1]);
+    no_cert.args(at).args(["-t", "secure/2", "-m", "x"]);
+    let o = run(&mut no_cert).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!o.stderr.is_empty());
+
+    // The broker's certificate does not chain to this CA.
+    let other = write(dir.path(), "other.pem", &new_ca("other CA").pem);
+    let mut wrong_ca = cicada(
+        &["pub"],
+        &[
+            ("--cafile", other.as_path()),
+            ("--cert", &cert_file),
+            ("--key", &key_file),
+        ],
+    );
+    wrong_ca.args(at).args(["-t", "secure/3", "-m", "x"]);
+    let o = run(&mut wrong_ca).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("certificate"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // A file that is not there: a usage error naming it.
+    let missing = dir.path().join("missing.pem");
+    let mut bad = cicada(&["pub"], &[("--cafile", missing.as_path())]);
+    bad.args(at).args(["-t", "secure/4", "-m", "x"]);
+    let o = run(&mut bad).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("missing.pem"));
+}

@@ -27,7 +27,8 @@ fn file_err(p: &Path, message: impl std::fmt::Display) -> TlsError {
     }
 }
 
-fn certs(p: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The certificates of a PEM file (at least one). Shared with the client's TLS connector.
+pub(crate) fn certs(p: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(p)
         .map_err(|e| file_err(p, format!("cannot read certificates: {e}")))?
         .collect::<Result<_, _>>()
@@ -38,12 +39,17 @@ fn certs(p: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
+/// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub(crate) fn private_key(p: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(p)
+        .map_err(|e| file_err(p, format!("cannot read the private key: {e}")))
+}
+
 /// Builds a rustls server configuration from the files.
 pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certs(&cfg.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&cfg.key)
-        .map_err(|e| file_err(&cfg.key, format!("cannot read the private key: {e}")))?;
+    let key = private_key(&cfg.key)?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config(e.to_string()))?;

@@ -55,6 +55,15 @@ pub struct ConnectArgs {
     /// `-D PUBLISH user-property site berlin`, `-D CONNECT session-expiry-interval 60`.
     #[arg(short = 'D', long = "property", num_args = 3..=4, action = clap::ArgAction::Append)]
     pub property: Vec<String>,
+    /// CA certificates (PEM) that may sign the broker's certificate: connect with TLS.
+    #[arg(long)]
+    pub cafile: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; with --key and --cafile.
+    #[arg(long)]
+    pub cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long)]
+    pub key: Option<std::path::PathBuf>,
     /// Print debug messages.
     #[arg(short = 'd', long)]
     pub debug: bool,
@@ -209,6 +218,21 @@ impl ConnectArgs {
                 return Err("a password (-P) needs a user name (-u) before MQTT 5".into())
             }
             (None, None) => {}
+        }
+        let client_cert = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            (None, None) => None,
+            _ => return Err("--cert and --key go together".into()),
+        };
+        match &self.cafile {
+            Some(ca) => {
+                let tls = crate::client::transport::TlsConnector::from_files(ca, client_cert)?;
+                opts = opts.connector(std::sync::Arc::new(tls));
+            }
+            None if client_cert.is_some() => {
+                return Err("--cert and --key need --cafile (TLS)".into())
+            }
+            None => {}
         }
         Ok(opts)
     }
