@@ -60,6 +60,41 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+/// Environment variables with this prefix override keys of the file: `CICADA_DATA_DIR`,
+/// `CICADA_LIMITS__MAX_INFLIGHT=100` (`__` between a table and its key). The value is TOML (`100`, `true`,
+/// `"text"`), or taken as a string when it is not.
+pub const ENV_PREFIX: &str = "CICADA_";
+
+/// Sets the key `var` names in `table`.
+fn set_from_env(table: &mut toml::Table, var: &str, value: toml::Value) -> Result<(), ConfigError> {
+    let err = |message: String| ConfigError::Env {
+        var: var.to_string(),
+        message,
+    };
+    let name = var[ENV_PREFIX.len()..].to_lowercase();
+    let path: Vec<&str> = name.split("__").collect();
+    if path.iter().any(|p| p.is_empty()) {
+        return Err(err(
+            "not a key: write CICADA_KEY or CICADA_TABLE__KEY".into()
+        ));
+    }
+    let (last, parents) = path.split_last().expect("split yields one part at least");
+    let mut cur = table;
+    for p in parents {
+        cur = match cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        {
+            toml::Value::Table(t) => t,
+            _ => return Err(err(format!("`{p}` is not a table"))),
+        };
+    }
+    cur.insert(last.to_string(), value);
+    Ok(())
 }
 
 /// The whole configuration.
@@ -368,6 +403,15 @@ impl Default for Config {
     }
 }
 
+/// The `CICADA_...` variable names of `env`, for an error that more than one of them causes together.
+fn env_names(env: &[(String, String)]) -> String {
+    env.iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| k.starts_with(ENV_PREFIX))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Command-line overrides, applied after the file.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -379,12 +423,17 @@ pub struct Overrides {
 impl Config {
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_env(path, &[])
+    }
+
+    /// Reads and validates a file, then applies the `CICADA_...` variables of `env` (see [`ENV_PREFIX`]).
+    pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             file: file.clone(),
             source,
         })?;
-        let mut config = Config::parse(&text, &file)?;
+        let mut config = Config::parse_with_env(&text, &file, env)?;
         // Files named in the config are found next to it, whatever the working directory.
         if let Some(dir) = path.parent() {
             let fix = |p: &mut Option<PathBuf>| {
@@ -418,6 +467,73 @@ impl Config {
     /// The auth configuration of a listener.
     pub fn auth_for(&self, listener: &ListenerConfig) -> AuthConfig {
         listener.auth.clone().unwrap_or_else(|| self.auth.clone())
+    }
+
+    /// Parses and validates TOML text, then the `CICADA_...` variables of `env` over it. The text alone is
+    /// checked first (errors name its line), then each variable on its own (errors name the variable).
+    pub fn parse_with_env(
+        text: &str,
+        file: &str,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let config = Config::parse(text, file)?;
+        let vars: Vec<&(String, String)> = env
+            .iter()
+            .filter(|(k, _)| k.len() > ENV_PREFIX.len() && k.starts_with(ENV_PREFIX))
+            .collect();
+        if vars.is_empty() {
+            return Ok(config);
+        }
+        let base: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_string(),
+            line: 1,
+            message: e.message().to_string(),
+        })?;
+        let mut merged = base.clone();
+        for (var, raw) in vars {
+            // TOML when it parses as TOML and fits the key; else the text as a string (paths, addresses).
+            let typed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"));
+            let mut chosen = None;
+            let mut failure = String::new();
+            for value in typed.into_iter().chain([toml::Value::String(raw.clone())]) {
+                let mut one = base.clone();
+                set_from_env(&mut one, var, value.clone())?;
+                match Config::from_table(one) {
+                    Ok(_) => {
+                        chosen = Some(value);
+                        break;
+                    }
+                    Err(m) if failure.is_empty() => failure = m,
+                    Err(_) => {}
+                }
+            }
+            let value = chosen.ok_or_else(|| ConfigError::Env {
+                var: var.clone(),
+                message: failure,
+            })?;
+            set_from_env(&mut merged, var, value)?;
+        }
+        Config::from_table(merged).map_err(|message| ConfigError::Env {
+            var: env_names(env),
+            message,
+        })
+    }
+
+    /// Deserializes and validates a table; the error names the key.
+    fn from_table(table: toml::Table) -> Result<Config, String> {
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| e.message().trim().to_string())?;
+        config.validate().map_err(|(section, key, message)| {
+            if section.is_empty() {
+                format!("key `{key}`: {message}")
+            } else {
+                format!("key `{section}.{key}`: {message}")
+            }
+        })?;
+        Ok(config)
     }
 
     /// Parses and validates TOML text; `file` names it in errors.
@@ -777,6 +893,70 @@ mod tests {
         );
         let ok = Config::parse(&format!("{base}cache_mb = 512\n"), "s.toml").unwrap();
         assert_eq!(ok.store.cache_mb, 512);
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_variables_override_keys_and_errors_name_them() {
+        let c = Config::parse_with_env(
+            DEFAULT_TOML,
+            "d.toml",
+            &env(&[
+                ("CICADA_DATA_DIR", "/var/lib/cicada"),
+                ("CICADA_LIMITS__MAX_INFLIGHT", "7"),
+                ("CICADA_STORE__FSYNC", "interval"),
+                ("CICADA_HTTP__BIND", "127.0.0.1:9100"),
+                ("CICADA_MQTT__RETAIN_AVAILABLE", "false"),
+                ("PATH", "/usr/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/cicada"));
+        assert_eq!(c.limits.max_inflight, 7);
+        assert_eq!(c.store.fsync, "interval");
+        assert_eq!(c.http.bind, "127.0.0.1:9100");
+        assert!(!c.mqtt.retain_available);
+
+        for (var, value, wanted) in [
+            (
+                "CICADA_LIMITS__MAX_INFLIGHT",
+                "0",
+                "key `limits.max_inflight`: must be at least 1",
+            ),
+            ("CICADA_LIMITS__MAX_INFLIGHT", "many", "invalid type"),
+            (
+                "CICADA_LIMITS__NO_SUCH_KEY",
+                "1",
+                "unknown field `no_such_key`",
+            ),
+            ("CICADA_STORE__FSYNC__DEEP", "1", "`fsync` is not a table"),
+            ("CICADA_LIMITS__", "1", "not a key"),
+        ] {
+            let e = Config::parse_with_env(DEFAULT_TOML, "d.toml", &env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("environment variable {var}: ")) && e.contains(wanted),
+                "{var}={value}: {e}"
+            );
+        }
+        // The file's own errors still name its line, whatever the environment says.
+        let e = Config::parse_with_env(
+            "[limits]\nmax_inflight = 0\n",
+            "f.toml",
+            &env(&[("CICADA_DATA_DIR", "/d")]),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("f.toml:2: key `limits.max_inflight`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -234,3 +234,56 @@ fn a_second_broker_on_a_data_directory_in_use_is_refused_with_a_clear_error() {
         "the first one still serves"
     );
 }
+
+/// `CICADA_TABLE__KEY` environment variables override the configuration (between the file and the flags);
+/// a bad one stops `serve` with exit code 2 and the variable's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_variables_override_the_configuration() {
+    let data = tempfile::tempdir().unwrap();
+    let serve = |port: u16| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cicada"));
+        c.args(["serve", "--port", &port.to_string()])
+            .args(["--http-port", &common::free_port().to_string()])
+            .arg("--data-dir")
+            .arg(data.path())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    let bad = serve(common::free_port())
+        .env("CICADA_LIMITS__MAX_INFLIGHT", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "environment variable CICADA_LIMITS__MAX_INFLIGHT: key `limits.max_inflight`: must be at least 1"
+        ),
+        "{stderr}"
+    );
+
+    let port = common::free_port();
+    let mut child = tokio::process::Command::from(serve(port))
+        .env("CICADA_LIMITS__MAX_INFLIGHT", "7")
+        .env("CICADA_MQTT__RETAIN_AVAILABLE", "false")
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while !tokio::task::spawn_blocking(move || common::answers_connect(port))
+        .await
+        .unwrap()
+    {
+        assert!(child.try_wait().unwrap().is_none(), "serve exited early");
+        assert!(std::time::Instant::now() < deadline, "serve did not listen");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut raw = Raw::connect(([127, 0, 0, 1], port).into()).await;
+    let (_, _, props) = raw.handshake(connect("env", ProtocolVersion::V5)).await;
+    assert_eq!(
+        (props.receive_maximum, props.retain_available),
+        (Some(7), Some(false))
+    );
+    child.kill().await.unwrap();
+}

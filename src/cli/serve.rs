@@ -25,12 +25,19 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The validated configuration: file (or defaults), then flags.
+    /// The validated configuration: file (or defaults), then `CICADA_...` environment variables, then flags.
     pub fn load(&self) -> Result<Config, CliError> {
+        // vars_os: a variable that is not UTF-8 (none of ours can be) must not stop the broker.
+        let env: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
         let mut config = match &self.config {
-            Some(path) => Config::load(path).map_err(|e| CliError::usage(e.to_string()))?,
-            None => Config::default(),
-        };
+            Some(path) => Config::load_with_env(path, &env),
+            None => {
+                Config::parse_with_env(crate::config::DEFAULT_TOML, "<embedded cicada.toml>", &env)
+            }
+        }
+        .map_err(|e| CliError::usage(e.to_string()))?;
         config.apply(&Overrides {
             port: self.port,
             http_port: self.http_port,
