@@ -335,17 +335,29 @@ async fn persistent_sessions_and_their_subscriptions_survive_kill_9() {
     assert!(!ack.session_present, "a clean session is not restored");
 }
 
+/// An MQTT 5 CONNECT that resumes `id`'s persistent session (clean start 0, expiry one hour).
+fn resume(id: &str) -> cicada::protocol::Connect {
+    let mut c = common::broker::connect(id, ProtocolVersion::V5);
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(3600);
+    c
+}
+
+/// Waits until the store holds no inbox entry (`what` did not happen otherwise).
+async fn until_inbox_empty(http_port: u16, what: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while metric(http_port, "cicada_store_inbox_messages").await != 0.0 {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_received_qos2_message_gets_its_pubrel_again_after_kill_9_not_a_second_publish() {
     use cicada::protocol::{Packet, PubAck, ReasonCode};
     let mut broker = CicadaProcess::start("[mqtt]\nsys_interval = 0");
     let addr = ([127, 0, 0, 1], broker.port).into();
-    let login = || {
-        let mut c = common::broker::connect("exactly-once", ProtocolVersion::V5);
-        c.clean_start = false;
-        c.properties.session_expiry_interval = Some(3600);
-        c
-    };
+    let login = || resume("exactly-once");
     let mut raw = common::broker::Raw::connect(addr).await;
     raw.handshake(login()).await;
     assert_eq!(
@@ -375,11 +387,7 @@ async fn a_received_qos2_message_gets_its_pubrel_again_after_kill_9_not_a_second
         "PUBREL again with the same packet id [MQTT-4.4.0-1]"
     );
     raw.send(&Packet::PubComp(PubAck::new(m.pkid))).await;
-    let deadline = std::time::Instant::now() + WAIT;
-    while metric(broker.http_port, "cicada_store_inbox_messages").await != 0.0 {
-        assert!(std::time::Instant::now() < deadline, "PUBCOMP not applied");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_inbox_empty(broker.http_port, "PUBCOMP not applied").await;
 }
 
 /// Copies sent but not acknowledged when the broker died come again after the restart with the packet ids
@@ -392,9 +400,7 @@ async fn unacknowledged_copies_come_again_with_their_packet_ids_and_dup_after_ki
     let mut broker = CicadaProcess::start("[mqtt]\nsys_interval = 0");
     let addr = ([127, 0, 0, 1], broker.port).into();
     let login = || {
-        let mut c = common::broker::connect("dashboard", ProtocolVersion::V5);
-        c.clean_start = false;
-        c.properties.session_expiry_interval = Some(3600);
+        let mut c = resume("dashboard");
         c.properties.receive_maximum = Some(2);
         c
     };
@@ -472,14 +478,7 @@ async fn unacknowledged_copies_come_again_with_their_packet_ids_and_dup_after_ki
     raw.send(&Packet::PubRec(PubAck::new(m.pkid))).await;
     assert_eq!(raw.recv().await, Some(Packet::PubRel(PubAck::new(m.pkid))));
     raw.send(&Packet::PubComp(PubAck::new(m.pkid))).await;
-    let deadline = std::time::Instant::now() + WAIT;
-    while metric(broker.http_port, "cicada_store_inbox_messages").await != 0.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "acknowledgements not applied"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_inbox_empty(broker.http_port, "acknowledgements not applied").await;
 }
 
 /// Logs in a raw MQTT 5 client to `$share/workers/jobs/#` at QoS 1; persistent when `expiry` > 0.
@@ -527,11 +526,8 @@ async fn a_shared_copy_handed_to_a_clean_member_stays_stored_until_acknowledged(
         .unwrap();
     broker.kill9_and_restart();
 
-    let mut c = common::broker::connect("worker-a", ProtocolVersion::V5);
-    c.clean_start = false;
-    c.properties.session_expiry_interval = Some(3600);
     let mut a = common::broker::Raw::connect(addr).await;
-    let (_, session_present, _) = a.handshake(c).await;
+    let (_, session_present, _) = a.handshake(resume("worker-a")).await;
     assert!(session_present);
     let again = next_publish(&mut a).await;
     assert_eq!(
@@ -569,11 +565,8 @@ async fn a_shared_copy_handed_to_a_persistent_member_moves_to_its_inbox() {
         1.0,
         "one stored copy: the taker's"
     );
-    let mut c = common::broker::connect("worker-b", ProtocolVersion::V5);
-    c.clean_start = false;
-    c.properties.session_expiry_interval = Some(3600);
     let mut b = common::broker::Raw::connect(addr).await;
-    let (_, session_present, _) = b.handshake(c).await;
+    let (_, session_present, _) = b.handshake(resume("worker-b")).await;
     assert!(session_present);
     let again = next_publish(&mut b).await;
     assert_eq!((again.topic.as_str(), again.dup), ("jobs/1", true));

@@ -97,15 +97,7 @@ async fn serve_runs_on_the_embedded_defaults_with_port_flags() {
         .unwrap();
     let http = ([127, 0, 0, 1], http_port).into();
     // Up once it answers an MQTT CONNECT; the HTTP port is bound before any MQTT port.
-    let deadline = std::time::Instant::now() + common::WAIT;
-    while !tokio::task::spawn_blocking(move || common::answers_connect(port))
-        .await
-        .unwrap()
-    {
-        assert!(child.try_wait().unwrap().is_none(), "serve exited early");
-        assert!(std::time::Instant::now() < deadline, "serve did not listen");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_serving(&mut child, port).await;
     assert_eq!(
         http_request(http, "GET", "/health").await,
         (200, "ok\n".to_string())
@@ -209,6 +201,19 @@ async fn sys_topics_are_published_as_mosquitto_names_them() {
     }
 }
 
+/// Waits until a `serve` child answers an MQTT CONNECT on `port` (its HTTP port is bound before any MQTT port).
+async fn until_serving(child: &mut tokio::process::Child, port: u16) {
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while !tokio::task::spawn_blocking(move || common::answers_connect(port))
+        .await
+        .unwrap()
+    {
+        assert!(child.try_wait().unwrap().is_none(), "serve exited early");
+        assert!(std::time::Instant::now() < deadline, "serve did not listen");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A second broker on a data directory another one is using stops with an error that names the directory and
 /// says why (sled's lock), exit code 1, and the first broker carries on.
 #[test]
@@ -270,15 +275,7 @@ async fn environment_variables_override_the_configuration() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + common::WAIT;
-    while !tokio::task::spawn_blocking(move || common::answers_connect(port))
-        .await
-        .unwrap()
-    {
-        assert!(child.try_wait().unwrap().is_none(), "serve exited early");
-        assert!(std::time::Instant::now() < deadline, "serve did not listen");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_serving(&mut child, port).await;
     let mut raw = Raw::connect(([127, 0, 0, 1], port).into()).await;
     let (_, _, props) = raw.handshake(connect("env", ProtocolVersion::V5)).await;
     assert_eq!(

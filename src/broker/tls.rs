@@ -39,6 +39,17 @@ pub(crate) fn certs(p: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> 
     Ok(certs)
 }
 
+/// The CA certificates of a PEM file as a trust store. Shared with the client's TLS connector.
+pub(crate) fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in certs(ca)? {
+        roots
+            .add(c)
+            .map_err(|e| file_err(ca, format!("not a usable CA certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
 /// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub(crate) fn private_key(p: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(p)
@@ -55,13 +66,8 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let builder = match &cfg.ca {
         Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in certs(ca)? {
-                roots
-                    .add(c)
-                    .map_err(|e| file_err(ca, format!("not a usable CA certificate: {e}")))?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider);
             let verifier = if cfg.require_certificate {
                 verifier.build()
             } else {

@@ -48,13 +48,8 @@ impl TlsConnector {
     /// From PEM files: the CA certificates that may sign the broker's certificate and, for mutual TLS, the
     /// client's certificate chain and key. Errors name the file.
     pub fn from_files(ca: &Path, client: Option<(&Path, &Path)>) -> Result<TlsConnector, String> {
-        use crate::broker::tls::{certs, private_key};
-        let mut roots = rustls::RootCertStore::empty();
-        for c in certs(ca).map_err(|e| e.to_string())? {
-            roots
-                .add(c)
-                .map_err(|e| format!("{}: not a usable CA certificate: {e}", ca.display()))?;
-        }
+        use crate::broker::tls::{certs, private_key, roots};
+        let roots = roots(ca).map_err(|e| e.to_string())?;
         let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
