@@ -90,14 +90,13 @@ async fn the_memory_watermark_pauses_publishers_until_memory_is_released() {
         c.limits.max_queued_messages = 1_000_000;
     })
     .await;
-    // A persistent subscriber goes away: its queue grows until the watermark.
-    let opts = b
-        .options("hoarder", ProtocolVersion::V5)
-        .clean_start(false)
-        .session_expiry(600);
-    let (h, _he, _) = Client::connect(opts).await.unwrap();
-    h.subscribe("wm/#", QoS::AtLeastOnce).await.unwrap();
-    h.disconnect().await.unwrap();
+    // A subscriber that stops reading: its (volatile) queue grows until the watermark. A persistent session's
+    // QoS 1/2 copies would be in the store instead, not in memory.
+    let mut stalled = b.raw().await;
+    stalled
+        .handshake(connect("hoarder", ProtocolVersion::V5))
+        .await;
+    stalled.subscribe(1, "wm/#", QoS::AtLeastOnce).await;
     let (publisher, _pe) = b.client("wm-pub", ProtocolVersion::V5).await;
     let payload = Bytes::from(vec![0u8; 4096]);
     let pump = {

@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use cicada::client::Client;
+use cicada::client::{Client, ClientError};
 use cicada::protocol::{Disconnect, Packet, ProtocolVersion, QoS, ReasonCode};
 use common::broker::{connect, TestBroker};
 use common::next_message;
@@ -125,7 +125,7 @@ async fn mqtt_3_14_2_2_session_expiry_changed_at_disconnect() {
 }
 
 #[tokio::test]
-async fn offline_queue_is_bounded_and_drops_are_counted() {
+async fn offline_queue_is_a_stored_quota_and_publishers_are_told_when_it_is_full() {
     let b = TestBroker::with(|c| c.limits.max_queued_messages = 10).await;
     let opts = b
         .options("bounded", ProtocolVersion::V5)
@@ -136,14 +136,23 @@ async fn offline_queue_is_bounded_and_drops_are_counted() {
     c.disconnect().await.unwrap();
     let (p, _pe) = b.client("flooder", ProtocolVersion::V5).await;
     for i in 0..25 {
-        p.publish("flood", QoS::AtLeastOnce, false, format!("{i}"))
-            .await
-            .unwrap();
+        let r = p
+            .publish("flood", QoS::AtLeastOnce, false, format!("{i}"))
+            .await;
+        if i < 10 {
+            assert_eq!(r.unwrap(), ReasonCode::SUCCESS);
+        } else {
+            // The only matching session's quota is full: refused, not acknowledged and dropped.
+            assert!(
+                matches!(r, Err(ClientError::Rejected(ReasonCode::QUOTA_EXCEEDED))),
+                "{i}: {r:?}"
+            );
+        }
     }
-    // The drops are visible before the subscriber returns.
+    // The refusals are counted before the subscriber returns.
     let (_, metrics) = b.http_get("/metrics").await;
     assert!(
-        metrics.contains("cicada_messages_dropped_total{reason=\"queue_full\"} 15"),
+        metrics.contains("cicada_messages_dropped_total{reason=\"quota_exceeded\"} 15"),
         "{metrics}"
     );
     let (_c, mut events, _) = Client::connect(opts).await.unwrap();
@@ -159,7 +168,7 @@ async fn offline_queue_is_bounded_and_drops_are_counted() {
     assert_eq!(
         next_message(&mut events, "live").await.payload,
         Bytes::from("after"),
-        "exactly the bound was kept"
+        "exactly the acknowledged ones were kept"
     );
 }
 

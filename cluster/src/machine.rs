@@ -57,6 +57,17 @@ impl View {
             .map(|r| r.map(|(k, v)| (k[1..].to_vec(), v)))
     }
 
+    /// Keys and values in `[from, to)`, in key order, from either end.
+    pub fn range(
+        &self,
+        from: &[u8],
+        to: &[u8],
+    ) -> impl DoubleEndedIterator<Item = Result<(Vec<u8>, sled::IVec), sled::Error>> {
+        self.tree
+            .range(user_key(from)..user_key(to))
+            .map(|r| r.map(|(k, v)| (k[1..].to_vec(), v)))
+    }
+
     /// The index of the last applied entry (0 for a new store).
     pub fn applied(&self) -> Result<u64, sled::Error> {
         Ok(match self.tree.get(APPLIED)? {

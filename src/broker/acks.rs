@@ -5,10 +5,11 @@
 
 use super::conn::ConnHandle;
 use super::metrics::Metrics;
-use super::ticket::AckWait;
+use super::ticket::{AckOutcome, AckWait};
 use crate::protocol::{Packet, ReasonCode};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::mpsc;
 
@@ -20,15 +21,22 @@ pub struct AckQueue {
     /// Acknowledgements queued and not yet handed to the writer.
     waiting: Arc<AtomicUsize>,
     tx: Option<mpsc::UnboundedSender<Queued>>,
+    /// The connection's inbound QoS 2 ids: one refused with 0x97 is free again (no PUBREL follows).
+    inbound_qos2: Arc<Mutex<HashSet<u16>>>,
 }
 
 impl AckQueue {
-    pub fn new(handle: ConnHandle, metrics: Arc<Metrics>) -> AckQueue {
+    pub fn new(
+        handle: ConnHandle,
+        metrics: Arc<Metrics>,
+        inbound_qos2: Arc<Mutex<HashSet<u16>>>,
+    ) -> AckQueue {
         AckQueue {
             handle,
             metrics,
             waiting: Arc::new(AtomicUsize::new(0)),
             tx: None,
+            inbound_qos2,
         }
     }
 
@@ -39,12 +47,15 @@ impl AckQueue {
             return;
         }
         let tx = self.tx.get_or_insert_with(|| {
+            // Unbounded in type only: the reader queues one entry per QoS 1/2 PUBLISH it admitted, and admits
+            // at most Receive Maximum of them before their acknowledgements leave.
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(drain(
                 rx,
                 self.handle.clone(),
                 self.metrics.clone(),
                 self.waiting.clone(),
+                self.inbound_qos2.clone(),
             ));
             tx
         });
@@ -57,32 +68,50 @@ impl AckQueue {
 
 /// Hands acknowledgements to the writer in order. A copy that could not be committed closes the connection
 /// instead (0x80): the client resends what was not acknowledged, and nothing is acknowledged that a crash
-/// could lose.
+/// could lose. A message every matching session refused for its quota gets 0x97 (MQTT 5; before v5 there is
+/// no way to say it, and the acknowledgement goes as usual, as Mosquitto does).
 async fn drain(
     mut rx: mpsc::UnboundedReceiver<Queued>,
     handle: ConnHandle,
     metrics: Arc<Metrics>,
     waiting: Arc<AtomicUsize>,
+    inbound_qos2: Arc<Mutex<HashSet<u16>>>,
 ) {
-    while let Some((ack, wait)) = rx.recv().await {
-        let committed = match wait {
+    while let Some((mut ack, wait)) = rx.recv().await {
+        let outcome = match wait {
             Some(w) => {
                 let started = Instant::now();
-                let ok = w.await.unwrap_or(false);
+                let outcome = w.await.unwrap_or(AckOutcome::Failed);
                 metrics.ack_hold.observe(started.elapsed().as_secs_f64());
-                ok
+                outcome
             }
-            None => true,
+            None => AckOutcome::Stored,
         };
-        if !committed {
-            tracing::warn!(
-                "a persistent session's copy was not stored: closing the publisher's connection"
-            );
-            handle.close_with(
-                ReasonCode::UNSPECIFIED_ERROR,
-                Some("the store could not commit the message".into()),
-            );
-            return;
+        match outcome {
+            AckOutcome::Stored => {}
+            AckOutcome::QuotaExceeded if handle.version.is_v5() => match &mut ack {
+                Packet::PubAck(a) => a.reason = ReasonCode::QUOTA_EXCEEDED,
+                Packet::PubRec(a) => {
+                    a.reason = ReasonCode::QUOTA_EXCEEDED;
+                    // [MQTT-4.3.3-4]: after a PUBREC with an error the exchange is over; the id is free.
+                    inbound_qos2
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&a.pkid);
+                }
+                _ => {}
+            },
+            AckOutcome::QuotaExceeded => {}
+            AckOutcome::Failed => {
+                tracing::warn!(
+                    "a persistent session's copy was not stored: closing the publisher's connection"
+                );
+                handle.close_with(
+                    ReasonCode::UNSPECIFIED_ERROR,
+                    Some("the store could not commit the message".into()),
+                );
+                return;
+            }
         }
         handle.packet(ack);
         waiting.fetch_sub(1, Ordering::AcqRel);

@@ -26,7 +26,7 @@ use ractor::ActorRef;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
@@ -481,13 +481,14 @@ async fn run<R, W>(
         keep_alive = a.keep_alive,
         "client connected"
     );
+    let inbound_qos2 = Arc::new(Mutex::new(inbound_qos2));
     let mut reader = Reader {
         ctx: ctx.clone(),
         session: session.clone(),
         session_id: id,
         conn_id,
         handle: handle.clone(),
-        inbound_qos2,
+        inbound_qos2: inbound_qos2.clone(),
         aliases: HashMap::new(),
         credit: Arc::new(Semaphore::new(ctx.config.limits.inbound_credit)),
         connect_expiry: a.expiry,
@@ -497,7 +498,7 @@ async fn run<R, W>(
         client_id: a.client_id.clone(),
         message_rate: ratelimit::bucket(ctx.config.limits.client_messages_per_sec, Instant::now()),
         byte_rate: ratelimit::bucket(ctx.config.limits.client_bytes_per_sec, Instant::now()),
-        acks: AckQueue::new(handle.clone(), ctx.metrics.clone()),
+        acks: AckQueue::new(handle.clone(), ctx.metrics.clone(), inbound_qos2),
     };
     let keep_alive = a.keep_alive;
     // The token's expiry as a timer: the connection ends then with 0x87 [issue: JWT].
@@ -539,7 +540,7 @@ async fn run<R, W>(
         conn: conn_id,
         publish_will,
         expiry,
-        inbound_qos2: std::mem::take(&mut reader.inbound_qos2),
+        inbound_qos2: std::mem::take(&mut *reader.qos2()),
     })));
     ctx.connections.fetch_sub(1, Ordering::AcqRel);
     ctx.metrics.connections.dec();
@@ -584,8 +585,9 @@ struct Reader {
     session_id: SessionId,
     conn_id: u64,
     handle: ConnHandle,
-    /// QoS 2 ids received and not yet released (PUBREL): a re-sent PUBLISH is not routed twice.
-    inbound_qos2: HashSet<u16>,
+    /// QoS 2 ids received and not yet released (PUBREL): a re-sent PUBLISH is not routed twice. Shared with
+    /// the acknowledgement queue, which frees an id refused with 0x97.
+    inbound_qos2: Arc<Mutex<HashSet<u16>>>,
     /// Topic aliases the client set (v5).
     aliases: HashMap<u16, String>,
     /// Messages of this connection still in the router; reads pause when none is left.
@@ -667,12 +669,16 @@ impl Reader {
         }
     }
 
+    fn qos2(&self) -> std::sync::MutexGuard<'_, HashSet<u16>> {
+        self.inbound_qos2.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     async fn handle_packet(&mut self, packet: Packet) -> Option<End> {
         match packet {
             Packet::Publish(p) => return self.publish(p).await,
             Packet::PubRel(r) => {
                 let mut comp = PubAck::new(r.pkid);
-                if !self.inbound_qos2.remove(&r.pkid) {
+                if !self.qos2().remove(&r.pkid) {
                     comp.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
                 }
                 self.handle.packet(Packet::PubComp(comp));
@@ -811,10 +817,11 @@ impl Reader {
         let mut route = true;
         let mut wait = None;
         if qos == QoS::ExactlyOnce {
-            if self.inbound_qos2.contains(&pkid) {
+            let held = self.qos2();
+            if held.contains(&pkid) {
                 // A re-sent QoS 2 PUBLISH before PUBREL: acknowledged, not delivered twice [MQTT-4.3.3-10].
                 route = false;
-            } else if self.inbound_qos2.len() >= usize::from(cfg.limits.max_inflight) {
+            } else if held.len() >= usize::from(cfg.limits.max_inflight) {
                 return Some(End::Error(
                     ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
                     "too many QoS 2 messages in flight [MQTT-3.3.4-7]".into(),
@@ -870,7 +877,7 @@ impl Reader {
                 return Some(End::ClosedByServer);
             };
             if qos == QoS::ExactlyOnce {
-                self.inbound_qos2.insert(pkid);
+                self.qos2().insert(pkid);
             }
             let message = Arc::new(Message::from_publish(
                 p,
@@ -888,6 +895,10 @@ impl Reader {
                 gate
             });
             if message.retain {
+                if let Some(g) = &gate {
+                    // The retained store is one more place the message goes, and it never refuses it.
+                    g.add_copies(1);
+                }
                 if let Some(store) = &ctx.store {
                     // Queued now, so retained changes from this connection commit in publish order.
                     ctx.commit_retained(store, &message, gate.clone());

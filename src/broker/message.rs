@@ -73,24 +73,17 @@ pub struct Delivery {
     pub sub_ids: Vec<u32>,
     /// `group/filter` when it came through a shared subscription, so it can be handed to another member.
     pub shared: Option<Arc<str>>,
-    /// Its sequence number in the session's inbox in the store, when the copy is durable (a persistent
-    /// session's QoS 1/2 message): removed from there once it leaves the session.
-    pub durable: Option<u64>,
-    /// The stored copy this one was handed over from (shared subscriptions), while that copy is its only
-    /// safe place.
-    pub origin: Option<Arc<Origin>>,
+    /// Where the copy sits in the session's inbox in the store, when it is durable (a persistent session's
+    /// QoS 1/2 message): removed from there once it leaves the session.
+    pub durable: Option<InboxRef>,
 }
 
-/// The inbox entry of a persistent session that left a shared group with a copy it had not received.
-///
-/// The entry stays in the store until the copy is safe elsewhere: committed to the taker's own inbox (the
-/// removal is proposed after the append, and proposals commit in order), or acknowledged by a taker that has
-/// no inbox. A crash in between brings the copy back to the member that left, never loses it.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Origin {
-    pub client_id: String,
-    pub incarnation: u64,
+/// A durable copy's place in its session's stored inbox, and the size it counts against the session's quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxRef {
     pub seq: u64,
+    /// Bytes of its stored record (what `max_queued_bytes` counts for a persistent session).
+    pub size: u64,
 }
 
 impl Delivery {
@@ -148,7 +141,6 @@ mod tests {
             sub_ids: vec![4],
             shared: None,
             durable: None,
-            origin: None,
         };
         let out = d.to_publish(0, false, t0 + Duration::from_secs(4)).unwrap();
         assert_eq!(out.properties.message_expiry_interval, Some(6));

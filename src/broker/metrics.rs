@@ -94,7 +94,7 @@ impl Metrics {
         ] {
             m.dropped.with_label_values(&[reason]);
         }
-        for op in ["appended", "removed", "restored", "failed"] {
+        for op in ["appended", "removed", "paged", "failed"] {
             m.inbox.with_label_values(&[op]);
         }
         for cause in ["credit", "memory_watermark"] {
@@ -139,7 +139,7 @@ impl Metrics {
         let inbox = counter_vec(
             &r,
             "cicada_inbox_messages_total",
-            "QoS 1/2 copies for persistent sessions in the store: appended, removed (acknowledged or gone), restored at start, failed to append.",
+            "QoS 1/2 copies for persistent sessions in the store: appended, removed (acknowledged or gone), paged (read back from the store into memory), failed to append (or ignored by the store).",
             &["op"],
         );
         Metrics {

@@ -72,7 +72,7 @@ impl Actor for Registry {
                     id,
                     restored: Some(Restored {
                         incarnation: rec.incarnation,
-                        inbox: store.inbox(&client_id, rec.incarnation),
+                        inbox: store.inbox_summary(&client_id, rec.incarnation),
                         expiry: rec.expiry,
                         remaining,
                         subscriptions: rec.subscriptions,

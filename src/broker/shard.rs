@@ -185,7 +185,6 @@ impl ShardState {
                             sub_ids: Vec::new(),
                             shared: None,
                             durable: None,
-                            origin: None,
                         },
                     )
                 });
@@ -205,6 +204,10 @@ impl ShardState {
             self.pick_shared(&message, &filter, &mut shared);
         }
         let copies = targets.len() + shared.len();
+        if let Some(gate) = &ticket.gate {
+            // Counted before any session can refuse its copy (quota): all refusing means 0x97.
+            gate.add_copies(copies);
+        }
         if copies == 0 && !message.topic.starts_with("$SYS") {
             self.ctx
                 .metrics
@@ -240,7 +243,6 @@ impl ShardState {
                     sub_ids: sub.sub_id.into_iter().collect(),
                     shared: Some(format!("$share/{group_name}/{filter}").into()),
                     durable: None,
-                    origin: None,
                 },
             ));
         }
@@ -279,10 +281,6 @@ impl ShardState {
                     .dropped
                     .with_label_values(&["no_group_member"])
                     .inc();
-                // Dropped, as counted: its stored entry goes too.
-                if let (Some(origin), Some(store)) = (&delivery.origin, &self.ctx.store) {
-                    store.release_origin(origin);
-                }
             }
         }
     }

@@ -4,20 +4,35 @@
 //! Both are reference counted: whoever still needs the publisher to wait holds a clone, and the last drop
 //! releases it. No one has to count copies or send "done" messages.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
+
+/// What the publisher's acknowledgement says once every holder of the gate let go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// Everything that had to be committed is (or nothing had to be).
+    Stored,
+    /// Every session the message matched refused it: each one's stored quota is full (MQTT 5: 0x97).
+    QuotaExceeded,
+    /// A commit failed or the store ignored it: no success acknowledgement (the connection is closed, 0x80).
+    Failed,
+}
 
 /// Held while a persistent session's copy of a message is not yet committed; the publisher's PUBACK/PUBREC
 /// goes out when the last holder drops it.
 #[derive(Debug)]
 pub struct AckGate {
-    done: Option<oneshot::Sender<bool>>,
+    done: Option<oneshot::Sender<AckOutcome>>,
     failed: AtomicBool,
+    /// Places the message went to (sessions, and the retained store), and how many of them refused it
+    /// because a stored quota is full.
+    copies: AtomicUsize,
+    refused: AtomicUsize,
 }
 
-/// The publisher's side of an [`AckGate`]: resolves to `true` when every holder succeeded.
-pub type AckWait = oneshot::Receiver<bool>;
+/// The publisher's side of an [`AckGate`].
+pub type AckWait = oneshot::Receiver<AckOutcome>;
 
 impl AckGate {
     pub fn new() -> (Arc<AckGate>, AckWait) {
@@ -25,6 +40,8 @@ impl AckGate {
         let gate = AckGate {
             done: Some(tx),
             failed: AtomicBool::new(false),
+            copies: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
         };
         (Arc::new(gate), rx)
     }
@@ -33,12 +50,33 @@ impl AckGate {
     pub fn fail(&self) {
         self.failed.store(true, Ordering::Release);
     }
+
+    /// The message goes to `n` more places (counted before any of them can refuse it).
+    pub fn add_copies(&self, n: usize) {
+        self.copies.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// One place refused the message: its stored quota is full.
+    pub fn refuse_quota(&self) {
+        self.refused.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn outcome(&self) -> AckOutcome {
+        let copies = self.copies.load(Ordering::Acquire);
+        if self.failed.load(Ordering::Acquire) {
+            AckOutcome::Failed
+        } else if copies > 0 && self.refused.load(Ordering::Acquire) >= copies {
+            AckOutcome::QuotaExceeded
+        } else {
+            AckOutcome::Stored
+        }
+    }
 }
 
 impl Drop for AckGate {
     fn drop(&mut self) {
         if let Some(tx) = self.done.take() {
-            let _ = tx.send(!self.failed.load(Ordering::Acquire));
+            let _ = tx.send(self.outcome());
         }
     }
 }
@@ -55,19 +93,31 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_gate_opens_when_the_last_holder_drops_and_reports_failures() {
+    async fn the_gate_opens_when_the_last_holder_drops_and_reports_failures_and_full_quotas() {
         let (gate, wait) = AckGate::new();
         let copy = gate.clone();
         drop(gate);
         let mut wait = wait;
         assert!(wait.try_recv().is_err(), "a holder remains");
         drop(copy);
-        assert_eq!(wait.await, Ok(true));
+        assert_eq!(wait.await, Ok(AckOutcome::Stored));
 
         let (gate, wait) = AckGate::new();
         let copy = gate.clone();
         copy.fail();
         drop((gate, copy));
-        assert_eq!(wait.await, Ok(false));
+        assert_eq!(wait.await, Ok(AckOutcome::Failed));
+
+        // Refused by one of two matching sessions: the other has it, so the publisher is told success.
+        let (gate, wait) = AckGate::new();
+        gate.add_copies(2);
+        gate.refuse_quota();
+        drop(gate);
+        assert_eq!(wait.await, Ok(AckOutcome::Stored));
+        let (gate, wait) = AckGate::new();
+        gate.add_copies(1);
+        gate.refuse_quota();
+        drop(gate);
+        assert_eq!(wait.await, Ok(AckOutcome::QuotaExceeded));
     }
 }

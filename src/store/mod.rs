@@ -8,11 +8,12 @@
 //! Persistent sessions are stored under `s/{client id}` (version, then [`SessionRecord`]), and the QoS 1/2
 //! messages waiting for them (queued or not yet acknowledged by the client) under
 //! `i/{client id}\0{incarnation}{seq}`: the session's inbox. An incarnation is one life of a session (a clean
-//! start begins another), so appends of a replaced session can never leak into its successor.
+//! start begins another), so appends of a replaced session can never leak into its successor. `c/{client id}`
+//! counts the inbox (incarnation, messages, bytes), kept by apply, so a session restored at start knows its
+//! backlog and quota without reading it: the inbox itself is read in pages as the client takes it.
 
-use crate::broker::message::{Delivery, Message, Origin};
+use crate::broker::message::{Delivery, InboxRef, Message};
 use crate::broker::retained::{MemoryRetained, RetainedStore};
-use crate::broker::ticket::AckGate;
 use crate::protocol::{
     self, Packet, ProtocolVersion, Publish, QoS, RetainHandling, SubscriptionOptions,
 };
@@ -34,6 +35,10 @@ const RELEASED: u8 = 0xFE;
 const RETAINED_PREFIX: &[u8] = b"r/";
 const SESSION_PREFIX: &[u8] = b"s/";
 const INBOX_PREFIX: &[u8] = b"i/";
+const COUNTER_PREFIX: &[u8] = b"c/";
+/// What apply answers: the command changed the state, or it was ignored (stale incarnation, no session).
+pub const APPLIED: &[u8] = &[1];
+pub const IGNORED: &[u8] = &[0];
 
 /// A change to durable broker state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -347,12 +352,14 @@ pub fn decode_delivery(b: &[u8], seq: u64) -> Option<Delivery> {
         retain,
         sub_ids,
         shared: (!shared.is_empty()).then(|| shared.into()),
-        durable: Some(seq),
-        origin: None,
+        durable: Some(InboxRef {
+            seq,
+            size: b.len() as u64,
+        }),
     })
 }
 
-/// One inbox entry as read back at start.
+/// One inbox entry as read back from the store.
 #[derive(Debug, Clone)]
 pub struct StoredCopy {
     pub seq: u64,
@@ -360,6 +367,25 @@ pub struct StoredCopy {
     pub released: Option<u16>,
     /// `None` when the message expired (and was not yet received) or the record does not decode.
     pub delivery: Option<Delivery>,
+    /// Bytes it counts against the session's quota (its record as appended).
+    pub size: u64,
+}
+
+/// What a session's stored inbox holds, read without reading the inbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InboxSummary {
+    pub count: u64,
+    pub bytes: u64,
+    /// The highest seq stored (0 when empty): the session goes on after it.
+    pub last_seq: u64,
+}
+
+/// Bytes a stored inbox value counts for: the record as appended (a released QoS 2 copy carries 3 more).
+fn stored_weight(v: &[u8]) -> u64 {
+    match v {
+        [RELEASED, _, _, rest @ ..] => rest.len() as u64,
+        _ => v.len() as u64,
+    }
 }
 
 impl StoredCopy {
@@ -371,12 +397,14 @@ impl StoredCopy {
                     seq,
                     released: Some(u16::from_be_bytes([*hi, *lo])),
                     delivery,
+                    size: stored_weight(v),
                 }
             }
             _ => StoredCopy {
                 seq,
                 released: None,
                 delivery: decode_delivery(v, seq),
+                size: stored_weight(v),
             },
         }
     }
@@ -491,6 +519,37 @@ fn inbox_key(client_id: &str, incarnation: u64, seq: u64) -> Vec<u8> {
     k
 }
 
+fn counter_key(client_id: &str) -> Vec<u8> {
+    let mut k = COUNTER_PREFIX.to_vec();
+    k.extend_from_slice(client_id.as_bytes());
+    k
+}
+
+/// (incarnation, messages, bytes) of a client's inbox counter.
+fn parse_counter(v: &[u8]) -> Option<(u64, u64, u64)> {
+    let n = |i: usize| Some(u64::from_be_bytes(v.get(i..i + 8)?.try_into().ok()?));
+    Some((n(0)?, n(8)?, n(16)?))
+}
+
+/// Adds to the inbox counter of `incarnation` (another incarnation's counter starts over).
+fn count_inbox(txn: &mut Txn<'_>, client_id: &str, incarnation: u64, messages: i64, bytes: i64) {
+    let key = counter_key(client_id);
+    let (c, b) = match txn
+        .get(&key)
+        .ok()
+        .flatten()
+        .as_deref()
+        .and_then(parse_counter)
+    {
+        Some((inc, c, b)) if inc == incarnation => (c, b),
+        _ => (0, 0),
+    };
+    let mut v = incarnation.to_be_bytes().to_vec();
+    v.extend_from_slice(&c.saturating_add_signed(messages).to_be_bytes());
+    v.extend_from_slice(&b.saturating_add_signed(bytes).to_be_bytes());
+    txn.insert(&key, &v);
+}
+
 /// The incarnation of the live session stored under `key` (a tombstone has none).
 fn stored_incarnation(txn: &Txn<'_>, key: &[u8]) -> Option<u64> {
     match txn.get(key) {
@@ -516,6 +575,9 @@ fn drop_inbox(txn: &mut Txn<'_>, client_id: &str, keep: Option<u64>) -> i64 {
             removed += 1;
         }
     }
+    if keep.is_none() {
+        txn.remove(&counter_key(client_id));
+    }
     removed
 }
 
@@ -535,13 +597,18 @@ impl BrokerMachine {
                 tracing::debug!(key = %String::from_utf8_lossy(&k), "stored retained message expired or unreadable");
             }
         }
-        self.inbox
-            .set(view.scan_prefix(INBOX_PREFIX).count() as i64);
+        let stored: u64 = view
+            .scan_prefix(COUNTER_PREFIX)
+            .flatten()
+            .filter_map(|(_, v)| parse_counter(&v).map(|(_, c, _)| c))
+            .sum();
+        self.inbox.set(stored as i64);
     }
 }
 
 impl StateMachine for BrokerMachine {
     fn apply(&mut self, txn: &mut Txn<'_>, command: &[u8]) -> Vec<u8> {
+        let mut outcome = APPLIED;
         match Command::decode(command) {
             Some(Command::SetRetained { topic, record }) => {
                 txn.insert(&retained_key(&topic), &record);
@@ -589,7 +656,10 @@ impl StateMachine for BrokerMachine {
             }) => {
                 if stored_incarnation(txn, &session_key(&client_id)) == Some(incarnation) {
                     txn.insert(&inbox_key(&client_id, incarnation, seq), &record);
+                    count_inbox(txn, &client_id, incarnation, 1, record.len() as i64);
                     self.inbox.inc();
+                } else {
+                    outcome = IGNORED;
                 }
             }
             Some(Command::InboxRelease {
@@ -599,13 +669,16 @@ impl StateMachine for BrokerMachine {
                 pkid,
             }) => {
                 let key = inbox_key(&client_id, incarnation, seq);
-                if let Ok(Some(v)) = txn.get(&key) {
-                    if v.first() != Some(&RELEASED) {
-                        let mut released = vec![RELEASED];
-                        released.extend_from_slice(&pkid.to_be_bytes());
-                        released.extend_from_slice(&v);
-                        txn.insert(&key, &released);
+                match txn.get(&key) {
+                    Ok(Some(v)) => {
+                        if v.first() != Some(&RELEASED) {
+                            let mut released = vec![RELEASED];
+                            released.extend_from_slice(&pkid.to_be_bytes());
+                            released.extend_from_slice(&v);
+                            txn.insert(&key, &released);
+                        }
                     }
+                    _ => outcome = IGNORED,
                 }
             }
             Some(Command::InboxAck {
@@ -613,17 +686,26 @@ impl StateMachine for BrokerMachine {
                 incarnation,
                 seqs,
             }) => {
+                let (mut messages, mut bytes) = (0, 0);
                 for seq in seqs {
                     let key = inbox_key(&client_id, incarnation, seq);
-                    if matches!(txn.get(&key), Ok(Some(_))) {
+                    if let Ok(Some(v)) = txn.get(&key) {
                         txn.remove(&key);
-                        self.inbox.dec();
+                        messages += 1;
+                        bytes += stored_weight(&v) as i64;
                     }
                 }
+                if messages > 0 {
+                    count_inbox(txn, &client_id, incarnation, -messages, -bytes);
+                    self.inbox.sub(messages);
+                }
             }
-            None => tracing::error!("undecodable store command skipped"),
+            None => {
+                tracing::error!("undecodable store command skipped");
+                outcome = IGNORED;
+            }
         }
-        Vec::new()
+        outcome.to_vec()
     }
 
     fn restored(&mut self, view: &View) {
@@ -707,17 +789,16 @@ impl Store {
         });
     }
 
-    /// Appends a persistent session's copy of a message (`record`: [`encode_delivery`]) to its inbox. `gate` (the publisher's acknowledgement)
-    /// is held until the append is committed, and failed when it is not.
+    /// Appends a persistent session's copy of a message (`record`: [`encode_delivery`]) to its inbox. The command
+    /// is queued at once (a session's commands commit in call order); the future says whether it committed and
+    /// applied (`false`: the store ignored it, the session's incarnation being no longer the stored one).
     pub fn inbox_append(
         &self,
         client_id: &str,
         incarnation: u64,
         seq: u64,
         record: Vec<u8>,
-        gate: Option<Arc<AckGate>>,
-        failures: prometheus::IntCounter,
-    ) {
+    ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
         let commit = self.cluster.submit(
             Command::InboxAppend {
                 client_id: client_id.to_string(),
@@ -727,26 +808,28 @@ impl Store {
             }
             .encode(),
         );
-        tokio::spawn(async move {
-            if let Err(e) = commit.await {
-                failures.inc();
-                tracing::warn!(error = %e, "message for a persistent session not stored");
-                if let Some(g) = &gate {
-                    g.fail();
-                }
-            }
-            drop(gate);
-        });
+        async move { commit.await.map(|r| r == APPLIED) }
     }
 
-    /// Marks a QoS 2 copy as received by the client with packet id `pkid` (ordered after its append).
-    pub fn inbox_release(&self, client_id: &str, incarnation: u64, seq: u64, pkid: u16) {
-        self.spawn_propose(Command::InboxRelease {
-            client_id: client_id.to_string(),
-            incarnation,
-            seq,
-            pkid,
-        });
+    /// Marks a QoS 2 copy as received by the client with packet id `pkid` (ordered after its append); the
+    /// future says whether the mark is committed (its PUBREL may go).
+    pub fn inbox_release(
+        &self,
+        client_id: &str,
+        incarnation: u64,
+        seq: u64,
+        pkid: u16,
+    ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
+        let commit = self.cluster.submit(
+            Command::InboxRelease {
+                client_id: client_id.to_string(),
+                incarnation,
+                seq,
+                pkid,
+            }
+            .encode(),
+        );
+        async move { commit.await.map(|r| r == APPLIED) }
     }
 
     /// Removes messages that left a session from its inbox (ordered after their appends).
@@ -758,24 +841,59 @@ impl Store {
         });
     }
 
-    /// Removes a handed-over copy's entry from the inbox it came from (see [`Origin`]).
-    pub fn release_origin(&self, origin: &Origin) {
-        self.inbox_ack(&origin.client_id, origin.incarnation, vec![origin.seq]);
+    /// How many messages a session's inbox holds, their bytes and the last seq, without reading them.
+    pub fn inbox_summary(&self, client_id: &str, incarnation: u64) -> InboxSummary {
+        let view = self.cluster.view();
+        let (count, bytes) = match view.get(&counter_key(client_id)).ok().flatten() {
+            Some(v) => match parse_counter(&v) {
+                Some((inc, c, b)) if inc == incarnation => (c, b),
+                _ => (0, 0),
+            },
+            None => (0, 0),
+        };
+        let last_seq = view
+            .range(
+                &inbox_key(client_id, incarnation, 0),
+                &inbox_key(client_id, incarnation, u64::MAX),
+            )
+            .next_back()
+            .and_then(|r| r.ok())
+            .and_then(|(k, _)| Some(u64::from_be_bytes(k.get(k.len() - 8..)?.try_into().ok()?)))
+            .unwrap_or(0);
+        InboxSummary {
+            count,
+            bytes,
+            last_seq,
+        }
     }
 
-    /// A stored session's inbox, in the order the messages arrived.
-    pub fn inbox(&self, client_id: &str, incarnation: u64) -> Vec<StoredCopy> {
-        let mut prefix = inbox_prefix(client_id);
-        prefix.extend_from_slice(&incarnation.to_be_bytes());
-        self.cluster
-            .view()
-            .scan_prefix(&prefix)
-            .flatten()
-            .filter_map(|(k, v)| {
-                let seq = u64::from_be_bytes(k.get(prefix.len()..)?.try_into().ok()?);
-                Some(StoredCopy::decode(seq, &v))
-            })
-            .collect()
+    /// A page of a session's inbox: entries with `after < seq <= upto`, in order, at most `max` of them and
+    /// stopping after the first that reaches `max_bytes`. The flag says whether the page reached `upto`.
+    pub fn inbox_page(
+        &self,
+        client_id: &str,
+        incarnation: u64,
+        page: crate::broker::session::inbox::Page,
+    ) -> (Vec<StoredCopy>, bool) {
+        let from = inbox_key(client_id, incarnation, page.after.saturating_add(1));
+        let to = inbox_key(client_id, incarnation, page.upto.saturating_add(1));
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (k, v) in self.cluster.view().range(&from, &to).flatten() {
+            if out.len() >= page.max || bytes >= page.max_bytes {
+                return (out, false);
+            }
+            let Some(seq) = k
+                .get(k.len().saturating_sub(8)..)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+            else {
+                continue;
+            };
+            bytes += v.len();
+            out.push(StoredCopy::decode(seq, &v));
+        }
+        (out, true)
     }
 
     /// Proposes in the background, in call order (see [`Cluster::submit`]).
@@ -872,8 +990,7 @@ mod tests {
             retain: false,
             sub_ids: vec![3, 4],
             shared: None,
-            durable: Some(seq),
-            origin: None,
+            durable: Some(InboxRef { seq, size: 0 }),
         }
     }
 
@@ -886,44 +1003,73 @@ mod tests {
         }
     }
 
-    /// Appends `d` (its seq is `d.durable`) to client "dev"'s inbox, as a session does.
-    fn append(store: &Store, incarnation: u64, d: &Delivery, failed: &prometheus::IntCounter) {
-        let seq = d.durable.unwrap();
-        let record = encode_delivery(d);
-        store.inbox_append("dev", incarnation, seq, record, None, failed.clone());
+    /// Appends `d` (its seq is `d.durable`) to client "dev"'s inbox, as a session does; whether it applied.
+    async fn append(store: &Store, incarnation: u64, d: &Delivery) -> bool {
+        let seq = d.durable.unwrap().seq;
+        store
+            .inbox_append("dev", incarnation, seq, encode_delivery(d))
+            .await
+            .unwrap()
     }
 
-    /// Waits until every proposal made so far is applied (the inbox calls are fire-and-forget).
+    /// Waits until every proposal made so far is applied (acks are fire-and-forget).
     async fn settle(store: &Store) {
         // Proposals commit in submission order: once this one is applied, so are the earlier ones.
         store.retain(&retained_msg("settle", b"")).await.unwrap();
     }
 
+    fn all(store: &Store, incarnation: u64) -> Vec<StoredCopy> {
+        let page = crate::broker::session::inbox::Page {
+            after: 0,
+            upto: u64::MAX - 1,
+            max: usize::MAX,
+            max_bytes: usize::MAX,
+        };
+        let (copies, complete) = store.inbox_page("dev", incarnation, page);
+        assert!(complete);
+        copies
+    }
+
     #[tokio::test]
-    async fn inboxes_follow_their_session_incarnation_and_survive_a_restart() {
+    async fn inboxes_follow_their_session_incarnation_count_themselves_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let fsync = cicada_cluster::Fsync::Always;
         let store = Store::open(dir.path(), fsync, 64 << 20, &prometheus::Registry::new())
             .await
             .unwrap();
-        let failed = prometheus::IntCounter::new("f", "f").unwrap();
         store.put_session("dev", 1, &record(10));
+        settle(&store).await;
+        let mut size = 0;
         for seq in 1..=3 {
             let d = delivery(&format!("cmd/{seq}"), b"x", seq);
-            append(&store, 10, &d, &failed);
+            size = encode_delivery(&d).len() as u64;
+            assert!(append(&store, 10, &d).await);
         }
-        // Another incarnation's append (a replaced session) is ignored.
-        append(&store, 11, &delivery("cmd/old", b"x", 1), &failed);
+        // Another incarnation's append (a replaced session) is ignored, and the proposer learns it.
+        assert!(!append(&store, 11, &delivery("cmd/old", b"x", 1)).await);
         store.inbox_ack("dev", 10, vec![2]);
-        store.inbox_release("dev", 10, 3, 700);
+        assert!(store.inbox_release("dev", 10, 3, 700).await.unwrap());
+        assert!(
+            !store.inbox_release("dev", 10, 99, 1).await.unwrap(),
+            "no such copy"
+        );
         settle(&store).await;
+        assert_eq!(
+            store.inbox_summary("dev", 10),
+            InboxSummary {
+                count: 2,
+                bytes: 2 * size,
+                last_seq: 3
+            },
+            "a released copy counts its appended size"
+        );
         store.shutdown().await;
         drop(store);
 
         let store = Store::open(dir.path(), fsync, 64 << 20, &prometheus::Registry::new())
             .await
             .unwrap();
-        let inbox = store.inbox("dev", 10);
+        let inbox = all(&store, 10);
         let topics: Vec<(u64, String)> = inbox
             .iter()
             .map(|c| (c.seq, c.delivery.as_ref().unwrap().message.topic.clone()))
@@ -931,24 +1077,46 @@ mod tests {
         assert_eq!(topics, [(1, "cmd/1".to_string()), (3, "cmd/3".to_string())]);
         assert_eq!(inbox[0].released, None);
         assert_eq!(inbox[1].released, Some(700), "the QoS 2 stage survives");
+        assert_eq!((inbox[0].size, inbox[1].size), (size, size));
         let d = inbox[0].delivery.as_ref().unwrap();
         assert_eq!(
             (d.qos, d.sub_ids.clone(), d.durable),
-            (QoS::AtLeastOnce, vec![3, 4], Some(1))
+            (
+                QoS::AtLeastOnce,
+                vec![3, 4],
+                Some(InboxRef { seq: 1, size })
+            )
         );
-        assert!(store.inbox("dev", 11).is_empty());
+        assert!(all(&store, 11).is_empty());
         assert_eq!(store.sessions()[0].1.incarnation, 10);
+        assert_eq!(store.inbox_summary("dev", 10).count, 2);
+        // Pages stop at their bounds and resume after their last copy.
+        let page = crate::broker::session::inbox::Page {
+            after: 0,
+            upto: 3,
+            max: 1,
+            max_bytes: usize::MAX,
+        };
+        let (first, complete) = store.inbox_page("dev", 10, page);
+        assert_eq!((first.len(), first[0].seq, complete), (1, 1, false));
+        let (rest, complete) = store.inbox_page(
+            "dev",
+            10,
+            crate::broker::session::inbox::Page { after: 1, ..page },
+        );
+        assert_eq!((rest.len(), rest[0].seq, complete), (1, 3, true));
 
         // A new life of the session drops the old inbox; deleting the session drops the new one.
         store.put_session("dev", 2, &record(12));
-        append(&store, 12, &delivery("cmd/new", b"x", 1), &failed);
         settle(&store).await;
-        assert!(store.inbox("dev", 10).is_empty());
-        assert_eq!(store.inbox("dev", 12).len(), 1);
+        assert!(append(&store, 12, &delivery("cmd/new", b"x", 1)).await);
+        assert!(all(&store, 10).is_empty());
+        assert_eq!(store.inbox_summary("dev", 10), InboxSummary::default());
+        assert_eq!(store.inbox_summary("dev", 12).count, 1);
         store.delete_session("dev", 3);
         settle(&store).await;
-        assert!(store.inbox("dev", 12).is_empty());
-        assert_eq!(failed.get(), 0);
+        assert!(all(&store, 12).is_empty());
+        assert_eq!(store.inbox_summary("dev", 12), InboxSummary::default());
         store.shutdown().await;
     }
 
@@ -1048,7 +1216,12 @@ mod tests {
         let d = delivery("cmd/1", b"reboot", 42);
         let back = decode_delivery(&encode_delivery(&d), 42).unwrap();
         assert_eq!(
-            (back.qos, back.retain, back.sub_ids.clone(), back.durable),
+            (
+                back.qos,
+                back.retain,
+                back.sub_ids.clone(),
+                back.durable.map(|r| r.seq)
+            ),
             (d.qos, d.retain, d.sub_ids.clone(), Some(42))
         );
         assert_eq!(back.message.payload, d.message.payload);

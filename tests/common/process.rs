@@ -47,6 +47,24 @@ impl CicadaProcess {
         self.wait_listening();
     }
 
+    /// SIGTERM (a graceful stop, which must exit 0), then the same configuration and data directory again.
+    pub fn term_and_restart(&mut self) {
+        self.signal(libc::SIGTERM);
+        let status = self.wait_exit();
+        assert!(status.success(), "SIGTERM exit: {status}");
+        self.child = spawn(&self.config_path(), "warn");
+        self.wait_listening();
+    }
+
+    /// `kill -9` or SIGTERM, then start again.
+    pub fn restart_after(&mut self, signal: i32) {
+        if signal == libc::SIGKILL {
+            self.kill9_and_restart()
+        } else {
+            self.term_and_restart()
+        }
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("cicada.toml")
     }

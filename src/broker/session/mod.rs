@@ -1,12 +1,14 @@
 //! The Session actor: the MQTT session, which outlives its connection when it is persistent. It owns the
-//! subscriptions, the outbound queue and window ([`outbox`]), inbound QoS 2 ids, the Will and its delay, and
-//! the expiry timer. The queue logic is the pure [`outbox::Outbox`]; this file is the thin actor shell.
+//! subscriptions, the outbound queue and window ([`outbox`]), a persistent session's stored inbox
+//! ([`inbox`]), inbound QoS 2 ids, the Will and its delay, and the expiry timer. The queue logic is the pure
+//! [`outbox::Outbox`] and the inbox bookkeeping the pure [`inbox::InboxCursor`]; this file is the actor shell.
 
+pub mod inbox;
 pub mod outbox;
 mod subscriptions;
 
 use super::conn::{ConnHandle, Outbound};
-use super::message::{Delivery, Message, Origin, SessionId};
+use super::message::{Delivery, InboxRef, Message, SessionId};
 use super::registry::RegistryMsg;
 use super::shard::ShardMsg;
 use super::ticket::Ticket;
@@ -15,6 +17,7 @@ use crate::auth::acl::Who;
 use crate::auth::Permissions;
 use crate::broker::metrics::Metrics;
 use crate::protocol::{ConnAck, LastWill, Packet, PubAck, QoS, ReasonCode, Subscribe, Unsubscribe};
+use inbox::{Admit, InboxCursor, Pending};
 use outbox::{InboxChange, Outbox, OutboxLimits, Outgoing};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::{HashMap, HashSet};
@@ -75,6 +78,15 @@ pub enum SessionMsg {
     },
     /// The connection's writer has room again.
     Drained,
+    /// A durable copy's append committed (it carries its place in the inbox).
+    Stored(Box<Delivery>),
+    /// A durable copy's append failed or was ignored: it is not in the inbox.
+    AppendFailed(InboxRef),
+    /// A QoS 2 copy's release was committed (`ok`) or not: its PUBREL may go.
+    ReleaseStored {
+        pkid: u16,
+        ok: bool,
+    },
     WillDue(u64),
     ExpiryDue(u64),
     /// End the session now: a clean-start connect replaced it, or an operator removed it.
@@ -96,8 +108,8 @@ pub struct SessionArgs {
 /// What the store kept of a persistent session.
 pub struct Restored {
     pub incarnation: u64,
-    /// The inbox, in arrival order.
-    pub inbox: Vec<crate::store::StoredCopy>,
+    /// What its stored inbox holds (read in pages once the client is back).
+    pub inbox: crate::store::InboxSummary,
     pub expiry: u32,
     /// Seconds of expiry left.
     pub remaining: u32,
@@ -106,6 +118,7 @@ pub struct Restored {
 
 pub struct SessionState {
     ctx: Arc<Context>,
+    me: ActorRef<SessionMsg>,
     client_id: String,
     id: SessionId,
     outbox: Outbox,
@@ -124,10 +137,12 @@ pub struct SessionState {
     /// Whether the store holds a record of this session (to delete when it ends); its QoS 1/2 copies then
     /// go to the store's inbox too.
     stored: bool,
-    /// This life of the session in the store, and the next inbox sequence number.
+    /// This life of the session in the store, and where its stored inbox stands.
     incarnation: u64,
-    next_seq: u64,
-    /// Inbox entries to remove that never entered the outbox (expired or over the limits at restore).
+    inbox: InboxCursor,
+    /// Store commands whose answers the session waits for (started with the first one).
+    commits: Option<tokio::sync::mpsc::UnboundedSender<Pending>>,
+    /// Inbox entries to remove that never entered the outbox (expired when read from the store).
     pending_changes: Vec<InboxChange>,
     /// Last values added to the node-wide gauges, to report changes as deltas.
     reported: (i64, i64, i64),
@@ -150,6 +165,7 @@ impl Actor for Session {
         let window = a.ctx.config.limits.max_inflight;
         let restored = a.restored;
         let mut s = SessionState {
+            me: me.clone(),
             client_id: a.client_id,
             id: a.id,
             outbox: Outbox::new(limits, window),
@@ -164,7 +180,8 @@ impl Actor for Session {
             username: None,
             stored: false,
             incarnation: 0,
-            next_seq: 1,
+            inbox: InboxCursor::new(),
+            commits: None,
             pending_changes: Vec::new(),
             reported: (0, 0, 0),
             ctx: a.ctx,
@@ -177,7 +194,10 @@ impl Actor for Session {
             s.attached_before = true;
             s.set_stored(true);
             s.incarnation = r.incarnation;
-            s.restore_inbox(r.inbox);
+            // Nothing of the inbox is read now: it is paged in once the client is back. Whatever it holds was
+            // stored before this start and may have been sent: it goes out with DUP set.
+            s.inbox = InboxCursor::restored(r.inbox);
+            s.outbox.set_restored_below(r.inbox.last_seq + 1);
             s.ctx.metrics.sessions_offline.inc();
             for (filter, options, sub_id) in r.subscriptions {
                 let rec = SubRecord { options, sub_id };
@@ -244,6 +264,12 @@ impl Actor for Session {
             | SessionMsg::Subscribe { .. }
             | SessionMsg::Unsubscribe { .. } => {}
             SessionMsg::Drained => s.flush(),
+            SessionMsg::Stored(d) => s.stored(*d),
+            SessionMsg::AppendFailed(r) => {
+                s.inbox.failed(r);
+                s.flush();
+            }
+            SessionMsg::ReleaseStored { pkid, ok } => s.release_stored(pkid, ok),
             SessionMsg::WillDue(g) if g == s.generation => s.publish_will(),
             SessionMsg::ExpiryDue(g) if g == s.generation && s.conn.is_none() => {
                 tracing::debug!(client_id = %s.client_id, "session expired");
@@ -311,10 +337,12 @@ impl SessionState {
             .with_label_values(&[&format!("{:#04x}", connack.reason.0)])
             .inc();
         a.conn.packet(Packet::ConnAck(connack));
+        self.conn = Some(a.conn.clone());
+        // The start of the stored inbox first: after a restart it holds the QoS 2 copies awaiting PUBREL.
+        self.page_in();
         for out in self.outbox.resend() {
             self.send(&a.conn, out);
         }
-        self.conn = Some(a.conn);
         self.flush();
         self.persist();
         AttachReply {
@@ -331,13 +359,11 @@ impl SessionState {
         }
         self.ctx.metrics.sessions_online.dec();
         self.ctx.metrics.sessions_offline.inc();
-        // Shared-subscription messages not yet received go to another member of their group.
-        let origin = |seq| Origin {
-            client_id: self.client_id.clone(),
-            incarnation: self.incarnation,
-            seq,
-        };
-        for delivery in self.outbox.take_shared(origin) {
+        // The read-ahead of the stored inbox leaves memory; it is read again when the client is back.
+        let lowest = self.outbox.drop_durable_queue();
+        self.inbox.forget_from(lowest);
+        // Volatile shared-subscription messages not yet received go to another member of their group.
+        for delivery in self.outbox.take_shared() {
             let shard = self.ctx.shard_for(&delivery.message.topic);
             let _ = shard.cast(ShardMsg::Redeliver {
                 delivery,
@@ -387,7 +413,6 @@ impl SessionState {
             }
             self.set_stored(false);
         }
-        // What is left to sync is only for other sessions' inboxes (`OriginDone`): this one's went with it.
         self.ctx.metrics.subscriptions.sub(self.subs.len() as i64);
         for (filter, rec) in self.subs.drain() {
             rec.remove_from_shards(&self.ctx, self.id, &filter);
@@ -446,60 +471,103 @@ impl SessionState {
         }
     }
 
-    /// Queues what the store kept for this session (offline: QoS 1/2 only, in arrival order); QoS 2 messages
-    /// the client had received wait for PUBCOMP again, with their packet ids.
-    fn restore_inbox(&mut self, inbox: Vec<crate::store::StoredCopy>) {
-        for copy in inbox {
-            let seq = copy.seq;
-            self.next_seq = self.next_seq.max(seq + 1);
+    /// Refills the read-ahead from the stored inbox when it runs low (online only): copies in order, QoS 2
+    /// copies the client had received straight into the window to get their PUBREL again.
+    /// Returns whether it read anything.
+    fn page_in(&mut self) -> bool {
+        let Some(store) = self.ctx.store.clone() else {
+            return false;
+        };
+        if !self.stored || self.conn.is_none() {
+            return false;
+        }
+        let Some(page) = self.inbox.page(self.outbox.durable_queued()) else {
+            return false;
+        };
+        let (copies, complete) = store.inbox_page(&self.client_id, self.incarnation, page);
+        let last = copies.last().map(|c| c.seq);
+        let read = copies.len() as u64;
+        for copy in copies {
             match (copy.released, copy.delivery) {
                 (Some(pkid), Some(d)) => self.outbox.restore_released(pkid, d),
                 (None, Some(d)) => {
-                    if let Err(reason) = self.outbox.restore(d) {
-                        self.ctx
-                            .metrics
-                            .dropped
-                            .with_label_values(&[reason.label()])
-                            .inc();
-                        self.pending_changes.push(InboxChange::Done(seq));
-                        continue;
-                    }
+                    let _ = self.outbox.push(d, true);
                 }
                 (_, None) => {
-                    // Expired while the broker was down.
+                    // Expired while it waited in the store.
                     self.ctx
                         .metrics
                         .dropped
                         .with_label_values(&["expired"])
                         .inc();
-                    self.pending_changes.push(InboxChange::Done(seq));
-                    continue;
+                    self.pending_changes.push(InboxChange::Done(InboxRef {
+                        seq: copy.seq,
+                        size: copy.size,
+                    }));
                 }
             }
-            self.ctx
-                .metrics
-                .inbox
-                .with_label_values(&["restored"])
-                .inc();
         }
+        self.inbox.paged(page, last, complete);
+        self.ctx
+            .metrics
+            .inbox
+            .with_label_values(&["paged"])
+            .inc_by(read);
+        read > 0
+    }
+
+    /// A durable copy is committed: into the read-ahead when it follows what is loaded, else it waits in the
+    /// store for a page.
+    fn stored(&mut self, d: Delivery) {
+        let Some(r) = d.durable else {
+            return;
+        };
+        let online = self.conn.is_some();
+        if self
+            .inbox
+            .stored(r.seq, online, self.outbox.durable_queued())
+        {
+            let _ = self.outbox.push(d, true);
+        }
+        self.flush();
+    }
+
+    /// A QoS 2 copy's release was committed: its PUBREL goes (or, if it was not, the PUBLISH goes again later).
+    fn release_stored(&mut self, pkid: u16, ok: bool) {
+        if !ok {
+            self.outbox.release_failed(pkid);
+            return;
+        }
+        if let (Some(out), Some(conn)) = (self.outbox.release_confirmed(pkid), self.conn.clone()) {
+            self.send(&conn, out);
+        }
+    }
+
+    /// The queue of store commands whose answers come back as session messages, started on first use.
+    fn commits(&mut self) -> &tokio::sync::mpsc::UnboundedSender<Pending> {
+        let (me, failures) = (&self.me, &self.ctx.metrics.inbox_failed);
+        self.commits
+            .get_or_insert_with(|| inbox::spawn_commit_waiter(me.clone(), failures.clone()))
     }
 
     /// Brings the store's inbox up to date with the durable messages that moved or left the session.
     fn sync_inbox(&mut self) {
         let mut changes = std::mem::take(&mut self.pending_changes);
         changes.append(&mut self.outbox.take_changes());
-        let Some(store) = &self.ctx.store else {
+        let Some(store) = self.ctx.store.clone().filter(|_| self.stored) else {
             return;
         };
         let mut done = Vec::new();
         for change in changes {
             match change {
-                // Another session's entry: released whether or not this session has an inbox.
-                InboxChange::OriginDone(origin) => store.release_origin(&origin),
-                _ if !self.stored => {}
-                InboxChange::Done(seq) => done.push(seq),
+                InboxChange::Done(r) => {
+                    self.inbox.removed(r);
+                    done.push(r.seq);
+                }
                 InboxChange::Released { seq, pkid } => {
-                    store.inbox_release(&self.client_id, self.incarnation, seq, pkid)
+                    let commit =
+                        Box::pin(store.inbox_release(&self.client_id, self.incarnation, seq, pkid));
+                    let _ = self.commits().send(Pending::Release { pkid, commit });
                 }
             }
         }
@@ -568,11 +636,7 @@ impl SessionState {
     }
 
     fn deliver(&mut self, mut d: Delivery, ticket: &Ticket) {
-        // A copy handed over from a member that left a shared group: its stored entry goes once this copy is
-        // safe here (see `Origin`).
-        let origin = d.origin.clone();
         if !self.allowed(&d.message.topic, false) {
-            self.release_origin(origin.as_deref());
             self.ctx
                 .metrics
                 .acl_denied
@@ -585,51 +649,69 @@ impl SessionState {
                 .inc();
             return;
         }
-        let online = self.conn.is_some();
-        // A persistent session's QoS 1/2 copy is durable: appended to its inbox in the store, and the
-        // publisher's acknowledgement waits for that commit (through the ticket's gate).
-        let store = self
+        // A persistent session's QoS 1/2 copy is durable: appended to its inbox in the store, within its stored
+        // quota; the publisher's acknowledgement (and credit) wait for that commit, and the copy is sent only
+        // once committed (so a packet id derived from its seq is never reused for another message after a crash).
+        if let Some(store) = self
             .ctx
             .store
-            .as_ref()
-            .filter(|_| self.stored && d.qos != QoS::AtMostOnce);
-        let durable = store.map(|store| {
-            d.durable = Some(self.next_seq);
-            d.origin = None;
-            (store.clone(), crate::store::encode_delivery(&d))
-        });
+            .clone()
+            .filter(|_| self.stored && d.qos != QoS::AtMostOnce)
+        {
+            let record = crate::store::encode_delivery(&d);
+            let limits = &self.ctx.config.limits;
+            match self.inbox.admit(
+                record.len() as u64,
+                limits.max_queued_messages,
+                limits.max_queued_bytes,
+            ) {
+                Admit::Full { log } => {
+                    self.ctx
+                        .metrics
+                        .dropped
+                        .with_label_values(&["quota_exceeded"])
+                        .inc();
+                    if let Some(g) = &ticket.gate {
+                        g.refuse_quota();
+                    }
+                    if log {
+                        tracing::warn!(
+                            client_id = %self.client_id,
+                            stored = self.inbox.count,
+                            bytes = self.inbox.bytes,
+                            "stored quota of a persistent session is full (max_queued_messages / \
+                             max_queued_bytes): new copies are refused until its client takes some"
+                        );
+                    }
+                }
+                Admit::Append(r) => {
+                    d.durable = Some(r);
+                    self.ctx.metrics.inbox_appended.inc();
+                    let commit = Box::pin(store.inbox_append(
+                        &self.client_id,
+                        self.incarnation,
+                        r.seq,
+                        record,
+                    ));
+                    let _ = self.commits().send(Pending::Append {
+                        delivery: d,
+                        ticket: ticket.clone(),
+                        commit,
+                    });
+                }
+            }
+            return;
+        }
+        let online = self.conn.is_some();
         if let Err(reason) = self.outbox.push(d, online) {
             self.ctx
                 .metrics
                 .dropped
                 .with_label_values(&[reason.label()])
                 .inc();
-            self.release_origin(origin.as_deref());
             return;
         }
-        if let Some((store, record)) = durable {
-            let m = &self.ctx.metrics;
-            m.inbox_appended.inc();
-            store.inbox_append(
-                &self.client_id,
-                self.incarnation,
-                self.next_seq,
-                record,
-                ticket.gate.clone(),
-                m.inbox_failed.clone(),
-            );
-            self.next_seq += 1;
-            // Proposed after the append, so committed after it: the copy is never in neither inbox.
-            self.release_origin(origin.as_deref());
-        }
         self.flush();
-    }
-
-    /// The copy handed over from `origin` is gone or safe: its entry in the other session's inbox can go.
-    fn release_origin(&self, origin: Option<&Origin>) {
-        if let (Some(origin), Some(store)) = (origin, &self.ctx.store) {
-            store.release_origin(origin);
-        }
     }
 
     /// Moves what the window allows from the queue to the connection's writer, up to its budget.
@@ -637,12 +719,17 @@ impl SessionState {
         let Some(conn) = self.conn.clone() else {
             return;
         };
+        self.page_in();
         let now = Instant::now();
         while conn.has_room() {
             let metrics = &self.ctx.metrics;
             let Some(out) = self.outbox.next(now, |r| {
                 metrics.dropped.with_label_values(&[r.label()]).inc()
             }) else {
+                // The read-ahead ran dry while the window has room: the next page, if the store has one.
+                if self.page_in() {
+                    continue;
+                }
                 return;
             };
             self.send(&conn, out);
@@ -726,8 +813,6 @@ impl SessionState {
             Packet::PubAck(a) => self.outbox.puback(a.pkid).map(|_| ()),
             Packet::PubRec(a) => match self.outbox.pubrec(a.pkid, a.reason) {
                 Ok(Some(out)) => {
-                    // The store hears of the release before the client sees PUBREL.
-                    self.sync_inbox();
                     self.send(&conn, out);
                     Ok(())
                 }

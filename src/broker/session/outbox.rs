@@ -1,13 +1,17 @@
-//! The outbound side of a session as a pure state machine: a bounded queue, the in-flight window (the
-//! client's Receive Maximum), packet identifiers, and the QoS 1 / QoS 2 acknowledgement stages.
+//! The outbound side of a session as a pure state machine: the queue, the in-flight window (the client's
+//! Receive Maximum), packet identifiers, and the QoS 1 / QoS 2 acknowledgement stages.
+//!
+//! The queue holds two kinds of copies in arrival order. Volatile copies (QoS 0, and everything for a clean
+//! session) are bounded by [`OutboxLimits`]: past them a copy is dropped and counted. Durable copies (a
+//! persistent session's QoS 1/2 messages) live in the store's inbox; the queue holds only a read-ahead of them
+//! that the session refills from the store (see `session::inbox`), so they are never refused here.
 
-use crate::broker::message::{Delivery, Origin};
+use crate::broker::message::{Delivery, InboxRef};
 use crate::protocol::{QoS, ReasonCode};
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Instant;
 
-/// Bounds of one session's queue.
+/// Bounds of one session's volatile copies.
 #[derive(Debug, Clone, Copy)]
 pub struct OutboxLimits {
     pub max_queued_messages: usize,
@@ -43,8 +47,9 @@ impl DropReason {
 pub enum Stage {
     /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
     Published,
-    /// PUBREL sent, waiting for PUBCOMP.
-    Released,
+    /// The client sent PUBREC; PUBREL goes out once `confirmed` (a durable copy's "released" state is
+    /// committed to the store first), then the session waits for PUBCOMP.
+    Released { confirmed: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -70,14 +75,11 @@ pub enum Outgoing {
 /// A change the store's copy of a durable message needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InboxChange {
-    /// It left the session (acknowledged, expired, handed to another group member): remove it.
-    Done(u64),
-    /// QoS 2: the client received it (PUBREC); after a restart the session resends PUBREL with this packet id,
-    /// never the PUBLISH [MQTT-4.3.3-10 for the client's side].
+    /// It left the session (acknowledged, expired, too large for the client): remove it.
+    Done(InboxRef),
+    /// QoS 2: the client received it (PUBREC). The session commits this before it sends PUBREL; after a
+    /// restart it resends PUBREL with this packet id, never the PUBLISH.
     Released { seq: u64, pkid: u16 },
-    /// A copy handed over from another session's inbox left this one (which has no inbox): the other
-    /// session's stored entry can go.
-    OriginDone(Arc<Origin>),
 }
 
 /// A client acknowledgement that does not fit the session state (a protocol violation by the client).
@@ -93,15 +95,20 @@ pub enum AckError {
 #[derive(Debug)]
 pub struct Outbox {
     queue: VecDeque<Delivery>,
+    /// Volatile copies in `queue` and their bytes (what the limits bound).
+    volatile: usize,
     queued_bytes: usize,
+    /// Durable copies in `queue` and their bytes (the read-ahead of the stored inbox).
+    durable: usize,
+    durable_bytes: usize,
     inflight: VecDeque<Inflight>,
     next_pkid: u16,
     window: u16,
     limits: OutboxLimits,
     /// What the store's copies of durable messages need, for the session to propose.
     changes: Vec<InboxChange>,
-    /// Durable copies with a lower seq were restored from the store after a restart: they may have been sent
-    /// before it, so they go out with DUP set.
+    /// Durable copies with a lower seq were in the store before this start: they may have been sent before
+    /// it, so they go out with DUP set.
     restored_below: u64,
 }
 
@@ -117,7 +124,10 @@ impl Outbox {
     pub fn new(limits: OutboxLimits, window: u16) -> Outbox {
         Outbox {
             queue: VecDeque::new(),
+            volatile: 0,
             queued_bytes: 0,
+            durable: 0,
+            durable_bytes: 0,
             inflight: VecDeque::new(),
             next_pkid: 1,
             window: window.max(1),
@@ -132,37 +142,56 @@ impl Outbox {
         self.window = window.max(1);
     }
 
+    /// Stored copies with a seq below `seq` were stored before this start and go out with DUP set.
+    pub fn set_restored_below(&mut self, seq: u64) {
+        self.restored_below = seq;
+    }
+
     pub fn queued(&self) -> usize {
         self.queue.len()
     }
 
+    /// Bytes of volatile copies (durable ones are in the store; their read-ahead is bounded by the session).
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes
+    }
+
+    /// Durable copies in memory (queued, not yet sent) and their bytes.
+    pub fn durable_queued(&self) -> (usize, usize) {
+        (self.durable, self.durable_bytes)
     }
 
     pub fn inflight(&self) -> usize {
         self.inflight.len()
     }
 
-    /// Queues a delivery; QoS 0 while offline and anything over the bounds is refused.
+    /// Queues a delivery. A durable copy is always taken (the session bounds its read-ahead); a volatile one
+    /// is refused when QoS 0 while offline or over the bounds.
     pub fn push(&mut self, d: Delivery, online: bool) -> Result<(), DropReason> {
+        if let Some(r) = d.durable {
+            self.durable += 1;
+            self.durable_bytes += r.size as usize;
+            self.queue.push_back(d);
+            return Ok(());
+        }
         if !online && d.qos == QoS::AtMostOnce {
             return Err(DropReason::Offline);
         }
         let weight = d.message.weight();
-        if self.queue.len() >= self.limits.max_queued_messages
+        if self.volatile >= self.limits.max_queued_messages
             || self.queued_bytes + weight > self.limits.max_queued_bytes
         {
             return Err(DropReason::QueueFull);
         }
+        self.volatile += 1;
         self.queued_bytes += weight;
         self.queue.push_back(d);
         Ok(())
     }
 
-    /// The next message the window lets out, with a fresh packet id for QoS 1/2; expired messages are
-    /// skipped and reported through `dropped`. Messages leave in queue order, so a full window also holds back
-    /// QoS 0 messages behind it (per-topic order is kept).
+    /// The next message the window lets out, with a packet id for QoS 1/2; expired messages are skipped and
+    /// reported through `dropped`. Messages leave in queue order, so a full window also holds back QoS 0
+    /// messages behind it (per-topic order is kept).
     pub fn next(&mut self, now: Instant, mut dropped: impl FnMut(DropReason)) -> Option<Outgoing> {
         loop {
             let front = self.queue.front()?;
@@ -178,14 +207,14 @@ impl Outbox {
             }
             let (pkid, dup) = match (front.qos, front.durable) {
                 (QoS::AtMostOnce, _) => (0, false),
-                (_, Some(seq)) => {
-                    let pkid = durable_pkid(seq);
+                (_, Some(r)) => {
+                    let pkid = durable_pkid(r.seq);
                     // Its id is still taken (65,535 copies later, or by a copy that is not durable): it waits,
                     // as for a full window, and keeps the order.
                     if self.inflight.iter().any(|i| i.pkid == pkid) {
                         return None;
                     }
-                    (pkid, seq < self.restored_below)
+                    (pkid, r.seq < self.restored_below)
                 }
                 (_, None) => (self.allocate_pkid(), false),
             };
@@ -206,10 +235,8 @@ impl Outbox {
     }
 
     fn finished(&mut self, d: &Delivery) {
-        if let Some(seq) = d.durable {
-            self.changes.push(InboxChange::Done(seq));
-        } else if let Some(origin) = &d.origin {
-            self.changes.push(InboxChange::OriginDone(origin.clone()));
+        if let Some(r) = d.durable {
+            self.changes.push(InboxChange::Done(r));
         }
     }
 
@@ -218,28 +245,28 @@ impl Outbox {
         std::mem::take(&mut self.changes)
     }
 
-    /// A durable copy back from the store after a restart, not yet received by the client as far as the
-    /// store knows: queued again, to go out with its packet id and DUP set (it may have been sent before).
-    pub fn restore(&mut self, d: Delivery) -> Result<(), DropReason> {
-        if let Some(seq) = d.durable {
-            self.restored_below = self.restored_below.max(seq + 1);
-        }
-        self.push(d, false)
-    }
-
     /// A QoS 2 message the client had received (PUBREC) before a restart: in flight, waiting for PUBCOMP, with
-    /// its packet id.
+    /// its packet id; its release is already in the store.
     pub fn restore_released(&mut self, pkid: u16, delivery: Delivery) {
         self.inflight.push_back(Inflight {
             pkid,
-            stage: Stage::Released,
+            stage: Stage::Released { confirmed: true },
             delivery,
         });
     }
 
     fn pop_front(&mut self) -> Option<Delivery> {
         let d = self.queue.pop_front()?;
-        self.queued_bytes -= d.message.weight();
+        match d.durable {
+            Some(r) => {
+                self.durable -= 1;
+                self.durable_bytes -= r.size as usize;
+            }
+            None => {
+                self.volatile -= 1;
+                self.queued_bytes -= d.message.weight();
+            }
+        }
         Some(d)
     }
 
@@ -277,7 +304,9 @@ impl Outbox {
         Ok(d)
     }
 
-    /// PUBREC for a QoS 2 message: answer PUBREL, or, with an error reason, the message is done [MQTT-4.3.3-4].
+    /// PUBREC for a QoS 2 message: PUBREL to send now (a volatile copy), none yet (a durable copy: its release
+    /// is committed first, then [`Outbox::release_confirmed`]), or, with an error reason, the message is done
+    /// [MQTT-4.3.3-4].
     pub fn pubrec(&mut self, pkid: u16, reason: ReasonCode) -> Result<Option<Outgoing>, AckError> {
         let at = self.position(pkid)?;
         let i = &mut self.inflight[at];
@@ -290,17 +319,49 @@ impl Outbox {
             }
             return Ok(None);
         }
-        i.stage = Stage::Released;
-        if let Some(seq) = i.delivery.durable {
-            self.changes.push(InboxChange::Released { seq, pkid });
+        match (i.stage, i.delivery.durable) {
+            (Stage::Released { confirmed: true }, _) => Ok(Some(Outgoing::PubRel(pkid))),
+            // A second PUBREC while the release is being committed: the PUBREL follows the commit.
+            (Stage::Released { confirmed: false }, _) => Ok(None),
+            (Stage::Published, Some(r)) => {
+                i.stage = Stage::Released { confirmed: false };
+                self.changes
+                    .push(InboxChange::Released { seq: r.seq, pkid });
+                Ok(None)
+            }
+            (Stage::Published, None) => {
+                i.stage = Stage::Released { confirmed: true };
+                Ok(Some(Outgoing::PubRel(pkid)))
+            }
         }
-        Ok(Some(Outgoing::PubRel(pkid)))
+    }
+
+    /// A durable copy's release is committed: its PUBREL can go.
+    pub fn release_confirmed(&mut self, pkid: u16) -> Option<Outgoing> {
+        let i = self.inflight.iter_mut().find(|i| i.pkid == pkid)?;
+        match i.stage {
+            Stage::Released { confirmed: false } => {
+                i.stage = Stage::Released { confirmed: true };
+                Some(Outgoing::PubRel(pkid))
+            }
+            _ => None,
+        }
+    }
+
+    /// A durable copy's release could not be committed: back to waiting for PUBREC, so the PUBLISH goes again
+    /// (with DUP) on the next connection and the client's PUBREC starts the release over.
+    pub fn release_failed(&mut self, pkid: u16) {
+        if let Some(i) = self.inflight.iter_mut().find(|i| i.pkid == pkid) {
+            if i.stage == (Stage::Released { confirmed: false }) {
+                i.stage = Stage::Published;
+            }
+        }
     }
 
     /// PUBCOMP: the QoS 2 message is done.
     pub fn pubcomp(&mut self, pkid: u16) -> Result<Delivery, AckError> {
         let at = self.position(pkid)?;
-        if self.inflight[at].stage != Stage::Released {
+        if self.inflight[at].stage != (Stage::Released { confirmed: true }) {
             return Err(AckError::WrongStage(pkid));
         }
         let d = self
@@ -313,57 +374,77 @@ impl Outbox {
     }
 
     /// What to send again on a resumed session, in the original order: unacknowledged PUBLISH with DUP set
-    /// [MQTT-4.4.0-1], PUBREL for messages the client already received.
+    /// [MQTT-4.4.0-1], PUBREL for messages the client already received (a release still being committed
+    /// sends its PUBREL when the commit lands).
     pub fn resend(&self) -> Vec<Outgoing> {
         self.inflight
             .iter()
-            .map(|i| match i.stage {
-                Stage::Published => Outgoing::Publish {
+            .filter_map(|i| match i.stage {
+                Stage::Published => Some(Outgoing::Publish {
                     pkid: i.pkid,
                     dup: true,
                     delivery: i.delivery.clone(),
-                },
-                Stage::Released => Outgoing::PubRel(i.pkid),
+                }),
+                Stage::Released { confirmed: true } => Some(Outgoing::PubRel(i.pkid)),
+                Stage::Released { confirmed: false } => None,
             })
             .collect()
     }
 
-    /// Removes the messages that came through shared subscriptions and were not yet received by the client
-    /// (queued, or in flight before PUBREC), so another member of the group can take them. A durable copy
-    /// leaves with `origin(seq)` and stays in the store until the taker has it safe.
-    pub fn take_shared(&mut self, origin: impl Fn(u64) -> Origin) -> Vec<Delivery> {
+    /// Removes the volatile messages that came through shared subscriptions and were not yet received by the
+    /// client (queued, or in flight before PUBREC), so another member of the group can take them. Durable
+    /// copies stay: they wait in this session's stored inbox for its client (MQTT 5 4.8.2 allows either).
+    pub fn take_shared(&mut self) -> Vec<Delivery> {
         let mut out = Vec::new();
         let mut keep = VecDeque::with_capacity(self.queue.len());
-        while let Some(d) = self.pop_front() {
-            if d.shared.is_some() {
+        for d in self.queue.drain(..) {
+            if d.shared.is_some() && d.durable.is_none() {
+                self.volatile -= 1;
+                self.queued_bytes -= d.message.weight();
                 out.push(d);
             } else {
-                self.queued_bytes += d.message.weight();
                 keep.push_back(d);
             }
         }
         self.queue = keep;
         let mut inflight = VecDeque::with_capacity(self.inflight.len());
         for i in self.inflight.drain(..) {
-            if i.delivery.shared.is_some() && i.stage == Stage::Published {
+            if i.delivery.shared.is_some()
+                && i.delivery.durable.is_none()
+                && i.stage == Stage::Published
+            {
                 out.push(i.delivery);
             } else {
                 inflight.push_back(i);
             }
         }
         self.inflight = inflight;
-        for d in &mut out {
-            if let Some(seq) = d.durable.take() {
-                d.origin = Some(Arc::new(origin(seq)));
-            }
-        }
         out
+    }
+
+    /// Forgets the durable copies read ahead into the queue (the client went away: they stay in the store
+    /// and are read again when it is back). Returns the lowest seq forgotten.
+    pub fn drop_durable_queue(&mut self) -> Option<u64> {
+        let mut lowest = None;
+        self.queue.retain(|d| match d.durable {
+            Some(r) => {
+                lowest = Some(lowest.map_or(r.seq, |l: u64| l.min(r.seq)));
+                false
+            }
+            None => true,
+        });
+        self.durable = 0;
+        self.durable_bytes = 0;
+        lowest
     }
 
     /// Drops everything (the session ended; its stored inbox goes with the session record).
     pub fn clear(&mut self) {
         self.queue.clear();
+        self.volatile = 0;
         self.queued_bytes = 0;
+        self.durable = 0;
+        self.durable_bytes = 0;
         self.inflight.clear();
         self.restored_below = 0;
     }
@@ -395,7 +476,6 @@ mod tests {
             sub_ids: vec![],
             shared: None,
             durable: None,
-            origin: None,
         }
     }
 
@@ -408,9 +488,13 @@ mod tests {
 
     fn durable(qos: QoS, seq: u64) -> Delivery {
         Delivery {
-            durable: Some(seq),
+            durable: Some(InboxRef { seq, size: 6 }),
             ..d(qos, "stored")
         }
+    }
+
+    fn done(seq: u64) -> InboxChange {
+        InboxChange::Done(InboxRef { seq, size: 6 })
     }
 
     #[test]
@@ -432,10 +516,12 @@ mod tests {
             .collect();
         assert_eq!(sent, [(7, false), (8, false)]);
 
-        // After it the session is rebuilt from the store: the same ids, DUP set; new copies are first sends.
+        // After it the session reads them back from the store: the same ids, DUP set; new copies are first
+        // sends.
         let mut o = Outbox::new(limits(10), 10);
-        o.restore(durable(QoS::AtLeastOnce, 7)).unwrap();
-        o.restore(durable(QoS::ExactlyOnce, 8)).unwrap();
+        o.set_restored_below(9);
+        o.push(durable(QoS::AtLeastOnce, 7), false).unwrap();
+        o.push(durable(QoS::ExactlyOnce, 8), false).unwrap();
         o.push(durable(QoS::AtLeastOnce, 9), true).unwrap();
         let again: Vec<(u16, bool)> = (0..3)
             .map(|_| match o.next(now, |_| {}) {
@@ -467,7 +553,7 @@ mod tests {
     }
 
     #[test]
-    fn durable_messages_report_release_and_departure_in_order() {
+    fn durable_messages_report_release_and_departure_in_order_and_pubrel_waits_for_the_release() {
         let mut o = Outbox::new(limits(10), 10);
         o.push(durable(QoS::AtLeastOnce, 1), true).unwrap();
         o.push(durable(QoS::ExactlyOnce, 2), true).unwrap();
@@ -480,17 +566,33 @@ mod tests {
         );
         assert!(o.take_changes().is_empty(), "sending changes nothing");
         o.puback(a).unwrap();
-        o.pubrec(b, ReasonCode::SUCCESS).unwrap();
+        assert!(
+            matches!(o.pubrec(b, ReasonCode::SUCCESS), Ok(None)),
+            "no PUBREL before the release is committed"
+        );
         o.puback(c).unwrap();
         assert_eq!(
             o.take_changes(),
-            [
-                InboxChange::Done(1),
-                InboxChange::Released { seq: 2, pkid: b }
-            ]
+            [done(1), InboxChange::Released { seq: 2, pkid: b }]
         );
+        assert!(o.resend().is_empty(), "nor on a reconnect meanwhile");
+        assert!(matches!(o.pubrec(b, ReasonCode::SUCCESS), Ok(None)));
+        assert_eq!(o.pubcomp(b).unwrap_err(), AckError::WrongStage(b));
+        assert!(matches!(o.release_confirmed(b), Some(Outgoing::PubRel(p)) if p == b));
+        assert!(o.release_confirmed(b).is_none(), "once");
+        assert!(matches!(o.resend()[..], [Outgoing::PubRel(p)] if p == b));
         o.pubcomp(b).unwrap();
-        assert_eq!(o.take_changes(), [InboxChange::Done(2)]);
+        assert_eq!(o.take_changes(), [done(2)]);
+
+        // A release that could not be committed: the PUBLISH goes again on the next connection.
+        let mut o = Outbox::new(limits(10), 10);
+        o.push(durable(QoS::ExactlyOnce, 5), true).unwrap();
+        let e = pkid(o.next(now, |_| {}));
+        o.pubrec(e, ReasonCode::SUCCESS).unwrap();
+        o.release_failed(e);
+        assert!(
+            matches!(&o.resend()[..], [Outgoing::Publish { pkid, dup: true, .. }] if *pkid == e)
+        );
 
         // Restored after a restart: PUBREL again with the same packet id, then done at PUBCOMP.
         let mut o = Outbox::new(limits(10), 10);
@@ -499,10 +601,32 @@ mod tests {
         assert!(matches!(o.resend()[..], [Outgoing::PubRel(700)]));
         assert_ne!(pkid(o.next(now, |_| {})), 700, "a restored id stays taken");
         o.pubcomp(700).unwrap();
-        assert_eq!(o.take_changes(), [InboxChange::Done(9)]);
+        assert_eq!(o.take_changes(), [done(9)]);
+    }
 
-        // Handed to another group member: it names its stored entry, which stays until the taker has it safe.
-        let mut o = Outbox::new(limits(10), 10);
+    #[test]
+    fn durable_copies_are_never_refused_and_their_read_ahead_can_be_forgotten() {
+        let mut o = Outbox::new(limits(2), 1);
+        for seq in 10..20 {
+            o.push(durable(QoS::AtLeastOnce, seq), false).unwrap();
+        }
+        o.push(d(QoS::AtLeastOnce, "v"), true).unwrap();
+        o.push(d(QoS::AtLeastOnce, "v"), true).unwrap();
+        assert_eq!(
+            o.push(d(QoS::AtLeastOnce, "v"), true),
+            Err(DropReason::QueueFull),
+            "the bound is on volatile copies"
+        );
+        assert_eq!(o.durable_queued(), (10, 60));
+        let now = Instant::now();
+        assert_eq!(pkid(o.next(now, |_| {})), durable_pkid(10));
+        assert_eq!(o.drop_durable_queue(), Some(11), "in flight stays");
+        assert_eq!(
+            (o.queued(), o.inflight(), o.durable_queued()),
+            (2, 1, (0, 0))
+        );
+        // Shared durable copies stay with their session.
+        let mut o = Outbox::new(limits(2), 1);
         o.push(
             Delivery {
                 shared: Some("$share/g/t".into()),
@@ -511,29 +635,8 @@ mod tests {
             false,
         )
         .unwrap();
-        let mut given = o.take_shared(|seq| origin("leaver", seq));
-        assert_eq!(given[0].durable, None);
-        assert_eq!(given[0].origin.as_deref(), Some(&origin("leaver", 4)));
-        assert!(o.take_changes().is_empty(), "still in the leaver's inbox");
-
-        // A taker without an inbox reports the origin done when its client acknowledges the copy.
-        let mut taker = Outbox::new(limits(10), 10);
-        taker.push(given.remove(0), true).unwrap();
-        let id = pkid(taker.next(now, |_| {}));
-        assert!(taker.take_changes().is_empty());
-        taker.puback(id).unwrap();
-        assert_eq!(
-            taker.take_changes(),
-            [InboxChange::OriginDone(Arc::new(origin("leaver", 4)))]
-        );
-    }
-
-    fn origin(client: &str, seq: u64) -> Origin {
-        Origin {
-            client_id: client.into(),
-            incarnation: 1,
-            seq,
-        }
+        assert!(o.take_shared().is_empty());
+        assert_eq!(o.queued(), 1);
     }
 
     fn pkid(o: Option<Outgoing>) -> u16 {
@@ -638,7 +741,7 @@ mod tests {
         let first = pkid(o.next(now, |_| {}));
         let _second = pkid(o.next(now, |_| {}));
         o.pubrec(first, ReasonCode::SUCCESS).unwrap();
-        let handed = o.take_shared(|seq| origin("me", seq));
+        let handed = o.take_shared();
         assert_eq!(
             handed.len(),
             2,

@@ -145,7 +145,6 @@ impl SessionState {
                         sub_ids: sub_id.into_iter().collect(),
                         shared: None,
                         durable: None,
-                        origin: None,
                         message: m,
                     });
                 }

@@ -1,0 +1,324 @@
+//! A persistent session's inbox, as the session sees it. The inbox is the store: every QoS 1/2 copy for the
+//! session is appended there before its publisher is acknowledged, and stays until the client acknowledges it
+//! (or it expires, or the session ends). Memory holds a window of it: the copies in flight and a read-ahead of
+//! at most [`READ_AHEAD`] copies / [`READ_AHEAD_BYTES`]; the rest is read from the store in order as the window
+//! drains, so a backlog of millions costs disk, not memory.
+//!
+//! [`InboxCursor`] is the pure bookkeeping (which seqs are committed, which are in memory, the stored quota);
+//! [`spawn_commit_waiter`] turns the store's commit answers into session messages, in proposal order.
+
+use crate::broker::message::{Delivery, InboxRef};
+use crate::broker::ticket::Ticket;
+use crate::store::InboxSummary;
+use cicada_cluster::ClusterError;
+use ractor::ActorRef;
+use std::future::Future;
+use std::pin::Pin;
+use tokio::sync::mpsc;
+
+use super::SessionMsg;
+
+/// Durable copies held in memory ahead of the window, at most.
+pub const READ_AHEAD: usize = 256;
+/// ... and their bytes, at most (a page read stops at the first copy past it).
+pub const READ_AHEAD_BYTES: usize = 4 << 20;
+
+/// Where a persistent session's stored inbox stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InboxCursor {
+    /// The seq the next appended copy gets.
+    pub next_seq: u64,
+    /// Every stored copy with a seq up to this one is in memory (queued or in flight) or gone.
+    pub loaded_upto: u64,
+    /// Every append up to this seq has committed (or failed): what may be read from the store.
+    pub committed_upto: u64,
+    /// Copies stored (appended and not removed) and their bytes, against the quota.
+    pub count: u64,
+    pub bytes: u64,
+    /// The quota refused a copy and that was logged; cleared once the inbox is under it again.
+    quota_logged: bool,
+}
+
+/// Whether a new durable copy fits the stored quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Append it as this seq.
+    Append(InboxRef),
+    /// The quota is full; `log` is true for the first refusal since the inbox was under it.
+    Full { log: bool },
+}
+
+/// A read of the store to refill the read-ahead: seqs in `(after, upto]`, at most `max` copies and about
+/// `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub after: u64,
+    pub upto: u64,
+    pub max: usize,
+    pub max_bytes: usize,
+}
+
+impl InboxCursor {
+    /// A new life of the session: an empty inbox.
+    pub fn new() -> InboxCursor {
+        InboxCursor {
+            next_seq: 1,
+            ..InboxCursor::default()
+        }
+    }
+
+    /// An inbox the store kept across a restart: nothing of it is in memory.
+    pub fn restored(s: InboxSummary) -> InboxCursor {
+        InboxCursor {
+            next_seq: s.last_seq + 1,
+            loaded_upto: 0,
+            committed_upto: s.last_seq,
+            count: s.count,
+            bytes: s.bytes,
+            quota_logged: false,
+        }
+    }
+
+    /// A new durable copy of `size` bytes: its seq, or a refusal when it would pass the quota.
+    pub fn admit(&mut self, size: u64, max_messages: usize, max_bytes: usize) -> Admit {
+        if self.count >= max_messages as u64 || self.bytes + size > max_bytes as u64 {
+            let log = !self.quota_logged;
+            self.quota_logged = true;
+            return Admit::Full { log };
+        }
+        self.quota_logged = false;
+        let r = InboxRef {
+            seq: self.next_seq,
+            size,
+        };
+        self.next_seq += 1;
+        self.count += 1;
+        self.bytes += size;
+        Admit::Append(r)
+    }
+
+    /// The append of `seq` committed; true when the copy can go straight into memory (it follows what is
+    /// loaded, and the read-ahead has room), false when the store keeps it until a page reads it.
+    pub fn stored(&mut self, seq: u64, online: bool, read_ahead: (usize, usize)) -> bool {
+        self.committed_upto = self.committed_upto.max(seq);
+        let fits = read_ahead.0 < READ_AHEAD && read_ahead.1 < READ_AHEAD_BYTES;
+        if online && fits && self.loaded_upto + 1 == seq {
+            self.loaded_upto = seq;
+            return true;
+        }
+        false
+    }
+
+    /// The append of `r` did not commit (or the store ignored it): it is not in the inbox.
+    pub fn failed(&mut self, r: InboxRef) {
+        self.committed_upto = self.committed_upto.max(r.seq);
+        if self.loaded_upto + 1 == r.seq {
+            self.loaded_upto = r.seq;
+        }
+        self.removed(r);
+    }
+
+    /// `r` left the inbox (acknowledged, expired, or its append failed).
+    pub fn removed(&mut self, r: InboxRef) {
+        self.count = self.count.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(r.size);
+    }
+
+    /// What to read from the store now, given the read-ahead in memory (copies, bytes); `None` while it is
+    /// more than half full or everything committed is loaded.
+    pub fn page(&self, read_ahead: (usize, usize)) -> Option<Page> {
+        let (n, bytes) = read_ahead;
+        if self.loaded_upto >= self.committed_upto
+            || n > READ_AHEAD / 2
+            || bytes > READ_AHEAD_BYTES / 2
+        {
+            return None;
+        }
+        Some(Page {
+            after: self.loaded_upto,
+            upto: self.committed_upto,
+            max: READ_AHEAD - n,
+            max_bytes: READ_AHEAD_BYTES - bytes,
+        })
+    }
+
+    /// A page was read: `last` is the last seq it returned, `complete` whether it reached `page.upto`.
+    pub fn paged(&mut self, page: Page, last: Option<u64>, complete: bool) {
+        self.loaded_upto = if complete {
+            page.upto
+        } else {
+            last.unwrap_or(page.after)
+        };
+    }
+
+    /// The client went away and the queued read-ahead was dropped from memory, the lowest seq being
+    /// `lowest`: it is read again from there when the client is back.
+    pub fn forget_from(&mut self, lowest: Option<u64>) {
+        if let Some(l) = lowest {
+            self.loaded_upto = self.loaded_upto.min(l.saturating_sub(1));
+        }
+    }
+}
+
+type Commit = Pin<Box<dyn Future<Output = Result<bool, ClusterError>> + Send>>;
+
+/// A store command of the session whose answer the session needs.
+pub enum Pending {
+    /// A copy's append: the publisher's ticket (credit and acknowledgement gate) is held until it commits.
+    Append {
+        delivery: Delivery,
+        ticket: Ticket,
+        commit: Commit,
+    },
+    /// A QoS 2 copy's release: its PUBREL waits for it.
+    Release { pkid: u16, commit: Commit },
+}
+
+/// Awaits the session's commits in proposal order and reports each to the session: `Stored` / `AppendFailed`,
+/// `ReleaseStored`. A failed append fails the publisher's acknowledgement; the publisher's credit returns
+/// when the append is answered, so proposals stay bounded by the publishers' credit.
+///
+/// The channel is unbounded in type only: every `Append` holds its publisher's credit (or is one of the
+/// retained messages a SUBSCRIBE matched), and `Release`s are bounded by the in-flight window.
+pub fn spawn_commit_waiter(
+    session: ActorRef<SessionMsg>,
+    failures: prometheus::IntCounter,
+) -> mpsc::UnboundedSender<Pending> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
+    tokio::spawn(async move {
+        while let Some(p) = rx.recv().await {
+            match p {
+                Pending::Append {
+                    delivery,
+                    ticket,
+                    commit,
+                } => {
+                    let outcome = commit.await;
+                    let stored = matches!(outcome, Ok(true));
+                    if !stored {
+                        failures.inc();
+                        match &outcome {
+                            Err(e) => {
+                                tracing::warn!(error = %e, "message for a persistent session not stored")
+                            }
+                            Ok(_) => tracing::warn!(
+                                "message for a replaced persistent session ignored by the store"
+                            ),
+                        }
+                        if let Some(g) = &ticket.gate {
+                            g.fail();
+                        }
+                    }
+                    drop(ticket);
+                    let msg = match (stored, delivery.durable) {
+                        (true, _) => SessionMsg::Stored(Box::new(delivery)),
+                        (false, Some(r)) => SessionMsg::AppendFailed(r),
+                        (false, None) => continue,
+                    };
+                    let _ = session.cast(msg);
+                }
+                Pending::Release { pkid, commit } => {
+                    let ok = matches!(commit.await, Ok(true));
+                    if !ok {
+                        tracing::warn!(pkid, "QoS 2 release not stored; the PUBLISH goes again");
+                    }
+                    let _ = session.cast(SessionMsg::ReleaseStored { pkid, ok });
+                }
+            }
+        }
+    });
+    tx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(seq: u64) -> InboxRef {
+        InboxRef { seq, size: 10 }
+    }
+
+    #[test]
+    fn the_quota_refuses_past_its_bounds_and_logs_once_until_under_it_again() {
+        let mut c = InboxCursor::new();
+        assert_eq!(c.admit(10, 2, 1000), Admit::Append(r(1)));
+        assert_eq!(c.admit(10, 2, 1000), Admit::Append(r(2)));
+        assert_eq!(c.admit(10, 2, 1000), Admit::Full { log: true });
+        assert_eq!(c.admit(10, 2, 1000), Admit::Full { log: false });
+        c.removed(r(1));
+        assert_eq!(c.admit(10, 2, 1000), Admit::Append(r(3)));
+        assert_eq!(c.admit(10, 2, 1000), Admit::Full { log: true });
+        // Bytes too: 25 + 10 > 30.
+        let mut c = InboxCursor::new();
+        assert_eq!(
+            c.admit(25, 100, 30),
+            Admit::Append(InboxRef { seq: 1, size: 25 })
+        );
+        assert_eq!(c.admit(10, 100, 30), Admit::Full { log: true });
+        // A failed append gives its place back.
+        c.failed(InboxRef { seq: 1, size: 25 });
+        assert_eq!((c.count, c.bytes, c.loaded_upto), (0, 0, 1));
+    }
+
+    #[test]
+    fn committed_copies_go_to_memory_only_in_order_online_and_with_room() {
+        let mut c = InboxCursor::new();
+        for _ in 0..4 {
+            c.admit(10, 100, 10_000);
+        }
+        assert!(c.stored(1, true, (0, 0)));
+        assert!(!c.stored(2, false, (1, 10)), "offline: the store keeps it");
+        assert!(
+            !c.stored(3, true, (1, 10)),
+            "2 is not loaded: 3 waits for a page"
+        );
+        assert_eq!((c.loaded_upto, c.committed_upto), (1, 3));
+        let page = c.page((1, 10)).unwrap();
+        assert_eq!(
+            page,
+            Page {
+                after: 1,
+                upto: 3,
+                max: READ_AHEAD - 1,
+                max_bytes: READ_AHEAD_BYTES - 10
+            }
+        );
+        c.paged(page, Some(3), true);
+        assert_eq!(c.loaded_upto, 3);
+        assert!(c.page((3, 30)).is_none(), "everything committed is loaded");
+        assert!(!c.stored(4, true, (READ_AHEAD, 0)), "no room");
+        // A page that stopped at a bound resumes after its last copy.
+        let page = c.page((10, 100)).unwrap();
+        c.paged(page, None, false);
+        assert_eq!(c.loaded_upto, 3);
+        assert!(
+            c.page((READ_AHEAD / 2 + 1, 0)).is_none(),
+            "more than half full"
+        );
+    }
+
+    #[test]
+    fn a_restored_inbox_is_read_from_its_start_and_a_dropped_read_ahead_is_read_again() {
+        let mut c = InboxCursor::restored(InboxSummary {
+            count: 1_000_000,
+            bytes: 64_000_000,
+            last_seq: 1_000_000,
+        });
+        assert_eq!(
+            (c.next_seq, c.loaded_upto, c.committed_upto),
+            (1_000_001, 0, 1_000_000)
+        );
+        let page = c.page((0, 0)).unwrap();
+        assert_eq!(
+            (page.after, page.upto, page.max),
+            (0, 1_000_000, READ_AHEAD)
+        );
+        c.paged(page, Some(256), false);
+        assert_eq!(c.loaded_upto, 256);
+        // The client left with 200..=256 queued in memory: they are read again next time.
+        c.forget_from(Some(200));
+        assert_eq!(c.loaded_upto, 199);
+        c.forget_from(None);
+        assert_eq!(c.loaded_upto, 199);
+    }
+}
