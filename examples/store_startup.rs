@@ -47,6 +47,7 @@ async fn main() {
                     expires_at: None,
                     publisher: None,
                     received: Instant::now(),
+                    qos2_origin: None,
                 };
                 store.retain(&m).await.expect("retain");
                 i += workers;

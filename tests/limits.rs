@@ -191,6 +191,109 @@ async fn receive_maximum_exceeded_for_too_many_unreleased_qos2() {
     );
 }
 
+/// Retained QoS 1 PUBLISHes have their PUBACK held until the commit: a v5 client that sends more than the
+/// server's Receive Maximum before they leave is past it, as with QoS 2 [MQTT-3.3.4-7].
+#[tokio::test]
+async fn receive_maximum_holds_qos1_too_while_acknowledgements_wait_for_commits() {
+    let b = TestBroker::with(|c| c.limits.max_inflight = 1).await;
+    let mut raw = b.raw().await;
+    raw.handshake(connect("greedy-1", ProtocolVersion::V5))
+        .await;
+    let mut out = bytes::BytesMut::new();
+    for pkid in 1..=3u16 {
+        let p = cicada::protocol::Packet::Publish(Publish {
+            topic: "r1".into(),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            pkid,
+            payload: Bytes::from_static(b"x"),
+            ..Publish::default()
+        });
+        cicada::protocol::encode(&p, ProtocolVersion::V5, &mut out).unwrap();
+    }
+    raw.send_bytes(&out).await;
+    assert_eq!(
+        raw.expect_close().await,
+        Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED),
+        "[MQTT-3.3.4-7]"
+    );
+}
+
+/// A client that publishes QoS 1 and never reads its PUBACKs: once its writer queue backs up its reads stop
+/// (counted), instead of acknowledgements piling up in memory; when it reads again every PUBACK comes, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_publishes_and_never_reads_is_paused_not_buffered() {
+    const N: u32 = 100_000;
+    let b = TestBroker::start().await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(b.addr).await.unwrap();
+    let mut raw = Raw::from_stream(stream);
+    raw.handshake(connect("deaf", ProtocolVersion::V311)).await;
+    let (mut rd, mut wr) = raw.stream.into_split();
+    let pump = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let mut out = bytes::BytesMut::new();
+        for i in 0..N {
+            let p = cicada::protocol::Packet::Publish(Publish {
+                topic: "deaf".into(),
+                qos: QoS::AtLeastOnce,
+                pkid: (i % 65_535) as u16 + 1,
+                payload: Bytes::from_static(b"x"),
+                ..Publish::default()
+            });
+            cicada::protocol::encode(&p, ProtocolVersion::V311, &mut out).unwrap();
+            if out.len() > 16 * 1024 {
+                wr.write_all(&out).await.unwrap();
+                out.clear();
+            }
+        }
+        wr.write_all(&out).await.unwrap();
+        wr
+    });
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let (_, m) = b.http_get("/metrics").await;
+        if metric(&m, "cicada_reads_paused_total{cause=\"writer\"}") > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reads never paused for the writer"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(!pump.is_finished(), "the client is held back");
+    // Reading again: every PUBACK, in order.
+    let mut decoder = cicada::protocol::Decoder::new(ProtocolVersion::V311, 1 << 20);
+    let mut buf = bytes::BytesMut::new();
+    let mut next = 0u32;
+    while next < N {
+        use tokio::io::AsyncReadExt;
+        while let Some(p) = decoder.decode(&mut buf).unwrap() {
+            match p {
+                cicada::protocol::Packet::PubAck(a) => {
+                    assert_eq!(a.pkid, (next % 65_535) as u16 + 1);
+                    next += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        if next == N {
+            break;
+        }
+        let n = tokio::time::timeout(common::WAIT, rd.read_buf(&mut buf))
+            .await
+            .expect("PUBACKs keep coming")
+            .unwrap();
+        assert!(n > 0, "closed after {next} PUBACKs");
+    }
+    tokio::time::timeout(common::WAIT, pump)
+        .await
+        .expect("the client carried on")
+        .unwrap();
+}
+
 fn metric(m: &str, name: &str) -> u64 {
     m.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))

@@ -11,32 +11,45 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 type Queued = (Packet, Option<AckWait>);
 
 pub struct AckQueue {
     handle: ConnHandle,
     metrics: Arc<Metrics>,
-    /// Acknowledgements queued and not yet handed to the writer.
+    /// Acknowledgements queued and not yet handed to the writer, and how many of them are PUBACKs (QoS 1
+    /// messages the client still counts against the server's Receive Maximum).
     waiting: Arc<AtomicUsize>,
+    qos1: Arc<AtomicUsize>,
+    /// Woken each time an acknowledgement leaves the queue.
+    released: Arc<Notify>,
     tx: Option<mpsc::UnboundedSender<Queued>>,
     /// The connection's inbound QoS 2 ids: one refused with 0x97 is free again (no PUBREL follows).
     inbound_qos2: Arc<Mutex<HashSet<u16>>>,
+    /// Frees such an id in the store too (a persistent session's ids are stored).
+    forget_qos2: Option<ForgetQos2>,
 }
+
+/// Frees an inbound QoS 2 id of a persistent session in the store.
+pub type ForgetQos2 = Arc<dyn Fn(u16) + Send + Sync>;
 
 impl AckQueue {
     pub fn new(
         handle: ConnHandle,
         metrics: Arc<Metrics>,
         inbound_qos2: Arc<Mutex<HashSet<u16>>>,
+        forget_qos2: Option<ForgetQos2>,
     ) -> AckQueue {
         AckQueue {
             handle,
             metrics,
             waiting: Arc::new(AtomicUsize::new(0)),
+            qos1: Arc::new(AtomicUsize::new(0)),
+            released: Arc::new(Notify::new()),
             tx: None,
             inbound_qos2,
+            forget_qos2,
         }
     }
 
@@ -54,16 +67,44 @@ impl AckQueue {
                 rx,
                 self.handle.clone(),
                 self.metrics.clone(),
-                self.waiting.clone(),
+                Counts {
+                    waiting: self.waiting.clone(),
+                    qos1: self.qos1.clone(),
+                    released: self.released.clone(),
+                },
                 self.inbound_qos2.clone(),
+                self.forget_qos2.clone(),
             ));
             tx
         });
+        let is_qos1 = matches!(ack, Packet::PubAck(_));
         self.waiting.fetch_add(1, Ordering::AcqRel);
+        if is_qos1 {
+            self.qos1.fetch_add(1, Ordering::AcqRel);
+        }
         if tx.send((ack, wait)).is_err() {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
+            if is_qos1 {
+                self.qos1.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
+
+    /// QoS 1 PUBLISHes whose PUBACK has not left yet.
+    pub fn qos1_waiting(&self) -> usize {
+        self.qos1.load(Ordering::Acquire)
+    }
+
+    /// Resolves the next time an acknowledgement leaves the queue.
+    pub fn released(&self) -> Arc<Notify> {
+        self.released.clone()
+    }
+}
+
+struct Counts {
+    waiting: Arc<AtomicUsize>,
+    qos1: Arc<AtomicUsize>,
+    released: Arc<Notify>,
 }
 
 /// Hands acknowledgements to the writer in order. A copy that could not be committed closes the connection
@@ -74,8 +115,9 @@ async fn drain(
     mut rx: mpsc::UnboundedReceiver<Queued>,
     handle: ConnHandle,
     metrics: Arc<Metrics>,
-    waiting: Arc<AtomicUsize>,
+    counts: Counts,
     inbound_qos2: Arc<Mutex<HashSet<u16>>>,
+    forget_qos2: Option<ForgetQos2>,
 ) {
     while let Some((mut ack, wait)) = rx.recv().await {
         let outcome = match wait {
@@ -98,6 +140,9 @@ async fn drain(
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&a.pkid);
+                    if let Some(forget) = &forget_qos2 {
+                        forget(a.pkid);
+                    }
                 }
                 _ => {}
             },
@@ -113,7 +158,12 @@ async fn drain(
                 return;
             }
         }
+        let is_qos1 = matches!(ack, Packet::PubAck(_));
         handle.packet(ack);
-        waiting.fetch_sub(1, Ordering::AcqRel);
+        counts.waiting.fetch_sub(1, Ordering::AcqRel);
+        if is_qos1 {
+            counts.qos1.fetch_sub(1, Ordering::AcqRel);
+        }
+        counts.released.notify_waiters();
     }
 }

@@ -11,6 +11,12 @@ use tokio_util::sync::CancellationToken;
 /// anyway; this bounds QoS 0 and keeps the queue small so queued messages wait in the (counted) outbox.
 pub const WRITER_BUDGET: usize = 512;
 
+/// Packets the writer queue may hold before the connection's reader stops reading: a client that sends and
+/// never reads has its own acknowledgements (PUBACK, PUBREC, PUBCOMP, PINGRESP) waiting in its writer queue,
+/// so past this it is paused, not buffered without end. The session keeps its own sends under
+/// [`WRITER_BUDGET`], so the queue never holds much more than the two together.
+pub const PAUSE_READS_AT: usize = 256;
+
 /// How long a closing connection may take to accept its last packets.
 pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -31,6 +37,8 @@ pub struct ConnShared {
     pub pending: AtomicUsize,
     /// Set by the session when it stopped sending because of the budget; the writer then asks for more.
     pub session_waiting: AtomicBool,
+    /// Woken by the writer each time it takes packets from the queue (a paused reader waits for it).
+    pub drained: tokio::sync::Notify,
 }
 
 /// A session's handle on one connection.
@@ -50,6 +58,11 @@ impl ConnHandle {
     /// Whether the writer queue has room under the budget.
     pub fn has_room(&self) -> bool {
         self.shared.pending.load(Ordering::Acquire) < WRITER_BUDGET
+    }
+
+    /// Whether the writer queue holds so much that the reader must wait before it reads more.
+    pub fn backed_up(&self) -> bool {
+        self.shared.pending.load(Ordering::Acquire) >= PAUSE_READS_AT
     }
 
     pub fn send(&self, out: Outbound) -> bool {

@@ -5,12 +5,12 @@
 
 use super::acks::AckQueue;
 use super::conn::{ConnHandle, ConnShared, Outbound};
-use super::message::{Message, SessionId};
+use super::message::{Message, Qos2Origin, SessionId};
 use super::metrics::Metrics;
 use super::ratelimit::{self, TokenBucket};
 use super::registry::{Opened, RegistryMsg};
 use super::session::{Attach, AttachReply, Detach, SessionMsg};
-use super::ticket::{AckGate, Ticket};
+use super::ticket::{AckGate, AckOutcome, Ticket};
 use super::writer::Writer;
 use super::Context;
 use crate::auth::acl::Who;
@@ -482,6 +482,21 @@ async fn run<R, W>(
         "client connected"
     );
     let inbound_qos2 = Arc::new(Mutex::new(inbound_qos2));
+    // A persistent session's inbound QoS 2 ids are stored (see `Reader::publish`); one refused with 0x97 is
+    // freed there too.
+    let persistent = a.expiry > 0 && ctx.store.is_some();
+    let forget_qos2: Option<super::acks::ForgetQos2> = match (&ctx.store, persistent) {
+        (Some(store), true) => {
+            let (store, client_id) = (store.clone(), a.client_id.clone());
+            Some(Arc::new(move |pkid| {
+                let commit = store.qos2_released(&client_id, pkid);
+                tokio::spawn(async move {
+                    let _ = commit.await;
+                });
+            }))
+        }
+        _ => None,
+    };
     let mut reader = Reader {
         ctx: ctx.clone(),
         session: session.clone(),
@@ -498,7 +513,13 @@ async fn run<R, W>(
         client_id: a.client_id.clone(),
         message_rate: ratelimit::bucket(ctx.config.limits.client_messages_per_sec, Instant::now()),
         byte_rate: ratelimit::bucket(ctx.config.limits.client_bytes_per_sec, Instant::now()),
-        acks: AckQueue::new(handle.clone(), ctx.metrics.clone(), inbound_qos2),
+        acks: AckQueue::new(
+            handle.clone(),
+            ctx.metrics.clone(),
+            inbound_qos2,
+            forget_qos2,
+        ),
+        persistent,
     };
     let keep_alive = a.keep_alive;
     // The token's expiry as a timer: the connection ends then with 0x87 [issue: JWT].
@@ -593,6 +614,8 @@ struct Reader {
     /// Messages of this connection still in the router; reads pause when none is left.
     credit: Arc<Semaphore>,
     connect_expiry: u32,
+    /// The session is persistent: its inbound QoS 2 ids are kept in the store.
+    persistent: bool,
     max_qos: QoS,
     perms: Permissions,
     username: Option<String>,
@@ -630,6 +653,11 @@ impl Reader {
                     Ok(Some(packet)) => {
                         if let Some(g) = grace {
                             deadline = Some(tokio::time::Instant::now() + g);
+                        }
+                        if self.handle.backed_up() {
+                            if let Some(end) = self.wait_for_writer(cancel).await {
+                                return end;
+                            }
                         }
                         if let Some(end) = self.handle_packet(packet).await {
                             return end;
@@ -678,10 +706,26 @@ impl Reader {
             Packet::Publish(p) => return self.publish(p).await,
             Packet::PubRel(r) => {
                 let mut comp = PubAck::new(r.pkid);
-                if !self.qos2().remove(&r.pkid) {
+                let held = self.qos2().remove(&r.pkid);
+                if !held {
                     comp.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
                 }
-                self.handle.packet(Packet::PubComp(comp));
+                // A stored id is freed before PUBCOMP: once the client may reuse it, no restart brings it back
+                // as a duplicate to drop.
+                let wait = match (&self.ctx.store, held && self.persistent) {
+                    (Some(store), true) => {
+                        let commit = store.qos2_released(&self.client_id, r.pkid);
+                        let (gate, wait) = AckGate::new();
+                        tokio::spawn(async move {
+                            if commit.await.is_err() {
+                                gate.fail();
+                            }
+                        });
+                        Some(wait)
+                    }
+                    _ => None,
+                };
+                self.acks.send(Packet::PubComp(comp), wait);
             }
             p @ (Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_)) => {
                 let _ = self.session.cast(SessionMsg::Ack {
@@ -729,6 +773,66 @@ impl Reader {
                     ReasonCode::PROTOCOL_ERROR,
                     format!("{:?} is not sent by clients", other.kind()),
                 ));
+            }
+        }
+        None
+    }
+
+    /// The client does not read what it is sent (its own acknowledgements included): reads pause until its
+    /// writer queue drains, so it is slowed, not buffered without end.
+    async fn wait_for_writer(&self, cancel: &CancellationToken) -> Option<End> {
+        self.ctx
+            .metrics
+            .reads_paused
+            .with_label_values(&["writer"])
+            .inc();
+        while self.handle.backed_up() {
+            let drained = self.handle.shared.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if !self.handle.backed_up() {
+                break;
+            }
+            tokio::select! {
+                _ = drained => {}
+                _ = cancel.cancelled() => return Some(End::ClosedByServer),
+            }
+        }
+        None
+    }
+
+    /// Inbound QoS 1 is held to the server's Receive Maximum like QoS 2: a v5 client past it is disconnected
+    /// with 0x93 [MQTT-3.3.4-7]; an older client, which was told no maximum, has its reads paused until the
+    /// acknowledgements it waits for (held by commits) have left.
+    async fn admit_qos1(&self, cancel: &CancellationToken) -> Option<End> {
+        let max = usize::from(self.ctx.config.limits.max_inflight);
+        let over = || self.acks.qos1_waiting() + self.qos2().len() >= max;
+        if !over() {
+            return None;
+        }
+        if self.handle.version.is_v5() {
+            return Some(End::Error(
+                ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                "more unacknowledged QoS 1 and 2 messages than Receive Maximum [MQTT-3.3.4-7]"
+                    .into(),
+            ));
+        }
+        self.ctx
+            .metrics
+            .reads_paused
+            .with_label_values(&["inflight"])
+            .inc();
+        let released = self.acks.released();
+        while self.acks.qos1_waiting() > 0 && over() {
+            let n = released.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.acks.qos1_waiting() == 0 || !over() {
+                break;
+            }
+            tokio::select! {
+                _ = n => {}
+                _ = cancel.cancelled() => return Some(End::ClosedByServer),
             }
         }
         None
@@ -813,6 +917,11 @@ impl Reader {
         }
         let pkid = p.pkid;
         let qos = p.qos;
+        if qos == QoS::AtLeastOnce {
+            if let Some(end) = self.admit_qos1(&cancel).await {
+                return Some(end);
+            }
+        }
         let mut reason = ReasonCode::SUCCESS;
         let mut route = true;
         let mut wait = None;
@@ -821,7 +930,8 @@ impl Reader {
             if held.contains(&pkid) {
                 // A re-sent QoS 2 PUBLISH before PUBREL: acknowledged, not delivered twice [MQTT-4.3.3-10].
                 route = false;
-            } else if held.len() >= usize::from(cfg.limits.max_inflight) {
+            } else if held.len() + self.acks.qos1_waiting() >= usize::from(cfg.limits.max_inflight)
+            {
                 return Some(End::Error(
                     ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
                     "too many QoS 2 messages in flight [MQTT-3.3.4-7]".into(),
@@ -879,21 +989,50 @@ impl Reader {
             if qos == QoS::ExactlyOnce {
                 self.qos2().insert(pkid);
             }
-            let message = Arc::new(Message::from_publish(
-                p,
-                Some(self.session_id),
-                Instant::now(),
-            ));
+            let mut message = Message::from_publish(p, Some(self.session_id), Instant::now());
+            if qos == QoS::ExactlyOnce && self.persistent {
+                message.qos2_origin = Some(Arc::new(Qos2Origin {
+                    client_id: self.client_id.clone(),
+                    pkid,
+                }));
+            }
+            let message = Arc::new(message);
             // What must be committed before the acknowledgement holds the gate: persistent sessions' copies,
             // and a retained message. The reader goes on meanwhile; acknowledgements leave in order.
+            // A persistent session's inbound QoS 2 id is stored with it: a resend after kill -9 or a takeover
+            // is not routed again, and the PUBREC waits for that commit [MQTT-4.3.3-9].
+            let record_qos2 = qos == QoS::ExactlyOnce && self.persistent;
             let needs_gate = qos != QoS::AtMostOnce
                 && ctx.store.is_some()
-                && (message.retain || ctx.durable_sessions.load(Ordering::Acquire) > 0);
+                && (message.retain
+                    || record_qos2
+                    || ctx.durable_sessions.load(Ordering::Acquire) > 0);
             let gate = needs_gate.then(|| {
                 let (gate, w) = AckGate::new();
                 wait = Some(w);
                 gate
             });
+            // Its id is recorded once every copy it made is committed, then PUBREC goes: a crash before the
+            // record has the resend routed again, and persistent subscribers that stored it already add
+            // nothing ([`Message::qos2_origin`]); a crash after it has the resend acknowledged, not routed.
+            if let (true, Some(store), Some(gate_wait)) = (record_qos2, &ctx.store, wait.take()) {
+                let (store, client_id) = (store.clone(), self.client_id.clone());
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                tokio::spawn(async move {
+                    let outcome = match gate_wait.await.unwrap_or(AckOutcome::Failed) {
+                        AckOutcome::Stored => match store.qos2_received(&client_id, pkid).await {
+                            Ok(true) => AckOutcome::Stored,
+                            _ => {
+                                tracing::warn!(pkid, "inbound QoS 2 id not stored");
+                                AckOutcome::Failed
+                            }
+                        },
+                        other => other,
+                    };
+                    let _ = tx.send(outcome);
+                });
+                wait = Some(rx);
+            }
             if message.retain {
                 if let Some(g) = &gate {
                     // The retained store is one more place the message goes, and it never refuses it.

@@ -26,6 +26,17 @@ pub struct Message {
     pub publisher: Option<SessionId>,
     /// When the broker received it, for the delivery latency histogram.
     pub received: Instant,
+    /// A QoS 2 PUBLISH of a persistent session: (its client id, its packet id). Persistent subscribers store
+    /// their copy at most once per such pair until the publisher releases it, so a resend routed again after
+    /// a crash (before the id was recorded) adds nothing twice.
+    pub qos2_origin: Option<Arc<Qos2Origin>>,
+}
+
+/// Who published a QoS 2 message, for at-most-once storage of its copies (see [`Message::qos2_origin`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Qos2Origin {
+    pub client_id: String,
+    pub pkid: u16,
 }
 
 impl Message {
@@ -47,6 +58,7 @@ impl Message {
             expires_at,
             publisher,
             received: now,
+            qos2_origin: None,
         }
     }
 

@@ -97,7 +97,7 @@ impl Metrics {
         for op in ["appended", "removed", "paged", "failed"] {
             m.inbox.with_label_values(&[op]);
         }
-        for cause in ["credit", "memory_watermark"] {
+        for cause in ["credit", "memory_watermark", "writer", "inflight"] {
             m.reads_paused.with_label_values(&[cause]);
         }
         for reason in [

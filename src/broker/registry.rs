@@ -75,6 +75,7 @@ impl Actor for Registry {
                         inbox: store.inbox_summary(&client_id, rec.incarnation),
                         expiry: rec.expiry,
                         remaining,
+                        inbound_qos2: store.qos2_ids(&client_id),
                         subscriptions: rec.subscriptions,
                     }),
                 };

@@ -171,6 +171,7 @@ mod tests {
             expires_at: None,
             publisher: None,
             received: Instant::now(),
+            qos2_origin: None,
         })
     }
 

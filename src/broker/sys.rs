@@ -106,6 +106,7 @@ fn publish(ctx: &Context) {
                 expires_at: None,
                 publisher: None,
                 received: now,
+                qos2_origin: None,
             }),
             Default::default(),
         );

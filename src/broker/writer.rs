@@ -117,6 +117,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 }
             }
             self.shared.pending.fetch_sub(taken, Ordering::AcqRel);
+            self.shared.drained.notify_waiters();
             if close {
                 let _ = self.io.flush().await;
                 let _ = self.io.shutdown().await;

@@ -134,8 +134,17 @@ impl<P, R> ClientSession<P, R> {
     }
 
     /// PUBCOMP for a QoS 2 publish.
+    /// PUBCOMP: the QoS 2 publish is done. The server accepted it at PUBREC; a PUBCOMP with 0x92 (Packet
+    /// Identifier not found) answers a PUBREL resent after the server already released the id (it restarted
+    /// or the connection broke after its PUBCOMP left): "not an error during recovery" (MQTT 5 3.7.2.1), so
+    /// the publish succeeded.
     pub fn on_pubcomp(&mut self, ack: &PubAck) -> AckOutcome<P> {
-        self.finish(ack.pkid, Stage::AwaitComp, ack.reason)
+        let reason = if ack.reason == ReasonCode::PACKET_IDENTIFIER_NOT_FOUND {
+            ReasonCode::SUCCESS
+        } else {
+            ack.reason
+        };
+        self.finish(ack.pkid, Stage::AwaitComp, reason)
     }
 
     fn finish(&mut self, pkid: u16, stage: Stage, reason: ReasonCode) -> AckOutcome<P> {
@@ -309,6 +318,23 @@ mod tests {
         assert_eq!(
             s.on_pubcomp(&PubAck::new(3)),
             AckOutcome::Done(30, ReasonCode::SUCCESS)
+        );
+    }
+
+    #[test]
+    fn a_pubcomp_with_packet_identifier_not_found_after_recovery_completes_the_publish() {
+        let mut s: ClientSession<u32, ()> = ClientSession::new(5, true);
+        s.track_publish(publish(4, QoS::ExactlyOnce), 40);
+        s.on_pubrec(&PubAck::new(4));
+        // The server released the id before it restarted; the resent PUBREL finds nothing to release.
+        let not_found = PubAck {
+            pkid: 4,
+            reason: ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+            ..PubAck::default()
+        };
+        assert_eq!(
+            s.on_pubcomp(&not_found),
+            AckOutcome::Done(40, ReasonCode::SUCCESS)
         );
     }
 

@@ -30,15 +30,32 @@ const DELETE_SESSION: u8 = 4;
 const INBOX_APPEND: u8 = 5;
 const INBOX_ACK: u8 = 6;
 const INBOX_RELEASE: u8 = 7;
+const QOS2_RECEIVED: u8 = 8;
+const QOS2_RELEASED: u8 = 9;
+const INBOX_APPEND_ONCE: u8 = 10;
 /// First byte of an inbox value whose QoS 2 message the client received (a delivery starts with its QoS).
 const RELEASED: u8 = 0xFE;
 const RETAINED_PREFIX: &[u8] = b"r/";
 const SESSION_PREFIX: &[u8] = b"s/";
 const INBOX_PREFIX: &[u8] = b"i/";
 const COUNTER_PREFIX: &[u8] = b"c/";
+const QOS2_PREFIX: &[u8] = b"q/";
+const ONCE_PREFIX: &[u8] = b"o/";
 /// What apply answers: the command changed the state, or it was ignored (stale incarnation, no session).
 pub const APPLIED: &[u8] = &[1];
 pub const IGNORED: &[u8] = &[0];
+/// What apply answers to an append whose copy the session already has (see [`Command::InboxAppend`]).
+pub const DUPLICATE: &[u8] = &[2];
+
+/// What became of an inbox append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Stored,
+    /// The session already has this QoS 2 message of this publisher: nothing was added.
+    Duplicate,
+    /// The session's incarnation is no longer the stored one.
+    Ignored,
+}
 
 /// A change to durable broker state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,18 +81,33 @@ pub enum Command {
         version: u64,
     },
     /// A message for a persistent session (see [`encode_delivery`]); applied only while the stored session
-    /// is this incarnation.
+    /// is this incarnation. `once`: a QoS 2 message of a persistent publisher (its client id and packet id),
+    /// stored at most once per session until that publisher releases the id, so a resend that is routed again
+    /// after a crash adds no second copy.
     InboxAppend {
         client_id: String,
         incarnation: u64,
         seq: u64,
         record: Vec<u8>,
+        once: Option<(String, u16)>,
     },
     /// QoS 2: the client sent PUBREC for the copy, which it received with packet id `pkid`.
     InboxRelease {
         client_id: String,
         incarnation: u64,
         seq: u64,
+        pkid: u16,
+    },
+    /// A persistent session's client sent a QoS 2 PUBLISH with this packet id, which was routed: until PUBREL
+    /// a resend with the id is not routed again, whatever restarts or takeovers come between
+    /// [MQTT-4.3.3-9]. Applied only while the session is stored.
+    Qos2Received {
+        client_id: String,
+        pkid: u16,
+    },
+    /// The client released it (PUBREL): the id is free again.
+    Qos2Released {
+        client_id: String,
         pkid: u16,
     },
     /// Messages the client acknowledged (or that left the session otherwise): removed from the inbox.
@@ -163,11 +195,20 @@ impl Command {
                 incarnation,
                 seq,
                 record,
+                once,
             } => {
-                b.push(INBOX_APPEND);
+                b.push(if once.is_some() {
+                    INBOX_APPEND_ONCE
+                } else {
+                    INBOX_APPEND
+                });
                 put_str32(&mut b, client_id);
                 b.extend_from_slice(&incarnation.to_be_bytes());
                 b.extend_from_slice(&seq.to_be_bytes());
+                if let Some((publisher, pkid)) = once {
+                    put_str32(&mut b, publisher);
+                    b.extend_from_slice(&pkid.to_be_bytes());
+                }
                 b.extend_from_slice(record);
             }
             Command::InboxRelease {
@@ -181,6 +222,16 @@ impl Command {
                 b.extend_from_slice(&incarnation.to_be_bytes());
                 b.extend_from_slice(&seq.to_be_bytes());
                 b.extend_from_slice(&pkid.to_be_bytes());
+            }
+            Command::Qos2Received { client_id, pkid }
+            | Command::Qos2Released { client_id, pkid } => {
+                b.push(if matches!(self, Command::Qos2Received { .. }) {
+                    QOS2_RECEIVED
+                } else {
+                    QOS2_RELEASED
+                });
+                b.extend_from_slice(&pkid.to_be_bytes());
+                b.extend_from_slice(client_id.as_bytes());
             }
             Command::InboxAck {
                 client_id,
@@ -224,12 +275,23 @@ impl Command {
                     version,
                 })
             }
-            INBOX_APPEND => Some(Command::InboxAppend {
-                client_id: r.str32()?,
-                incarnation: r.u64()?,
-                seq: r.u64()?,
-                record: r.rest().to_vec(),
-            }),
+            INBOX_APPEND | INBOX_APPEND_ONCE => {
+                let client_id = r.str32()?;
+                let incarnation = r.u64()?;
+                let seq = r.u64()?;
+                let once = if kind == INBOX_APPEND_ONCE {
+                    Some((r.str32()?, r.u16()?))
+                } else {
+                    None
+                };
+                Some(Command::InboxAppend {
+                    client_id,
+                    incarnation,
+                    seq,
+                    record: r.rest().to_vec(),
+                    once,
+                })
+            }
             INBOX_RELEASE => {
                 let cmd = Command::InboxRelease {
                     client_id: r.str32()?,
@@ -238,6 +300,15 @@ impl Command {
                     pkid: r.u16()?,
                 };
                 r.0.is_empty().then_some(cmd)
+            }
+            QOS2_RECEIVED | QOS2_RELEASED => {
+                let pkid = r.u16()?;
+                let client_id = r.rest_str()?;
+                Some(if kind == QOS2_RECEIVED {
+                    Command::Qos2Received { client_id, pkid }
+                } else {
+                    Command::Qos2Released { client_id, pkid }
+                })
             }
             INBOX_ACK => {
                 let client_id = r.str32()?;
@@ -519,6 +590,44 @@ fn inbox_key(client_id: &str, incarnation: u64, seq: u64) -> Vec<u8> {
     k
 }
 
+/// `q/{client id}\0`: the client's inbound QoS 2 ids awaiting PUBREL.
+fn qos2_prefix(client_id: &str) -> Vec<u8> {
+    let mut k = QOS2_PREFIX.to_vec();
+    k.extend_from_slice(client_id.as_bytes());
+    k.push(0);
+    k
+}
+
+fn qos2_key(client_id: &str, pkid: u16) -> Vec<u8> {
+    let mut k = qos2_prefix(client_id);
+    k.extend_from_slice(&pkid.to_be_bytes());
+    k
+}
+
+/// `o/{publisher}\0{pkid}`: the sessions that stored a copy of the publisher's QoS 2 message with that id.
+fn once_prefix(publisher: &str, pkid: Option<u16>) -> Vec<u8> {
+    let mut k = ONCE_PREFIX.to_vec();
+    k.extend_from_slice(publisher.as_bytes());
+    k.push(0);
+    if let Some(pkid) = pkid {
+        k.extend_from_slice(&pkid.to_be_bytes());
+    }
+    k
+}
+
+fn remove_prefix(txn: &mut Txn<'_>, prefix: &[u8]) {
+    for k in txn.keys_with_prefix(prefix).unwrap_or_default() {
+        txn.remove(&k);
+    }
+}
+
+/// Forgets a client's inbound QoS 2 ids and the copies its QoS 2 messages left (its session ended or
+/// began again).
+fn drop_qos2(txn: &mut Txn<'_>, client_id: &str) {
+    remove_prefix(txn, &qos2_prefix(client_id));
+    remove_prefix(txn, &once_prefix(client_id, None));
+}
+
 fn counter_key(client_id: &str) -> Vec<u8> {
     let mut k = COUNTER_PREFIX.to_vec();
     k.extend_from_slice(client_id.as_bytes());
@@ -632,8 +741,10 @@ impl StateMachine for BrokerMachine {
                         .get(..8)
                         .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
                     if stored_incarnation(txn, &key) != incarnation {
-                        // A new life of the session: what the previous one left in the inbox goes.
+                        // A new life of the session: what the previous one left in the inbox goes, and
+                        // so do its inbound QoS 2 ids.
                         self.inbox.sub(drop_inbox(txn, &client_id, incarnation));
+                        drop_qos2(txn, &client_id);
                     }
                     let mut v = version.to_be_bytes().to_vec();
                     v.extend_from_slice(&record);
@@ -646,6 +757,7 @@ impl StateMachine for BrokerMachine {
                     // A tombstone keeps the version, so an older put that commits later stays ignored.
                     txn.insert(&key, &version.to_be_bytes());
                     self.inbox.sub(drop_inbox(txn, &client_id, None));
+                    drop_qos2(txn, &client_id);
                 }
             }
             Some(Command::InboxAppend {
@@ -653,8 +765,24 @@ impl StateMachine for BrokerMachine {
                 incarnation,
                 seq,
                 record,
+                once,
             }) => {
-                if stored_incarnation(txn, &session_key(&client_id)) == Some(incarnation) {
+                let once_key = once.as_ref().map(|(publisher, pkid)| {
+                    let mut k = once_prefix(publisher, Some(*pkid));
+                    k.extend_from_slice(client_id.as_bytes());
+                    k
+                });
+                let live = stored_incarnation(txn, &session_key(&client_id)) == Some(incarnation);
+                if live
+                    && once_key
+                        .as_ref()
+                        .is_some_and(|k| matches!(txn.get(k), Ok(Some(_))))
+                {
+                    outcome = DUPLICATE;
+                } else if live {
+                    if let Some(k) = &once_key {
+                        txn.insert(k, &[]);
+                    }
                     txn.insert(&inbox_key(&client_id, incarnation, seq), &record);
                     count_inbox(txn, &client_id, incarnation, 1, record.len() as i64);
                     self.inbox.inc();
@@ -680,6 +808,17 @@ impl StateMachine for BrokerMachine {
                     }
                     _ => outcome = IGNORED,
                 }
+            }
+            Some(Command::Qos2Received { client_id, pkid }) => {
+                if stored_incarnation(txn, &session_key(&client_id)).is_some() {
+                    txn.insert(&qos2_key(&client_id, pkid), &[]);
+                } else {
+                    outcome = IGNORED;
+                }
+            }
+            Some(Command::Qos2Released { client_id, pkid }) => {
+                txn.remove(&qos2_key(&client_id, pkid));
+                remove_prefix(txn, &once_prefix(&client_id, Some(pkid)));
             }
             Some(Command::InboxAck {
                 client_id,
@@ -798,17 +937,25 @@ impl Store {
         incarnation: u64,
         seq: u64,
         record: Vec<u8>,
-    ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
+        once: Option<(String, u16)>,
+    ) -> impl std::future::Future<Output = Result<Appended, ClusterError>> + Send + 'static {
         let commit = self.cluster.submit(
             Command::InboxAppend {
                 client_id: client_id.to_string(),
                 incarnation,
                 seq,
                 record,
+                once,
             }
             .encode(),
         );
-        async move { commit.await.map(|r| r == APPLIED) }
+        async move {
+            commit.await.map(|r| match &r[..] {
+                r if r == APPLIED => Appended::Stored,
+                r if r == DUPLICATE => Appended::Duplicate,
+                _ => Appended::Ignored,
+            })
+        }
     }
 
     /// Marks a QoS 2 copy as received by the client with packet id `pkid` (ordered after its append); the
@@ -839,6 +986,50 @@ impl Store {
             incarnation,
             seqs,
         });
+    }
+
+    /// Records an inbound QoS 2 id of a persistent session (see [`Command::Qos2Received`]); the future says
+    /// whether it is committed (`false`: the store has no such session).
+    pub fn qos2_received(
+        &self,
+        client_id: &str,
+        pkid: u16,
+    ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
+        let commit = self.cluster.submit(
+            Command::Qos2Received {
+                client_id: client_id.to_string(),
+                pkid,
+            }
+            .encode(),
+        );
+        async move { commit.await.map(|r| r == APPLIED) }
+    }
+
+    /// Frees an inbound QoS 2 id (PUBREL); the future resolves once that is committed.
+    pub fn qos2_released(
+        &self,
+        client_id: &str,
+        pkid: u16,
+    ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
+        let commit = self.cluster.submit(
+            Command::Qos2Released {
+                client_id: client_id.to_string(),
+                pkid,
+            }
+            .encode(),
+        );
+        async move { commit.await.map(|r| r == APPLIED) }
+    }
+
+    /// A stored session's inbound QoS 2 ids awaiting PUBREL.
+    pub fn qos2_ids(&self, client_id: &str) -> std::collections::HashSet<u16> {
+        let prefix = qos2_prefix(client_id);
+        self.cluster
+            .view()
+            .scan_prefix(&prefix)
+            .flatten()
+            .filter_map(|(k, _)| Some(u16::from_be_bytes(k.get(prefix.len()..)?.try_into().ok()?)))
+            .collect()
     }
 
     /// How many messages a session's inbox holds, their bytes and the last seq, without reading them.
@@ -949,6 +1140,7 @@ mod tests {
             expires_at: None,
             publisher: None,
             received: Instant::now(),
+            qos2_origin: None,
         }
     }
 
@@ -1007,9 +1199,10 @@ mod tests {
     async fn append(store: &Store, incarnation: u64, d: &Delivery) -> bool {
         let seq = d.durable.unwrap().seq;
         store
-            .inbox_append("dev", incarnation, seq, encode_delivery(d))
+            .inbox_append("dev", incarnation, seq, encode_delivery(d), None)
             .await
             .unwrap()
+            == Appended::Stored
     }
 
     /// Waits until every proposal made so far is applied (acks are fire-and-forget).
@@ -1106,6 +1299,24 @@ mod tests {
         );
         assert_eq!((rest.len(), rest[0].seq, complete), (1, 3, true));
 
+        // A QoS 2 message of a persistent publisher is stored once per session until the publisher releases
+        // its id: a resend routed again after a crash adds nothing.
+        let once = || Some(("sensor".to_string(), 9));
+        let q2 = delivery("cmd/q2", b"x", 4);
+        let append_once = |seq| store.inbox_append("dev", 10, seq, encode_delivery(&q2), once());
+        assert_eq!(append_once(4).await.unwrap(), Appended::Stored);
+        assert_eq!(append_once(5).await.unwrap(), Appended::Duplicate);
+        assert!(store.qos2_released("sensor", 9).await.unwrap());
+        assert_eq!(
+            append_once(6).await.unwrap(),
+            Appended::Stored,
+            "released: a new message"
+        );
+        assert_eq!(
+            all(&store, 10).iter().map(|c| c.seq).collect::<Vec<_>>(),
+            [1, 3, 4, 6]
+        );
+
         // A new life of the session drops the old inbox; deleting the session drops the new one.
         store.put_session("dev", 2, &record(12));
         settle(&store).await;
@@ -1148,6 +1359,14 @@ mod tests {
                 incarnation: 5,
                 seq: 9,
                 record: vec![1, 2],
+                once: None,
+            },
+            Command::InboxAppend {
+                client_id: "dev-7".into(),
+                incarnation: 5,
+                seq: 10,
+                record: vec![1, 2],
+                once: Some(("sensor".into(), 513)),
             },
             Command::InboxAck {
                 client_id: "dev-7".into(),
@@ -1159,6 +1378,14 @@ mod tests {
                 incarnation: 5,
                 seq: 9,
                 pkid: 65535,
+            },
+            Command::Qos2Received {
+                client_id: "dev-7".into(),
+                pkid: 258,
+            },
+            Command::Qos2Released {
+                client_id: "dev-7".into(),
+                pkid: 1,
             },
         ] {
             assert_eq!(Command::decode(&c.encode()), Some(c));
@@ -1198,6 +1425,7 @@ mod tests {
             expires_at: Some(Instant::now() + Duration::from_secs(60)),
             publisher: Some(3),
             received: Instant::now(),
+            qos2_origin: None,
         };
         let back = decode_record(&encode_record(&m)).unwrap();
         assert_eq!(back.topic, m.topic);

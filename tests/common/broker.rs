@@ -115,6 +115,11 @@ pub struct Raw {
 impl Raw {
     pub async fn connect(addr: SocketAddr) -> Raw {
         let stream = TcpStream::connect(addr).await.expect("connect");
+        Raw::from_stream(stream)
+    }
+
+    /// A raw peer on a socket the test made (e.g. with a small receive buffer).
+    pub fn from_stream(stream: TcpStream) -> Raw {
         Raw {
             stream,
             buf: BytesMut::new(),
@@ -124,6 +129,13 @@ impl Raw {
 
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Sends a packet; `false` when the connection is gone (a test that kills the broker expects that).
+    pub async fn try_send(&mut self, p: &Packet) -> bool {
+        let mut out = BytesMut::new();
+        encode(p, self.decoder.version, &mut out).expect("encode");
+        self.stream.write_all(&out).await.is_ok()
     }
 
     pub async fn send(&mut self, p: &Packet) {

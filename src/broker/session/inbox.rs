@@ -9,7 +9,7 @@
 
 use crate::broker::message::{Delivery, InboxRef};
 use crate::broker::ticket::Ticket;
-use crate::store::InboxSummary;
+use crate::store::{Appended, InboxSummary};
 use cicada_cluster::ClusterError;
 use ractor::ActorRef;
 use std::future::Future;
@@ -160,7 +160,7 @@ impl InboxCursor {
     }
 }
 
-type Commit = Pin<Box<dyn Future<Output = Result<bool, ClusterError>> + Send>>;
+type Commit<T> = Pin<Box<dyn Future<Output = Result<T, ClusterError>> + Send>>;
 
 /// A store command of the session whose answer the session needs.
 pub enum Pending {
@@ -168,10 +168,10 @@ pub enum Pending {
     Append {
         delivery: Delivery,
         ticket: Ticket,
-        commit: Commit,
+        commit: Commit<Appended>,
     },
     /// A QoS 2 copy's release: its PUBREL waits for it.
-    Release { pkid: u16, commit: Commit },
+    Release { pkid: u16, commit: Commit<bool> },
 }
 
 /// Awaits the session's commits in proposal order and reports each to the session: `Stored` / `AppendFailed`,
@@ -194,17 +194,25 @@ pub fn spawn_commit_waiter(
                     commit,
                 } => {
                     let outcome = commit.await;
-                    let stored = matches!(outcome, Ok(true));
-                    if !stored {
-                        failures.inc();
-                        match &outcome {
-                            Err(e) => {
-                                tracing::warn!(error = %e, "message for a persistent session not stored")
-                            }
-                            Ok(_) => tracing::warn!(
+                    let stored = matches!(outcome, Ok(Appended::Stored));
+                    let failed = match &outcome {
+                        Ok(Appended::Stored) => false,
+                        // The session has this message already (a resend routed again after a crash): the
+                        // publisher may be acknowledged; the copy stored before is the one delivered.
+                        Ok(Appended::Duplicate) => false,
+                        Ok(Appended::Ignored) => {
+                            tracing::warn!(
                                 "message for a replaced persistent session ignored by the store"
-                            ),
+                            );
+                            true
                         }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "message for a persistent session not stored");
+                            true
+                        }
+                    };
+                    if failed {
+                        failures.inc();
                         if let Some(g) = &ticket.gate {
                             g.fail();
                         }

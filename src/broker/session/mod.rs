@@ -113,6 +113,8 @@ pub struct Restored {
     pub expiry: u32,
     /// Seconds of expiry left.
     pub remaining: u32,
+    /// Inbound QoS 2 ids the client had sent and not yet released.
+    pub inbound_qos2: HashSet<u16>,
     pub subscriptions: Vec<(String, crate::protocol::SubscriptionOptions, Option<u32>)>,
 }
 
@@ -194,6 +196,7 @@ impl Actor for Session {
             s.attached_before = true;
             s.set_stored(true);
             s.incarnation = r.incarnation;
+            s.inbound_qos2 = r.inbound_qos2;
             // Nothing of the inbox is read now: it is paged in once the client is back. Whatever it holds was
             // stored before this start and may have been sent: it goes out with DUP set.
             s.inbox = InboxCursor::restored(r.inbox);
@@ -625,6 +628,7 @@ impl SessionState {
                 expires_at,
                 publisher: Some(self.id),
                 received: now,
+                qos2_origin: None,
             };
             self.ctx
                 .metrics
@@ -687,11 +691,17 @@ impl SessionState {
                 Admit::Append(r) => {
                     d.durable = Some(r);
                     self.ctx.metrics.inbox_appended.inc();
+                    let once = d
+                        .message
+                        .qos2_origin
+                        .as_deref()
+                        .map(|o| (o.client_id.clone(), o.pkid));
                     let commit = Box::pin(store.inbox_append(
                         &self.client_id,
                         self.incarnation,
                         r.seq,
                         record,
+                        once,
                     ));
                     let _ = self.commits().send(Pending::Append {
                         delivery: d,
