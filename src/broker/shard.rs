@@ -6,7 +6,7 @@ use super::message::{Delivery, Message, SessionId};
 use super::session::SessionMsg;
 use super::ticket::Ticket;
 use super::trie::Trie;
-use super::Context;
+use super::metrics::Metrics;
 use crate::protocol::{topic, QoS, SubscriptionOptions};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::HashMap;
@@ -77,7 +77,8 @@ pub enum ShardMsg {
 pub struct TopicShard;
 
 pub struct ShardState {
-    ctx: Arc<Context>,
+    /// What a shard uses of the broker: its counters (drops). It routes to sessions and never touches the store.
+    metrics: Arc<Metrics>,
     trie: Trie<Entry>,
 }
 
@@ -94,15 +95,15 @@ pub fn shard_of(topic: &str, shards: usize) -> usize {
 impl Actor for TopicShard {
     type Msg = ShardMsg;
     type State = ShardState;
-    type Arguments = Arc<Context>;
+    type Arguments = Arc<Metrics>;
 
     async fn pre_start(
         &self,
         _me: ActorRef<ShardMsg>,
-        ctx: Arc<Context>,
+        metrics: Arc<Metrics>,
     ) -> Result<ShardState, ActorProcessingErr> {
         Ok(ShardState {
-            ctx,
+            metrics,
             trie: Trie::default(),
         })
     }
@@ -209,8 +210,7 @@ impl ShardState {
             gate.add_copies(copies);
         }
         if copies == 0 && !message.topic.starts_with("$SYS") {
-            self.ctx
-                .metrics
+            self.metrics
                 .dropped
                 .with_label_values(&["no_subscribers"])
                 .inc();
@@ -276,8 +276,7 @@ impl ShardState {
                 if delivery.qos != QoS::AtMostOnce {
                     tracing::debug!(topic = %delivery.message.topic, group = parsed.group, "no other member for a shared message");
                 }
-                self.ctx
-                    .metrics
+                self.metrics
                     .dropped
                     .with_label_values(&["no_group_member"])
                     .inc();
