@@ -130,6 +130,53 @@ async fn an_inbound_qos2_resend_after_kill_9_is_not_routed_twice() {
     assert_eq!(rx.delivered, ["first", "second"], "first delivered once");
 }
 
+/// Inbound QoS 2 ids belong to the session, not to a connection: after a takeover the new connection's
+/// PUBREL releases the id the old connection received (PUBCOMP 0x00, not 0x92), and the id is then free for a
+/// new message, which is routed (a stale id would have it acknowledged and dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_keeps_the_sessions_inbound_qos2_ids() {
+    let broker = CicadaProcess::start("[mqtt]\nsys_interval = 0");
+    let addr: SocketAddr = ([127, 0, 0, 1], broker.port).into();
+    let (mut sub, _) = persistent(addr, "counter", true, "y/#").await;
+    let mut rx = Receiver {
+        held: HashSet::new(),
+        delivered: Vec::new(),
+    };
+    let (mut old, _) = persistent(addr, "source", true, "unused/#").await;
+    let first = Publish {
+        topic: "y/1".into(),
+        qos: QoS::ExactlyOnce,
+        pkid: 5,
+        payload: "first".into(),
+        ..Publish::default()
+    };
+    old.send(&Packet::Publish(first.clone())).await;
+    assert_eq!(old.recv().await, Some(Packet::PubRec(PubAck::new(5))));
+    // Taken over while the old connection is still open.
+    let (mut new, present) = persistent(addr, "source", false, "").await;
+    assert!(present);
+    assert!(matches!(
+        old.expect_close().await,
+        Some(ReasonCode::SESSION_TAKEN_OVER)
+    ));
+    new.send(&Packet::PubRel(PubAck::new(5))).await;
+    assert_eq!(
+        new.recv().await,
+        Some(Packet::PubComp(PubAck::new(5))),
+        "the session held the id"
+    );
+    new.send(&Packet::Publish(Publish {
+        payload: "second".into(),
+        ..first
+    }))
+    .await;
+    assert_eq!(new.recv().await, Some(Packet::PubRec(PubAck::new(5))));
+    while !rx.delivered.iter().any(|d| d == "second") {
+        assert!(rx.step(&mut sub).await, "closed before the second message");
+    }
+    assert_eq!(rx.delivered, ["first", "second"]);
+}
+
 /// A small deterministic generator (xorshift64*), so a failing schedule can be replayed from its seed.
 struct Rng(u64);
 

@@ -4,12 +4,12 @@
 //! client's Receive Maximum bounds how many wait).
 
 use super::conn::ConnHandle;
+use super::inbound::InboundQos2;
 use super::metrics::Metrics;
 use super::ticket::{AckOutcome, AckWait};
 use crate::protocol::{Packet, ReasonCode};
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, Notify};
 
@@ -26,7 +26,7 @@ pub struct AckQueue {
     released: Arc<Notify>,
     tx: Option<mpsc::UnboundedSender<Queued>>,
     /// The connection's inbound QoS 2 ids: one refused with 0x97 is free again (no PUBREL follows).
-    inbound_qos2: Arc<Mutex<HashSet<u16>>>,
+    inbound_qos2: InboundQos2,
     /// Frees such an id in the store too (a persistent session's ids are stored).
     forget_qos2: Option<ForgetQos2>,
 }
@@ -38,7 +38,7 @@ impl AckQueue {
     pub fn new(
         handle: ConnHandle,
         metrics: Arc<Metrics>,
-        inbound_qos2: Arc<Mutex<HashSet<u16>>>,
+        inbound_qos2: InboundQos2,
         forget_qos2: Option<ForgetQos2>,
     ) -> AckQueue {
         AckQueue {
@@ -90,6 +90,11 @@ impl AckQueue {
         }
     }
 
+    /// Acknowledgements queued and not yet handed to the writer.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
     /// QoS 1 PUBLISHes whose PUBACK has not left yet.
     pub fn qos1_waiting(&self) -> usize {
         self.qos1.load(Ordering::Acquire)
@@ -116,7 +121,7 @@ async fn drain(
     handle: ConnHandle,
     metrics: Arc<Metrics>,
     counts: Counts,
-    inbound_qos2: Arc<Mutex<HashSet<u16>>>,
+    inbound_qos2: InboundQos2,
     forget_qos2: Option<ForgetQos2>,
 ) {
     while let Some((mut ack, wait)) = rx.recv().await {
@@ -136,10 +141,7 @@ async fn drain(
                 Packet::PubRec(a) => {
                     a.reason = ReasonCode::QUOTA_EXCEEDED;
                     // [MQTT-4.3.3-4]: after a PUBREC with an error the exchange is over; the id is free.
-                    inbound_qos2
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&a.pkid);
+                    inbound_qos2.remove(a.pkid);
                     if let Some(forget) = &forget_qos2 {
                         forget(a.pkid);
                     }
@@ -148,6 +150,10 @@ async fn drain(
             },
             AckOutcome::QuotaExceeded => {}
             AckOutcome::Failed => {
+                if let Packet::PubRec(a) = &ack {
+                    // Not stored: the client's resend must be routed, not taken for a duplicate.
+                    inbound_qos2.forget_pending(a.pkid);
+                }
                 tracing::warn!(
                     "a persistent session's copy was not stored: closing the publisher's connection"
                 );

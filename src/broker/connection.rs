@@ -5,6 +5,7 @@
 
 use super::acks::AckQueue;
 use super::conn::{ConnHandle, ConnShared, Outbound};
+use super::inbound::{InboundQos2, Qos2Id};
 use super::message::{Message, Qos2Origin, SessionId};
 use super::metrics::Metrics;
 use super::ratelimit::{self, TokenBucket};
@@ -23,10 +24,10 @@ use crate::protocol::{
 use bytes::BytesMut;
 use ractor::rpc::CallResult;
 use ractor::ActorRef;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
@@ -481,7 +482,6 @@ async fn run<R, W>(
         keep_alive = a.keep_alive,
         "client connected"
     );
-    let inbound_qos2 = Arc::new(Mutex::new(inbound_qos2));
     // A persistent session's inbound QoS 2 ids are stored (see `Reader::publish`); one refused with 0x97 is
     // freed there too.
     let persistent = a.expiry > 0 && ctx.store.is_some();
@@ -561,7 +561,6 @@ async fn run<R, W>(
         conn: conn_id,
         publish_will,
         expiry,
-        inbound_qos2: std::mem::take(&mut *reader.qos2()),
     })));
     ctx.connections.fetch_sub(1, Ordering::AcqRel);
     ctx.metrics.connections.dec();
@@ -606,9 +605,9 @@ struct Reader {
     session_id: SessionId,
     conn_id: u64,
     handle: ConnHandle,
-    /// QoS 2 ids received and not yet released (PUBREL): a re-sent PUBLISH is not routed twice. Shared with
-    /// the acknowledgement queue, which frees an id refused with 0x97.
-    inbound_qos2: Arc<Mutex<HashSet<u16>>>,
+    /// The session's QoS 2 ids received and not yet released (PUBREL): a re-sent PUBLISH is not routed twice.
+    /// Shared with the session and the acknowledgement queue, which frees an id refused or not stored.
+    inbound_qos2: InboundQos2,
     /// Topic aliases the client set (v5).
     aliases: HashMap<u16, String>,
     /// Messages of this connection still in the router; reads pause when none is left.
@@ -654,7 +653,7 @@ impl Reader {
                         if let Some(g) = grace {
                             deadline = Some(tokio::time::Instant::now() + g);
                         }
-                        if self.handle.backed_up() {
+                        if self.backed_up() {
                             if let Some(end) = self.wait_for_writer(cancel).await {
                                 return end;
                             }
@@ -697,22 +696,18 @@ impl Reader {
         }
     }
 
-    fn qos2(&self) -> std::sync::MutexGuard<'_, HashSet<u16>> {
-        self.inbound_qos2.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     async fn handle_packet(&mut self, packet: Packet) -> Option<End> {
         match packet {
             Packet::Publish(p) => return self.publish(p).await,
             Packet::PubRel(r) => {
                 let mut comp = PubAck::new(r.pkid);
-                let held = self.qos2().remove(&r.pkid);
-                if !held {
+                if !self.inbound_qos2.remove(r.pkid) {
                     comp.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
                 }
-                // A stored id is freed before PUBCOMP: once the client may reuse it, no restart brings it back
-                // as a duplicate to drop.
-                let wait = match (&self.ctx.store, held && self.persistent) {
+                // A stored id is freed before PUBCOMP (always: freeing is idempotent, and an id this connection
+                // did not know may still be in the store): once the client may reuse it, no restart brings it
+                // back as a duplicate to drop.
+                let wait = match (&self.ctx.store, self.persistent) {
                     (Some(store), true) => {
                         let commit = store.qos2_released(&self.client_id, r.pkid);
                         let (gate, wait) = AckGate::new();
@@ -786,19 +781,30 @@ impl Reader {
             .reads_paused
             .with_label_values(&["writer"])
             .inc();
-        while self.handle.backed_up() {
+        let released = self.acks.released();
+        while self.backed_up() {
             let drained = self.handle.shared.drained.notified();
+            let acked = released.notified();
             tokio::pin!(drained);
+            tokio::pin!(acked);
             drained.as_mut().enable();
-            if !self.handle.backed_up() {
+            acked.as_mut().enable();
+            if !self.backed_up() {
                 break;
             }
             tokio::select! {
                 _ = drained => {}
+                _ = acked => {}
                 _ = cancel.cancelled() => return Some(End::ClosedByServer),
             }
         }
         None
+    }
+
+    /// Whether the writer queue, or the acknowledgements waiting for commits before it, hold so much that
+    /// reading must pause.
+    fn backed_up(&self) -> bool {
+        self.handle.backed_up() || self.acks.waiting() >= super::conn::PAUSE_READS_AT
     }
 
     /// Inbound QoS 1 is held to the server's Receive Maximum like QoS 2: a v5 client past it is disconnected
@@ -806,7 +812,7 @@ impl Reader {
     /// acknowledgements it waits for (held by commits) have left.
     async fn admit_qos1(&self, cancel: &CancellationToken) -> Option<End> {
         let max = usize::from(self.ctx.config.limits.max_inflight);
-        let over = || self.acks.qos1_waiting() + self.qos2().len() >= max;
+        let over = || self.acks.qos1_waiting() + self.inbound_qos2.len() >= max;
         if !over() {
             return None;
         }
@@ -926,16 +932,21 @@ impl Reader {
         let mut route = true;
         let mut wait = None;
         if qos == QoS::ExactlyOnce {
-            let held = self.qos2();
-            if held.contains(&pkid) {
+            match self.inbound_qos2.get(pkid) {
                 // A re-sent QoS 2 PUBLISH before PUBREL: acknowledged, not delivered twice [MQTT-4.3.3-10].
-                route = false;
-            } else if held.len() + self.acks.qos1_waiting() >= usize::from(cfg.limits.max_inflight)
-            {
-                return Some(End::Error(
-                    ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
-                    "too many QoS 2 messages in flight [MQTT-3.3.4-7]".into(),
-                ));
+                Some(Qos2Id::Recorded) => route = false,
+                // Not yet stored: routed again (persistent subscribers store it at most once), so this
+                // resend is acknowledged only once the message is stored.
+                Some(Qos2Id::Pending) => {}
+                None if self.inbound_qos2.len() + self.acks.qos1_waiting()
+                    >= usize::from(cfg.limits.max_inflight) =>
+                {
+                    return Some(End::Error(
+                        ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                        "too many QoS 2 messages in flight [MQTT-3.3.4-7]".into(),
+                    ));
+                }
+                None => {}
             }
         }
         if route
@@ -986,8 +997,14 @@ impl Reader {
             let Some(permit) = self.wait_for_credit().await else {
                 return Some(End::ClosedByServer);
             };
-            if qos == QoS::ExactlyOnce {
-                self.qos2().insert(pkid);
+            if qos == QoS::ExactlyOnce && self.inbound_qos2.get(pkid).is_none() {
+                // A session that keeps nothing in the store holds the id in memory only: recorded at once.
+                let state = if self.persistent {
+                    Qos2Id::Pending
+                } else {
+                    Qos2Id::Recorded
+                };
+                self.inbound_qos2.insert(pkid, state);
             }
             let mut message = Message::from_publish(p, Some(self.session_id), Instant::now());
             if qos == QoS::ExactlyOnce && self.persistent {
@@ -1018,11 +1035,19 @@ impl Reader {
             let record = if record_qos2 { wait.take() } else { None };
             if let (Some(store), Some(gate_wait)) = (&ctx.store, record) {
                 let (store, client_id) = (store.clone(), self.client_id.clone());
+                let ids = self.inbound_qos2.clone();
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 tokio::spawn(async move {
                     let outcome = match gate_wait.await.unwrap_or(AckOutcome::Failed) {
+                        // Released meanwhile (a PUBREL on another connection): nothing left to record.
+                        AckOutcome::Stored if ids.get(pkid) != Some(Qos2Id::Pending) => {
+                            AckOutcome::Stored
+                        }
                         AckOutcome::Stored => match store.qos2_received(&client_id, pkid).await {
-                            Ok(true) => AckOutcome::Stored,
+                            Ok(true) => {
+                                ids.mark_recorded(pkid);
+                                AckOutcome::Stored
+                            }
                             _ => {
                                 tracing::warn!(pkid, "inbound QoS 2 id not stored");
                                 AckOutcome::Failed

@@ -11,6 +11,7 @@
 pub mod acks;
 pub mod conn;
 pub mod connection;
+pub mod inbound;
 pub mod listener;
 pub mod message;
 pub mod metrics;

@@ -3,10 +3,10 @@
 //! Shared subscriptions (`$share/group/filter`) pick one member per group per message, round robin.
 
 use super::message::{Delivery, Message, SessionId};
+use super::metrics::Metrics;
 use super::session::SessionMsg;
 use super::ticket::Ticket;
 use super::trie::Trie;
-use super::metrics::Metrics;
 use crate::protocol::{topic, QoS, SubscriptionOptions};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::HashMap;

@@ -298,6 +298,11 @@ impl EventLoop {
         let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
         let mut decoder = Decoder::new(version, self.options.max_packet_size);
         let session_present = conn.connack.session_present;
+        if !session_present {
+            for done in self.session.released_without_session() {
+                let _ = done.send(Ok(ReasonCode::SUCCESS));
+            }
+        }
         for packet in self.session.resend(session_present) {
             if let Err(e) = protocol::encode(&packet, version, &mut wbuf) {
                 return Exit::Lost(e.into());

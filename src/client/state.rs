@@ -219,6 +219,20 @@ impl<P, R> ClientSession<P, R> {
     /// publishes go again with DUP set and PUBRELs are repeated [MQTT-4.4.0-1]. Without it the server
     /// forgot everything: publishes are sent again as first deliveries (at-least-once is kept), and the
     /// inbound QoS 2 state is dropped.
+    /// A new session (session present = 0) cannot hold QoS 2 publishes that got PUBREC: the server accepted
+    /// them already, so they are done (sending them again would deliver them twice). Returns their completions.
+    pub fn released_without_session(&mut self) -> Vec<P> {
+        let done: Vec<u16> = self
+            .outgoing
+            .iter()
+            .filter(|(_, o)| o.stage == Stage::AwaitComp)
+            .map(|(id, _)| *id)
+            .collect();
+        done.into_iter()
+            .filter_map(|id| self.outgoing.remove(&id).map(|o| o.done))
+            .collect()
+    }
+
     pub fn resend(&mut self, session_present: bool) -> Vec<Packet> {
         if !session_present {
             self.inbound_qos2.clear();
@@ -397,15 +411,18 @@ mod tests {
 
     #[test]
     fn without_session_present_publishes_restart_as_first_deliveries() {
-        let mut s: ClientSession<(), ()> = ClientSession::new(5, true);
-        s.track_publish(publish(2, QoS::ExactlyOnce), ());
+        let mut s: ClientSession<u32, ()> = ClientSession::new(5, true);
+        s.track_publish(publish(2, QoS::ExactlyOnce), 20);
+        s.track_publish(publish(3, QoS::ExactlyOnce), 30);
         let _ = s.on_pubrec(&PubAck::new(2));
+        // The one past PUBREC was accepted by the server: done, not sent again (it would be delivered twice).
+        assert_eq!(s.released_without_session(), vec![20]);
         assert_eq!(
             s.resend(false),
-            vec![Packet::Publish(publish(2, QoS::ExactlyOnce))]
+            vec![Packet::Publish(publish(3, QoS::ExactlyOnce))]
         );
         assert!(matches!(
-            s.on_pubrec(&PubAck::new(2)),
+            s.on_pubrec(&PubAck::new(3)),
             AckOutcome::Release(_)
         ));
     }

@@ -370,14 +370,21 @@ pub fn encode_record(m: &Message) -> Vec<u8> {
 
 /// A stored record back into a message; `None` when it expired or does not decode.
 pub fn decode_record(record: &[u8]) -> Option<Message> {
+    decode_record_keeping(record, false)
+}
+
+/// Like [`decode_record`]; with `keep_expired` an expired message comes back (already expired) instead of
+/// `None`: a QoS 2 copy its client received still needs its PUBREL, whatever its expiry.
+fn decode_record_keeping(record: &[u8], keep_expired: bool) -> Option<Message> {
     let expires = u64::from_be_bytes(record.get(..8)?.try_into().ok()?);
     let now = Instant::now();
     let expires_at = match expires {
         0 => None,
-        t => {
-            let left = t.checked_sub(unix_now()).filter(|&l| l > 0)?;
-            Some(now + Duration::from_secs(left))
-        }
+        t => match t.checked_sub(unix_now()).filter(|&l| l > 0) {
+            Some(left) => Some(now + Duration::from_secs(left)),
+            None if keep_expired => Some(now),
+            None => return None,
+        },
     };
     let mut buf = BytesMut::from(&record[8..]);
     match protocol::decode(&mut buf, ProtocolVersion::V5, usize::MAX) {
@@ -407,6 +414,10 @@ pub fn encode_delivery(d: &Delivery) -> Vec<u8> {
 
 /// A stored copy back into a delivery; `None` when the message expired or the record does not decode.
 pub fn decode_delivery(b: &[u8], seq: u64) -> Option<Delivery> {
+    decode_delivery_keeping(b, seq, false)
+}
+
+fn decode_delivery_keeping(b: &[u8], seq: u64, keep_expired: bool) -> Option<Delivery> {
     let mut r = Reader(b);
     let qos = QoS::from_u8(r.u8()?)?;
     let retain = r.u8()? != 0;
@@ -416,7 +427,7 @@ pub fn decode_delivery(b: &[u8], seq: u64) -> Option<Delivery> {
         sub_ids.push(r.u32()?);
     }
     let shared = r.str16()?;
-    let message = decode_record(r.rest())?;
+    let message = decode_record_keeping(r.rest(), keep_expired)?;
     Some(Delivery {
         message: Arc::new(message),
         qos,
@@ -447,7 +458,8 @@ pub struct StoredCopy {
 pub struct InboxSummary {
     pub count: u64,
     pub bytes: u64,
-    /// The highest seq stored (0 when empty): the session goes on after it.
+    /// The highest seq ever appended to this incarnation (0 for none): the session goes on after it, so no
+    /// seq (and no packet id derived from it) is used twice.
     pub last_seq: u64,
 }
 
@@ -463,7 +475,8 @@ impl StoredCopy {
     fn decode(seq: u64, v: &[u8]) -> StoredCopy {
         match v {
             [RELEASED, hi, lo, rest @ ..] => {
-                let delivery = decode_delivery(rest, seq);
+                // Received by the client: it gets its PUBREL even past the message's expiry.
+                let delivery = decode_delivery_keeping(rest, seq, true);
                 StoredCopy {
                     seq,
                     released: Some(u16::from_be_bytes([*hi, *lo])),
@@ -640,22 +653,34 @@ fn parse_counter(v: &[u8]) -> Option<(u64, u64, u64)> {
     Some((n(0)?, n(8)?, n(16)?))
 }
 
+/// The highest seq ever appended to the counter's incarnation: a restarted session goes on after it, so a
+/// seq (and the packet id it gives) is never used for a second message, even once the first left the inbox.
+fn counter_last_seq(v: &[u8]) -> u64 {
+    v.get(24..32)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
 /// Adds to the inbox counter of `incarnation` (another incarnation's counter starts over).
-fn count_inbox(txn: &mut Txn<'_>, client_id: &str, incarnation: u64, messages: i64, bytes: i64) {
+fn count_inbox(
+    txn: &mut Txn<'_>,
+    client_id: &str,
+    incarnation: u64,
+    messages: i64,
+    bytes: i64,
+    appended: u64,
+) {
     let key = counter_key(client_id);
-    let (c, b) = match txn
-        .get(&key)
-        .ok()
-        .flatten()
-        .as_deref()
-        .and_then(parse_counter)
-    {
-        Some((inc, c, b)) if inc == incarnation => (c, b),
-        _ => (0, 0),
+    let stored = txn.get(&key).ok().flatten();
+    let (c, b, last) = match stored.as_deref().and_then(|v| Some((parse_counter(v)?, v))) {
+        Some(((inc, c, b), v)) if inc == incarnation => (c, b, counter_last_seq(v)),
+        _ => (0, 0, 0),
     };
     let mut v = incarnation.to_be_bytes().to_vec();
     v.extend_from_slice(&c.saturating_add_signed(messages).to_be_bytes());
     v.extend_from_slice(&b.saturating_add_signed(bytes).to_be_bytes());
+    v.extend_from_slice(&last.max(appended).to_be_bytes());
     txn.insert(&key, &v);
 }
 
@@ -784,7 +809,7 @@ impl StateMachine for BrokerMachine {
                         txn.insert(k, &[]);
                     }
                     txn.insert(&inbox_key(&client_id, incarnation, seq), &record);
-                    count_inbox(txn, &client_id, incarnation, 1, record.len() as i64);
+                    count_inbox(txn, &client_id, incarnation, 1, record.len() as i64, seq);
                     self.inbox.inc();
                 } else {
                     outcome = IGNORED;
@@ -835,7 +860,7 @@ impl StateMachine for BrokerMachine {
                     }
                 }
                 if messages > 0 {
-                    count_inbox(txn, &client_id, incarnation, -messages, -bytes);
+                    count_inbox(txn, &client_id, incarnation, -messages, -bytes, 0);
                     self.inbox.sub(messages);
                 }
             }
@@ -1035,14 +1060,14 @@ impl Store {
     /// How many messages a session's inbox holds, their bytes and the last seq, without reading them.
     pub fn inbox_summary(&self, client_id: &str, incarnation: u64) -> InboxSummary {
         let view = self.cluster.view();
-        let (count, bytes) = match view.get(&counter_key(client_id)).ok().flatten() {
+        let (count, bytes, appended) = match view.get(&counter_key(client_id)).ok().flatten() {
             Some(v) => match parse_counter(&v) {
-                Some((inc, c, b)) if inc == incarnation => (c, b),
-                _ => (0, 0),
+                Some((inc, c, b)) if inc == incarnation => (c, b, counter_last_seq(&v)),
+                _ => (0, 0, 0),
             },
-            None => (0, 0),
+            None => (0, 0, 0),
         };
-        let last_seq = view
+        let stored_last = view
             .range(
                 &inbox_key(client_id, incarnation, 0),
                 &inbox_key(client_id, incarnation, u64::MAX),
@@ -1054,7 +1079,7 @@ impl Store {
         InboxSummary {
             count,
             bytes,
-            last_seq,
+            last_seq: stored_last.max(appended),
         }
     }
 

@@ -109,6 +109,12 @@ impl InboxCursor {
         false
     }
 
+    /// The append of `r` has an unknown outcome (its commit timed out: it may still apply). It counts as stored
+    /// against the quota; a page reads it if it is there and skips it if it is not.
+    pub fn unknown(&mut self, r: InboxRef) {
+        self.committed_upto = self.committed_upto.max(r.seq);
+    }
+
     /// The append of `r` did not commit (or the store ignored it): it is not in the inbox.
     pub fn failed(&mut self, r: InboxRef) {
         self.committed_upto = self.committed_upto.max(r.seq);
@@ -218,10 +224,11 @@ pub fn spawn_commit_waiter(
                         }
                     }
                     drop(ticket);
-                    let msg = match (stored, delivery.durable) {
-                        (true, _) => SessionMsg::Stored(Box::new(delivery)),
-                        (false, Some(r)) => SessionMsg::AppendFailed(r),
-                        (false, None) => continue,
+                    let msg = match (stored, delivery.durable, &outcome) {
+                        (true, _, _) => SessionMsg::Stored(Box::new(delivery)),
+                        (false, Some(r), Err(_)) => SessionMsg::AppendUnknown(r),
+                        (false, Some(r), _) => SessionMsg::AppendFailed(r),
+                        (false, None, _) => continue,
                     };
                     let _ = session.cast(msg);
                 }
@@ -266,6 +273,14 @@ mod tests {
         // A failed append gives its place back.
         c.failed(InboxRef { seq: 1, size: 25 });
         assert_eq!((c.count, c.bytes, c.loaded_upto), (0, 0, 1));
+        // One whose commit timed out may still be stored: it keeps its place and is left for a page to find.
+        let r2 = match c.admit(10, 100, 30) {
+            Admit::Append(r) => r,
+            other => panic!("{other:?}"),
+        };
+        c.unknown(r2);
+        assert_eq!((c.count, c.loaded_upto, c.committed_upto), (1, 1, 2));
+        assert!(c.page((0, 0)).is_some());
     }
 
     #[test]

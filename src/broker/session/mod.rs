@@ -8,6 +8,7 @@ pub mod outbox;
 mod subscriptions;
 
 use super::conn::{ConnHandle, Outbound};
+use super::inbound::InboundQos2;
 use super::message::{Delivery, InboxRef, Message, SessionId};
 use super::registry::RegistryMsg;
 use super::shard::ShardMsg;
@@ -20,7 +21,7 @@ use crate::protocol::{ConnAck, LastWill, Packet, PubAck, QoS, ReasonCode, Subscr
 use inbox::{Admit, InboxCursor, Pending};
 use outbox::{InboxChange, Outbox, OutboxLimits, Outgoing};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,8 +46,9 @@ pub struct Attach {
 /// What the connection learns from attaching.
 pub struct AttachReply {
     pub session_present: bool,
-    /// QoS 2 packet ids received and not yet released, kept across connections [MQTT-4.3.3-10].
-    pub inbound_qos2: HashSet<u16>,
+    /// QoS 2 packet ids received and not yet released: the session's own set, shared with the connection
+    /// [MQTT-4.3.3-10].
+    pub inbound_qos2: InboundQos2,
 }
 
 /// A connection ended.
@@ -56,7 +58,6 @@ pub struct Detach {
     pub publish_will: bool,
     /// Session expiry changed by the v5 DISCONNECT.
     pub expiry: Option<u32>,
-    pub inbound_qos2: HashSet<u16>,
 }
 
 pub enum SessionMsg {
@@ -82,6 +83,8 @@ pub enum SessionMsg {
     Stored(Box<Delivery>),
     /// A durable copy's append failed or was ignored: it is not in the inbox.
     AppendFailed(InboxRef),
+    /// A durable copy's append timed out: it may or may not be in the inbox.
+    AppendUnknown(InboxRef),
     /// A QoS 2 copy's release was committed (`ok`) or not: its PUBREL may go.
     ReleaseStored {
         pkid: u16,
@@ -114,7 +117,7 @@ pub struct Restored {
     /// Seconds of expiry left.
     pub remaining: u32,
     /// Inbound QoS 2 ids the client had sent and not yet released.
-    pub inbound_qos2: HashSet<u16>,
+    pub inbound_qos2: std::collections::HashSet<u16>,
     pub subscriptions: Vec<(String, crate::protocol::SubscriptionOptions, Option<u32>)>,
 }
 
@@ -125,7 +128,7 @@ pub struct SessionState {
     id: SessionId,
     outbox: Outbox,
     subs: HashMap<String, SubRecord>,
-    inbound_qos2: HashSet<u16>,
+    inbound_qos2: InboundQos2,
     conn: Option<ConnHandle>,
     expiry: u32,
     /// The Will of the current (or last) connection, and whether it is waiting out its delay.
@@ -172,7 +175,7 @@ impl Actor for Session {
             id: a.id,
             outbox: Outbox::new(limits, window),
             subs: HashMap::new(),
-            inbound_qos2: HashSet::new(),
+            inbound_qos2: InboundQos2::default(),
             conn: None,
             expiry: 0,
             will: None,
@@ -196,7 +199,7 @@ impl Actor for Session {
             s.attached_before = true;
             s.set_stored(true);
             s.incarnation = r.incarnation;
-            s.inbound_qos2 = r.inbound_qos2;
+            s.inbound_qos2 = InboundQos2::restored(r.inbound_qos2);
             // Nothing of the inbox is read now: it is paged in once the client is back. Whatever it holds was
             // stored before this start and may have been sent: it goes out with DUP set.
             s.inbox = InboxCursor::restored(r.inbox);
@@ -270,6 +273,10 @@ impl Actor for Session {
             SessionMsg::Stored(d) => s.stored(*d),
             SessionMsg::AppendFailed(r) => {
                 s.inbox.failed(r);
+                s.flush();
+            }
+            SessionMsg::AppendUnknown(r) => {
+                s.inbox.unknown(r);
                 s.flush();
             }
             SessionMsg::ReleaseStored { pkid, ok } => s.release_stored(pkid, ok),
@@ -356,7 +363,6 @@ impl SessionState {
 
     fn detach(&mut self, me: &ActorRef<SessionMsg>, d: Detach) {
         self.conn = None;
-        self.inbound_qos2 = d.inbound_qos2;
         if let Some(e) = d.expiry {
             self.expiry = e.min(self.ctx.config.limits.max_session_expiry);
         }

@@ -248,6 +248,10 @@ impl Outbox {
     /// A QoS 2 message the client had received (PUBREC) before a restart: in flight, waiting for PUBCOMP, with
     /// its packet id; its release is already in the store.
     pub fn restore_released(&mut self, pkid: u16, delivery: Delivery) {
+        if self.inflight.iter().any(|i| i.pkid == pkid) {
+            // Read again from the store after a reconnect: it is in flight already.
+            return;
+        }
         self.inflight.push_back(Inflight {
             pkid,
             stage: Stage::Released { confirmed: true },
