@@ -852,9 +852,10 @@ impl SessionState {
 
     /// Brings the queue-depth gauges and the node-wide queued-bytes count up to date.
     fn report(&mut self) {
+        // The read-ahead of a stored inbox is memory too: it counts towards the watermark.
         let now = (
             self.outbox.queued() as i64,
-            self.outbox.queued_bytes() as i64,
+            (self.outbox.queued_bytes() + self.outbox.durable_queued().1) as i64,
             self.outbox.inflight() as i64,
         );
         let (q, b, i) = self.reported;
