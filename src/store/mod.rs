@@ -328,14 +328,6 @@ impl Command {
     }
 }
 
-/// A starting point for session record versions: nanoseconds since the epoch, above any earlier run's.
-pub fn clock_version() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
-}
-
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1135,6 +1127,28 @@ impl Store {
             .collect()
     }
 
+    /// Where this start's session versions and incarnations begin: after every one the store holds (tombstones
+    /// included), so they keep increasing across restarts from the applied state alone, whatever the clock
+    /// does.
+    pub fn first_version(&self) -> u64 {
+        let word = |v: &[u8], at: usize| {
+            v.get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0)
+        };
+        let view = self.cluster.view();
+        let sessions = view
+            .scan_prefix(SESSION_PREFIX)
+            .flatten()
+            .map(|(_, v)| word(&v, 0).max(word(&v, 8)));
+        let counters = view
+            .scan_prefix(COUNTER_PREFIX)
+            .flatten()
+            .map(|(_, v)| word(&v, 0));
+        sessions.chain(counters).max().unwrap_or(0) + 1
+    }
+
     /// Whether the raft group has a leader (what needs consensus can be acknowledged).
     pub fn has_leader(&self) -> bool {
         self.cluster.leader() != 0
@@ -1342,6 +1356,13 @@ mod tests {
             [1, 3, 4, 6]
         );
 
+        // Versions and incarnations of this start go on after everything stored, never from a clock.
+        assert_eq!(
+            store.first_version(),
+            11,
+            "after incarnation 10 (version 1)"
+        );
+
         // A new life of the session drops the old inbox; deleting the session drops the new one.
         store.put_session("dev", 2, &record(12));
         settle(&store).await;
@@ -1352,6 +1373,9 @@ mod tests {
         store.delete_session("dev", 3);
         settle(&store).await;
         assert!(all(&store, 12).is_empty());
+        store.delete_session("other", 40);
+        settle(&store).await;
+        assert_eq!(store.first_version(), 41, "tombstones count");
         assert_eq!(store.inbox_summary("dev", 12), InboxSummary::default());
         store.shutdown().await;
     }
