@@ -1,0 +1,82 @@
+//! The keys of the broker's state in the store: `r/` retained, `s/` sessions, `i/` inboxes, `c/` inbox
+//! counters, `q/` inbound QoS 2 ids, `o/` QoS 2 copies stored at most once.
+
+pub(super) const RETAINED_PREFIX: &[u8] = b"r/";
+pub(super) const SESSION_PREFIX: &[u8] = b"s/";
+pub(super) const INBOX_PREFIX: &[u8] = b"i/";
+pub(super) const COUNTER_PREFIX: &[u8] = b"c/";
+pub(super) const QOS2_PREFIX: &[u8] = b"q/";
+pub(super) const ONCE_PREFIX: &[u8] = b"o/";
+
+pub(super) fn session_key(client_id: &str) -> Vec<u8> {
+    let mut k = SESSION_PREFIX.to_vec();
+    k.extend_from_slice(client_id.as_bytes());
+    k
+}
+
+/// `i/{client id}\0`: every inbox entry of the client, whatever the incarnation.
+pub(super) fn inbox_prefix(client_id: &str) -> Vec<u8> {
+    let mut k = INBOX_PREFIX.to_vec();
+    k.extend_from_slice(client_id.as_bytes());
+    k.push(0);
+    k
+}
+
+pub(super) fn inbox_key(client_id: &str, incarnation: u64, seq: u64) -> Vec<u8> {
+    let mut k = inbox_prefix(client_id);
+    k.extend_from_slice(&incarnation.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// `q/{client id}\0`: the client's inbound QoS 2 ids awaiting PUBREL.
+pub(super) fn qos2_prefix(client_id: &str) -> Vec<u8> {
+    let mut k = QOS2_PREFIX.to_vec();
+    k.extend_from_slice(client_id.as_bytes());
+    k.push(0);
+    k
+}
+
+pub(super) fn qos2_key(client_id: &str, pkid: u16) -> Vec<u8> {
+    let mut k = qos2_prefix(client_id);
+    k.extend_from_slice(&pkid.to_be_bytes());
+    k
+}
+
+/// `o/{publisher}\0{pkid}`: the sessions that stored a copy of the publisher's QoS 2 message with that id.
+pub(super) fn once_prefix(publisher: &str, pkid: Option<u16>) -> Vec<u8> {
+    let mut k = ONCE_PREFIX.to_vec();
+    k.extend_from_slice(publisher.as_bytes());
+    k.push(0);
+    if let Some(pkid) = pkid {
+        k.extend_from_slice(&pkid.to_be_bytes());
+    }
+    k
+}
+
+pub(super) fn counter_key(client_id: &str) -> Vec<u8> {
+    let mut k = COUNTER_PREFIX.to_vec();
+    k.extend_from_slice(client_id.as_bytes());
+    k
+}
+
+/// (incarnation, messages, bytes) of a client's inbox counter.
+pub(super) fn parse_counter(v: &[u8]) -> Option<(u64, u64, u64)> {
+    let n = |i: usize| Some(u64::from_be_bytes(v.get(i..i + 8)?.try_into().ok()?));
+    Some((n(0)?, n(8)?, n(16)?))
+}
+
+/// The highest seq ever appended to the counter's incarnation: a restarted session goes on after it, so a
+/// seq (and the packet id it gives) is never used for a second message, even once the first left the inbox.
+pub(super) fn counter_last_seq(v: &[u8]) -> u64 {
+    v.get(24..32)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+pub(super) fn retained_key(topic: &str) -> Vec<u8> {
+    let mut k = RETAINED_PREFIX.to_vec();
+    k.extend_from_slice(topic.as_bytes());
+    k
+}
