@@ -2,7 +2,7 @@
 //! a persistent publisher's inbound QoS 2 ids are stored with its session (a resend with DUP after the crash is
 //! not routed again), and a bounded loop of kills at random points during a mixed QoS 1/2 stream between
 //! persistent sessions loses nothing acknowledged and delivers no QoS 2 message twice. The loop's seed is
-//! printed; `CICADA_TEST_SEED` replays one and `CICADA_KILL_ROUNDS` makes the loop longer.
+//! printed; `TEST_KILL_SEED` replays one and `TEST_KILL_ROUNDS` makes the loop longer.
 
 mod common;
 
@@ -194,7 +194,7 @@ impl Rng {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_points_during_a_mixed_qos1_qos2_stream_loses_and_duplicates_nothing() {
-    let seed: u64 = std::env::var("CICADA_TEST_SEED")
+    let seed: u64 = std::env::var("TEST_KILL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| {
@@ -204,11 +204,11 @@ async fn kill_9_at_random_points_during_a_mixed_qos1_qos2_stream_loses_and_dupli
                 .unwrap_or(1)
                 | 1
         });
-    let rounds: usize = std::env::var("CICADA_KILL_ROUNDS")
+    let rounds: usize = std::env::var("TEST_KILL_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(6);
-    eprintln!("kill -9 loop: seed {seed}, {rounds} rounds (CICADA_TEST_SEED={seed} replays it)");
+    eprintln!("kill -9 loop: seed {seed}, {rounds} rounds (TEST_KILL_SEED={seed} replays it)");
     let mut rng = Rng(seed);
     let mut broker = CicadaProcess::start("[mqtt]\nsys_interval = 0");
     let addr: SocketAddr = ([127, 0, 0, 1], broker.port).into();

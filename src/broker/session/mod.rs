@@ -3,6 +3,7 @@
 //! ([`inbox`]), inbound QoS 2 ids, the Will and its delay, and the expiry timer. The queue logic is the pure
 //! [`outbox::Outbox`] and the inbox bookkeeping the pure [`inbox::InboxCursor`]; this file is the actor shell.
 
+mod durable;
 pub mod inbox;
 pub mod outbox;
 mod subscriptions;
@@ -477,116 +478,6 @@ impl SessionState {
                 self.ctx.durable_sessions.fetch_sub(1, Ordering::AcqRel);
             }
             self.stored = stored;
-        }
-    }
-
-    /// Refills the read-ahead from the stored inbox when it runs low (online only): copies in order, QoS 2
-    /// copies the client had received straight into the window to get their PUBREL again.
-    /// Returns whether it read anything.
-    fn page_in(&mut self) -> bool {
-        let Some(store) = self.ctx.store.clone() else {
-            return false;
-        };
-        if !self.stored || self.conn.is_none() {
-            return false;
-        }
-        let Some(page) = self.inbox.page(self.outbox.durable_queued()) else {
-            return false;
-        };
-        let (copies, complete) = store.inbox_page(&self.client_id, self.incarnation, page);
-        let last = copies.last().map(|c| c.seq);
-        let read = copies.len() as u64;
-        for copy in copies {
-            match (copy.released, copy.delivery) {
-                (Some(pkid), Some(d)) => self.outbox.restore_released(pkid, d),
-                (None, Some(d)) => {
-                    let _ = self.outbox.push(d, true);
-                }
-                (_, None) => {
-                    // Expired while it waited in the store.
-                    self.ctx
-                        .metrics
-                        .dropped
-                        .with_label_values(&["expired"])
-                        .inc();
-                    self.pending_changes.push(InboxChange::Done(InboxRef {
-                        seq: copy.seq,
-                        size: copy.size,
-                    }));
-                }
-            }
-        }
-        self.inbox.paged(page, last, complete);
-        self.ctx
-            .metrics
-            .inbox
-            .with_label_values(&["paged"])
-            .inc_by(read);
-        read > 0
-    }
-
-    /// A durable copy is committed: into the read-ahead when it follows what is loaded, else it waits in the
-    /// store for a page.
-    fn stored(&mut self, d: Delivery) {
-        let Some(r) = d.durable else {
-            return;
-        };
-        let online = self.conn.is_some();
-        if self
-            .inbox
-            .stored(r.seq, online, self.outbox.durable_queued())
-        {
-            let _ = self.outbox.push(d, true);
-        }
-        self.flush();
-    }
-
-    /// A QoS 2 copy's release was committed: its PUBREL goes (or, if it was not, the PUBLISH goes again later).
-    fn release_stored(&mut self, pkid: u16, ok: bool) {
-        if !ok {
-            self.outbox.release_failed(pkid);
-            return;
-        }
-        if let (Some(out), Some(conn)) = (self.outbox.release_confirmed(pkid), self.conn.clone()) {
-            self.send(&conn, out);
-        }
-    }
-
-    /// The queue of store commands whose answers come back as session messages, started on first use.
-    fn commits(&mut self) -> &tokio::sync::mpsc::UnboundedSender<Pending> {
-        let (me, failures) = (&self.me, &self.ctx.metrics.inbox_failed);
-        self.commits
-            .get_or_insert_with(|| inbox::spawn_commit_waiter(me.clone(), failures.clone()))
-    }
-
-    /// Brings the store's inbox up to date with the durable messages that moved or left the session.
-    fn sync_inbox(&mut self) {
-        let mut changes = std::mem::take(&mut self.pending_changes);
-        changes.append(&mut self.outbox.take_changes());
-        let Some(store) = self.ctx.store.clone().filter(|_| self.stored) else {
-            return;
-        };
-        let mut done = Vec::new();
-        for change in changes {
-            match change {
-                InboxChange::Done(r) => {
-                    self.inbox.removed(r);
-                    done.push(r.seq);
-                }
-                InboxChange::Released { seq, pkid } => {
-                    let commit =
-                        Box::pin(store.inbox_release(&self.client_id, self.incarnation, seq, pkid));
-                    let _ = self.commits().send(Pending::Release { pkid, commit });
-                }
-            }
-        }
-        if !done.is_empty() {
-            self.ctx
-                .metrics
-                .inbox
-                .with_label_values(&["removed"])
-                .inc_by(done.len() as u64);
-            store.inbox_ack(&self.client_id, self.incarnation, done);
         }
     }
 
