@@ -6,7 +6,7 @@ mod common;
 
 use cicada::client::{Client, ClientOptions};
 use cicada::protocol::{ProtocolVersion, QoS};
-use common::process::CicadaProcess;
+use common::process::{metric, CicadaProcess};
 use common::{next_message, WAIT};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -271,17 +271,6 @@ async fn kill_9_during_a_stream_to_an_offline_session_loses_nothing_acknowledged
 }
 
 /// A counter from the broker's /metrics.
-async fn metric(http_port: u16, name: &str) -> f64 {
-    let (_, body) = common::broker::http_request(
-        format!("127.0.0.1:{http_port}").parse().unwrap(),
-        "GET",
-        "/metrics",
-    )
-    .await;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_sessions_and_their_subscriptions_survive_kill_9() {

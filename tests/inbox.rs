@@ -9,21 +9,9 @@ mod common;
 use cicada::client::{Client, ClientError, ClientOptions};
 use cicada::protocol::{Packet, ProtocolVersion, PubAck, Publish, QoS, ReasonCode};
 use common::broker::Raw;
-use common::process::CicadaProcess;
+use common::process::{metric, CicadaProcess};
 use common::WAIT;
 use std::collections::BTreeSet;
-
-async fn metric(http_port: u16, name: &str) -> f64 {
-    let (_, body) = common::broker::http_request(
-        format!("127.0.0.1:{http_port}").parse().unwrap(),
-        "GET",
-        "/metrics",
-    )
-    .await;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
 
 async fn until_metric(http_port: u16, name: &str, want: f64) {
     let deadline = std::time::Instant::now() + WAIT;

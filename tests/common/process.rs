@@ -133,3 +133,17 @@ impl Drop for CicadaProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A metric of a `cicada serve` process (the first sample whose name and labels start with `name`; 0 when
+/// absent).
+pub async fn metric(http_port: u16, name: &str) -> f64 {
+    let (_, body) = super::broker::http_request(
+        format!("127.0.0.1:{http_port}").parse().unwrap(),
+        "GET",
+        "/metrics",
+    )
+    .await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
