@@ -153,16 +153,12 @@ impl Store {
         seq: u64,
         pkid: u16,
     ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
-        let commit = self.cluster.submit(
-            Command::InboxRelease {
-                client_id: client_id.to_string(),
-                incarnation,
-                seq,
-                pkid,
-            }
-            .encode(),
-        );
-        async move { commit.await.map(|r| r == APPLIED) }
+        self.submit_applied(Command::InboxRelease {
+            client_id: client_id.to_string(),
+            incarnation,
+            seq,
+            pkid,
+        })
     }
 
     /// Removes messages that left a session from its inbox (ordered after their appends).
@@ -181,14 +177,10 @@ impl Store {
         client_id: &str,
         pkid: u16,
     ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
-        let commit = self.cluster.submit(
-            Command::Qos2Received {
-                client_id: client_id.to_string(),
-                pkid,
-            }
-            .encode(),
-        );
-        async move { commit.await.map(|r| r == APPLIED) }
+        self.submit_applied(Command::Qos2Received {
+            client_id: client_id.to_string(),
+            pkid,
+        })
     }
 
     /// Frees an inbound QoS 2 id (PUBREL); the future resolves once that is committed.
@@ -197,14 +189,10 @@ impl Store {
         client_id: &str,
         pkid: u16,
     ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
-        let commit = self.cluster.submit(
-            Command::Qos2Released {
-                client_id: client_id.to_string(),
-                pkid,
-            }
-            .encode(),
-        );
-        async move { commit.await.map(|r| r == APPLIED) }
+        self.submit_applied(Command::Qos2Released {
+            client_id: client_id.to_string(),
+            pkid,
+        })
     }
 
     /// A stored session's inbound QoS 2 ids awaiting PUBREL.
@@ -271,6 +259,16 @@ impl Store {
             out.push(StoredCopy::decode(seq, &v));
         }
         (out, true)
+    }
+
+    /// Proposes in call order; the future says whether the command committed and applied (`false`: the state
+    /// machine ignored it).
+    fn submit_applied(
+        &self,
+        cmd: Command,
+    ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
+        let commit = self.cluster.submit(cmd.encode());
+        async move { commit.await.map(|r| r == APPLIED) }
     }
 
     /// Proposes in the background, in call order (see [`Cluster::submit`]).
