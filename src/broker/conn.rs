@@ -78,6 +78,12 @@ impl ConnHandle {
         self.send(Outbound::Packet(Box::new(p)))
     }
 
+    /// Refuses the connection: sends the (failure) CONNACK, then closes without a DISCONNECT [MQTT-3.2.2-7].
+    pub fn refuse(&self, connack: crate::protocol::ConnAck) {
+        self.packet(crate::protocol::Packet::ConnAck(connack));
+        self.end(None);
+    }
+
     /// Closes the connection, telling a v5 client why [MQTT-3.14.2-1]; v3 clients are simply disconnected.
     pub fn close(&self, reason: ReasonCode) {
         self.close_with(reason, None);
@@ -95,6 +101,10 @@ impl ConnHandle {
                 },
             })
         });
+        self.end(d);
+    }
+
+    fn end(&self, d: Option<Box<Disconnect>>) {
         self.send(Outbound::Close(d));
         // A client that does not read would keep the writer (and this connection) forever: give it a grace
         // period to take the DISCONNECT, then cut it.

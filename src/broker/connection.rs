@@ -239,15 +239,23 @@ async fn run<R, W>(
     let reply = session
         .call(|port| SessionMsg::Attach(Box::new(attach), port), None)
         .await;
-    let Ok(CallResult::Success(AttachReply {
+    let reply = match reply {
+        Ok(CallResult::Success(Some(reply))) => reply,
+        Ok(CallResult::Success(None)) => {
+            // Refused by the session (its record could not be stored): it sent the CONNACK and closed.
+            return;
+        }
+        _ => {
+            tracing::error!("the session did not accept the connection");
+            handle.close(ReasonCode::UNSPECIFIED_ERROR);
+            return;
+        }
+    };
+    let AttachReply {
         session_present,
         inbound_qos2,
-    })) = reply
-    else {
-        tracing::error!("the session did not accept the connection");
-        handle.close(ReasonCode::UNSPECIFIED_ERROR);
-        return;
-    };
+        incarnation,
+    } = reply;
     ctx.connections.fetch_add(1, Ordering::AcqRel);
     ctx.metrics.connections.inc();
     ctx.metrics.connections_total.inc();
@@ -261,12 +269,11 @@ async fn run<R, W>(
     );
     // A persistent session's inbound QoS 2 ids are stored (see `Reader::publish`); one refused with 0x97 is
     // freed there too.
-    let persistent = a.expiry > 0 && ctx.store.is_some();
-    let forget_qos2: Option<super::acks::ForgetQos2> = match (&ctx.store, persistent) {
-        (Some(store), true) => {
+    let forget_qos2: Option<super::acks::ForgetQos2> = match (&ctx.store, incarnation) {
+        (Some(store), Some(incarnation)) => {
             let (store, client_id) = (store.clone(), a.client_id.clone());
             Some(Arc::new(move |pkid| {
-                let commit = store.qos2_released(&client_id, pkid);
+                let commit = store.qos2_released(&client_id, incarnation, pkid);
                 tokio::spawn(async move {
                     let _ = commit.await;
                 });
@@ -296,7 +303,7 @@ async fn run<R, W>(
             inbound_qos2,
             forget_qos2,
         ),
-        persistent,
+        incarnation,
     };
     let keep_alive = a.keep_alive;
     // The token's expiry as a timer: the connection ends then with 0x87 [issue: JWT].
@@ -390,8 +397,8 @@ struct Reader {
     /// Messages of this connection still in the router; reads pause when none is left.
     credit: Arc<Semaphore>,
     connect_expiry: u32,
-    /// The session is persistent: its inbound QoS 2 ids are kept in the store.
-    persistent: bool,
+    /// The session's incarnation in the store, when it is persistent: its inbound QoS 2 ids are kept there.
+    incarnation: Option<u64>,
     max_qos: QoS,
     perms: Permissions,
     username: Option<String>,
@@ -484,9 +491,9 @@ impl Reader {
                 // A stored id is freed before PUBCOMP (always: freeing is idempotent, and an id this connection
                 // did not know may still be in the store): once the client may reuse it, no restart brings it
                 // back as a duplicate to drop.
-                let wait = match (&self.ctx.store, self.persistent) {
-                    (Some(store), true) => {
-                        let commit = store.qos2_released(&self.client_id, r.pkid);
+                let wait = match (&self.ctx.store, self.incarnation) {
+                    (Some(store), Some(incarnation)) => {
+                        let commit = store.qos2_released(&self.client_id, incarnation, r.pkid);
                         let (gate, wait) = AckGate::new();
                         tokio::spawn(async move {
                             if commit.await.is_err() {
@@ -678,7 +685,7 @@ impl Reader {
             };
             if qos == QoS::ExactlyOnce && self.inbound_qos2.get(pkid).is_none() {
                 // A session that keeps nothing in the store holds the id in memory only: recorded at once.
-                let state = if self.persistent {
+                let state = if self.incarnation.is_some() {
                     Qos2Id::Pending
                 } else {
                     Qos2Id::Recorded
@@ -686,7 +693,7 @@ impl Reader {
                 self.inbound_qos2.insert(pkid, state);
             }
             let mut message = Message::from_publish(p, Some(self.session_id), Instant::now());
-            if qos == QoS::ExactlyOnce && self.persistent {
+            if qos == QoS::ExactlyOnce && self.incarnation.is_some() {
                 message.qos2_origin = Some(Arc::new(Qos2Origin {
                     client_id: self.client_id.clone(),
                     pkid,
@@ -697,7 +704,7 @@ impl Reader {
             // and a retained message. The reader goes on meanwhile; acknowledgements leave in order.
             // A persistent session's inbound QoS 2 id is stored with it: a resend after kill -9 or a takeover
             // is not routed again, and the PUBREC waits for that commit [MQTT-4.3.3-9].
-            let record_qos2 = qos == QoS::ExactlyOnce && self.persistent;
+            let record_qos2 = qos == QoS::ExactlyOnce && self.incarnation.is_some();
             let needs_gate = qos != QoS::AtMostOnce
                 && ctx.store.is_some()
                 && (message.retain
@@ -712,7 +719,9 @@ impl Reader {
             // record has the resend routed again, and persistent subscribers that stored it already add
             // nothing ([`Message::qos2_origin`]); a crash after it has the resend acknowledged, not routed.
             let record = if record_qos2 { wait.take() } else { None };
-            if let (Some(store), Some(gate_wait)) = (&ctx.store, record) {
+            if let (Some(store), Some(gate_wait), Some(incarnation)) =
+                (&ctx.store, record, self.incarnation)
+            {
                 let (store, client_id) = (store.clone(), self.client_id.clone());
                 let ids = self.inbound_qos2.clone();
                 let (tx, rx) = tokio::sync::oneshot::channel();
@@ -722,16 +731,18 @@ impl Reader {
                         AckOutcome::Stored if ids.get(pkid) != Some(Qos2Id::Pending) => {
                             AckOutcome::Stored
                         }
-                        AckOutcome::Stored => match store.qos2_received(&client_id, pkid).await {
-                            Ok(true) => {
-                                ids.mark_recorded(pkid);
-                                AckOutcome::Stored
+                        AckOutcome::Stored => {
+                            match store.qos2_received(&client_id, incarnation, pkid).await {
+                                Ok(true) => {
+                                    ids.mark_recorded(pkid);
+                                    AckOutcome::Stored
+                                }
+                                _ => {
+                                    tracing::warn!(pkid, "inbound QoS 2 id not stored");
+                                    AckOutcome::Failed
+                                }
                             }
-                            _ => {
-                                tracing::warn!(pkid, "inbound QoS 2 id not stored");
-                                AckOutcome::Failed
-                            }
-                        },
+                        }
                         other => other,
                     };
                     let _ = tx.send(outcome);

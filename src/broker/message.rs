@@ -94,7 +94,7 @@ pub struct Delivery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InboxRef {
     pub seq: u64,
-    /// Bytes of its stored record (what `max_queued_bytes` counts for a persistent session).
+    /// What it counts against its session's `max_queued_bytes` (topic and payload, see [`Message::weight`]).
     pub size: u64,
 }
 

@@ -58,10 +58,6 @@ pub struct Context {
     pub registry: OnceLock<ActorRef<RegistryMsg>>,
     pub next_session_id: AtomicU64,
     pub next_conn_id: AtomicU64,
-    /// Versions and incarnations of stored session records: increasing across restarts (they start after the
-    /// highest the store holds, never from a clock), so the newest change of a session wins in the store
-    /// whatever order its proposals commit in.
-    pub next_version: AtomicU64,
     /// Sessions whose QoS 1/2 copies go to the store; while there are none, a publisher's PUBACK need not
     /// wait for routing.
     pub durable_sessions: AtomicUsize,
@@ -259,7 +255,6 @@ impl Broker {
         );
         metrics.retained.set(store.retained.len() as i64);
         let shutdown = CancellationToken::new();
-        let first_version = store.first_version();
         // Shards only count drops: they start before the context that holds them.
         let mut shards = Vec::new();
         for _ in 0..config.shard_count() {
@@ -277,7 +272,6 @@ impl Broker {
             registry: OnceLock::new(),
             next_session_id: AtomicU64::new(1),
             next_conn_id: AtomicU64::new(1),
-            next_version: AtomicU64::new(first_version),
             connections: AtomicUsize::new(0),
             durable_sessions: AtomicUsize::new(0),
             queued_bytes: AtomicI64::new(0),

@@ -59,8 +59,8 @@ impl Actor for Registry {
                 let remaining = if rec.expiry == u32::MAX {
                     u32::MAX
                 } else if elapsed >= u64::from(rec.expiry) {
-                    let v = ctx.next_version.fetch_add(1, Ordering::Relaxed);
-                    store.delete_session(&client_id, v);
+                    let commit = store.delete_session(&client_id, rec.incarnation);
+                    store.in_background("delete_session", &client_id, commit);
                     continue;
                 } else {
                     rec.expiry - elapsed as u32

@@ -1,5 +1,6 @@
 //! The keys of the broker's state in the store: `r/` retained, `s/` sessions, `i/` inboxes, `c/` inbox
-//! counters, `q/` inbound QoS 2 ids, `o/` QoS 2 copies stored at most once.
+//! counters, `q/` inbound QoS 2 ids, `o/` QoS 2 copies stored at most once, `n/` counters of the whole
+//! state machine.
 
 pub(super) const RETAINED_PREFIX: &[u8] = b"r/";
 pub(super) const SESSION_PREFIX: &[u8] = b"s/";
@@ -7,6 +8,9 @@ pub(super) const INBOX_PREFIX: &[u8] = b"i/";
 pub(super) const COUNTER_PREFIX: &[u8] = b"c/";
 pub(super) const QOS2_PREFIX: &[u8] = b"q/";
 pub(super) const ONCE_PREFIX: &[u8] = b"o/";
+/// The last session incarnation apply assigned: incarnations are ordered by the raft log, not by any clock
+/// or node.
+pub(super) const LAST_INCARNATION: &[u8] = b"n/incarnation";
 
 pub(super) fn session_key(client_id: &str) -> Vec<u8> {
     let mut k = SESSION_PREFIX.to_vec();
@@ -58,21 +62,6 @@ pub(super) fn counter_key(client_id: &str) -> Vec<u8> {
     let mut k = COUNTER_PREFIX.to_vec();
     k.extend_from_slice(client_id.as_bytes());
     k
-}
-
-/// (incarnation, messages, bytes) of a client's inbox counter.
-pub(super) fn parse_counter(v: &[u8]) -> Option<(u64, u64, u64)> {
-    let n = |i: usize| Some(u64::from_be_bytes(v.get(i..i + 8)?.try_into().ok()?));
-    Some((n(0)?, n(8)?, n(16)?))
-}
-
-/// The highest seq ever appended to the counter's incarnation: a restarted session goes on after it, so a
-/// seq (and the packet id it gives) is never used for a second message, even once the first left the inbox.
-pub(super) fn counter_last_seq(v: &[u8]) -> u64 {
-    v.get(24..32)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(0)
 }
 
 pub(super) fn retained_key(topic: &str) -> Vec<u8> {

@@ -1,17 +1,37 @@
 //! The broker's state machine: how each command changes the state, applied in log order on every node.
 
 use super::command::Command;
+use super::format;
 use super::keys::*;
-use super::record::{decode_record, stored_weight, RELEASED};
+use super::record::{decode_record, mark_released, stored_weight, InboxCounter, SessionRecord};
 use crate::broker::retained::{MemoryRetained, RetainedStore};
 use cicada_cluster::{StateMachine, Txn, View};
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-/// What apply answers: the command changed the state, or it was ignored (stale incarnation, no session).
-pub const APPLIED: &[u8] = &[1];
-pub const IGNORED: &[u8] = &[0];
-/// What apply answers to an append whose copy the session already has (see [`Command::InboxAppend`]).
-pub const DUPLICATE: &[u8] = &[2];
+/// What apply answers to a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Applied,
+    /// Ignored: the session's incarnation is not the stored one, or there is no such session, or the command
+    /// was unreadable.
+    Ignored,
+    /// An append whose copy the session already has (see [`Command::InboxAppend`]): nothing was added.
+    Duplicate,
+    /// A session was created with this incarnation.
+    Created(u64),
+}
+
+impl Outcome {
+    pub fn encode(self) -> Vec<u8> {
+        format::encode(&self)
+    }
+
+    /// An answer this build cannot read counts as ignored: whatever waited on it fails.
+    pub fn decode(b: &[u8]) -> Outcome {
+        format::decode_exact(b).unwrap_or(Outcome::Ignored)
+    }
+}
 
 /// What became of an inbox append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,16 +48,6 @@ pub struct BrokerMachine {
     pub(super) retained: Arc<MemoryRetained>,
     /// Messages in all inboxes (`cicada_store_inbox_messages`).
     pub(super) inbox: prometheus::IntGauge,
-}
-
-/// Whether `version` is newer than the stored session value's (stored values start with their version).
-fn newer(txn: &Txn<'_>, key: &[u8], version: u64) -> bool {
-    match txn.get(key) {
-        Ok(Some(v)) if v.len() >= 8 => {
-            version > u64::from_be_bytes(v[..8].try_into().expect("8 bytes"))
-        }
-        _ => true,
-    }
 }
 
 fn remove_prefix(txn: &mut Txn<'_>, prefix: &[u8]) {
@@ -64,49 +74,185 @@ fn count_inbox(
 ) {
     let key = counter_key(client_id);
     let stored = txn.get(&key).ok().flatten();
-    let (c, b, last) = match stored.as_deref().and_then(|v| Some((parse_counter(v)?, v))) {
-        Some(((inc, c, b), v)) if inc == incarnation => (c, b, counter_last_seq(v)),
-        _ => (0, 0, 0),
+    let c = stored
+        .as_deref()
+        .and_then(InboxCounter::decode)
+        .filter(|c| c.incarnation == incarnation)
+        .unwrap_or_default();
+    let c = InboxCounter {
+        incarnation,
+        messages: c.messages.saturating_add_signed(messages),
+        bytes: c.bytes.saturating_add_signed(bytes),
+        last_seq: c.last_seq.max(appended),
     };
-    let mut v = incarnation.to_be_bytes().to_vec();
-    v.extend_from_slice(&c.saturating_add_signed(messages).to_be_bytes());
-    v.extend_from_slice(&b.saturating_add_signed(bytes).to_be_bytes());
-    v.extend_from_slice(&last.max(appended).to_be_bytes());
-    txn.insert(&key, &v);
+    txn.insert(&key, &format::encode(&c));
 }
 
-/// The incarnation of the live session stored under `key` (a tombstone has none).
-fn stored_incarnation(txn: &Txn<'_>, key: &[u8]) -> Option<u64> {
-    match txn.get(key) {
-        Ok(Some(v)) if v.len() >= 16 => {
-            Some(u64::from_be_bytes(v[8..16].try_into().expect("8 bytes")))
-        }
+/// The incarnation of the session stored under `key`.
+fn stored_incarnation(txn: &Txn<'_>, client_id: &str) -> Option<u64> {
+    match txn.get(&session_key(client_id)) {
+        Ok(Some(v)) => match SessionRecord::decode(&v) {
+            Ok(r) => Some(r.incarnation),
+            Err(e) => {
+                tracing::error!(client_id, error = %e, "stored session unreadable");
+                None
+            }
+        },
         _ => None,
     }
 }
 
-/// Removes the client's inbox entries except those of `keep` (an incarnation); returns how many.
-fn drop_inbox(txn: &mut Txn<'_>, client_id: &str, keep: Option<u64>) -> i64 {
-    let prefix = inbox_prefix(client_id);
-    let keys = txn.keys_with_prefix(&prefix).unwrap_or_default();
-    let mut removed = 0;
-    for k in keys {
-        let incarnation = k
-            .get(prefix.len()..prefix.len() + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes);
-        if incarnation != keep {
-            txn.remove(&k);
-            removed += 1;
-        }
+/// Removes the client's inbox entries (every incarnation) and its counter; returns how many entries.
+fn drop_inbox(txn: &mut Txn<'_>, client_id: &str) -> i64 {
+    let keys = txn
+        .keys_with_prefix(&inbox_prefix(client_id))
+        .unwrap_or_default();
+    for k in &keys {
+        txn.remove(k);
     }
-    if keep.is_none() {
-        txn.remove(&counter_key(client_id));
-    }
-    removed
+    txn.remove(&counter_key(client_id));
+    keys.len() as i64
 }
 
 impl BrokerMachine {
+    fn apply_command(&mut self, txn: &mut Txn<'_>, command: Command<'_>, tail: &[u8]) -> Outcome {
+        let live = |txn: &Txn<'_>, client_id: &str, incarnation: u64| {
+            stored_incarnation(txn, client_id) == Some(incarnation)
+        };
+        match command {
+            Command::SetRetained { topic } => {
+                txn.insert(&retained_key(topic), tail);
+                match decode_record(tail) {
+                    Some(m) => self.retained.set(Arc::new(m)),
+                    None => self.retained.clear(topic),
+                }
+            }
+            Command::ClearRetained { topic } => {
+                txn.remove(&retained_key(topic));
+                self.retained.clear(topic);
+            }
+            Command::CreateSession {
+                client_id,
+                mut record,
+            } => {
+                let last = txn
+                    .get(LAST_INCARNATION)
+                    .ok()
+                    .flatten()
+                    .and_then(|v| format::decode_exact::<u64>(&v).ok())
+                    .unwrap_or(0);
+                record.incarnation = last + 1;
+                txn.insert(LAST_INCARNATION, &format::encode(&record.incarnation));
+                // A new life of the session: what a previous one left in the inbox goes, and so do its
+                // inbound QoS 2 ids.
+                self.inbox.sub(drop_inbox(txn, client_id));
+                drop_qos2(txn, client_id);
+                txn.insert(&session_key(client_id), &record.encode());
+                return Outcome::Created(record.incarnation);
+            }
+            Command::PutSession {
+                client_id,
+                incarnation,
+                mut record,
+            } => {
+                if !live(txn, client_id, incarnation) {
+                    return Outcome::Ignored;
+                }
+                record.incarnation = incarnation;
+                txn.insert(&session_key(client_id), &record.encode());
+            }
+            Command::DeleteSession {
+                client_id,
+                incarnation,
+            } => {
+                if !live(txn, client_id, incarnation) {
+                    return Outcome::Ignored;
+                }
+                txn.remove(&session_key(client_id));
+                self.inbox.sub(drop_inbox(txn, client_id));
+                drop_qos2(txn, client_id);
+            }
+            Command::InboxAppend {
+                client_id,
+                incarnation,
+                seq,
+                once,
+            } => {
+                if !live(txn, client_id, incarnation) {
+                    return Outcome::Ignored;
+                }
+                if let Some((publisher, pkid)) = once {
+                    let mut k = once_prefix(publisher, Some(pkid));
+                    k.extend_from_slice(client_id.as_bytes());
+                    if matches!(txn.get(&k), Ok(Some(_))) {
+                        return Outcome::Duplicate;
+                    }
+                    txn.insert(&k, &[]);
+                }
+                txn.insert(&inbox_key(client_id, incarnation, seq), tail);
+                let weight = stored_weight(tail) as i64;
+                count_inbox(txn, client_id, incarnation, 1, weight, seq);
+                self.inbox.inc();
+            }
+            Command::InboxRelease {
+                client_id,
+                incarnation,
+                seq,
+                pkid,
+            } => {
+                let key = inbox_key(client_id, incarnation, seq);
+                let Ok(Some(v)) = txn.get(&key) else {
+                    return Outcome::Ignored;
+                };
+                match mark_released(&v, pkid) {
+                    Some(released) => txn.insert(&key, &released),
+                    None => return Outcome::Ignored,
+                }
+            }
+            Command::Qos2Received {
+                client_id,
+                incarnation,
+                pkid,
+            } => {
+                if !live(txn, client_id, incarnation) {
+                    return Outcome::Ignored;
+                }
+                txn.insert(&qos2_key(client_id, pkid), &[]);
+            }
+            Command::Qos2Released {
+                client_id,
+                incarnation,
+                pkid,
+            } => {
+                if !live(txn, client_id, incarnation) {
+                    return Outcome::Ignored;
+                }
+                txn.remove(&qos2_key(client_id, pkid));
+                remove_prefix(txn, &once_prefix(client_id, Some(pkid)));
+            }
+            Command::InboxAck {
+                client_id,
+                incarnation,
+                seqs,
+            } => {
+                let (mut messages, mut bytes) = (0, 0);
+                for seq in seqs {
+                    let key = inbox_key(client_id, incarnation, seq);
+                    if let Ok(Some(v)) = txn.get(&key) {
+                        txn.remove(&key);
+                        messages += 1;
+                        bytes += stored_weight(&v) as i64;
+                    }
+                }
+                if messages > 0 {
+                    count_inbox(txn, client_id, incarnation, -messages, -bytes, 0);
+                    self.inbox.sub(messages);
+                }
+            }
+        }
+        Outcome::Applied
+    }
+
     fn load(&self, view: &View) {
         self.retained.clear_all();
         for (k, v) in view.scan_prefix(RETAINED_PREFIX).flatten() {
@@ -119,7 +265,7 @@ impl BrokerMachine {
         let stored: u64 = view
             .scan_prefix(COUNTER_PREFIX)
             .flatten()
-            .filter_map(|(_, v)| parse_counter(&v).map(|(_, c, _)| c))
+            .filter_map(|(_, v)| InboxCounter::decode(&v).map(|c| c.messages))
             .sum();
         self.inbox.set(stored as i64);
     }
@@ -127,134 +273,14 @@ impl BrokerMachine {
 
 impl StateMachine for BrokerMachine {
     fn apply(&mut self, txn: &mut Txn<'_>, command: &[u8]) -> Vec<u8> {
-        let mut outcome = APPLIED;
-        match Command::decode(command) {
-            Some(Command::SetRetained { topic, record }) => {
-                txn.insert(&retained_key(&topic), &record);
-                match decode_record(&record) {
-                    Some(m) => self.retained.set(Arc::new(m)),
-                    None => self.retained.clear(&topic),
-                }
+        let (command, tail) = match Command::decode(command) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "unreadable store command skipped");
+                return Outcome::Ignored.encode();
             }
-            Some(Command::ClearRetained { topic }) => {
-                txn.remove(&retained_key(&topic));
-                self.retained.clear(&topic);
-            }
-            Some(Command::PutSession {
-                client_id,
-                version,
-                record,
-            }) => {
-                let key = session_key(&client_id);
-                if newer(txn, &key, version) {
-                    let incarnation = record
-                        .get(..8)
-                        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
-                    if stored_incarnation(txn, &key) != incarnation {
-                        // A new life of the session: what the previous one left in the inbox goes, and
-                        // so do its inbound QoS 2 ids.
-                        self.inbox.sub(drop_inbox(txn, &client_id, incarnation));
-                        drop_qos2(txn, &client_id);
-                    }
-                    let mut v = version.to_be_bytes().to_vec();
-                    v.extend_from_slice(&record);
-                    txn.insert(&key, &v);
-                }
-            }
-            Some(Command::DeleteSession { client_id, version }) => {
-                let key = session_key(&client_id);
-                if newer(txn, &key, version) {
-                    // A tombstone keeps the version, so an older put that commits later stays ignored.
-                    txn.insert(&key, &version.to_be_bytes());
-                    self.inbox.sub(drop_inbox(txn, &client_id, None));
-                    drop_qos2(txn, &client_id);
-                }
-            }
-            Some(Command::InboxAppend {
-                client_id,
-                incarnation,
-                seq,
-                record,
-                once,
-            }) => {
-                let once_key = once.as_ref().map(|(publisher, pkid)| {
-                    let mut k = once_prefix(publisher, Some(*pkid));
-                    k.extend_from_slice(client_id.as_bytes());
-                    k
-                });
-                let live = stored_incarnation(txn, &session_key(&client_id)) == Some(incarnation);
-                if live
-                    && once_key
-                        .as_ref()
-                        .is_some_and(|k| matches!(txn.get(k), Ok(Some(_))))
-                {
-                    outcome = DUPLICATE;
-                } else if live {
-                    if let Some(k) = &once_key {
-                        txn.insert(k, &[]);
-                    }
-                    txn.insert(&inbox_key(&client_id, incarnation, seq), &record);
-                    count_inbox(txn, &client_id, incarnation, 1, record.len() as i64, seq);
-                    self.inbox.inc();
-                } else {
-                    outcome = IGNORED;
-                }
-            }
-            Some(Command::InboxRelease {
-                client_id,
-                incarnation,
-                seq,
-                pkid,
-            }) => {
-                let key = inbox_key(&client_id, incarnation, seq);
-                match txn.get(&key) {
-                    Ok(Some(v)) => {
-                        if v.first() != Some(&RELEASED) {
-                            let mut released = vec![RELEASED];
-                            released.extend_from_slice(&pkid.to_be_bytes());
-                            released.extend_from_slice(&v);
-                            txn.insert(&key, &released);
-                        }
-                    }
-                    _ => outcome = IGNORED,
-                }
-            }
-            Some(Command::Qos2Received { client_id, pkid }) => {
-                if stored_incarnation(txn, &session_key(&client_id)).is_some() {
-                    txn.insert(&qos2_key(&client_id, pkid), &[]);
-                } else {
-                    outcome = IGNORED;
-                }
-            }
-            Some(Command::Qos2Released { client_id, pkid }) => {
-                txn.remove(&qos2_key(&client_id, pkid));
-                remove_prefix(txn, &once_prefix(&client_id, Some(pkid)));
-            }
-            Some(Command::InboxAck {
-                client_id,
-                incarnation,
-                seqs,
-            }) => {
-                let (mut messages, mut bytes) = (0, 0);
-                for seq in seqs {
-                    let key = inbox_key(&client_id, incarnation, seq);
-                    if let Ok(Some(v)) = txn.get(&key) {
-                        txn.remove(&key);
-                        messages += 1;
-                        bytes += stored_weight(&v) as i64;
-                    }
-                }
-                if messages > 0 {
-                    count_inbox(txn, &client_id, incarnation, -messages, -bytes, 0);
-                    self.inbox.sub(messages);
-                }
-            }
-            None => {
-                tracing::error!("undecodable store command skipped");
-                outcome = IGNORED;
-            }
-        }
-        outcome.to_vec()
+        };
+        self.apply_command(txn, command, tail).encode()
     }
 
     fn restored(&mut self, view: &View) {

@@ -1,23 +1,28 @@
 //! Broker state on the replicated store (`cicada-cluster`): the commands, their encodings, and the state
 //! machine every node applies in log order.
 //!
-//! Retained messages are stored under `r/{topic}` as a record: the wall-clock expiry (unix seconds, 0 for
-//! none) followed by the message as an MQTT 5 PUBLISH (our own codec: every property survives). The applied
-//! state is mirrored into the in-memory [`MemoryRetained`] index that subscriptions match against.
+//! Retained messages are stored under `r/{topic}`: the wall-clock expiry (unix seconds, 0 for none) and the
+//! message as an MQTT 5 PUBLISH (our own codec: every property survives). The applied state is mirrored into
+//! the in-memory [`MemoryRetained`] index that subscriptions match against.
 //!
-//! Persistent sessions are stored under `s/{client id}` (version, then [`SessionRecord`]), and the QoS 1/2
-//! messages waiting for them (queued or not yet acknowledged by the client) under
-//! `i/{client id}\0{incarnation}{seq}`: the session's inbox. An incarnation is one life of a session (a clean
-//! start begins another), so appends of a replaced session can never leak into its successor. `c/{client id}`
-//! counts the inbox (incarnation, messages, bytes), kept by apply, so a session restored at start knows its
+//! Persistent sessions are stored under `s/{client id}` ([`SessionRecord`]), and the QoS 1/2 messages waiting
+//! for them (queued or not yet acknowledged by the client) under `i/{client id}\0{incarnation}{seq}`: the
+//! session's inbox. An incarnation is one life of a session (a clean start begins another). Apply assigns it
+//! from a counter in the state machine (`n/incarnation`) when it creates the session, and ignores every later
+//! command of a session whose incarnation is no longer the stored one: nothing about a session is ordered or
+//! versioned by a clock or by the node that proposed it, only by the raft log. `c/{client id}` counts the
+//! inbox (incarnation, messages, bytes, highest seq), kept by apply, so a session restored at start knows its
 //! backlog and quota without reading it: the inbox itself is read in pages as the client takes it.
 //!
+//! Every command and value is versioned ([`format`]): a format byte, then postcard.
+//!
 //! # Layout
-//! - [`command`]: the commands and their byte layout; [`record`]: the stored records;
+//! - [`format`]: the versioned encoding; [`command`]: the commands; [`record`]: the stored records;
 //! - [`keys`]: where each piece of state lives; [`machine`]: how apply changes it;
 //! - this file: [`Store`], the broker's handle on the raft group.
 
 mod command;
+mod format;
 mod keys;
 mod machine;
 mod record;
@@ -25,14 +30,16 @@ mod record;
 mod tests;
 
 pub use command::Command;
+pub use format::{FormatError, FORMAT};
 use keys::*;
-pub use machine::{Appended, BrokerMachine, APPLIED, DUPLICATE, IGNORED};
+pub use machine::{Appended, BrokerMachine, Outcome};
+use record::InboxCounter;
 pub use record::{
     decode_delivery, decode_record, encode_delivery, encode_record, unix_now, InboxSummary,
     SessionRecord, StoredCopy,
 };
 
-use crate::broker::message::Message;
+use crate::broker::message::{Delivery, Message};
 use crate::broker::retained::{MemoryRetained, RetainedStore};
 use cicada_cluster::{Cluster, ClusterConfig, ClusterError};
 use std::path::Path;
@@ -42,6 +49,7 @@ use std::sync::Arc;
 pub struct Store {
     cluster: Cluster,
     pub retained: Arc<MemoryRetained>,
+    not_applied: prometheus::IntCounterVec,
 }
 
 impl Store {
@@ -64,6 +72,17 @@ impl Store {
         registry
             .register(Box::new(inbox.clone()))
             .map_err(|e| ClusterError::Start(e.to_string()))?;
+        let not_applied = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "cicada_store_commands_not_applied_total",
+                "Store commands nobody waited for that failed or that apply ignored (a stale incarnation).",
+            ),
+            &["command", "outcome"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(not_applied.clone()))
+            .map_err(|e| ClusterError::Start(e.to_string()))?;
         let machine = BrokerMachine {
             retained: retained.clone(),
             inbox,
@@ -74,7 +93,11 @@ impl Store {
         let cluster = Cluster::start(config, machine, registry).await?;
         let applied = cluster.read_index().await?;
         tracing::info!(applied, retained = retained.len(), "store opened");
-        Ok(Store { cluster, retained })
+        Ok(Store {
+            cluster,
+            retained,
+            not_applied,
+        })
     }
 
     /// Commits a retained message (set, or clear for an empty payload). The command is queued when this is
@@ -84,61 +107,84 @@ impl Store {
         m: &Message,
     ) -> impl std::future::Future<Output = Result<(), ClusterError>> + Send + 'static {
         let cmd = if m.payload.is_empty() {
-            Command::ClearRetained {
-                topic: m.topic.clone(),
-            }
+            Command::ClearRetained { topic: &m.topic }.encode()
         } else {
-            Command::SetRetained {
-                topic: m.topic.clone(),
-                record: encode_record(m),
-            }
+            Command::SetRetained { topic: &m.topic }.encode_with(|buf| record::put_record(buf, m))
         };
-        let commit = self.cluster.submit(cmd.encode());
+        let commit = self.cluster.submit(cmd);
         async move { commit.await.map(|_| ()) }
     }
 
-    /// Saves a persistent session's record (fire and forget, ordered by `version`).
-    pub fn put_session(&self, client_id: &str, version: u64, record: &SessionRecord) {
-        self.spawn_propose(Command::PutSession {
-            client_id: client_id.to_string(),
-            version,
-            record: record.encode(),
-        });
+    /// Begins a new life of a persistent session; the future answers the incarnation apply assigned it, once
+    /// committed.
+    pub fn create_session(
+        &self,
+        client_id: &str,
+        record: SessionRecord,
+    ) -> impl std::future::Future<Output = Result<Option<u64>, ClusterError>> + Send + 'static {
+        let commit = self
+            .cluster
+            .submit(Command::CreateSession { client_id, record }.encode());
+        async move {
+            commit.await.map(|r| match Outcome::decode(&r) {
+                Outcome::Created(incarnation) => Some(incarnation),
+                _ => None,
+            })
+        }
     }
 
-    /// Forgets a session's record.
-    pub fn delete_session(&self, client_id: &str, version: u64) {
-        self.spawn_propose(Command::DeleteSession {
-            client_id: client_id.to_string(),
-            version,
-        });
+    /// Replaces a session's record; the future says whether it committed and applied (`false`: that
+    /// incarnation is no longer the stored one).
+    pub fn put_session(
+        &self,
+        client_id: &str,
+        incarnation: u64,
+        record: SessionRecord,
+    ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
+        self.submit_applied(Command::PutSession {
+            client_id,
+            incarnation,
+            record,
+        })
     }
 
-    /// Appends a persistent session's copy of a message (`record`: [`encode_delivery`]) to its inbox. The command
-    /// is queued at once (a session's commands commit in call order); the future says whether it committed and
-    /// applied (`false`: the store ignored it, the session's incarnation being no longer the stored one).
+    /// Forgets a session's record, its inbox and its inbound QoS 2 ids, if `incarnation` is still the stored
+    /// one.
+    pub fn delete_session(
+        &self,
+        client_id: &str,
+        incarnation: u64,
+    ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
+        self.submit_applied(Command::DeleteSession {
+            client_id,
+            incarnation,
+        })
+    }
+
+    /// Appends a persistent session's copy of a message to its inbox, encoding it once, straight into the
+    /// command. The command is queued at once (a session's commands commit in call order); the future says
+    /// whether it committed and applied.
     pub fn inbox_append(
         &self,
         client_id: &str,
         incarnation: u64,
         seq: u64,
-        record: Vec<u8>,
-        once: Option<(String, u16)>,
+        delivery: &Delivery,
+        once: Option<(&str, u16)>,
     ) -> impl std::future::Future<Output = Result<Appended, ClusterError>> + Send + 'static {
-        let commit = self.cluster.submit(
-            Command::InboxAppend {
-                client_id: client_id.to_string(),
-                incarnation,
-                seq,
-                record,
-                once,
-            }
-            .encode(),
-        );
+        let cmd = Command::InboxAppend {
+            client_id,
+            incarnation,
+            seq,
+            once,
+        };
+        let commit = self
+            .cluster
+            .submit(cmd.encode_with(|buf| record::put_delivery(buf, delivery)));
         async move {
-            commit.await.map(|r| match &r[..] {
-                r if r == APPLIED => Appended::Stored,
-                r if r == DUPLICATE => Appended::Duplicate,
+            commit.await.map(|r| match Outcome::decode(&r) {
+                Outcome::Applied => Appended::Stored,
+                Outcome::Duplicate => Appended::Duplicate,
                 _ => Appended::Ignored,
             })
         }
@@ -154,20 +200,26 @@ impl Store {
         pkid: u16,
     ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
         self.submit_applied(Command::InboxRelease {
-            client_id: client_id.to_string(),
+            client_id,
             incarnation,
             seq,
             pkid,
         })
     }
 
-    /// Removes messages that left a session from its inbox (ordered after their appends).
-    pub fn inbox_ack(&self, client_id: &str, incarnation: u64, seqs: Vec<u64>) {
-        self.spawn_propose(Command::InboxAck {
-            client_id: client_id.to_string(),
+    /// Removes messages that left a session from its inbox (ordered after their appends); the future says
+    /// whether it applied.
+    pub fn inbox_ack(
+        &self,
+        client_id: &str,
+        incarnation: u64,
+        seqs: Vec<u64>,
+    ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
+        self.submit_applied(Command::InboxAck {
+            client_id,
             incarnation,
             seqs,
-        });
+        })
     }
 
     /// Records an inbound QoS 2 id of a persistent session (see [`Command::Qos2Received`]); the future says
@@ -175,10 +227,12 @@ impl Store {
     pub fn qos2_received(
         &self,
         client_id: &str,
+        incarnation: u64,
         pkid: u16,
     ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
         self.submit_applied(Command::Qos2Received {
-            client_id: client_id.to_string(),
+            client_id,
+            incarnation,
             pkid,
         })
     }
@@ -187,10 +241,12 @@ impl Store {
     pub fn qos2_released(
         &self,
         client_id: &str,
+        incarnation: u64,
         pkid: u16,
     ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
         self.submit_applied(Command::Qos2Released {
-            client_id: client_id.to_string(),
+            client_id,
+            incarnation,
             pkid,
         })
     }
@@ -209,13 +265,13 @@ impl Store {
     /// How many messages a session's inbox holds, their bytes and the last seq, without reading them.
     pub fn inbox_summary(&self, client_id: &str, incarnation: u64) -> InboxSummary {
         let view = self.cluster.view();
-        let (count, bytes, appended) = match view.get(&counter_key(client_id)).ok().flatten() {
-            Some(v) => match parse_counter(&v) {
-                Some((inc, c, b)) if inc == incarnation => (c, b, counter_last_seq(&v)),
-                _ => (0, 0, 0),
-            },
-            None => (0, 0, 0),
-        };
+        let c = view
+            .get(&counter_key(client_id))
+            .ok()
+            .flatten()
+            .and_then(|v| InboxCounter::decode(&v))
+            .filter(|c| c.incarnation == incarnation)
+            .unwrap_or_default();
         let stored_last = view
             .range(
                 &inbox_key(client_id, incarnation, 0),
@@ -226,9 +282,9 @@ impl Store {
             .and_then(|(k, _)| Some(u64::from_be_bytes(k.get(k.len() - 8..)?.try_into().ok()?)))
             .unwrap_or(0);
         InboxSummary {
-            count,
-            bytes,
-            last_seq: stored_last.max(appended),
+            count: c.messages,
+            bytes: c.bytes,
+            last_seq: stored_last.max(c.last_seq),
         }
     }
 
@@ -265,23 +321,41 @@ impl Store {
     /// machine ignored it).
     fn submit_applied(
         &self,
-        cmd: Command,
+        cmd: Command<'_>,
     ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
         let commit = self.cluster.submit(cmd.encode());
-        async move { commit.await.map(|r| r == APPLIED) }
+        async move {
+            commit
+                .await
+                .map(|r| Outcome::decode(&r) == Outcome::Applied)
+        }
     }
 
-    /// Proposes in the background, in call order (see [`Cluster::submit`]).
-    fn spawn_propose(&self, cmd: Command) {
-        let commit = self.cluster.submit(cmd.encode());
+    /// Waits in the background for a command whose proposer does not wait (its commit acknowledges nothing
+    /// to a client): a failed or ignored one is logged and counted in
+    /// `cicada_store_commands_not_applied_total{command, outcome}`.
+    pub fn in_background(
+        &self,
+        command: &'static str,
+        client_id: &str,
+        commit: impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static,
+    ) {
+        let (not_applied, client_id) = (self.not_applied.clone(), client_id.to_string());
         tokio::spawn(async move {
-            if let Err(e) = commit.await {
-                tracing::warn!(error = %e, "session state not stored");
-            }
+            let outcome = match commit.await {
+                Ok(true) => return,
+                Ok(false) => "ignored",
+                Err(e) => {
+                    tracing::warn!(client_id, command, error = %e, "store command failed");
+                    "failed"
+                }
+            };
+            tracing::debug!(client_id, command, outcome, "store command not applied");
+            not_applied.with_label_values(&[command, outcome]).inc();
         });
     }
 
-    /// The stored persistent sessions (client id, record), tombstones and unreadable records skipped.
+    /// The stored persistent sessions (client id, record); an unreadable record is reported and skipped.
     pub fn sessions(&self) -> Vec<(String, SessionRecord)> {
         self.cluster
             .view()
@@ -289,31 +363,15 @@ impl Store {
             .flatten()
             .filter_map(|(k, v)| {
                 let id = String::from_utf8(k[SESSION_PREFIX.len()..].to_vec()).ok()?;
-                Some((id, SessionRecord::decode(v.get(8..)?)?))
+                match SessionRecord::decode(&v) {
+                    Ok(r) => Some((id, r)),
+                    Err(e) => {
+                        tracing::error!(client_id = %id, error = %e, "stored session unreadable: not restored");
+                        None
+                    }
+                }
             })
             .collect()
-    }
-
-    /// Where this start's session versions and incarnations begin: after every one the store holds (tombstones
-    /// included), so they keep increasing across restarts from the applied state alone, whatever the clock
-    /// does.
-    pub fn first_version(&self) -> u64 {
-        let word = |v: &[u8], at: usize| {
-            v.get(at..at + 8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-                .unwrap_or(0)
-        };
-        let view = self.cluster.view();
-        let sessions = view
-            .scan_prefix(SESSION_PREFIX)
-            .flatten()
-            .map(|(_, v)| word(&v, 0).max(word(&v, 8)));
-        let counters = view
-            .scan_prefix(COUNTER_PREFIX)
-            .flatten()
-            .map(|(_, v)| word(&v, 0));
-        sessions.chain(counters).max().unwrap_or(0) + 1
     }
 
     /// Whether the raft group has a leader (what needs consensus can be acknowledged).

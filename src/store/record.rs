@@ -1,17 +1,15 @@
 //! The stored records: messages (retained, or a session's copy in its inbox), inbox entries and summaries,
 //! and persistent session records.
 
-use super::command::Reader;
+use super::format::{self, FormatError};
 use crate::broker::message::{Delivery, InboxRef, Message};
 use crate::protocol::{
     self, Packet, ProtocolVersion, Publish, QoS, RetainHandling, SubscriptionOptions,
 };
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// First byte of an inbox value whose QoS 2 message the client received (a delivery starts with its QoS).
-pub(super) const RELEASED: u8 = 0xFE;
 
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -20,13 +18,38 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The stored form of a message (retained, or in an inbox).
-pub fn encode_record(m: &Message) -> Vec<u8> {
+/// The header of a stored retained message; the tail is the message as an MQTT 5 PUBLISH.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct MessageHeader {
+    /// Wall-clock expiry in unix seconds, 0 for none (expiry may use clocks; nothing orders by it).
+    pub(super) expires: u64,
+}
+
+/// The header of an inbox entry (a session's copy of a message); the tail is the message as an MQTT 5
+/// PUBLISH.
+#[derive(Debug, Serialize, Deserialize)]
+struct CopyHeader<'a> {
+    /// QoS 2 copies the client already received (PUBREC): the packet id to resend PUBREL with.
+    released: Option<u16>,
+    qos: u8,
+    retain: bool,
+    sub_ids: Vec<u32>,
+    /// The shared subscription (`$share/{group}/{filter}`) it came through.
+    shared: Option<&'a str>,
+    expires: u64,
+    /// What the copy counts against its session's quota (see [`Message::weight`]).
+    weight: u64,
+}
+
+fn expiry_secs(m: &Message) -> u64 {
     let now = Instant::now();
-    let expires = m
-        .expires_at
+    m.expires_at
         .map(|t| unix_now() + t.saturating_duration_since(now).as_secs().max(1))
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// Writes the message as an MQTT 5 PUBLISH (our own codec: every property survives).
+fn put_publish(buf: &mut BytesMut, m: &Message) {
     let publish = Publish {
         topic: m.topic.clone(),
         payload: m.payload.clone(),
@@ -36,24 +59,39 @@ pub fn encode_record(m: &Message) -> Vec<u8> {
         properties: m.properties.clone(),
         ..Publish::default()
     };
-    let mut buf = BytesMut::new();
-    buf.put_u64(expires);
-    // A message the broker accepted always encodes; an error leaves an empty record that decodes to nothing.
-    if protocol::encode(&Packet::Publish(publish), ProtocolVersion::V5, &mut buf).is_err() {
+    // A message the broker accepted always encodes; an error leaves no tail, which decodes to nothing.
+    if protocol::encode_publish(&publish, ProtocolVersion::V5, buf).is_err() {
         tracing::error!(topic = %m.topic, "message could not be encoded for the store");
     }
+}
+
+/// Writes the stored form of a retained message into `buf` (after a command's header).
+pub(super) fn put_record(buf: &mut BytesMut, m: &Message) {
+    let header = MessageHeader {
+        expires: expiry_secs(m),
+    };
+    buf.extend_from_slice(&format::encode(&header));
+    put_publish(buf, m);
+}
+
+/// The stored form of a retained message, alone.
+pub fn encode_record(m: &Message) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    put_record(&mut buf, m);
     buf.into()
 }
 
 /// A stored record back into a message; `None` when it expired or does not decode.
 pub fn decode_record(record: &[u8]) -> Option<Message> {
-    decode_record_keeping(record, false)
+    let (h, tail) = format::decode::<MessageHeader>(record)
+        .map_err(|e| tracing::error!(error = %e, "stored retained message unreadable"))
+        .ok()?;
+    decode_publish(tail, h.expires, false)
 }
 
-/// Like [`decode_record`]; with `keep_expired` an expired message comes back (already expired) instead of
-/// `None`: a QoS 2 copy its client received still needs its PUBREL, whatever its expiry.
-fn decode_record_keeping(record: &[u8], keep_expired: bool) -> Option<Message> {
-    let expires = u64::from_be_bytes(record.get(..8)?.try_into().ok()?);
+/// The PUBLISH tail back into a message with its expiry; with `keep_expired` an expired message comes back
+/// (already expired) instead of `None`: a QoS 2 copy its client received still needs its PUBREL.
+fn decode_publish(tail: &[u8], expires: u64, keep_expired: bool) -> Option<Message> {
     let now = Instant::now();
     let expires_at = match expires {
         0 => None,
@@ -63,7 +101,7 @@ fn decode_record_keeping(record: &[u8], keep_expired: bool) -> Option<Message> {
             None => return None,
         },
     };
-    let mut buf = BytesMut::from(&record[8..]);
+    let mut buf = BytesMut::from(tail);
     match protocol::decode(&mut buf, ProtocolVersion::V5, usize::MAX) {
         Ok(Some(Packet::Publish(p))) => {
             let mut m = Message::from_publish(p, None, now);
@@ -74,48 +112,48 @@ fn decode_record_keeping(record: &[u8], keep_expired: bool) -> Option<Message> {
     }
 }
 
-/// The stored form of a session's copy of a message: QoS, RETAIN flag, subscription identifiers, the shared
-/// subscription it came through, then the message record.
+/// Writes the inbox entry for a session's copy of a message into `buf` (after a command's header): this is
+/// the one encoding a durable copy gets on its way to sled.
+pub(super) fn put_delivery(buf: &mut BytesMut, d: &Delivery) {
+    let header = CopyHeader {
+        released: None,
+        qos: d.qos as u8,
+        retain: d.retain,
+        sub_ids: d.sub_ids.clone(),
+        shared: d.shared.as_deref(),
+        expires: expiry_secs(&d.message),
+        weight: d.message.weight() as u64,
+    };
+    buf.extend_from_slice(&format::encode(&header));
+    put_publish(buf, &d.message);
+}
+
+/// The stored form of a session's copy of a message, alone (tests; the store writes it into its command).
 pub fn encode_delivery(d: &Delivery) -> Vec<u8> {
-    let mut b = vec![d.qos as u8, d.retain as u8];
-    b.extend_from_slice(&(d.sub_ids.len() as u16).to_be_bytes());
-    for id in &d.sub_ids {
-        b.extend_from_slice(&id.to_be_bytes());
-    }
-    let shared = d.shared.as_deref().unwrap_or("");
-    b.extend_from_slice(&(shared.len() as u16).to_be_bytes());
-    b.extend_from_slice(shared.as_bytes());
-    b.extend_from_slice(&encode_record(&d.message));
-    b
+    let mut buf = BytesMut::new();
+    put_delivery(&mut buf, d);
+    buf.into()
 }
 
 /// A stored copy back into a delivery; `None` when the message expired or the record does not decode.
 pub fn decode_delivery(b: &[u8], seq: u64) -> Option<Delivery> {
-    decode_delivery_keeping(b, seq, false)
+    StoredCopy::decode(seq, b).delivery
 }
 
-fn decode_delivery_keeping(b: &[u8], seq: u64, keep_expired: bool) -> Option<Delivery> {
-    let mut r = Reader(b);
-    let qos = QoS::from_u8(r.u8()?)?;
-    let retain = r.u8()? != 0;
-    let n = r.u16()?;
-    let mut sub_ids = Vec::with_capacity(usize::from(n));
-    for _ in 0..n {
-        sub_ids.push(r.u32()?);
+/// The entry with the copy marked as received by the client with packet id `pkid`; `None` if unreadable.
+pub(super) fn mark_released(v: &[u8], pkid: u16) -> Option<Vec<u8>> {
+    let (mut h, tail) = format::decode::<CopyHeader>(v).ok()?;
+    h.released = Some(pkid);
+    Some(format::encode_with(&h, |buf| buf.extend_from_slice(tail)))
+}
+
+/// Bytes an inbox entry counts against its session's quota (topic and payload, as in memory), recorded when
+/// it was appended: appends and removals count alike.
+pub(super) fn stored_weight(v: &[u8]) -> u64 {
+    match format::decode::<CopyHeader>(v) {
+        Ok((h, _)) => h.weight,
+        Err(_) => 0,
     }
-    let shared = r.str16()?;
-    let message = decode_record_keeping(r.rest(), keep_expired)?;
-    Some(Delivery {
-        message: Arc::new(message),
-        qos,
-        retain,
-        sub_ids,
-        shared: (!shared.is_empty()).then(|| shared.into()),
-        durable: Some(InboxRef {
-            seq,
-            size: b.len() as u64,
-        }),
-    })
 }
 
 /// One inbox entry as read back from the store.
@@ -126,7 +164,7 @@ pub struct StoredCopy {
     pub released: Option<u16>,
     /// `None` when the message expired (and was not yet received) or the record does not decode.
     pub delivery: Option<Delivery>,
-    /// Bytes it counts against the session's quota (its record as appended).
+    /// Bytes it counts against the session's quota (see [`stored_weight`]).
     pub size: u64,
 }
 
@@ -140,41 +178,50 @@ pub struct InboxSummary {
     pub last_seq: u64,
 }
 
-/// Bytes a stored inbox value counts for: the record as appended (a released QoS 2 copy carries 3 more).
-pub(super) fn stored_weight(v: &[u8]) -> u64 {
-    match v {
-        [RELEASED, _, _, rest @ ..] => rest.len() as u64,
-        _ => v.len() as u64,
-    }
-}
-
 impl StoredCopy {
     pub(super) fn decode(seq: u64, v: &[u8]) -> StoredCopy {
-        match v {
-            [RELEASED, hi, lo, rest @ ..] => {
-                // Received by the client: it gets its PUBREL even past the message's expiry.
-                let delivery = decode_delivery_keeping(rest, seq, true);
-                StoredCopy {
-                    seq,
-                    released: Some(u16::from_be_bytes([*hi, *lo])),
-                    delivery,
-                    size: stored_weight(v),
-                }
+        let copy = |delivery| StoredCopy {
+            seq,
+            released: None,
+            delivery,
+            size: 0,
+        };
+        let (h, tail) = match format::decode::<CopyHeader>(v) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(seq, error = %e, "stored inbox entry unreadable");
+                return copy(None);
             }
-            _ => StoredCopy {
-                seq,
-                released: None,
-                delivery: decode_delivery(v, seq),
-                size: stored_weight(v),
-            },
+        };
+        // Received by the client: it gets its PUBREL even past the message's expiry.
+        let delivery = QoS::from_u8(h.qos).and_then(|qos| {
+            let message = decode_publish(tail, h.expires, h.released.is_some())?;
+            Some(Delivery {
+                message: Arc::new(message),
+                qos,
+                retain: h.retain,
+                sub_ids: h.sub_ids,
+                shared: h.shared.map(Into::into),
+                durable: Some(InboxRef {
+                    seq,
+                    size: h.weight,
+                }),
+            })
+        });
+        StoredCopy {
+            released: h.released,
+            size: h.weight,
+            ..copy(delivery)
         }
     }
 }
 
 /// A persistent session as stored: what a restarted broker needs to resume it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "StoredSession", try_from = "StoredSession")]
 pub struct SessionRecord {
-    /// This life of the session (a clean start begins another); its inbox entries carry it.
+    /// This life of the session (a clean start begins another), assigned by apply from a counter in the
+    /// state machine; its inbox entries carry it.
     pub incarnation: u64,
     /// Session Expiry Interval in seconds.
     pub expiry: u32,
@@ -182,6 +229,15 @@ pub struct SessionRecord {
     pub offline_since: u64,
     /// (filter as subscribed, options, subscription identifier).
     pub subscriptions: Vec<(String, SubscriptionOptions, Option<u32>)>,
+}
+
+/// [`SessionRecord`] as stored (subscription options as their SUBSCRIBE byte).
+#[derive(Serialize, Deserialize)]
+struct StoredSession {
+    incarnation: u64,
+    expiry: u32,
+    offline_since: u64,
+    subscriptions: Vec<(String, u8, Option<u32>)>,
 }
 
 fn options_byte(o: &SubscriptionOptions) -> u8 {
@@ -204,40 +260,63 @@ fn options_from(b: u8) -> Option<SubscriptionOptions> {
     })
 }
 
-impl SessionRecord {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::new();
-        b.extend_from_slice(&self.incarnation.to_be_bytes());
-        b.extend_from_slice(&self.expiry.to_be_bytes());
-        b.extend_from_slice(&self.offline_since.to_be_bytes());
-        b.extend_from_slice(&(self.subscriptions.len() as u32).to_be_bytes());
-        for (filter, options, sub_id) in &self.subscriptions {
-            b.extend_from_slice(&(filter.len() as u16).to_be_bytes());
-            b.extend_from_slice(filter.as_bytes());
-            b.push(options_byte(options));
-            b.extend_from_slice(&sub_id.unwrap_or(0).to_be_bytes());
+impl From<SessionRecord> for StoredSession {
+    fn from(r: SessionRecord) -> StoredSession {
+        StoredSession {
+            incarnation: r.incarnation,
+            expiry: r.expiry,
+            offline_since: r.offline_since,
+            subscriptions: r
+                .subscriptions
+                .iter()
+                .map(|(f, o, id)| (f.clone(), options_byte(o), *id))
+                .collect(),
         }
-        b
     }
+}
 
-    pub fn decode(b: &[u8]) -> Option<SessionRecord> {
-        let mut r = Reader(b);
-        let incarnation = r.u64()?;
-        let expiry = r.u32()?;
-        let offline_since = r.u64()?;
-        let n = r.u32()? as usize;
-        let mut subscriptions = Vec::with_capacity(n.min(1024));
-        for _ in 0..n {
-            let filter = r.str16()?;
-            let options = options_from(r.u8()?)?;
-            let sub_id = r.u32()?;
-            subscriptions.push((filter, options, (sub_id != 0).then_some(sub_id)));
-        }
-        Some(SessionRecord {
-            incarnation,
-            expiry,
-            offline_since,
+impl TryFrom<StoredSession> for SessionRecord {
+    type Error = FormatError;
+    fn try_from(s: StoredSession) -> Result<SessionRecord, FormatError> {
+        let subscriptions = s
+            .subscriptions
+            .into_iter()
+            .map(|(f, o, id)| Ok((f, options_from(o).ok_or(FormatError::Options(o))?, id)))
+            .collect::<Result<Vec<_>, FormatError>>()?;
+        Ok(SessionRecord {
+            incarnation: s.incarnation,
+            expiry: s.expiry,
+            offline_since: s.offline_since,
             subscriptions,
         })
+    }
+}
+
+impl SessionRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        format::encode(self)
+    }
+
+    pub fn decode(b: &[u8]) -> Result<SessionRecord, FormatError> {
+        format::decode_exact(b)
+    }
+}
+
+/// A client's inbox counter (`c/`), kept by apply: what a restarted session needs without reading its inbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct InboxCounter {
+    pub incarnation: u64,
+    pub messages: u64,
+    pub bytes: u64,
+    /// The highest seq ever appended to this incarnation: a restarted session goes on after it, so a seq (and
+    /// the packet id it gives) is never used for a second message, even once the first left the inbox.
+    pub last_seq: u64,
+}
+
+impl InboxCounter {
+    pub(super) fn decode(v: &[u8]) -> Option<InboxCounter> {
+        format::decode_exact(v)
+            .map_err(|e| tracing::error!(error = %e, "stored inbox counter unreadable"))
+            .ok()
     }
 }

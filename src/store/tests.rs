@@ -1,6 +1,7 @@
 //! The store's tests: commands and records round trip, retained messages and inboxes through restarts.
 
 use super::command::*;
+use super::format;
 use super::record::*;
 use super::*;
 use crate::broker::message::{Delivery, InboxRef};
@@ -78,7 +79,7 @@ fn record(incarnation: u64) -> SessionRecord {
 async fn append(store: &Store, incarnation: u64, d: &Delivery) -> bool {
     let seq = d.durable.unwrap().seq;
     store
-        .inbox_append("dev", incarnation, seq, encode_delivery(d), None)
+        .inbox_append("dev", incarnation, seq, d, None)
         .await
         .unwrap()
         == Appended::Stored
@@ -109,25 +110,30 @@ async fn inboxes_follow_their_session_incarnation_count_themselves_and_survive_a
     let store = Store::open(dir.path(), fsync, 64 << 20, &prometheus::Registry::new())
         .await
         .unwrap();
-    store.put_session("dev", 1, &record(10));
-    settle(&store).await;
-    let mut size = 0;
+    // Apply assigns incarnations from its own counter: the first session is 1.
+    let inc = store
+        .create_session("dev", record(0))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(inc, 1);
+    // What a copy counts against the quota: topic and payload, as in memory.
+    let size = "cmd/1".len() as u64 + 1;
     for seq in 1..=3 {
         let d = delivery(&format!("cmd/{seq}"), b"x", seq);
-        size = encode_delivery(&d).len() as u64;
-        assert!(append(&store, 10, &d).await);
+        assert!(append(&store, inc, &d).await);
     }
     // Another incarnation's append (a replaced session) is ignored, and the proposer learns it.
-    assert!(!append(&store, 11, &delivery("cmd/old", b"x", 1)).await);
-    store.inbox_ack("dev", 10, vec![2]);
-    assert!(store.inbox_release("dev", 10, 3, 700).await.unwrap());
+    assert!(!append(&store, inc + 1, &delivery("cmd/old", b"x", 1)).await);
+    assert!(store.inbox_ack("dev", inc, vec![2]).await.unwrap());
+    assert!(store.inbox_release("dev", inc, 3, 700).await.unwrap());
     assert!(
-        !store.inbox_release("dev", 10, 99, 1).await.unwrap(),
+        !store.inbox_release("dev", inc, 99, 1).await.unwrap(),
         "no such copy"
     );
     settle(&store).await;
     assert_eq!(
-        store.inbox_summary("dev", 10),
+        store.inbox_summary("dev", inc),
         InboxSummary {
             count: 2,
             bytes: 2 * size,
@@ -141,7 +147,7 @@ async fn inboxes_follow_their_session_incarnation_count_themselves_and_survive_a
     let store = Store::open(dir.path(), fsync, 64 << 20, &prometheus::Registry::new())
         .await
         .unwrap();
-    let inbox = all(&store, 10);
+    let inbox = all(&store, inc);
     let topics: Vec<(u64, String)> = inbox
         .iter()
         .map(|c| (c.seq, c.delivery.as_ref().unwrap().message.topic.clone()))
@@ -159,9 +165,9 @@ async fn inboxes_follow_their_session_incarnation_count_themselves_and_survive_a
             Some(InboxRef { seq: 1, size })
         )
     );
-    assert!(all(&store, 11).is_empty());
-    assert_eq!(store.sessions()[0].1.incarnation, 10);
-    assert_eq!(store.inbox_summary("dev", 10).count, 2);
+    assert!(all(&store, inc + 1).is_empty());
+    assert_eq!(store.sessions()[0].1.incarnation, inc);
+    assert_eq!(store.inbox_summary("dev", inc).count, 2);
     // Pages stop at their bounds and resume after their last copy.
     let page = crate::broker::session::inbox::Page {
         after: 0,
@@ -169,116 +175,169 @@ async fn inboxes_follow_their_session_incarnation_count_themselves_and_survive_a
         max: 1,
         max_bytes: usize::MAX,
     };
-    let (first, complete) = store.inbox_page("dev", 10, page);
+    let (first, complete) = store.inbox_page("dev", inc, page);
     assert_eq!((first.len(), first[0].seq, complete), (1, 1, false));
     let (rest, complete) = store.inbox_page(
         "dev",
-        10,
+        inc,
         crate::broker::session::inbox::Page { after: 1, ..page },
     );
     assert_eq!((rest.len(), rest[0].seq, complete), (1, 3, true));
 
     // A QoS 2 message of a persistent publisher is stored once per session until the publisher releases
     // its id: a resend routed again after a crash adds nothing.
-    let once = || Some(("sensor".to_string(), 9));
+    let sensor = store
+        .create_session("sensor", record(0))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sensor, inc + 1);
     let q2 = delivery("cmd/q2", b"x", 4);
-    let append_once = |seq| store.inbox_append("dev", 10, seq, encode_delivery(&q2), once());
+    let append_once = |seq| store.inbox_append("dev", inc, seq, &q2, Some(("sensor", 9)));
     assert_eq!(append_once(4).await.unwrap(), Appended::Stored);
     assert_eq!(append_once(5).await.unwrap(), Appended::Duplicate);
-    assert!(store.qos2_released("sensor", 9).await.unwrap());
+    assert!(store.qos2_released("sensor", sensor, 9).await.unwrap());
     assert_eq!(
         append_once(6).await.unwrap(),
         Appended::Stored,
         "released: a new message"
     );
     assert_eq!(
-        all(&store, 10).iter().map(|c| c.seq).collect::<Vec<_>>(),
+        all(&store, inc).iter().map(|c| c.seq).collect::<Vec<_>>(),
         [1, 3, 4, 6]
     );
 
-    // Versions and incarnations of this start go on after everything stored, never from a clock.
-    assert_eq!(
-        store.first_version(),
-        11,
-        "after incarnation 10 (version 1)"
+    // A new life of the session (a clean start) drops the old inbox and gets the next incarnation.
+    let new = store
+        .create_session("dev", record(0))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(new, sensor + 1);
+    assert!(append(&store, new, &delivery("cmd/new", b"x", 1)).await);
+    assert!(all(&store, inc).is_empty());
+    assert_eq!(store.inbox_summary("dev", inc), InboxSummary::default());
+    assert_eq!(store.inbox_summary("dev", new).count, 1);
+    // The old life's late commands, in whatever order they commit, change nothing: a delete racing the
+    // clean-start reconnect does not remove the new session, and a put does not bring the old one back.
+    assert!(!store.delete_session("dev", inc).await.unwrap());
+    assert!(!store.put_session("dev", inc, record(0)).await.unwrap());
+    assert!(!store.qos2_received("dev", inc, 3).await.unwrap());
+    assert_eq!(store.sessions().len(), 2);
+    assert_eq!(store.inbox_summary("dev", new).count, 1);
+    // Its own commands apply; a put keeps the incarnation, whatever the record says.
+    assert!(store.put_session("dev", new, record(999)).await.unwrap());
+    assert!(store
+        .sessions()
+        .iter()
+        .any(|(c, r)| c == "dev" && r.incarnation == new));
+    assert!(store.delete_session("dev", new).await.unwrap());
+    assert!(all(&store, new).is_empty());
+    assert_eq!(store.inbox_summary("dev", new), InboxSummary::default());
+    assert!(
+        !store.put_session("dev", new, record(0)).await.unwrap(),
+        "deleted: not brought back"
     );
+    assert!(!append(&store, new, &delivery("cmd/late", b"x", 2)).await);
+    store.shutdown().await;
+    drop(store);
 
-    // A new life of the session drops the old inbox; deleting the session drops the new one.
-    store.put_session("dev", 2, &record(12));
-    settle(&store).await;
-    assert!(append(&store, 12, &delivery("cmd/new", b"x", 1)).await);
-    assert!(all(&store, 10).is_empty());
-    assert_eq!(store.inbox_summary("dev", 10), InboxSummary::default());
-    assert_eq!(store.inbox_summary("dev", 12).count, 1);
-    store.delete_session("dev", 3);
-    settle(&store).await;
-    assert!(all(&store, 12).is_empty());
-    store.delete_session("other", 40);
-    settle(&store).await;
-    assert_eq!(store.first_version(), 41, "tombstones count");
-    assert_eq!(store.inbox_summary("dev", 12), InboxSummary::default());
+    // The counter is state like any other: after a restart the next session still gets a new incarnation.
+    let store = Store::open(dir.path(), fsync, 64 << 20, &prometheus::Registry::new())
+        .await
+        .unwrap();
+    let after = store
+        .create_session("dev", record(0))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after, new + 1);
     store.shutdown().await;
 }
 
 #[test]
 fn commands_and_records_round_trip() {
-    for c in [
-        Command::SetRetained {
-            topic: "device/1/status".into(),
-            record: vec![1, 2, 3],
-        },
-        Command::ClearRetained {
-            topic: "a/b".into(),
-        },
+    let round_trip = |c: Command<'_>| {
+        let bytes = c.encode();
+        assert_eq!(bytes[0], FORMAT);
+        assert_eq!(Command::decode(&bytes).unwrap(), (c, &[][..]));
+    };
+    round_trip(Command::ClearRetained { topic: "a/b" });
+    round_trip(Command::DeleteSession {
+        client_id: "dev-7",
+        incarnation: 43,
+    });
+    round_trip(Command::InboxAck {
+        client_id: "dev-7",
+        incarnation: 5,
+        seqs: vec![9, 10, 12],
+    });
+    round_trip(Command::InboxRelease {
+        client_id: "dev-7",
+        incarnation: 5,
+        seq: 9,
+        pkid: 65535,
+    });
+    round_trip(Command::Qos2Received {
+        client_id: "dev-7",
+        incarnation: 5,
+        pkid: 258,
+    });
+    round_trip(Command::Qos2Released {
+        client_id: "dev-7",
+        incarnation: 5,
+        pkid: 1,
+    });
+    round_trip(Command::PutSession {
+        client_id: "dev-7",
+        incarnation: 5,
+        record: record(5),
+    });
+    round_trip(Command::CreateSession {
+        client_id: "dev-7",
+        record: record(0),
+    });
+    // A tail follows the command unchanged, and is borrowed, not copied, on the way back.
+    let append = Command::InboxAppend {
+        client_id: "dev-7",
+        incarnation: 5,
+        seq: 10,
+        once: Some(("sensor", 513)),
+    };
+    let bytes = append.encode_with(|buf| buf.extend_from_slice(b"tail"));
+    let (back, tail) = Command::decode(&bytes).unwrap();
+    assert_eq!((back, tail), (append, &b"tail"[..]));
+    assert!(std::ptr::eq(
+        tail.as_ptr(),
+        bytes[bytes.len() - 4..].as_ptr()
+    ));
+
+    // Another format, an empty value or a truncated one are errors, never a misread.
+    let mut other = bytes.clone();
+    other[0] = FORMAT + 1;
+    assert_eq!(
+        Command::decode(&other).unwrap_err(),
+        FormatError::Version(FORMAT + 1)
+    );
+    assert_eq!(Command::decode(&[]).unwrap_err(), FormatError::Empty);
+    assert!(matches!(
+        Command::decode(&bytes[..4]).unwrap_err(),
+        FormatError::Malformed(_)
+    ));
+    assert!(matches!(
+        Command::decode(&[FORMAT, 200]).unwrap_err(),
+        FormatError::Malformed(_)
+    ));
+    // What apply answers round-trips too; an unreadable answer counts as ignored.
+    for o in [
+        Outcome::Applied,
+        Outcome::Ignored,
+        Outcome::Duplicate,
+        Outcome::Created(u64::MAX),
     ] {
-        assert_eq!(Command::decode(&c.encode()), Some(c));
+        assert_eq!(Outcome::decode(&o.encode()), o);
     }
-    for c in [
-        Command::PutSession {
-            client_id: "dev-7".into(),
-            version: 42,
-            record: vec![9, 9],
-        },
-        Command::DeleteSession {
-            client_id: "dev-7".into(),
-            version: 43,
-        },
-        Command::InboxAppend {
-            client_id: "dev-7".into(),
-            incarnation: 5,
-            seq: 9,
-            record: vec![1, 2],
-            once: None,
-        },
-        Command::InboxAppend {
-            client_id: "dev-7".into(),
-            incarnation: 5,
-            seq: 10,
-            record: vec![1, 2],
-            once: Some(("sensor".into(), 513)),
-        },
-        Command::InboxAck {
-            client_id: "dev-7".into(),
-            incarnation: 5,
-            seqs: vec![9, 10, 12],
-        },
-        Command::InboxRelease {
-            client_id: "dev-7".into(),
-            incarnation: 5,
-            seq: 9,
-            pkid: 65535,
-        },
-        Command::Qos2Received {
-            client_id: "dev-7".into(),
-            pkid: 258,
-        },
-        Command::Qos2Released {
-            client_id: "dev-7".into(),
-            pkid: 1,
-        },
-    ] {
-        assert_eq!(Command::decode(&c.encode()), Some(c));
-    }
+    assert_eq!(Outcome::decode(&[7, 7]), Outcome::Ignored);
     let rec = SessionRecord {
         incarnation: 77,
         expiry: 3600,
@@ -297,10 +356,19 @@ fn commands_and_records_round_trip() {
             ("$share/g/a/#".into(), SubscriptionOptions::default(), None),
         ],
     };
-    assert_eq!(SessionRecord::decode(&rec.encode()), Some(rec.clone()));
-    assert_eq!(SessionRecord::decode(&rec.encode()[..20]), None);
-    assert_eq!(Command::decode(&[9]), None);
-    assert_eq!(Command::decode(&[SET_RETAINED, 0, 0, 0, 9, b'x']), None);
+    assert_eq!(SessionRecord::decode(&rec.encode()), Ok(rec.clone()));
+    assert!(SessionRecord::decode(&rec.encode()[..20]).is_err());
+    let mut bad_options = rec.clone();
+    bad_options.subscriptions.truncate(1);
+    let mut bytes = bad_options.encode();
+    // The options byte of the only subscription: QoS 3 does not exist.
+    let at = bytes.len() - 3;
+    assert_eq!(bytes[at], 0x25);
+    bytes[at] = 0x27;
+    assert!(matches!(
+        SessionRecord::decode(&bytes),
+        Err(FormatError::Malformed(_))
+    ));
     let m = Message {
         topic: "device/1/status".into(),
         payload: Bytes::from_static(b"online"),
@@ -353,7 +421,21 @@ fn commands_and_records_round_trip() {
         shared.shared
     );
     assert!(decode_delivery(&encode_delivery(&d)[..5], 1).is_none());
-    let mut expired = encode_record(&m);
-    expired[..8].copy_from_slice(&(unix_now() - 1).to_be_bytes());
+    // A released copy keeps its message and weight, and says so.
+    let released = mark_released(&encode_delivery(&d), 300).unwrap();
+    let copy = StoredCopy::decode(42, &released);
+    assert_eq!(copy.released, Some(300));
+    assert_eq!(copy.size, d.message.weight() as u64);
+    assert_eq!(
+        stored_weight(&released),
+        stored_weight(&encode_delivery(&d))
+    );
+    // An expired message does not come back.
+    let expired = format::encode_with(
+        &MessageHeader {
+            expires: unix_now() - 1,
+        },
+        |buf| buf.extend_from_slice(&encode_record(&m)[2..]),
+    );
     assert!(decode_record(&expired).is_none());
 }

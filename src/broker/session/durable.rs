@@ -113,7 +113,8 @@ impl SessionState {
                 .inbox
                 .with_label_values(&["removed"])
                 .inc_by(done.len() as u64);
-            store.inbox_ack(&self.client_id, self.incarnation, done);
+            let commit = store.inbox_ack(&self.client_id, self.incarnation, done);
+            store.in_background("inbox_ack", &self.client_id, commit);
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct AttachReply {
     /// QoS 2 packet ids received and not yet released: the session's own set, shared with the connection
     /// [MQTT-4.3.3-10].
     pub inbound_qos2: InboundQos2,
+    /// The session's incarnation in the store, when it is persistent.
+    pub incarnation: Option<u64>,
 }
 
 /// A connection ended.
@@ -62,7 +64,8 @@ pub struct Detach {
 }
 
 pub enum SessionMsg {
-    Attach(Box<Attach>, RpcReplyPort<AttachReply>),
+    /// Answered with `None` when the session refused the connection (it sent the CONNACK saying why).
+    Attach(Box<Attach>, RpcReplyPort<Option<AttachReply>>),
     Detach(Box<Detach>),
     Deliver(Delivery, Ticket),
     /// PUBACK, PUBREC or PUBCOMP from the client.
@@ -192,7 +195,6 @@ impl Actor for Session {
             reported: (0, 0, 0),
             ctx: a.ctx,
         };
-        s.incarnation = s.ctx.next_version.fetch_add(1, Ordering::Relaxed);
         if let Some(r) = restored {
             // Offline, as the client left it (or as the crash left it): reconnecting with clean start = 0
             // gets session present = 1 and these subscriptions.
@@ -250,7 +252,7 @@ impl Actor for Session {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SessionMsg::Attach(a, reply) => {
-                let r = s.attach(*a);
+                let r = s.attach(&me, *a).await;
                 let _ = reply.send(r);
             }
             SessionMsg::Detach(d) => {
@@ -264,9 +266,11 @@ impl Actor for Session {
             }
             SessionMsg::Ack { conn, packet } if s.is_current(conn) => s.ack(packet),
             SessionMsg::Subscribe { conn, packet } if s.is_current(conn) => {
-                s.subscribe(&me, packet)
+                s.subscribe(&me, packet).await
             }
-            SessionMsg::Unsubscribe { conn, packet } if s.is_current(conn) => s.unsubscribe(packet),
+            SessionMsg::Unsubscribe { conn, packet } if s.is_current(conn) => {
+                s.unsubscribe(packet).await
+            }
             SessionMsg::Ack { .. }
             | SessionMsg::Subscribe { .. }
             | SessionMsg::Unsubscribe { .. } => {}
@@ -313,7 +317,7 @@ impl SessionState {
         self.conn.as_ref().is_some_and(|c| c.id == conn)
     }
 
-    fn attach(&mut self, a: Attach) -> AttachReply {
+    async fn attach(&mut self, me: &ActorRef<SessionMsg>, a: Attach) -> Option<AttachReply> {
         let ctx = self.ctx.clone();
         let m = &ctx.metrics;
         if let Some(old) = self.conn.take() {
@@ -342,24 +346,46 @@ impl SessionState {
         self.attached_before = true;
         self.outbox
             .set_window(a.receive_maximum.min(self.ctx.config.limits.max_inflight));
+        self.conn = Some(a.conn.clone());
         let mut connack = a.connack;
+        // The record this CONNACK reports (a new persistent session, or a resumed one now online) is
+        // committed first: a crash after the CONNACK cannot lose the session it announced.
+        if !self.persist().await {
+            connack.reason = ReasonCode::SERVER_UNAVAILABLE;
+            connack.session_present = false;
+            m.connack
+                .with_label_values(&[&format!("{:#04x}", connack.reason.0)])
+                .inc();
+            tracing::warn!(client_id = %self.client_id, "session record not stored: connection refused (CONNACK 0x88)");
+            a.conn.refuse(connack);
+            let conn = a.conn.id;
+            self.will = None;
+            self.detach(
+                me,
+                Detach {
+                    conn,
+                    publish_will: false,
+                    expiry: None,
+                },
+            );
+            return None;
+        }
         connack.session_present = session_present;
         m.connack
             .with_label_values(&[&format!("{:#04x}", connack.reason.0)])
             .inc();
         a.conn.packet(Packet::ConnAck(connack));
-        self.conn = Some(a.conn.clone());
         // The start of the stored inbox first: after a restart it holds the QoS 2 copies awaiting PUBREL.
         self.page_in();
         for out in self.outbox.resend() {
             self.send(&a.conn, out);
         }
         self.flush();
-        self.persist();
-        AttachReply {
+        Some(AttachReply {
             session_present,
             inbound_qos2: self.inbound_qos2.clone(),
-        }
+            incarnation: self.stored.then_some(self.incarnation),
+        })
     }
 
     fn detach(&mut self, me: &ActorRef<SessionMsg>, d: Detach) {
@@ -388,7 +414,17 @@ impl SessionState {
             self.end(me);
             return;
         }
-        self.persist();
+        // Offline from now on (expiry counts from the stored time): nothing waits for this commit.
+        if let Some((store, record)) = self
+            .ctx
+            .store
+            .clone()
+            .zip(self.record())
+            .filter(|_| self.stored)
+        {
+            let commit = store.put_session(&self.client_id, self.incarnation, record);
+            store.in_background("put_session", &self.client_id, commit);
+        }
         if let Some(delay) = self
             .will
             .as_ref()
@@ -418,8 +454,8 @@ impl SessionState {
         self.publish_will();
         if self.stored {
             if let Some(store) = &self.ctx.store {
-                let v = self.ctx.next_version.fetch_add(1, Ordering::Relaxed);
-                store.delete_session(&self.client_id, v);
+                let commit = store.delete_session(&self.client_id, self.incarnation);
+                store.in_background("delete_session", &self.client_id, commit);
             }
             self.set_stored(false);
         }
@@ -436,22 +472,9 @@ impl SessionState {
         me.stop(None);
     }
 
-    /// Saves what a restart needs of a persistent session (expiry > 0) to the store; a session that stopped
-    /// being persistent (expiry set to 0) is forgotten there.
-    pub(super) fn persist(&mut self) {
-        let Some(store) = self.ctx.store.clone() else {
-            return;
-        };
-        if self.expiry == 0 && !self.stored {
-            return;
-        }
-        let v = self.ctx.next_version.fetch_add(1, Ordering::Relaxed);
-        if self.expiry == 0 {
-            store.delete_session(&self.client_id, v);
-            self.set_stored(false);
-            return;
-        }
-        let record = crate::store::SessionRecord {
+    /// What a restart needs of this session, when it is persistent (expiry > 0).
+    fn record(&self) -> Option<crate::store::SessionRecord> {
+        (self.expiry > 0).then(|| crate::store::SessionRecord {
             incarnation: self.incarnation,
             expiry: self.expiry,
             offline_since: if self.conn.is_some() {
@@ -464,9 +487,55 @@ impl SessionState {
                 .iter()
                 .map(|(f, r)| (f.clone(), r.options, r.sub_id))
                 .collect(),
+        })
+    }
+
+    /// Brings the store up to this session and waits for the commit (what CONNACK, SUBACK and UNSUBACK
+    /// report): a persistent session not yet stored is created there (apply gives it its incarnation), a
+    /// stored one is replaced, and one that stopped being persistent (expiry set to 0) is forgotten. False
+    /// when the store did not take it (failed, timed out, or ignored: the incarnation is no longer the stored
+    /// one).
+    pub(super) async fn persist(&mut self) -> bool {
+        let Some(store) = self.ctx.store.clone() else {
+            return true;
         };
-        store.put_session(&self.client_id, v, &record);
-        self.set_stored(true);
+        let outcome = match (self.record(), self.stored) {
+            (None, false) => return true,
+            (None, true) => {
+                self.set_stored(false);
+                store
+                    .delete_session(&self.client_id, self.incarnation)
+                    .await
+            }
+            (Some(record), true) => {
+                store
+                    .put_session(&self.client_id, self.incarnation, record)
+                    .await
+            }
+            (Some(record), false) => match store.create_session(&self.client_id, record).await {
+                Ok(Some(incarnation)) => {
+                    self.incarnation = incarnation;
+                    // A new life: its inbox starts empty.
+                    self.inbox = InboxCursor::new();
+                    self.set_stored(true);
+                    Ok(true)
+                }
+                Ok(None) => Ok(false),
+                Err(e) => Err(e),
+            },
+        };
+        match outcome {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::warn!(client_id = %self.client_id, incarnation = self.incarnation, "the store ignored the session's record: this incarnation is no longer the stored one");
+                self.set_stored(false);
+                false
+            }
+            Err(e) => {
+                tracing::warn!(client_id = %self.client_id, error = %e, "session record not stored");
+                false
+            }
+        }
     }
 
     /// Keeps the node-wide count of durable sessions (publishers' acknowledgements wait only while there are any).
@@ -559,10 +628,9 @@ impl SessionState {
             .clone()
             .filter(|_| self.stored && d.qos != QoS::AtMostOnce)
         {
-            let record = crate::store::encode_delivery(&d);
             let limits = &self.ctx.config.limits;
             match self.inbox.admit(
-                record.len() as u64,
+                d.message.weight() as u64,
                 limits.max_queued_messages,
                 limits.max_queued_bytes,
             ) {
@@ -592,12 +660,12 @@ impl SessionState {
                         .message
                         .qos2_origin
                         .as_deref()
-                        .map(|o| (o.client_id.clone(), o.pkid));
+                        .map(|o| (o.client_id.as_str(), o.pkid));
                     let commit = Box::pin(store.inbox_append(
                         &self.client_id,
                         self.incarnation,
                         r.seq,
-                        record,
+                        &d,
                         once,
                     ));
                     let _ = self.commits().send(Pending::Append {

@@ -99,7 +99,7 @@ impl SessionState {
         Ok(())
     }
 
-    pub(super) fn subscribe(&mut self, me: &ActorRef<SessionMsg>, packet: Subscribe) {
+    pub(super) async fn subscribe(&mut self, me: &ActorRef<SessionMsg>, packet: Subscribe) {
         let Some(conn) = self.conn.clone() else {
             return;
         };
@@ -150,6 +150,11 @@ impl SessionState {
                 }
             }
         }
+        // A persistent session's SUBACK reports subscriptions that survive a crash: it waits for the commit.
+        if !self.persist().await {
+            self.refuse_unstored(&conn);
+            return;
+        }
         conn.packet(Packet::SubAck(SubAck {
             pkid: packet.pkid,
             properties: Default::default(),
@@ -158,10 +163,19 @@ impl SessionState {
         for d in retained {
             self.deliver(d, &super::Ticket::default());
         }
-        self.persist();
     }
 
-    pub(super) fn unsubscribe(&mut self, packet: Unsubscribe) {
+    /// The store did not take the session's record: the packet that depended on it gets no acknowledgement,
+    /// and the connection closes (0x80) so the client retries on a new one, whose CONNACK waits for the
+    /// record again.
+    fn refuse_unstored(&self, conn: &crate::broker::conn::ConnHandle) {
+        conn.close_with(
+            ReasonCode::UNSPECIFIED_ERROR,
+            Some("the session could not be stored".into()),
+        );
+    }
+
+    pub(super) async fn unsubscribe(&mut self, packet: Unsubscribe) {
         let Some(conn) = self.conn.clone() else {
             return;
         };
@@ -176,11 +190,14 @@ impl SessionState {
                 None => reasons.push(ReasonCode::NO_SUBSCRIPTION_EXISTED),
             }
         }
+        if !self.persist().await {
+            self.refuse_unstored(&conn);
+            return;
+        }
         conn.packet(Packet::UnsubAck(UnsubAck {
             pkid: packet.pkid,
             properties: Default::default(),
             reasons,
         }));
-        self.persist();
     }
 }
