@@ -73,7 +73,10 @@ async fn connack_and_suback_report_records_that_survive_an_immediate_kill() {
         let p = publisher(broker.port).await;
         for id in &ids {
             let (mut raw, present) = persistent(addr, id, false).await;
-            assert!(present, "{id}: session present after the restart (signal {signal})");
+            assert!(
+                present,
+                "{id}: session present after the restart (signal {signal})"
+            );
             p.publish(format!("cmd/{id}"), QoS::AtLeastOnce, false, id.clone())
                 .await
                 .unwrap();
@@ -138,7 +141,10 @@ async fn a_replaced_sessions_late_delete_never_removes_its_clean_start_successor
         });
         let addr: SocketAddr = ([127, 0, 0, 1], broker.port).into();
         let (mut back, present) = persistent(addr, "racer", false).await;
-        assert!(present, "round {round}: the new session survived its predecessor");
+        assert!(
+            present,
+            "round {round}: the new session survived its predecessor"
+        );
         let m = next_publish(&mut back).await;
         assert_eq!(
             (m.topic.as_str(), &m.payload[..]),

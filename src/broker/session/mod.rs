@@ -1,14 +1,22 @@
 //! The Session actor: the MQTT session, which outlives its connection when it is persistent. It owns the
-//! subscriptions, the outbound queue and window ([`outbox`]), a persistent session's stored inbox
-//! ([`inbox`]), inbound QoS 2 ids, the Will and its delay, and the expiry timer. The queue logic is the pure
-//! [`outbox::Outbox`] and the inbox bookkeeping the pure [`inbox::InboxCursor`]; this file is the actor shell.
+//! subscriptions, the outbound queue and window, a persistent session's stored inbox and record, inbound QoS 2
+//! ids, the Will and its delay, and the expiry timer.
+//!
+//! The decisions are pure and tested on their own: [`state::Lifecycle`] (attach, takeover, detach, Will and
+//! expiry timers, discard), [`outbox::Outbox`] (queue, window, QoS 2 stages) and [`inbox::InboxCursor`] (the
+//! stored inbox's window and quota). This file is the actor shell that executes their effects; [`delivery`]
+//! is the outbound path, [`durable`] the session's side of its stored inbox, [`stored`] its record, and
+//! [`subscriptions`] SUBSCRIBE/UNSUBSCRIBE.
 
+mod delivery;
 mod durable;
 pub mod inbox;
 pub mod outbox;
+pub mod state;
+mod stored;
 mod subscriptions;
 
-use super::conn::{ConnHandle, Outbound};
+use super::conn::ConnHandle;
 use super::inbound::InboundQos2;
 use super::message::{Delivery, InboxRef, Message, SessionId};
 use super::registry::RegistryMsg;
@@ -18,12 +26,12 @@ use super::Context;
 use crate::auth::acl::Who;
 use crate::auth::Permissions;
 use crate::broker::metrics::Metrics;
-use crate::protocol::{ConnAck, LastWill, Packet, PubAck, QoS, ReasonCode, Subscribe, Unsubscribe};
-use inbox::{Admit, InboxCursor, Pending};
-use outbox::{InboxChange, Outbox, OutboxLimits, Outgoing};
+use crate::protocol::{ConnAck, LastWill, Packet, ReasonCode, Subscribe, Unsubscribe};
+use inbox::{InboxCursor, Pending};
+use outbox::{InboxChange, Outbox, OutboxLimits};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use state::{Effect, Lifecycle, Timer};
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 pub use subscriptions::SubRecord;
@@ -94,8 +102,8 @@ pub enum SessionMsg {
         pkid: u16,
         ok: bool,
     },
-    WillDue(u64),
-    ExpiryDue(u64),
+    /// A timer the lifecycle armed (see [`state::Effect::Arm`]).
+    Due(Timer, u64),
     /// End the session now: a clean-start connect replaced it, or an operator removed it.
     Discard(ReasonCode),
     /// The server is stopping: close the connection with this reason and end.
@@ -133,13 +141,10 @@ pub struct SessionState {
     outbox: Outbox,
     subs: HashMap<String, SubRecord>,
     inbound_qos2: InboundQos2,
+    /// The current connection (the one [`Lifecycle`] names).
     conn: Option<ConnHandle>,
-    expiry: u32,
-    /// The Will of the current (or last) connection, and whether it is waiting out its delay.
-    will: Option<LastWill>,
-    /// Bumped whenever a pending timer is superseded, so stale WillDue/ExpiryDue are ignored.
-    generation: u64,
-    attached_before: bool,
+    /// Connection, expiry, Will and their timers: the pure lifecycle.
+    lifecycle: Lifecycle,
     /// The ACL of the listener the client last connected through, and its user name.
     perms: Option<Permissions>,
     username: Option<String>,
@@ -181,10 +186,7 @@ impl Actor for Session {
             subs: HashMap::new(),
             inbound_qos2: InboundQos2::default(),
             conn: None,
-            expiry: 0,
-            will: None,
-            generation: 0,
-            attached_before: false,
+            lifecycle: Lifecycle::new(a.ctx.config.limits.max_session_expiry),
             perms: None,
             username: None,
             stored: false,
@@ -198,8 +200,12 @@ impl Actor for Session {
         if let Some(r) = restored {
             // Offline, as the client left it (or as the crash left it): reconnecting with clean start = 0
             // gets session present = 1 and these subscriptions.
-            s.expiry = r.expiry;
-            s.attached_before = true;
+            let (lifecycle, effects) = Lifecycle::restored(
+                s.ctx.config.limits.max_session_expiry,
+                r.expiry,
+                r.remaining,
+            );
+            s.lifecycle = lifecycle;
             s.set_stored(true);
             s.incarnation = r.incarnation;
             s.inbound_qos2 = InboundQos2::restored(r.inbound_qos2);
@@ -214,12 +220,7 @@ impl Actor for Session {
                 s.subs.insert(filter, rec);
                 s.ctx.metrics.subscriptions.inc();
             }
-            if r.expiry != u32::MAX {
-                let g = s.generation;
-                me.send_after(Duration::from_secs(u64::from(r.remaining)), move || {
-                    SessionMsg::ExpiryDue(g)
-                });
-            }
+            s.execute(&me, effects, None);
         }
         Ok(s)
     }
@@ -238,7 +239,7 @@ impl Actor for Session {
         m.subscriptions.sub(s.subs.len() as i64);
         if s.conn.is_some() {
             m.sessions_online.dec();
-        } else if s.attached_before {
+        } else if s.lifecycle.attached_before() {
             m.sessions_offline.dec();
         }
         Ok(())
@@ -255,11 +256,7 @@ impl Actor for Session {
                 let r = s.attach(&me, *a).await;
                 let _ = reply.send(r);
             }
-            SessionMsg::Detach(d) => {
-                if s.conn.as_ref().map(|c| c.id) == Some(d.conn) {
-                    s.detach(&me, *d);
-                }
-            }
+            SessionMsg::Detach(d) => s.detach(&me, *d),
             SessionMsg::Deliver(d, ticket) => {
                 s.deliver(d, &ticket);
                 drop(ticket);
@@ -285,19 +282,21 @@ impl Actor for Session {
                 s.flush();
             }
             SessionMsg::ReleaseStored { pkid, ok } => s.release_stored(pkid, ok),
-            SessionMsg::WillDue(g) if g == s.generation => s.publish_will(),
-            SessionMsg::ExpiryDue(g) if g == s.generation && s.conn.is_none() => {
-                tracing::debug!(client_id = %s.client_id, "session expired");
-                s.end(&me);
+            SessionMsg::Due(timer, g) => {
+                let effects = s.lifecycle.due(timer, g);
+                if timer == Timer::Expiry && effects.contains(&Effect::End) {
+                    tracing::debug!(client_id = %s.client_id, "session expired");
+                }
+                s.execute(&me, effects, None);
             }
-            SessionMsg::WillDue(_) | SessionMsg::ExpiryDue(_) => {}
             SessionMsg::Discard(reason) => {
-                if let Some(c) = s.conn.take() {
-                    c.close(reason);
+                let conn = s.conn.take();
+                if conn.is_some() {
                     s.ctx.metrics.sessions_online.dec();
                     s.ctx.metrics.sessions_offline.inc();
                 }
-                s.end(&me);
+                let effects = s.lifecycle.discard(reason);
+                s.execute(&me, effects, conn);
             }
             SessionMsg::Shutdown(reason, done) => {
                 if let Some(c) = &s.conn {
@@ -314,36 +313,67 @@ impl Actor for Session {
 
 impl SessionState {
     fn is_current(&self, conn: u64) -> bool {
-        self.conn.as_ref().is_some_and(|c| c.id == conn)
+        self.lifecycle.is_current(conn)
+    }
+
+    /// Carries out what the lifecycle decided. `old`: a connection the event took from the session (a
+    /// takeover or a discard), for `Close`.
+    fn execute(
+        &mut self,
+        me: &ActorRef<SessionMsg>,
+        effects: Vec<Effect>,
+        old: Option<ConnHandle>,
+    ) {
+        for effect in effects {
+            match effect {
+                Effect::Close(id, reason) => {
+                    if let Some(c) = old.as_ref().filter(|c| c.id == id) {
+                        c.close(reason);
+                    }
+                }
+                Effect::PublishWill(w) => self.publish_will(*w),
+                Effect::Arm {
+                    timer,
+                    after,
+                    generation,
+                } => {
+                    me.send_after(after, move || SessionMsg::Due(timer, generation));
+                }
+                Effect::Persist => {
+                    // Offline from now on (expiry counts from the stored time): nothing waits for it.
+                    if let Some((store, record)) = self
+                        .ctx
+                        .store
+                        .clone()
+                        .zip(self.record())
+                        .filter(|_| self.stored)
+                    {
+                        let commit = store.put_session(&self.client_id, self.incarnation, record);
+                        store.in_background("put_session", &self.client_id, commit);
+                    }
+                }
+                Effect::End => self.end(me),
+            }
+        }
     }
 
     async fn attach(&mut self, me: &ActorRef<SessionMsg>, a: Attach) -> Option<AttachReply> {
         let ctx = self.ctx.clone();
         let m = &ctx.metrics;
-        if let Some(old) = self.conn.take() {
-            // Session takeover [MQTT-3.1.4-3]: the old connection goes with 0x8E, and its Will is published
-            // unless it has a delay (the new connection arrived within it).
-            old.close(ReasonCode::SESSION_TAKEN_OVER);
-            if self
-                .will
-                .as_ref()
-                .is_some_and(|w| w.properties.will_delay_interval.unwrap_or(0) == 0)
-            {
-                self.publish_will();
-            }
+        let old = self.conn.take();
+        if old.is_some() {
             tracing::info!(client_id = %self.client_id, "session taken over");
-        } else if self.attached_before {
+        } else if self.lifecycle.attached_before() {
             m.sessions_offline.dec();
         }
         m.sessions_online.inc();
-        // A reconnect within the Will Delay cancels the Will [MQTT-3.1.3-9]; pending timers are void.
-        self.generation += 1;
-        self.will = a.will;
-        self.expiry = a.expiry;
+        let attached = self
+            .lifecycle
+            .attach(a.conn.id, a.clean_start, a.expiry, a.will);
+        // The old connection's Will (if any) is checked against the ACL it connected with.
+        self.execute(me, attached.effects, old);
         self.perms = Some(a.perms);
         self.username = a.username;
-        let session_present = self.attached_before && !a.clean_start;
-        self.attached_before = true;
         self.outbox
             .set_window(a.receive_maximum.min(self.ctx.config.limits.max_inflight));
         self.conn = Some(a.conn.clone());
@@ -358,19 +388,17 @@ impl SessionState {
                 .inc();
             tracing::warn!(client_id = %self.client_id, "session record not stored: connection refused (CONNACK 0x88)");
             a.conn.refuse(connack);
-            let conn = a.conn.id;
-            self.will = None;
             self.detach(
                 me,
                 Detach {
-                    conn,
+                    conn: a.conn.id,
                     publish_will: false,
                     expiry: None,
                 },
             );
             return None;
         }
-        connack.session_present = session_present;
+        connack.session_present = attached.session_present;
         m.connack
             .with_label_values(&[&format!("{:#04x}", connack.reason.0)])
             .inc();
@@ -382,17 +410,18 @@ impl SessionState {
         }
         self.flush();
         Some(AttachReply {
-            session_present,
+            session_present: attached.session_present,
             inbound_qos2: self.inbound_qos2.clone(),
             incarnation: self.stored.then_some(self.incarnation),
         })
     }
 
     fn detach(&mut self, me: &ActorRef<SessionMsg>, d: Detach) {
-        self.conn = None;
-        if let Some(e) = d.expiry {
-            self.expiry = e.min(self.ctx.config.limits.max_session_expiry);
+        if !self.is_current(d.conn) {
+            return;
         }
+        let effects = self.lifecycle.detach(d.conn, d.publish_will, d.expiry);
+        self.conn = None;
         self.ctx.metrics.sessions_online.dec();
         self.ctx.metrics.sessions_offline.inc();
         // The read-ahead of the stored inbox leaves memory; it is read again when the client is back.
@@ -406,52 +435,12 @@ impl SessionState {
                 exclude: self.id,
             });
         }
-        self.generation += 1;
-        if !d.publish_will {
-            self.will = None;
-        }
-        if self.expiry == 0 {
-            self.end(me);
-            return;
-        }
-        // Offline from now on (expiry counts from the stored time): nothing waits for this commit.
-        if let Some((store, record)) = self
-            .ctx
-            .store
-            .clone()
-            .zip(self.record())
-            .filter(|_| self.stored)
-        {
-            let commit = store.put_session(&self.client_id, self.incarnation, record);
-            store.in_background("put_session", &self.client_id, commit);
-        }
-        if let Some(delay) = self
-            .will
-            .as_ref()
-            .map(|w| w.properties.will_delay_interval.unwrap_or(0))
-        {
-            if delay == 0 {
-                self.publish_will();
-            } else if delay < self.expiry {
-                let g = self.generation;
-                me.send_after(Duration::from_secs(u64::from(delay)), move || {
-                    SessionMsg::WillDue(g)
-                });
-            }
-            // Otherwise the Will goes when the session ends, which comes first [MQTT-3.1.3-9].
-        }
-        if self.expiry != u32::MAX {
-            let g = self.generation;
-            me.send_after(Duration::from_secs(u64::from(self.expiry)), move || {
-                SessionMsg::ExpiryDue(g)
-            });
-        }
+        self.execute(me, effects, None);
     }
 
-    /// Ends the session: its subscriptions leave the shards, a pending Will is published, the registry
-    /// forgets it, and the actor stops.
+    /// Ends the session (the lifecycle published a pending Will first): its subscriptions leave the shards,
+    /// its record and inbox leave the store, the registry forgets it, and the actor stops.
     fn end(&mut self, me: &ActorRef<SessionMsg>) {
-        self.publish_will();
         if self.stored {
             if let Some(store) = &self.ctx.store {
                 let commit = store.delete_session(&self.client_id, self.incarnation);
@@ -472,84 +461,6 @@ impl SessionState {
         me.stop(None);
     }
 
-    /// What a restart needs of this session, when it is persistent (expiry > 0).
-    fn record(&self) -> Option<crate::store::SessionRecord> {
-        (self.expiry > 0).then(|| crate::store::SessionRecord {
-            incarnation: self.incarnation,
-            expiry: self.expiry,
-            offline_since: if self.conn.is_some() {
-                0
-            } else {
-                crate::store::unix_now()
-            },
-            subscriptions: self
-                .subs
-                .iter()
-                .map(|(f, r)| (f.clone(), r.options, r.sub_id))
-                .collect(),
-        })
-    }
-
-    /// Brings the store up to this session and waits for the commit (what CONNACK, SUBACK and UNSUBACK
-    /// report): a persistent session not yet stored is created there (apply gives it its incarnation), a
-    /// stored one is replaced, and one that stopped being persistent (expiry set to 0) is forgotten. False
-    /// when the store did not take it (failed, timed out, or ignored: the incarnation is no longer the stored
-    /// one).
-    pub(super) async fn persist(&mut self) -> bool {
-        let Some(store) = self.ctx.store.clone() else {
-            return true;
-        };
-        let outcome = match (self.record(), self.stored) {
-            (None, false) => return true,
-            (None, true) => {
-                self.set_stored(false);
-                store
-                    .delete_session(&self.client_id, self.incarnation)
-                    .await
-            }
-            (Some(record), true) => {
-                store
-                    .put_session(&self.client_id, self.incarnation, record)
-                    .await
-            }
-            (Some(record), false) => match store.create_session(&self.client_id, record).await {
-                Ok(Some(incarnation)) => {
-                    self.incarnation = incarnation;
-                    // A new life: its inbox starts empty.
-                    self.inbox = InboxCursor::new();
-                    self.set_stored(true);
-                    Ok(true)
-                }
-                Ok(None) => Ok(false),
-                Err(e) => Err(e),
-            },
-        };
-        match outcome {
-            Ok(true) => true,
-            Ok(false) => {
-                tracing::warn!(client_id = %self.client_id, incarnation = self.incarnation, "the store ignored the session's record: this incarnation is no longer the stored one");
-                self.set_stored(false);
-                false
-            }
-            Err(e) => {
-                tracing::warn!(client_id = %self.client_id, error = %e, "session record not stored");
-                false
-            }
-        }
-    }
-
-    /// Keeps the node-wide count of durable sessions (publishers' acknowledgements wait only while there are any).
-    fn set_stored(&mut self, stored: bool) {
-        if stored != self.stored {
-            if stored {
-                self.ctx.durable_sessions.fetch_add(1, Ordering::AcqRel);
-            } else {
-                self.ctx.durable_sessions.fetch_sub(1, Ordering::AcqRel);
-            }
-            self.stored = stored;
-        }
-    }
-
     /// Whether the ACL lets this client publish (`write`) or receive (`!write`) on a topic.
     pub(super) fn allowed(&self, topic: &str, write: bool) -> bool {
         let Some(auth) = self.perms.as_ref().filter(|a| a.enforced()) else {
@@ -566,247 +477,41 @@ impl SessionState {
         }
     }
 
-    fn publish_will(&mut self) {
-        if let Some(w) = self.will.take() {
-            if !self.allowed(&w.topic, true) {
-                self.ctx
-                    .metrics
-                    .acl_denied
-                    .with_label_values(&["will"])
-                    .inc();
-                tracing::info!(client_id = %self.client_id, topic = %w.topic, "Will denied by the ACL");
-                return;
-            }
-            tracing::debug!(client_id = %self.client_id, topic = %w.topic, "publishing Will");
-            let mut properties = w.properties;
-            properties.will_delay_interval = None;
-            let now = Instant::now();
-            let expires_at = properties
-                .message_expiry_interval
-                .take()
-                .map(|s| now + Duration::from_secs(u64::from(s)));
-            let message = Message {
-                topic: w.topic,
-                payload: w.payload,
-                qos: w.qos,
-                retain: w.retain,
-                properties,
-                expires_at,
-                publisher: Some(self.id),
-                received: now,
-                qos2_origin: None,
-            };
-            self.ctx
-                .metrics
-                .messages_received
-                .with_label_values(&[Metrics::qos_label(w.qos)])
-                .inc();
-            self.ctx.route(Arc::new(message), Ticket::default());
-        }
-    }
-
-    fn deliver(&mut self, mut d: Delivery, ticket: &Ticket) {
-        if !self.allowed(&d.message.topic, false) {
+    fn publish_will(&mut self, w: LastWill) {
+        if !self.allowed(&w.topic, true) {
             self.ctx
                 .metrics
                 .acl_denied
-                .with_label_values(&["deliver"])
+                .with_label_values(&["will"])
                 .inc();
-            self.ctx
-                .metrics
-                .dropped
-                .with_label_values(&["acl_denied"])
-                .inc();
+            tracing::info!(client_id = %self.client_id, topic = %w.topic, "Will denied by the ACL");
             return;
         }
-        // A persistent session's QoS 1/2 copy is durable: appended to its inbox in the store, within its stored
-        // quota; the publisher's acknowledgement (and credit) wait for that commit, and the copy is sent only
-        // once committed (so a packet id derived from its seq is never reused for another message after a crash).
-        if let Some(store) = self
-            .ctx
-            .store
-            .clone()
-            .filter(|_| self.stored && d.qos != QoS::AtMostOnce)
-        {
-            let limits = &self.ctx.config.limits;
-            match self.inbox.admit(
-                d.message.weight() as u64,
-                limits.max_queued_messages,
-                limits.max_queued_bytes,
-            ) {
-                Admit::Full { log } => {
-                    self.ctx
-                        .metrics
-                        .dropped
-                        .with_label_values(&["quota_exceeded"])
-                        .inc();
-                    if let Some(g) = &ticket.gate {
-                        g.refuse_quota();
-                    }
-                    if log {
-                        tracing::warn!(
-                            client_id = %self.client_id,
-                            stored = self.inbox.count,
-                            bytes = self.inbox.bytes,
-                            "stored quota of a persistent session is full (max_queued_messages / \
-                             max_queued_bytes): new copies are refused until its client takes some"
-                        );
-                    }
-                }
-                Admit::Append(r) => {
-                    d.durable = Some(r);
-                    self.ctx.metrics.inbox_appended.inc();
-                    let once = d
-                        .message
-                        .qos2_origin
-                        .as_deref()
-                        .map(|o| (o.client_id.as_str(), o.pkid));
-                    let commit = Box::pin(store.inbox_append(
-                        &self.client_id,
-                        self.incarnation,
-                        r.seq,
-                        &d,
-                        once,
-                    ));
-                    let _ = self.commits().send(Pending::Append {
-                        delivery: d,
-                        ticket: ticket.clone(),
-                        commit,
-                    });
-                }
-            }
-            return;
-        }
-        let online = self.conn.is_some();
-        if let Err(reason) = self.outbox.push(d, online) {
-            self.ctx
-                .metrics
-                .dropped
-                .with_label_values(&[reason.label()])
-                .inc();
-            return;
-        }
-        self.flush();
-    }
-
-    /// Moves what the window allows from the queue to the connection's writer, up to its budget.
-    fn flush(&mut self) {
-        let Some(conn) = self.conn.clone() else {
-            return;
-        };
-        self.page_in();
+        tracing::debug!(client_id = %self.client_id, topic = %w.topic, "publishing Will");
+        let mut properties = w.properties;
+        properties.will_delay_interval = None;
         let now = Instant::now();
-        while conn.has_room() {
-            let metrics = &self.ctx.metrics;
-            let Some(out) = self.outbox.next(now, |r| {
-                metrics.dropped.with_label_values(&[r.label()]).inc()
-            }) else {
-                // The read-ahead ran dry while the window has room: the next page, if the store has one.
-                if self.page_in() {
-                    continue;
-                }
-                return;
-            };
-            self.send(&conn, out);
-        }
-        conn.shared.session_waiting.store(true, Ordering::Release);
-        // The writer may have drained between the check and the flag: look once more.
-        if conn.has_room() {
-            conn.shared.session_waiting.store(false, Ordering::Release);
-            self.flush();
-        }
-    }
-
-    fn send(&mut self, conn: &ConnHandle, out: Outgoing) {
-        match out {
-            Outgoing::Publish {
-                pkid,
-                dup,
-                delivery,
-            } => {
-                let now = Instant::now();
-                let Some(publish) = delivery.to_publish(pkid, dup, now) else {
-                    self.ctx
-                        .metrics
-                        .dropped
-                        .with_label_values(&["expired"])
-                        .inc();
-                    self.forget(pkid, delivery.qos);
-                    return;
-                };
-                if conn.max_packet_size < usize::MAX {
-                    let size = crate::protocol::encoded_len(
-                        &Packet::Publish(publish.clone()),
-                        conn.version,
-                    )
-                    .unwrap_or(usize::MAX);
-                    if size > conn.max_packet_size {
-                        // [MQTT-3.1.2-25]: discard as if delivered.
-                        self.ctx
-                            .metrics
-                            .dropped
-                            .with_label_values(&["too_large_for_client"])
-                            .inc();
-                        self.forget(pkid, delivery.qos);
-                        return;
-                    }
-                }
-                let m = &self.ctx.metrics;
-                m.messages_sent
-                    .with_label_values(&[Metrics::qos_label(publish.qos)])
-                    .inc();
-                m.delivery_latency.observe(
-                    now.saturating_duration_since(delivery.message.received)
-                        .as_secs_f64(),
-                );
-                conn.send(Outbound::Publish(Box::new(publish)));
-            }
-            Outgoing::PubRel(pkid) => {
-                conn.packet(Packet::PubRel(PubAck::new(pkid)));
-            }
-        }
-    }
-
-    /// Takes a message that will not be sent out of the window.
-    fn forget(&mut self, pkid: u16, qos: QoS) {
-        match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => {
-                let _ = self.outbox.puback(pkid);
-            }
-            QoS::ExactlyOnce => {
-                let _ = self.outbox.pubrec(pkid, ReasonCode::UNSPECIFIED_ERROR);
-            }
-        }
-    }
-
-    fn ack(&mut self, packet: Packet) {
-        let Some(conn) = self.conn.clone() else {
-            return;
+        let expires_at = properties
+            .message_expiry_interval
+            .take()
+            .map(|s| now + Duration::from_secs(u64::from(s)));
+        let message = Message {
+            topic: w.topic,
+            payload: w.payload,
+            qos: w.qos,
+            retain: w.retain,
+            properties,
+            expires_at,
+            publisher: Some(self.id),
+            received: now,
+            qos2_origin: None,
         };
-        let result = match packet {
-            Packet::PubAck(a) => self.outbox.puback(a.pkid).map(|_| ()),
-            Packet::PubRec(a) => match self.outbox.pubrec(a.pkid, a.reason) {
-                Ok(Some(out)) => {
-                    self.send(&conn, out);
-                    Ok(())
-                }
-                Ok(None) => Ok(()),
-                Err(e) => {
-                    // A PUBREC for an unknown id still gets its PUBREL, with 0x92 in v5 (spec 3.6.2.1).
-                    let mut rel = PubAck::new(a.pkid);
-                    rel.reason = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
-                    conn.packet(Packet::PubRel(rel));
-                    Err(e)
-                }
-            },
-            Packet::PubComp(a) => self.outbox.pubcomp(a.pkid).map(|_| ()),
-            _ => Ok(()),
-        };
-        if let Err(e) = result {
-            tracing::debug!(client_id = %self.client_id, error = ?e, "acknowledgement does not match the session");
-        }
-        self.flush();
+        self.ctx
+            .metrics
+            .messages_received
+            .with_label_values(&[Metrics::qos_label(w.qos)])
+            .inc();
+        self.ctx.route(Arc::new(message), Ticket::default());
     }
 
     /// Brings the queue-depth gauges and the node-wide queued-bytes count up to date.
