@@ -102,20 +102,22 @@ async fn a_replaced_sessions_late_delete_never_removes_its_clean_start_successor
             old.subscribe(1, "race/old", QoS::AtMostOnce).await,
             [ReasonCode::GRANTED_QOS_0]
         );
-        // Keep the old session busy: a flood it never reads, still arriving while it is replaced.
-        let flood = publisher(broker.port).await;
-        let flooding = tokio::spawn(async move {
-            for _ in 0..3000 {
-                if flood
-                    .publish("race/old", QoS::AtMostOnce, false, vec![0u8; 512])
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            flood
+        // Keep the old session busy: a burst of QoS 0 messages it never reads, written in one go so its
+        // mailbox is long when the clean-start reconnect replaces it.
+        let mut flood = Raw::connect(addr).await;
+        flood
+            .handshake(common::broker::connect("flood", ProtocolVersion::V5))
+            .await;
+        let mut burst = bytes::BytesMut::new();
+        let publish = Packet::Publish(cicada::protocol::Publish {
+            topic: "race/old".into(),
+            payload: vec![0u8; 256].into(),
+            ..Default::default()
         });
+        for _ in 0..20_000 {
+            cicada::protocol::encode(&publish, ProtocolVersion::V5, &mut burst).unwrap();
+        }
+        flood.send_bytes(&burst).await;
         let (mut new, present) = persistent(addr, "racer", true).await;
         assert!(!present, "clean start");
         assert_eq!(
@@ -131,9 +133,7 @@ async fn a_replaced_sessions_late_delete_never_removes_its_clean_start_successor
         p.publish("race/new", QoS::AtLeastOnce, false, payload.clone())
             .await
             .unwrap();
-        let flood = flooding.await.unwrap();
-        flood.disconnect().await.ok();
-        drop((old, new));
+        drop((old, new, flood));
         broker.restart_after(if round % 2 == 0 {
             libc::SIGKILL
         } else {

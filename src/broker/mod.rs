@@ -5,7 +5,8 @@
 //! - [`connection`]: a connection's read task (decoding, keep-alive, topic aliases, inbound QoS 2, flow
 //!   control) and [`writer`] its write task (batched writes, outbound topic aliases).
 //! - [`session`]: the Session actor and its pure outbox; [`registry`]: client id → session, takeover.
-//! - [`shard`]: TopicShard actors over the pure [`trie`]; [`retained`]: the retained-message store.
+//! - [`shard`]: TopicShard actors over the pure [`routes`] (on the pure [`trie`]); [`retained`]: the
+//!   retained-message store.
 //! - [`metrics`], [`sys`] (`$SYS/broker/...`), and the shutdown sequence in [`Broker::shutdown`].
 
 pub mod acks;
@@ -19,6 +20,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod registry;
 pub mod retained;
+pub mod routes;
 pub mod session;
 pub mod shard;
 pub mod sys;

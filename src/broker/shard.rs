@@ -1,58 +1,19 @@
 //! TopicShard actors split the routing table. A filter without wildcards lives in shard `hash(filter)`, a
 //! wildcard filter in every shard, and a PUBLISH goes to shard `hash(topic)` only: one hop and one match.
-//! Shared subscriptions (`$share/group/filter`) pick one member per group per message, round robin.
+//! Shared subscriptions (`$share/group/filter`) pick one member per group per message, round robin. The
+//! decisions are the pure [`Routes`](super::routes::Routes); this actor sends what it decides.
 
 use super::message::{Delivery, Message, SessionId};
 use super::metrics::Metrics;
+use super::routes::{NoMember, Route, Routes};
 use super::session::SessionMsg;
 use super::ticket::Ticket;
-use super::trie::Trie;
-use crate::protocol::{topic, QoS, SubscriptionOptions};
+use crate::protocol::QoS;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use std::collections::HashMap;
 use std::sync::Arc;
 
-/// A session's subscription as a shard stores it.
-#[derive(Debug, Clone)]
-pub struct Subscriber {
-    pub session: ActorRef<SessionMsg>,
-    pub options: SubscriptionOptions,
-    pub sub_id: Option<u32>,
-}
-
-struct Entry {
-    /// The filter this entry sits at, to find it again after matching (shared groups advance a cursor).
-    filter: Box<str>,
-    direct: HashMap<SessionId, Subscriber>,
-    groups: HashMap<Box<str>, Group>,
-}
-
-impl Entry {
-    fn is_empty(&self) -> bool {
-        self.direct.is_empty() && self.groups.is_empty()
-    }
-}
-
-#[derive(Default)]
-struct Group {
-    members: Vec<(SessionId, Subscriber)>,
-    next: usize,
-}
-
-impl Group {
-    /// The next member in turn, skipping `exclude`.
-    fn pick(&mut self, exclude: Option<SessionId>) -> Option<&(SessionId, Subscriber)> {
-        let n = self.members.len();
-        for _ in 0..n {
-            let i = self.next % n;
-            self.next = self.next.wrapping_add(1);
-            if Some(self.members[i].0) != exclude {
-                return self.members.get(i);
-            }
-        }
-        None
-    }
-}
+/// A session's subscription as a shard stores it: its route to the session actor.
+pub type Subscriber = Route<ActorRef<SessionMsg>>;
 
 pub enum ShardMsg {
     Subscribe {
@@ -79,7 +40,7 @@ pub struct TopicShard;
 pub struct ShardState {
     /// What a shard uses of the broker: its counters (drops). It routes to sessions and never touches the store.
     metrics: Arc<Metrics>,
-    trie: Trie<Entry>,
+    routes: Routes<ActorRef<SessionMsg>>,
 }
 
 /// The shard a topic name or a wildcard-free filter belongs to (FNV-1a: stable and cheap).
@@ -104,7 +65,7 @@ impl Actor for TopicShard {
     ) -> Result<ShardState, ActorProcessingErr> {
         Ok(ShardState {
             metrics,
-            trie: Trie::default(),
+            routes: Routes::default(),
         })
     }
 
@@ -120,42 +81,11 @@ impl Actor for TopicShard {
                 filter,
                 group,
                 subscriber,
-            } => {
-                let entry = s.trie.entry(&filter, || Entry {
-                    filter: filter.as_str().into(),
-                    direct: HashMap::new(),
-                    groups: HashMap::new(),
-                });
-                match group {
-                    None => {
-                        entry.direct.insert(id, subscriber);
-                    }
-                    Some(g) => {
-                        let group = entry.groups.entry(g.into()).or_default();
-                        match group.members.iter_mut().find(|(m, _)| *m == id) {
-                            Some(slot) => slot.1 = subscriber,
-                            None => group.members.push((id, subscriber)),
-                        }
-                    }
-                }
-            }
+            } => s
+                .routes
+                .subscribe(id, &filter, group.as_deref(), subscriber),
             ShardMsg::Unsubscribe { id, filter, group } => {
-                if let Some(entry) = s.trie.get_mut(&filter) {
-                    match group {
-                        None => {
-                            entry.direct.remove(&id);
-                        }
-                        Some(g) => {
-                            if let Some(grp) = entry.groups.get_mut(g.as_str()) {
-                                grp.members.retain(|(m, _)| *m != id);
-                                if grp.members.is_empty() {
-                                    entry.groups.remove(g.as_str());
-                                }
-                            }
-                        }
-                    }
-                }
-                s.trie.remove_if(&filter, Entry::is_empty);
+                s.routes.unsubscribe(id, &filter, group.as_deref())
             }
             ShardMsg::Publish(message, ticket) => s.route(message, ticket),
             ShardMsg::Redeliver { delivery, exclude } => s.redeliver(delivery, exclude),
@@ -165,116 +95,33 @@ impl Actor for TopicShard {
 }
 
 impl ShardState {
+    /// Sends each copy the table decides on to its session.
     fn route(&mut self, message: Arc<Message>, ticket: Ticket) {
-        let mut targets: HashMap<SessionId, (ActorRef<SessionMsg>, Delivery)> = HashMap::new();
-        let mut shared: Vec<(ActorRef<SessionMsg>, Delivery)> = Vec::new();
-        let mut shared_filters: Vec<Box<str>> = Vec::new();
-        self.trie.for_each_match(&message.topic, |entry| {
-            for (id, sub) in &entry.direct {
-                if sub.options.no_local && message.publisher == Some(*id) {
-                    continue;
-                }
-                let qos = message.qos.min(sub.options.qos);
-                let retain = sub.options.retain_as_published && message.retain;
-                let slot = targets.entry(*id).or_insert_with(|| {
-                    (
-                        sub.session.clone(),
-                        Delivery {
-                            message: message.clone(),
-                            qos,
-                            retain,
-                            sub_ids: Vec::new(),
-                            shared: None,
-                            durable: None,
-                        },
-                    )
-                });
-                // Overlapping subscriptions: one copy with the highest QoS and every identifier (v5 3.3.4).
-                slot.1.qos = slot.1.qos.max(qos);
-                slot.1.retain |= retain;
-                if let Some(sid) = sub.sub_id {
-                    slot.1.sub_ids.push(sid);
-                }
-            }
-            if !entry.groups.is_empty() {
-                shared_filters.push(entry.filter.clone());
-            }
-        });
-        // Picking a member advances the group's cursor, which needs the trie mutably: done after matching.
-        for filter in shared_filters {
-            self.pick_shared(&message, &filter, &mut shared);
-        }
-        let copies = targets.len() + shared.len();
+        let copies = self.routes.route(&message);
         if let Some(gate) = &ticket.gate {
             // Counted before any session can refuse its copy (quota): all refusing means 0x97.
-            gate.add_copies(copies);
+            gate.add_copies(copies.len());
         }
-        if copies == 0 && !message.topic.starts_with("$SYS") {
+        if copies.is_empty() && !message.topic.starts_with("$SYS") {
             self.metrics
                 .dropped
                 .with_label_values(&["no_subscribers"])
                 .inc();
         }
-        for (session, delivery) in targets.into_values().chain(shared) {
+        for (session, delivery) in copies {
             let _ = session.cast(SessionMsg::Deliver(delivery, ticket.clone()));
         }
     }
 
-    /// One member of every shared group at `filter` receives the message.
-    fn pick_shared(
-        &mut self,
-        message: &Arc<Message>,
-        filter: &str,
-        out: &mut Vec<(ActorRef<SessionMsg>, Delivery)>,
-    ) {
-        let Some(entry) = self.trie.get_mut(filter) else {
-            return;
-        };
-        for (group_name, group) in entry.groups.iter_mut() {
-            let Some((_, sub)) = group.pick(None) else {
-                continue;
-            };
-            out.push((
-                sub.session.clone(),
-                Delivery {
-                    message: message.clone(),
-                    qos: message.qos.min(sub.options.qos),
-                    retain: sub.options.retain_as_published && message.retain,
-                    sub_ids: sub.sub_id.into_iter().collect(),
-                    shared: Some(format!("$share/{group_name}/{filter}").into()),
-                    durable: None,
-                },
-            ));
-        }
-    }
-
-    fn redeliver(&mut self, mut delivery: Delivery, exclude: SessionId) {
-        let Some(key) = delivery.shared.clone() else {
-            return;
-        };
-        let Some(Ok(parsed)) = topic::parse_shared(&key) else {
-            return;
-        };
-        let pick = self
-            .trie
-            .get_mut(parsed.filter)
-            .and_then(|e| e.groups.get_mut(parsed.group))
-            // A persistent member that only went offline gets it back when it is the group's last member.
-            .and_then(|g| match g.pick(Some(exclude)).cloned() {
-                Some(m) => Some(m),
-                None => g.pick(None).cloned(),
-            });
-        match pick {
-            Some((_, sub)) => {
-                delivery.qos = delivery.message.qos.min(sub.options.qos);
-                delivery.sub_ids = sub.sub_id.into_iter().collect();
-                let _ = sub
-                    .session
-                    .cast(SessionMsg::Deliver(delivery, Ticket::default()));
+    fn redeliver(&mut self, delivery: Delivery, exclude: SessionId) {
+        let (topic, qos) = (delivery.message.topic.clone(), delivery.qos);
+        match self.routes.redeliver(delivery, exclude) {
+            Ok((session, delivery)) => {
+                let _ = session.cast(SessionMsg::Deliver(delivery, Ticket::default()));
             }
-            None => {
-                if delivery.qos != QoS::AtMostOnce {
-                    tracing::debug!(topic = %delivery.message.topic, group = parsed.group, "no other member for a shared message");
+            Err(NoMember) => {
+                if qos != QoS::AtMostOnce {
+                    tracing::debug!(%topic, "no other member for a shared message");
                 }
                 self.metrics
                     .dropped

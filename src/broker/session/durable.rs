@@ -113,8 +113,10 @@ impl SessionState {
                 .inbox
                 .with_label_values(&["removed"])
                 .inc_by(done.len() as u64);
-            let commit = store.inbox_ack(&self.client_id, self.incarnation, done);
-            store.in_background("inbox_ack", &self.client_id, commit);
+            let count = done.len() as u64;
+            self.inbox.removing += count;
+            let commit = Box::pin(store.inbox_ack(&self.client_id, self.incarnation, done));
+            let _ = self.commits().send(Pending::Remove { count, commit });
         }
     }
 }

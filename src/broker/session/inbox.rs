@@ -37,7 +37,14 @@ pub struct InboxCursor {
     pub bytes: u64,
     /// The quota refused a copy and that was logged; cleared once the inbox is under it again.
     quota_logged: bool,
+    /// Copies whose removal (the client acknowledged them) is proposed and not yet answered. Past
+    /// [`MAX_REMOVING`] no page is read: a client draining a large backlog goes as fast as the store commits
+    /// its acknowledgements, so the session's proposals stay bounded.
+    pub removing: u64,
 }
+
+/// Unanswered removals past which the read-ahead is not refilled.
+pub const MAX_REMOVING: u64 = READ_AHEAD as u64;
 
 /// Whether a new durable copy fits the stored quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +83,7 @@ impl InboxCursor {
             count: s.count,
             bytes: s.bytes,
             quota_logged: false,
+            removing: 0,
         }
     }
 
@@ -135,6 +143,7 @@ impl InboxCursor {
     pub fn page(&self, read_ahead: (usize, usize)) -> Option<Page> {
         let (n, bytes) = read_ahead;
         if self.loaded_upto >= self.committed_upto
+            || self.removing >= MAX_REMOVING
             || n > READ_AHEAD / 2
             || bytes > READ_AHEAD_BYTES / 2
         {
@@ -178,6 +187,9 @@ pub enum Pending {
     },
     /// A QoS 2 copy's release: its PUBREL waits for it.
     Release { pkid: u16, commit: Commit<bool> },
+    /// The removal of `count` copies the client acknowledged: the next page waits for it past
+    /// [`MAX_REMOVING`].
+    Remove { count: u64, commit: Commit<bool> },
 }
 
 /// Awaits the session's commits in proposal order and reports each to the session: `Stored` / `AppendFailed`,
@@ -185,7 +197,8 @@ pub enum Pending {
 /// when the append is answered, so proposals stay bounded by the publishers' credit.
 ///
 /// The channel is unbounded in type only: every `Append` holds its publisher's credit (or is one of the
-/// retained messages a SUBSCRIBE matched), and `Release`s are bounded by the in-flight window.
+/// retained messages a SUBSCRIBE matched), `Release`s are bounded by the in-flight window, and `Remove`s by
+/// [`MAX_REMOVING`] plus the read-ahead and the window.
 pub fn spawn_commit_waiter(
     session: ActorRef<SessionMsg>,
     failures: prometheus::IntCounter,
@@ -239,6 +252,18 @@ pub fn spawn_commit_waiter(
                     }
                     let _ = session.cast(SessionMsg::ReleaseStored { pkid, ok });
                 }
+                Pending::Remove { count, commit } => {
+                    // A removal that failed leaves the copies stored: after a restart they come again
+                    // (QoS 1 may duplicate; a QoS 2 copy past PUBREC gets only its PUBREL).
+                    match commit.await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::debug!(count, "inbox removal ignored: session replaced")
+                        }
+                        Err(e) => tracing::warn!(count, error = %e, "inbox removal not stored"),
+                    }
+                    let _ = session.cast(SessionMsg::Removed(count));
+                }
             }
         }
     });
@@ -248,6 +273,20 @@ pub fn spawn_commit_waiter(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_page_is_read_while_too_many_removals_wait_for_their_commit() {
+        let mut c = InboxCursor::restored(InboxSummary {
+            count: 10_000,
+            bytes: 100_000,
+            last_seq: 10_000,
+        });
+        assert!(c.page((0, 0)).is_some());
+        c.removing = MAX_REMOVING;
+        assert_eq!(c.page((0, 0)), None, "the client waits for the store");
+        c.removing = MAX_REMOVING - 1;
+        assert!(c.page((0, 0)).is_some());
+    }
 
     fn r(seq: u64) -> InboxRef {
         InboxRef { seq, size: 10 }

@@ -97,6 +97,8 @@ pub enum SessionMsg {
     AppendFailed(InboxRef),
     /// A durable copy's append timed out: it may or may not be in the inbox.
     AppendUnknown(InboxRef),
+    /// The removal of this many acknowledged copies was answered: the next page may be read.
+    Removed(u64),
     /// A QoS 2 copy's release was committed (`ok`) or not: its PUBREL may go.
     ReleaseStored {
         pkid: u16,
@@ -282,6 +284,10 @@ impl Actor for Session {
                 s.flush();
             }
             SessionMsg::ReleaseStored { pkid, ok } => s.release_stored(pkid, ok),
+            SessionMsg::Removed(count) => {
+                s.inbox.removing = s.inbox.removing.saturating_sub(count);
+                s.flush();
+            }
             SessionMsg::Due(timer, g) => {
                 let effects = s.lifecycle.due(timer, g);
                 if timer == Timer::Expiry && effects.contains(&Effect::End) {

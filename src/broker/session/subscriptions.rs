@@ -42,7 +42,7 @@ impl SubRecord {
                 filter: filter.to_string(),
                 group: group.map(str::to_string),
                 subscriber: Subscriber {
-                    session: me.clone(),
+                    target: me.clone(),
                     options: self.options,
                     sub_id: self.sub_id,
                 },
