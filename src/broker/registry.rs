@@ -113,8 +113,17 @@ impl Actor for Registry {
                         }));
                         return Ok(());
                     }
-                    // Clean start: the old session (and its connection, 0x8E) goes [MQTT-3.1.2-4].
-                    let _ = session.cast(SessionMsg::Discard(ReasonCode::SESSION_TAKEN_OVER));
+                    // Clean start: the old session (and its connection, 0x8E) goes [MQTT-3.1.2-4]. Its
+                    // successor starts only once it has ended: whatever it still had to propose (a create
+                    // its own connect asked for, its delete) is in the log before the successor's create,
+                    // so apply, which ignores commands of any incarnation but the stored one, never lets
+                    // the old life undo the new.
+                    let _ = session
+                        .call(
+                            |port| SessionMsg::Discard(ReasonCode::SESSION_TAKEN_OVER, Some(port)),
+                            None,
+                        )
+                        .await;
                     s.sessions.remove(&client_id);
                 }
                 let id = s.ctx.next_session_id.fetch_add(1, Ordering::Relaxed);

@@ -24,7 +24,15 @@ pub enum Command<'a> {
     /// goes.
     CreateSession {
         client_id: &'a str,
+        /// Identifies this create, for [`Command::AbandonSession`].
+        creator: u64,
         record: SessionRecord,
+    },
+    /// Removes the session a create with this `creator` made, if it is still the stored one: the proposer
+    /// refused its client after the create's outcome was lost (a timeout), so nobody knows of that session.
+    AbandonSession {
+        client_id: &'a str,
+        creator: u64,
     },
     /// Replaces a session's record; applied only while `incarnation` is the stored one.
     PutSession {

@@ -88,11 +88,11 @@ fn count_inbox(
     txn.insert(&key, &format::encode(&c));
 }
 
-/// The incarnation of the session stored under `key`.
-fn stored_incarnation(txn: &Txn<'_>, client_id: &str) -> Option<u64> {
+/// The client's stored session record.
+fn stored_record(txn: &Txn<'_>, client_id: &str) -> Option<SessionRecord> {
     match txn.get(&session_key(client_id)) {
         Ok(Some(v)) => match SessionRecord::decode(&v) {
-            Ok(r) => Some(r.incarnation),
+            Ok(r) => Some(r),
             Err(e) => {
                 tracing::error!(client_id, error = %e, "stored session unreadable");
                 None
@@ -100,6 +100,18 @@ fn stored_incarnation(txn: &Txn<'_>, client_id: &str) -> Option<u64> {
         },
         _ => None,
     }
+}
+
+/// The incarnation of the client's stored session.
+fn stored_incarnation(txn: &Txn<'_>, client_id: &str) -> Option<u64> {
+    stored_record(txn, client_id).map(|r| r.incarnation)
+}
+
+/// Removes the client's session: record, inbox, inbound QoS 2 ids; returns the inbox entries removed.
+fn drop_session(txn: &mut Txn<'_>, client_id: &str) -> i64 {
+    txn.remove(&session_key(client_id));
+    drop_qos2(txn, client_id);
+    drop_inbox(txn, client_id)
 }
 
 /// Removes the client's inbox entries (every incarnation) and its counter; returns how many entries.
@@ -133,8 +145,10 @@ impl BrokerMachine {
             }
             Command::CreateSession {
                 client_id,
+                creator,
                 mut record,
             } => {
+                record.creator = creator;
                 let last = txn
                     .get(LAST_INCARNATION)
                     .ok()
@@ -155,10 +169,13 @@ impl BrokerMachine {
                 incarnation,
                 mut record,
             } => {
-                if !live(txn, client_id, incarnation) {
+                let Some(stored) =
+                    stored_record(txn, client_id).filter(|r| r.incarnation == incarnation)
+                else {
                     return Outcome::Ignored;
-                }
+                };
                 record.incarnation = incarnation;
+                record.creator = stored.creator;
                 txn.insert(&session_key(client_id), &record.encode());
             }
             Command::DeleteSession {
@@ -168,9 +185,13 @@ impl BrokerMachine {
                 if !live(txn, client_id, incarnation) {
                     return Outcome::Ignored;
                 }
-                txn.remove(&session_key(client_id));
-                self.inbox.sub(drop_inbox(txn, client_id));
-                drop_qos2(txn, client_id);
+                self.inbox.sub(drop_session(txn, client_id));
+            }
+            Command::AbandonSession { client_id, creator } => {
+                if stored_record(txn, client_id).is_none_or(|r| r.creator != creator) {
+                    return Outcome::Ignored;
+                }
+                self.inbox.sub(drop_session(txn, client_id));
             }
             Command::InboxAppend {
                 client_id,

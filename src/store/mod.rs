@@ -120,11 +120,17 @@ impl Store {
     pub fn create_session(
         &self,
         client_id: &str,
+        creator: u64,
         record: SessionRecord,
     ) -> impl std::future::Future<Output = Result<Option<u64>, ClusterError>> + Send + 'static {
-        let commit = self
-            .cluster
-            .submit(Command::CreateSession { client_id, record }.encode());
+        let commit = self.cluster.submit(
+            Command::CreateSession {
+                client_id,
+                creator,
+                record,
+            }
+            .encode(),
+        );
         async move {
             commit.await.map(|r| match Outcome::decode(&r) {
                 Outcome::Created(incarnation) => Some(incarnation),
@@ -146,6 +152,16 @@ impl Store {
             incarnation,
             record,
         })
+    }
+
+    /// Undoes the create identified by `creator` if its session is still the stored one (see
+    /// [`Command::AbandonSession`]).
+    pub fn abandon_session(
+        &self,
+        client_id: &str,
+        creator: u64,
+    ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
+        self.submit_applied(Command::AbandonSession { client_id, creator })
     }
 
     /// Forgets a session's record, its inbox and its inbound QoS 2 ids, if `incarnation` is still the stored

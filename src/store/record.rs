@@ -223,6 +223,8 @@ pub struct SessionRecord {
     /// This life of the session (a clean start begins another), assigned by apply from a counter in the
     /// state machine; its inbox entries carry it.
     pub incarnation: u64,
+    /// Which create made this life of the session (see `Command::AbandonSession`); kept by apply.
+    pub creator: u64,
     /// Session Expiry Interval in seconds.
     pub expiry: u32,
     /// When it went offline (unix seconds), 0 while a client is connected.
@@ -235,6 +237,7 @@ pub struct SessionRecord {
 #[derive(Serialize, Deserialize)]
 struct StoredSession {
     incarnation: u64,
+    creator: u64,
     expiry: u32,
     offline_since: u64,
     subscriptions: Vec<(String, u8, Option<u32>)>,
@@ -264,6 +267,7 @@ impl From<SessionRecord> for StoredSession {
     fn from(r: SessionRecord) -> StoredSession {
         StoredSession {
             incarnation: r.incarnation,
+            creator: r.creator,
             expiry: r.expiry,
             offline_since: r.offline_since,
             subscriptions: r
@@ -285,6 +289,7 @@ impl TryFrom<StoredSession> for SessionRecord {
             .collect::<Result<Vec<_>, FormatError>>()?;
         Ok(SessionRecord {
             incarnation: s.incarnation,
+            creator: s.creator,
             expiry: s.expiry,
             offline_since: s.offline_since,
             subscriptions,

@@ -69,6 +69,7 @@ fn delivery(topic: &str, payload: &'static [u8], seq: u64) -> Delivery {
 fn record(incarnation: u64) -> SessionRecord {
     SessionRecord {
         incarnation,
+        creator: 0,
         expiry: 60,
         offline_since: 0,
         subscriptions: Vec::new(),
@@ -112,7 +113,7 @@ async fn inboxes_follow_their_session_incarnation_count_themselves_and_survive_a
         .unwrap();
     // Apply assigns incarnations from its own counter: the first session is 1.
     let inc = store
-        .create_session("dev", record(0))
+        .create_session("dev", 11, record(0))
         .await
         .unwrap()
         .unwrap();
@@ -187,7 +188,7 @@ async fn inboxes_follow_their_session_incarnation_count_themselves_and_survive_a
     // A QoS 2 message of a persistent publisher is stored once per session until the publisher releases
     // its id: a resend routed again after a crash adds nothing.
     let sensor = store
-        .create_session("sensor", record(0))
+        .create_session("sensor", 12, record(0))
         .await
         .unwrap()
         .unwrap();
@@ -209,7 +210,7 @@ async fn inboxes_follow_their_session_incarnation_count_themselves_and_survive_a
 
     // A new life of the session (a clean start) drops the old inbox and gets the next incarnation.
     let new = store
-        .create_session("dev", record(0))
+        .create_session("dev", 13, record(0))
         .await
         .unwrap()
         .unwrap();
@@ -247,7 +248,7 @@ async fn inboxes_follow_their_session_incarnation_count_themselves_and_survive_a
         .await
         .unwrap();
     let after = store
-        .create_session("dev", record(0))
+        .create_session("dev", 7, record(0))
         .await
         .unwrap()
         .unwrap();
@@ -295,7 +296,12 @@ fn commands_and_records_round_trip() {
     });
     round_trip(Command::CreateSession {
         client_id: "dev-7",
+        creator: 9,
         record: record(0),
+    });
+    round_trip(Command::AbandonSession {
+        client_id: "dev-7",
+        creator: 9,
     });
     // A tail follows the command unchanged, and is borrowed, not copied, on the way back.
     let append = Command::InboxAppend {
@@ -340,6 +346,7 @@ fn commands_and_records_round_trip() {
     assert_eq!(Outcome::decode(&[7, 7]), Outcome::Ignored);
     let rec = SessionRecord {
         incarnation: 77,
+        creator: 5,
         expiry: 3600,
         offline_since: 1_700_000_000,
         subscriptions: vec![

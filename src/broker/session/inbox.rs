@@ -41,6 +41,9 @@ pub struct InboxCursor {
     /// [`MAX_REMOVING`] no page is read: a client draining a large backlog goes as fast as the store commits
     /// its acknowledgements, so the session's proposals stay bounded.
     pub removing: u64,
+    /// The first seq of this life of the session: answers about earlier seqs (a life whose record was
+    /// deleted, then created again in the same actor) are ignored.
+    first_seq: u64,
 }
 
 /// Unanswered removals past which the read-ahead is not refilled.
@@ -74,6 +77,20 @@ impl InboxCursor {
         }
     }
 
+    /// The inbox of a new life of the session (its record created again): seqs go on after this life's, so
+    /// a copy still in flight from the old life is never confused with a new one.
+    pub fn next_life(&self) -> InboxCursor {
+        let last = self.next_seq.saturating_sub(1);
+        InboxCursor {
+            next_seq: self.next_seq,
+            loaded_upto: last,
+            committed_upto: last,
+            removing: self.removing,
+            first_seq: self.next_seq,
+            ..InboxCursor::default()
+        }
+    }
+
     /// An inbox the store kept across a restart: nothing of it is in memory.
     pub fn restored(s: InboxSummary) -> InboxCursor {
         InboxCursor {
@@ -84,6 +101,7 @@ impl InboxCursor {
             bytes: s.bytes,
             quota_logged: false,
             removing: 0,
+            first_seq: 0,
         }
     }
 
@@ -108,6 +126,9 @@ impl InboxCursor {
     /// The append of `seq` committed; true when the copy can go straight into memory (it follows what is
     /// loaded, and the read-ahead has room), false when the store keeps it until a page reads it.
     pub fn stored(&mut self, seq: u64, online: bool, read_ahead: (usize, usize)) -> bool {
+        if seq < self.first_seq {
+            return false;
+        }
         self.committed_upto = self.committed_upto.max(seq);
         let fits = read_ahead.0 < READ_AHEAD && read_ahead.1 < READ_AHEAD_BYTES;
         if online && fits && self.loaded_upto + 1 == seq {
@@ -120,11 +141,17 @@ impl InboxCursor {
     /// The append of `r` has an unknown outcome (its commit timed out: it may still apply). It counts as stored
     /// against the quota; a page reads it if it is there and skips it if it is not.
     pub fn unknown(&mut self, r: InboxRef) {
+        if r.seq < self.first_seq {
+            return;
+        }
         self.committed_upto = self.committed_upto.max(r.seq);
     }
 
     /// The append of `r` did not commit (or the store ignored it): it is not in the inbox.
     pub fn failed(&mut self, r: InboxRef) {
+        if r.seq < self.first_seq {
+            return;
+        }
         self.committed_upto = self.committed_upto.max(r.seq);
         if self.loaded_upto + 1 == r.seq {
             self.loaded_upto = r.seq;
@@ -134,6 +161,9 @@ impl InboxCursor {
 
     /// `r` left the inbox (acknowledged, expired, or its append failed).
     pub fn removed(&mut self, r: InboxRef) {
+        if r.seq < self.first_seq {
+            return;
+        }
         self.count = self.count.saturating_sub(1);
         self.bytes = self.bytes.saturating_sub(r.size);
     }
@@ -273,6 +303,27 @@ pub fn spawn_commit_waiter(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_life_goes_on_after_the_old_seqs_and_ignores_their_answers() {
+        let mut c = InboxCursor::new();
+        for _ in 0..3 {
+            c.admit(10, 100, 1000);
+        }
+        c.removing = 2;
+        let mut n = c.next_life();
+        assert_eq!((n.count, n.bytes, n.removing), (0, 0, 2));
+        assert_eq!(n.admit(10, 100, 1000), Admit::Append(r(4)), "seqs go on");
+        // The old life's late answers change nothing.
+        assert!(!n.stored(2, true, (0, 0)));
+        n.failed(r(3));
+        n.removed(r(1));
+        assert_eq!((n.count, n.loaded_upto, n.committed_upto), (1, 3, 3));
+        assert!(
+            n.stored(4, true, (0, 0)),
+            "its own copy goes straight into memory"
+        );
+    }
 
     #[test]
     fn no_page_is_read_while_too_many_removals_wait_for_their_commit() {

@@ -107,7 +107,8 @@ pub enum SessionMsg {
     /// A timer the lifecycle armed (see [`state::Effect::Arm`]).
     Due(Timer, u64),
     /// End the session now: a clean-start connect replaced it, or an operator removed it.
-    Discard(ReasonCode),
+    /// The reply (if any) is sent once the session has ended.
+    Discard(ReasonCode, Option<RpcReplyPort<()>>),
     /// The server is stopping: close the connection with this reason and end.
     Shutdown(ReasonCode, RpcReplyPort<()>),
 }
@@ -295,14 +296,11 @@ impl Actor for Session {
                 }
                 s.execute(&me, effects, None);
             }
-            SessionMsg::Discard(reason) => {
-                let conn = s.conn.take();
-                if conn.is_some() {
-                    s.ctx.metrics.sessions_online.dec();
-                    s.ctx.metrics.sessions_offline.inc();
+            SessionMsg::Discard(reason, done) => {
+                s.discard(&me, reason);
+                if let Some(done) = done {
+                    let _ = done.send(());
                 }
-                let effects = s.lifecycle.discard(reason);
-                s.execute(&me, effects, conn);
             }
             SessionMsg::Shutdown(reason, done) => {
                 if let Some(c) = &s.conn {
@@ -368,11 +366,14 @@ impl SessionState {
         let m = &ctx.metrics;
         let old = self.conn.take();
         if old.is_some() {
+            // Still one online session.
             tracing::info!(client_id = %self.client_id, "session taken over");
-        } else if self.lifecycle.attached_before() {
-            m.sessions_offline.dec();
+        } else {
+            if self.lifecycle.attached_before() {
+                m.sessions_offline.dec();
+            }
+            m.sessions_online.inc();
         }
-        m.sessions_online.inc();
         let attached = self
             .lifecycle
             .attach(a.conn.id, a.clean_start, a.expiry, a.will);
@@ -394,14 +395,25 @@ impl SessionState {
                 .inc();
             tracing::warn!(client_id = %self.client_id, "session record not stored: connection refused (CONNACK 0x88)");
             a.conn.refuse(connack);
-            self.detach(
-                me,
-                Detach {
-                    conn: a.conn.id,
-                    publish_will: false,
-                    expiry: None,
-                },
-            );
+            if self.stored {
+                // The stored session stays as it was: offline, counting down its expiry.
+                self.detach(
+                    me,
+                    Detach {
+                        conn: a.conn.id,
+                        publish_will: false,
+                        expiry: None,
+                    },
+                );
+            } else {
+                // Nothing of it is stored: no client was told it exists, so it ends (the connection is
+                // already refused).
+                self.conn = None;
+                self.ctx.metrics.sessions_online.dec();
+                self.ctx.metrics.sessions_offline.inc();
+                let effects = self.lifecycle.discard(ReasonCode::SERVER_UNAVAILABLE);
+                self.execute(me, effects, None);
+            }
             return None;
         }
         connack.session_present = attached.session_present;
@@ -420,6 +432,17 @@ impl SessionState {
             inbound_qos2: self.inbound_qos2.clone(),
             incarnation: self.stored.then_some(self.incarnation),
         })
+    }
+
+    /// Ends the session at once (a clean-start connect replaced it, or it could not be stored).
+    fn discard(&mut self, me: &ActorRef<SessionMsg>, reason: ReasonCode) {
+        let conn = self.conn.take();
+        if conn.is_some() {
+            self.ctx.metrics.sessions_online.dec();
+            self.ctx.metrics.sessions_offline.inc();
+        }
+        let effects = self.lifecycle.discard(reason);
+        self.execute(me, effects, conn);
     }
 
     fn detach(&mut self, me: &ActorRef<SessionMsg>, d: Detach) {

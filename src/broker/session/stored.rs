@@ -1,9 +1,18 @@
 //! The session's record in the store: created when the session becomes persistent (apply gives it its
 //! incarnation), replaced as it changes, deleted when it stops being persistent.
 
-use super::inbox::InboxCursor;
 use super::SessionState;
+use crate::broker::message::SessionId;
 use std::sync::atomic::Ordering;
+
+/// An identity for one create of a session record, so the proposer can undo exactly that create when it
+/// could not learn its outcome. Unique enough without a clock: per-process random state, and the session.
+fn creator_token(session: SessionId) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(session);
+    h.finish()
+}
 
 impl SessionState {
     /// What a restart needs of this session, when it is persistent (expiry > 0).
@@ -11,6 +20,8 @@ impl SessionState {
         let expiry = self.lifecycle.expiry();
         (expiry > 0).then(|| crate::store::SessionRecord {
             incarnation: self.incarnation,
+            // Set by apply.
+            creator: 0,
             expiry,
             offline_since: if self.conn.is_some() {
                 0
@@ -47,17 +58,27 @@ impl SessionState {
                     .put_session(&self.client_id, self.incarnation, record)
                     .await
             }
-            (Some(record), false) => match store.create_session(&self.client_id, record).await {
-                Ok(Some(incarnation)) => {
-                    self.incarnation = incarnation;
-                    // A new life: its inbox starts empty.
-                    self.inbox = InboxCursor::new();
-                    self.set_stored(true);
-                    Ok(true)
+            (Some(record), false) => {
+                let creator = creator_token(self.id);
+                match store.create_session(&self.client_id, creator, record).await {
+                    Ok(Some(incarnation)) => {
+                        self.incarnation = incarnation;
+                        // A new life: its inbox starts empty, its seqs go on after any earlier life's.
+                        self.inbox = self.inbox.next_life();
+                        self.set_stored(true);
+                        Ok(true)
+                    }
+                    Ok(None) => Ok(false),
+                    Err(e) => {
+                        // The create may still apply (a timeout): the client is refused, so whatever it
+                        // created goes again. Proposed after it, this applies after it, and only to the
+                        // record this create made.
+                        let abandon = store.abandon_session(&self.client_id, creator);
+                        store.in_background("abandon_session", &self.client_id, abandon);
+                        Err(e)
+                    }
                 }
-                Ok(None) => Ok(false),
-                Err(e) => Err(e),
-            },
+            }
         };
         match outcome {
             Ok(true) => true,
