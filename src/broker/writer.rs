@@ -116,14 +116,15 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                     buf = BytesMut::new();
                 }
             }
-            self.shared.pending.fetch_sub(taken, Ordering::AcqRel);
+            // SeqCst with the swap below: see `SessionState::flush`.
+            self.shared.pending.fetch_sub(taken, Ordering::SeqCst);
             self.shared.drained.notify_waiters();
             if close {
                 let _ = self.io.flush().await;
                 let _ = self.io.shutdown().await;
                 break;
             }
-            if self.shared.session_waiting.swap(false, Ordering::AcqRel) {
+            if self.shared.session_waiting.swap(false, Ordering::SeqCst) {
                 let _ = session.cast(SessionMsg::Drained);
             }
         }

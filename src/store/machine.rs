@@ -102,9 +102,17 @@ fn stored_record(txn: &Txn<'_>, client_id: &str) -> Option<SessionRecord> {
     }
 }
 
-/// The incarnation of the client's stored session.
+/// The incarnation of the client's stored session, read without decoding the rest of the record (every
+/// append asks).
 fn stored_incarnation(txn: &Txn<'_>, client_id: &str) -> Option<u64> {
-    stored_record(txn, client_id).map(|r| r.incarnation)
+    let v = txn.get(&session_key(client_id)).ok()??;
+    match SessionRecord::decode_incarnation(&v) {
+        Ok(incarnation) => Some(incarnation),
+        Err(e) => {
+            tracing::error!(client_id, error = %e, "stored session unreadable");
+            None
+        }
+    }
 }
 
 /// Removes the client's session: record, inbox, inbound QoS 2 ids; returns the inbox entries removed.

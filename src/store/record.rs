@@ -305,6 +305,15 @@ impl SessionRecord {
     pub fn decode(b: &[u8]) -> Result<SessionRecord, FormatError> {
         format::decode_exact(b)
     }
+
+    /// The incarnation alone (the record's first field), without reading the subscriptions.
+    pub fn decode_incarnation(b: &[u8]) -> Result<u64, FormatError> {
+        #[derive(Deserialize)]
+        struct First {
+            incarnation: u64,
+        }
+        format::decode::<First>(b).map(|(f, _)| f.incarnation)
+    }
 }
 
 /// A client's inbox counter (`c/`), kept by apply: what a restarted session needs without reading its inbox.

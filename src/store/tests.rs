@@ -364,6 +364,7 @@ fn commands_and_records_round_trip() {
         ],
     };
     assert_eq!(SessionRecord::decode(&rec.encode()), Ok(rec.clone()));
+    assert_eq!(SessionRecord::decode_incarnation(&rec.encode()), Ok(77));
     assert!(SessionRecord::decode(&rec.encode()[..20]).is_err());
     let mut bad_options = rec.clone();
     bad_options.subscriptions.truncate(1);

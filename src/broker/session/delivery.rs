@@ -118,10 +118,13 @@ impl SessionState {
             };
             self.send(&conn, out);
         }
-        conn.shared.session_waiting.store(true, Ordering::Release);
-        // The writer may have drained between the check and the flag: look once more.
-        if conn.has_room() {
-            conn.shared.session_waiting.store(false, Ordering::Release);
+        // The writer may drain between the check and the flag: look once more. Both sides are SeqCst (here
+        // the flag's store and the count's load, in the writer the count's decrement and the flag's swap):
+        // with weaker orderings each side may miss the other's write, the writer sends no `Drained` and the
+        // session waits for nothing, with copies queued (seen as a stall at the end of a load).
+        conn.shared.session_waiting.store(true, Ordering::SeqCst);
+        if conn.shared.pending.load(Ordering::SeqCst) < crate::broker::conn::WRITER_BUDGET {
+            conn.shared.session_waiting.store(false, Ordering::SeqCst);
             self.flush();
         }
     }
