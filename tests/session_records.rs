@@ -165,3 +165,54 @@ async fn a_replaced_sessions_late_delete_never_removes_its_clean_start_successor
         p.disconnect().await.ok();
     }
 }
+
+/// A clean-start connect arrives while the session it replaces is busy taking a resume (an offline
+/// session with a backlog, whose client reconnected a moment before). The replaced session's end (its
+/// delete) may then come after the new session's record: it must not remove it. The new session made no
+/// subscription, so nothing stores its record again later. After a restart it is present.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_start_during_a_busy_resume_survives_the_old_sessions_delete() {
+    let mut broker =
+        CicadaProcess::start("[mqtt]\nsys_interval = 0\n[limits]\nmax_queued_messages = 100000\n");
+    for round in 0..8 {
+        let addr: SocketAddr = ([127, 0, 0, 1], broker.port).into();
+        let id = format!("busy-{round}");
+        let (mut s, _) = persistent(addr, &id, true).await;
+        assert_eq!(
+            s.subscribe(1, &format!("backlog/{id}"), QoS::AtLeastOnce)
+                .await,
+            [ReasonCode::GRANTED_QOS_1]
+        );
+        s.send(&Packet::Disconnect(Default::default())).await;
+        drop(s);
+        // A backlog for the offline session: its resume reads and sends a page of it.
+        let p = publisher(broker.port).await;
+        for i in 0..600 {
+            p.publish(
+                format!("backlog/{id}"),
+                QoS::AtLeastOnce,
+                false,
+                format!("{i}"),
+            )
+            .await
+            .unwrap();
+        }
+        p.disconnect().await.ok();
+        // The resume, and at once the clean start.
+        let mut resume = common::broker::connect(&id, ProtocolVersion::V5);
+        resume.clean_start = false;
+        resume.properties.session_expiry_interval = Some(3600);
+        let mut a = Raw::connect(addr).await;
+        a.decoder.version = ProtocolVersion::V5;
+        a.send(&Packet::Connect(Box::new(resume))).await;
+        let (mut b, present) = persistent(addr, &id, true).await;
+        assert!(!present);
+        drop(a);
+        b.send(&Packet::Disconnect(Default::default())).await;
+        drop(b);
+        broker.restart_after(libc::SIGTERM);
+        let addr: SocketAddr = ([127, 0, 0, 1], broker.port).into();
+        let (_back, present) = persistent(addr, &id, false).await;
+        assert!(present, "round {round}: the clean-start session survived");
+    }
+}
