@@ -39,11 +39,19 @@ pub fn encode<T: Serialize>(header: &T) -> Vec<u8> {
     out
 }
 
+/// Appends `FORMAT` and `header` to a `BytesMut` (where our codec writes), without a buffer of its own.
+pub fn encode_into_bytes<T: Serialize>(buf: &mut bytes::BytesMut, header: &T) {
+    buf.extend_from_slice(&[FORMAT]);
+    // Taking an empty BytesMut allocates nothing; serializing into it cannot fail for our types.
+    let taken = std::mem::take(buf);
+    *buf = postcard::to_extend(header, taken).expect("postcard into a BytesMut");
+}
+
 /// `FORMAT` and `header`, then whatever `tail` writes (our codec writes into a `BytesMut`): the tail is
 /// written once, in place, and the buffer becomes the result without a copy.
 pub fn encode_with(header: &impl Serialize, tail: impl FnOnce(&mut bytes::BytesMut)) -> Vec<u8> {
     let mut buf = bytes::BytesMut::new();
-    buf.extend_from_slice(&encode(header));
+    encode_into_bytes(&mut buf, header);
     tail(&mut buf);
     buf.into()
 }

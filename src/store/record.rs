@@ -70,7 +70,7 @@ pub(super) fn put_record(buf: &mut BytesMut, m: &Message) {
     let header = MessageHeader {
         expires: expiry_secs(m),
     };
-    buf.extend_from_slice(&format::encode(&header));
+    format::encode_into_bytes(buf, &header);
     put_publish(buf, m);
 }
 
@@ -124,7 +124,7 @@ pub(super) fn put_delivery(buf: &mut BytesMut, d: &Delivery) {
         expires: expiry_secs(&d.message),
         weight: d.message.weight() as u64,
     };
-    buf.extend_from_slice(&format::encode(&header));
+    format::encode_into_bytes(buf, &header);
     put_publish(buf, &d.message);
 }
 
