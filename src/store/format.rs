@@ -24,21 +24,6 @@ pub enum FormatError {
     Malformed(#[from] postcard::Error),
 }
 
-/// Appends `FORMAT` and `header` to `out` (the tail, if any, goes after).
-pub fn encode_into<T: Serialize>(out: &mut Vec<u8>, header: &T) {
-    out.push(FORMAT);
-    // Serializing into a Vec cannot fail for our types (no maps with non-string keys, no custom errors).
-    let taken = std::mem::take(out);
-    *out = postcard::to_extend(header, taken).expect("postcard into a Vec");
-}
-
-/// `FORMAT` and `header`, with no tail.
-pub fn encode<T: Serialize>(header: &T) -> Vec<u8> {
-    let mut out = Vec::new();
-    encode_into(&mut out, header);
-    out
-}
-
 /// Appends `FORMAT` and `header` to a `BytesMut` (where our codec writes), without a buffer of its own.
 pub fn encode_into_bytes<T: Serialize>(buf: &mut bytes::BytesMut, header: &T) {
     buf.extend_from_slice(&[FORMAT]);
@@ -54,6 +39,11 @@ pub fn encode_with(header: &impl Serialize, tail: impl FnOnce(&mut bytes::BytesM
     encode_into_bytes(&mut buf, header);
     tail(&mut buf);
     buf.into()
+}
+
+/// `FORMAT` and `header`, with no tail.
+pub fn encode<T: Serialize>(header: &T) -> Vec<u8> {
+    encode_with(header, |_| {})
 }
 
 /// The header and the tail after it, borrowing from `bytes`.
