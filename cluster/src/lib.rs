@@ -5,14 +5,19 @@
 //! A single node is a group of one; the same code runs three or five.
 
 pub mod counter;
+pub mod crash;
+mod legacy;
 pub mod logger;
 pub mod machine;
 pub mod metrics;
 pub mod node;
 pub mod storage;
 pub mod transport;
+pub mod view;
 
-pub use machine::{StateMachine, Txn, View};
+pub use crash::{CrashAt, CrashPoint};
+pub use machine::{StateMachine, Txn};
+pub use view::{Peers, View};
 
 use bytes::Bytes;
 use node::{Node, NodeArgs, NodeMsg, ToActor};
@@ -60,8 +65,15 @@ pub struct ClusterConfig {
     pub snapshot_interval: u64,
     /// Commands per raft entry at most.
     pub max_batch: usize,
+    /// Bytes of commands per raft entry at most (a single larger command is an entry of its own).
+    pub max_batch_bytes: usize,
+    /// Bytes of uncommitted entries the leader holds before it refuses proposals
+    /// ([`ClusterError::Busy`]) instead of growing its memory.
+    pub max_uncommitted_bytes: u64,
     /// How long a proposal or read may wait for an answer.
     pub propose_timeout: Duration,
+    /// Test hook for the multi-process crash tests: abort right after a given write. `None` in production.
+    pub crash_at: Option<CrashAt>,
 }
 
 impl ClusterConfig {
@@ -84,7 +96,10 @@ impl ClusterConfig {
             cache_capacity: 128 << 20,
             snapshot_interval: 10_000,
             max_batch: 1024,
+            max_batch_bytes: 1 << 20,
+            max_uncommitted_bytes: 64 << 20,
             propose_timeout: Duration::from_secs(5),
+            crash_at: None,
         }
     }
 }
@@ -101,6 +116,10 @@ pub enum ClusterError {
     Rejected(String),
     #[error("raft storage: {0}")]
     Storage(String),
+    #[error("too many uncommitted proposals; retry later")]
+    Busy,
+    #[error("a command of {0} bytes is larger than a raft entry may be")]
+    TooLarge(usize),
     #[error("{0}")]
     Start(String),
 }
@@ -180,10 +199,25 @@ impl Cluster {
             config.peers.keys().copied().collect()
         };
         voters.sort_unstable();
-        let mut storage = storage::SledStorage::open(&db, &voters)
+        let bootstrap = storage::Bootstrap {
+            voters,
+            peers: config
+                .peers
+                .iter()
+                .map(|(id, addr)| (*id, addr.clone()))
+                .collect(),
+        };
+        let (mut storage, view) = storage::SledStorage::open(&db, &bootstrap)
             .map_err(|e| start_err("cannot open the raft log", &e))?;
-        let view = View::open(&db).map_err(|e| start_err("cannot open the state", &e))?;
-        storage.set_snapshot_source(machine::source(&view));
+        storage.set_snapshot_source(view::source(&view));
+        // Members added at run time are known from the replicated state; the configuration names the rest and
+        // wins where both name a node (it says where the node is now).
+        let mut peers = view
+            .peers()
+            .map_err(|e| start_err("cannot read the peer addresses", &e))?;
+        for (id, addr) in &config.peers {
+            peers.insert(*id, addr.clone());
+        }
         let applied = view
             .applied()
             .map_err(|e| start_err("cannot read the applied index", &e))?;
@@ -196,6 +230,7 @@ impl Cluster {
             pre_vote: true,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
+            max_uncommitted_size: config.max_uncommitted_bytes.max(1 << 20),
             ..Default::default()
         };
         raft_config
@@ -231,7 +266,7 @@ impl Cluster {
             &config.cluster_id,
             listener,
             advertise,
-            &config.peers,
+            &peers,
             relay.clone(),
             metrics.clone(),
         );
@@ -249,6 +284,9 @@ impl Cluster {
             fsync: config.fsync,
             tick: config.tick,
             max_batch: config.max_batch.max(1),
+            max_batch_bytes: config.max_batch_bytes.max(1),
+            incarnation: node::incarnation(),
+            crash: crash::Crasher::new(config.crash_at),
             snapshot_interval: config.snapshot_interval.max(1),
             propose_timeout: config.propose_timeout,
         };

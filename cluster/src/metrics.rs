@@ -22,6 +22,7 @@ pub struct Metrics {
     pub snapshots_sent: IntCounter,
     pub snapshots_applied: IntCounter,
     pub compactions: IntCounter,
+    pub syncs: IntCounter,
     pub peer_up: IntGaugeVec,
     pub peer_bytes_sent: IntCounterVec,
     pub peer_dropped: IntCounterVec,
@@ -110,6 +111,10 @@ impl Metrics {
             snapshots_applied: c(
                 "cicada_raft_snapshots_applied_total",
                 "Snapshots installed on this node.",
+            ),
+            syncs: c(
+                "cicada_raft_syncs_total",
+                "Flushes of the raft log and state to disk (fsync).",
             ),
             compactions: c("cicada_raft_log_compactions_total", "Log compactions."),
             peer_up: reg(

@@ -1,10 +1,12 @@
 //! The one actor that owns the `RawNode`: ticks, proposals (batched into entries), the Ready / LightReady
 //! loop, applying committed entries in order, snapshots, compaction, membership changes and read index.
 
-use crate::machine::{StateMachine, Txn, View};
+use crate::crash::{CrashPoint, Crasher};
+use crate::machine::{StateMachine, Txn};
 use crate::metrics::Metrics;
 use crate::storage::SledStorage;
 use crate::transport::{Inbound, Transport};
+use crate::view::{decode_peers, encode_peers, Peers, View};
 use crate::{Applied, ClusterError, Fsync, Membership, NodeStatus};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use protobuf::Message as _;
@@ -67,8 +69,27 @@ pub struct NodeArgs {
     pub fsync: Fsync,
     pub tick: Duration,
     pub max_batch: usize,
+    pub max_batch_bytes: usize,
     pub snapshot_interval: u64,
     pub propose_timeout: Duration,
+    /// This process's incarnation, in every proposal context: an entry proposed by an earlier process of this
+    /// node never answers a waiter of this one.
+    pub incarnation: u64,
+    pub crash: Crasher,
+}
+
+/// A random incarnation (never 0, which marks contexts written before incarnations existed).
+pub fn incarnation() -> u64 {
+    let mut b = [0u8; 8];
+    // The system RNG failing is not recoverable in any useful way; the time is a fallback that still differs
+    // between two processes of one node.
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        b = (t.as_nanos() as u64 ^ u64::from(std::process::id())).to_be_bytes();
+    }
+    u64::from_be_bytes(b).max(1)
 }
 
 pub struct NodeState {
@@ -89,7 +110,10 @@ pub struct NodeState {
 
 pub struct Node;
 
-fn encode_batch(cmds: &[Vec<u8>]) -> Vec<u8> {
+/// The largest command: an entry must fit a peer-link frame with room for the message around it.
+const MAX_COMMAND: usize = crate::transport::MAX_FRAME - (1 << 20);
+
+fn encode_batch<'a>(cmds: impl ExactSizeIterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut b = BytesMut::new();
     b.put_u32(cmds.len() as u32);
     for c in cmds {
@@ -119,22 +143,70 @@ fn decode_batch(mut b: &[u8]) -> Option<Vec<Vec<u8>>> {
     Some(out)
 }
 
-/// Proposal context: the proposing node and its batch id, so that node can answer when the entry applies.
-fn context(node: u64, id: u64, extra: &[u8]) -> Vec<u8> {
-    let mut c = Vec::with_capacity(16 + extra.len());
+const CONTEXT_V1: u8 = 1;
+
+/// Proposal context: the proposing node, its process incarnation and the batch id, so that process (and only
+/// it) answers when the entry applies; conf changes carry the resulting peer addresses after it.
+fn context(node: u64, incarnation: u64, id: u64, extra: &[u8]) -> Vec<u8> {
+    let mut c = Vec::with_capacity(25 + extra.len());
+    c.push(CONTEXT_V1);
     c.extend_from_slice(&node.to_be_bytes());
+    c.extend_from_slice(&incarnation.to_be_bytes());
     c.extend_from_slice(&id.to_be_bytes());
     c.extend_from_slice(extra);
     c
 }
 
-fn parse_context(c: &[u8]) -> Option<(u64, u64, &[u8])> {
-    if c.len() < 16 {
-        return None;
+#[derive(Debug, PartialEq, Eq)]
+struct Context<'a> {
+    node: u64,
+    /// 0 for contexts written before incarnations (node id first: its top byte is 0); never ours.
+    incarnation: u64,
+    id: u64,
+    extra: &'a [u8],
+}
+
+fn parse_context(c: &[u8]) -> Option<Context<'_>> {
+    let u = |b: &[u8]| b.try_into().ok().map(u64::from_be_bytes);
+    match c.first() {
+        Some(&CONTEXT_V1) if c.len() >= 25 => Some(Context {
+            node: u(&c[1..9])?,
+            incarnation: u(&c[9..17])?,
+            id: u(&c[17..25])?,
+            extra: &c[25..],
+        }),
+        Some(0) if c.len() >= 16 => Some(Context {
+            node: u(&c[..8])?,
+            incarnation: 0,
+            id: u(&c[8..16])?,
+            extra: &c[16..],
+        }),
+        _ => None,
     }
-    let node = u64::from_be_bytes(c[..8].try_into().ok()?);
-    let id = u64::from_be_bytes(c[8..16].try_into().ok()?);
-    Some((node, id, &c[16..]))
+}
+
+/// The peer addresses a conf change entry leaves: its context's map, or (contexts written before the map) the
+/// stored ones with the single address it names.
+fn peers_after(stored: &Peers, ctx: Option<&Context<'_>>, cc: &ConfChangeV2) -> Peers {
+    let mut peers = match ctx {
+        Some(c) if c.incarnation != 0 => decode_peers(c.extra).unwrap_or_else(|| stored.clone()),
+        Some(c) if !c.extra.is_empty() => {
+            let mut p = stored.clone();
+            for ch in cc.get_changes() {
+                if ch.get_change_type() != ConfChangeType::RemoveNode {
+                    p.insert(ch.node_id, String::from_utf8_lossy(c.extra).into_owned());
+                }
+            }
+            p
+        }
+        _ => stored.clone(),
+    };
+    for ch in cc.get_changes() {
+        if ch.get_change_type() == ConfChangeType::RemoveNode {
+            peers.remove(&ch.node_id);
+        }
+    }
+    peers
 }
 
 fn storage_err(e: impl std::fmt::Display) -> ClusterError {
@@ -206,6 +278,10 @@ impl Actor for Node {
             NodeMsg::Process => s.process_scheduled = false,
             NodeMsg::Unreachable(peer) => s.a.raw.report_unreachable(peer),
             NodeMsg::Propose(cmd, reply) => {
+                if cmd.len() > MAX_COMMAND {
+                    let _ = reply.send(Err(ClusterError::TooLarge(cmd.len())));
+                    return Ok(());
+                }
                 s.queued.push((cmd, reply, Instant::now()));
                 if !s.flush_scheduled {
                     s.flush_scheduled = true;
@@ -244,24 +320,40 @@ impl NodeState {
 
     fn flush_proposals(&mut self) {
         while !self.queued.is_empty() {
-            let n = self.queued.len().min(self.a.max_batch);
+            // Bounded in commands and in bytes; a single command larger than the byte bound goes alone.
+            let mut n = 0;
+            let mut bytes = 0;
+            for (c, _, _) in &self.queued {
+                if n > 0 && (n >= self.a.max_batch || bytes + c.len() > self.a.max_batch_bytes) {
+                    break;
+                }
+                n += 1;
+                bytes += c.len();
+            }
             let batch: Vec<_> = self.queued.drain(..n).collect();
-            let cmds: Vec<Vec<u8>> = batch.iter().map(|(c, _, _)| c.clone()).collect();
             let id = self.next_id;
             self.next_id += 1;
-            let data = encode_batch(&cmds);
+            let data = encode_batch(batch.iter().map(|(c, _, _)| c.as_slice()));
             self.a.metrics.proposals.inc_by(n as u64);
             self.a.metrics.proposal_entries.inc();
-            match self.a.raw.propose(context(self.me(), id, &[]), data) {
+            let ctx = context(self.me(), self.a.incarnation, id, &[]);
+            match self.a.raw.propose(ctx, data) {
                 Ok(()) => {
                     let waiters = batch.into_iter().map(|(_, r, t)| (r, t)).collect();
                     self.pending.insert(id, (Instant::now(), waiters));
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "proposal dropped");
+                    // A leader drops a proposal when its uncommitted entries reach the limit (or while it
+                    // hands leadership over): the caller should slow down, not look for another leader.
+                    let why = if self.a.raw.raft.state == StateRole::Leader {
+                        ClusterError::Busy
+                    } else {
+                        ClusterError::NoLeader
+                    };
+                    tracing::debug!(error = %e, %why, "proposal dropped");
                     self.a.metrics.proposals_failed.inc_by(n as u64);
                     for (_, r, _) in batch {
-                        let _ = r.send(Err(ClusterError::NoLeader));
+                        let _ = r.send(Err(why.clone()));
                     }
                 }
             }
@@ -269,14 +361,27 @@ impl NodeState {
     }
 
     fn propose_change(&mut self, change: Membership, reply: Reply<()>) {
-        let (changes, addr) = match &change {
-            Membership::AddLearner { id, addr } => (
-                vec![(ConfChangeType::AddLearnerNode, *id)],
-                addr.as_bytes().to_vec(),
-            ),
-            Membership::Promote { id } => (vec![(ConfChangeType::AddNode, *id)], Vec::new()),
-            Membership::Remove { id } => (vec![(ConfChangeType::RemoveNode, *id)], Vec::new()),
+        // The entry carries every member's address after the change, so every node (and a node that replays
+        // the log from its start) records the same map.
+        let mut peers = match self.a.view.peers() {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = reply.send(Err(storage_err(e)));
+                return;
+            }
         };
+        let changes = match &change {
+            Membership::AddLearner { id, addr } => {
+                peers.insert(*id, addr.clone());
+                vec![(ConfChangeType::AddLearnerNode, *id)]
+            }
+            Membership::Promote { id } => vec![(ConfChangeType::AddNode, *id)],
+            Membership::Remove { id } => {
+                peers.remove(id);
+                vec![(ConfChangeType::RemoveNode, *id)]
+            }
+        };
+        let addr = encode_peers(&peers);
         let mut cc = ConfChangeV2::default();
         cc.set_transition(ConfChangeTransition::Auto);
         for (t, id) in changes {
@@ -290,7 +395,7 @@ impl NodeState {
         match self
             .a
             .raw
-            .propose_conf_change(context(self.me(), id, &addr), cc)
+            .propose_conf_change(context(self.me(), self.a.incarnation, id, &addr), cc)
         {
             Ok(()) => {
                 self.changes.insert(id, (Instant::now(), reply));
@@ -319,8 +424,29 @@ impl NodeState {
                 }
             }
         }
-        self.reads.retain(|_, (t, _)| !old(t));
-        self.changes.retain(|_, (t, _)| !old(t));
+        // Expired calls are told so (dropping the reply would read as "stopped").
+        for id in self
+            .reads
+            .iter()
+            .filter(|(_, (t, _))| old(t))
+            .map(|(k, _)| *k)
+            .collect::<Vec<_>>()
+        {
+            if let Some((_, r)) = self.reads.remove(&id) {
+                let _ = r.send(Err(ClusterError::Timeout));
+            }
+        }
+        for id in self
+            .changes
+            .iter()
+            .filter(|(_, (t, _))| old(t))
+            .map(|(k, _)| *k)
+            .collect::<Vec<_>>()
+        {
+            if let Some((_, r)) = self.changes.remove(&id) {
+                let _ = r.send(Err(ClusterError::Timeout));
+            }
+        }
     }
 
     fn send(&mut self, msgs: Vec<Message>) {
@@ -336,10 +462,56 @@ impl NodeState {
         }
     }
 
-    fn sync(&self) -> Result<(), ClusterError> {
-        if self.a.fsync == Fsync::Always {
+    /// Makes this Ready's writes durable when what leaves next depends on them.
+    fn sync(&self, must_sync: bool, persisted_messages: bool) -> Result<(), ClusterError> {
+        let flush = match self.a.fsync {
+            Fsync::Always => true,
+            // Votes and append responses (a non-leader's messages) leave only once the term, vote and
+            // entries they promise are on disk: a node never votes twice in a term after a crash, and an entry
+            // a follower acknowledged survives it. The leader's own entries wait for sled's background flush.
+            Fsync::Interval => must_sync && persisted_messages,
+        };
+        if flush {
             self.a.db.flush().map_err(storage_err)?;
+            self.a.metrics.syncs.inc();
         }
+        Ok(())
+    }
+
+    /// Restores a received snapshot into the inactive state tree, then switches to it and restarts the log
+    /// after it in one write (see [`crate::view`]).
+    fn install(&mut self, snap: &raft::eraftpb::Snapshot) -> Result<(), ClusterError> {
+        let m = snap.get_metadata();
+        let mut staging = self.a.view.stage().map_err(storage_err)?;
+        staging.put_records(&snap.data).map_err(storage_err)?;
+        let records = staging.records();
+        let to = staging
+            .finish(m.index, m.get_conf_state())
+            .map_err(storage_err)?;
+        self.a.crash.reached(CrashPoint::Staged, &self.a.db);
+        self.a
+            .raw
+            .mut_store()
+            .install(snap, to)
+            .map_err(storage_err)?;
+        self.a.crash.reached(CrashPoint::Installed, &self.a.db);
+        self.a.view.switch(to);
+        self.a.machine.restored(&self.a.view);
+        match self.a.view.peers() {
+            Ok(peers) => {
+                for (id, addr) in peers {
+                    self.a.transport.add_peer(id, &addr);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "peer addresses of the snapshot unreadable"),
+        }
+        self.a.metrics.snapshots_applied.inc();
+        tracing::info!(
+            index = m.index,
+            term = m.term,
+            records,
+            "installed a snapshot"
+        );
         Ok(())
     }
 
@@ -377,35 +549,19 @@ impl NodeState {
         }
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
-            let index = snap.get_metadata().index;
-            self.a
-                .view
-                .restore(index, &snap.data)
-                .map_err(storage_err)?;
-            self.a
-                .raw
-                .mut_store()
-                .apply_snapshot(&snap)
-                .map_err(storage_err)?;
-            self.a.machine.restored(&self.a.view);
-            self.a.metrics.snapshots_applied.inc();
-            tracing::info!(index, "installed a snapshot");
+            self.install(&snap)?;
         }
         let committed = ready.take_committed_entries();
         self.apply(committed)?;
-        if !ready.entries().is_empty() {
+        let hs = ready.hs().cloned();
+        if !ready.entries().is_empty() || hs.is_some() {
+            // Entries and hard state in one write: never a term or vote without the entries, or the reverse.
             self.a
                 .raw
                 .mut_store()
-                .append(ready.entries())
+                .persist(ready.entries(), hs.as_ref())
                 .map_err(storage_err)?;
-        }
-        if let Some(hs) = ready.hs() {
-            self.a
-                .raw
-                .mut_store()
-                .set_hard_state(hs)
-                .map_err(storage_err)?;
+            self.a.crash.reached(CrashPoint::Persisted, &self.a.db);
         }
         for rs in ready.take_read_states() {
             let id = rs
@@ -418,7 +574,7 @@ impl NodeState {
             }
         }
         // Group commit: one flush covers every entry of this Ready.
-        self.sync()?;
+        self.sync(ready.must_sync(), !ready.persisted_messages().is_empty())?;
         if !ready.persisted_messages().is_empty() {
             let msgs = ready.take_persisted_messages();
             self.send(msgs);
@@ -426,6 +582,7 @@ impl NodeState {
         let mut light = self.a.raw.advance(ready);
         if let Some(c) = light.commit_index() {
             self.a.raw.mut_store().set_commit(c).map_err(storage_err)?;
+            self.a.crash.reached(CrashPoint::Committed, &self.a.db);
         }
         let msgs = light.take_messages();
         self.send(msgs);
@@ -457,6 +614,8 @@ impl NodeState {
         let mut txn = Txn::new(&view);
         let mut answers: Vec<(u64, Vec<Vec<u8>>)> = Vec::new();
         let mut changed: Vec<u64> = Vec::new();
+        // Peer addresses as changed by conf changes earlier in this batch (not yet in the view).
+        let mut peers: Option<Peers> = None;
         for e in entries {
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
@@ -477,9 +636,9 @@ impl NodeState {
                         });
                         results.push(r);
                     }
-                    if let Some((node, id, _)) = parse_context(&e.context) {
-                        if node == me {
-                            answers.push((id, results));
+                    if let Some(c) = parse_context(&e.context) {
+                        if c.node == me && c.incarnation == self.a.incarnation {
+                            answers.push((c.id, results));
                         }
                     }
                 }
@@ -503,34 +662,37 @@ impl NodeState {
                             continue;
                         }
                     };
-                    self.a
-                        .raw
-                        .mut_store()
-                        .set_conf_state(&cs)
-                        .map_err(storage_err)?;
                     let ctx = parse_context(&e.context);
+                    let stored = match &peers {
+                        Some(p) => p.clone(),
+                        None => self.a.view.peers().map_err(storage_err)?,
+                    };
+                    let after = peers_after(&stored, ctx.as_ref(), &cc);
+                    // The conf state and addresses are written with this batch's applied index.
+                    txn.set_membership(&cs, &after).map_err(storage_err)?;
+                    self.a.raw.mut_store().set_conf_state(&cs);
                     for ch in cc.get_changes() {
                         match ch.get_change_type() {
                             ConfChangeType::RemoveNode => self.a.transport.remove_peer(ch.node_id),
                             _ => {
-                                if let Some((_, _, addr)) = ctx.filter(|(_, _, a)| !a.is_empty()) {
-                                    self.a
-                                        .transport
-                                        .add_peer(ch.node_id, &String::from_utf8_lossy(addr));
+                                if let Some(addr) = after.get(&ch.node_id) {
+                                    self.a.transport.add_peer(ch.node_id, addr);
                                 }
                             }
                         }
                     }
+                    peers = Some(after);
                     tracing::info!(voters = ?cs.voters, learners = ?cs.learners, "membership changed");
-                    if let Some((node, id, _)) = ctx {
-                        if node == me {
-                            changed.push(id);
+                    if let Some(c) = ctx {
+                        if c.node == me && c.incarnation == self.a.incarnation {
+                            changed.push(c.id);
                         }
                     }
                 }
             }
         }
         txn.commit(last).map_err(storage_err)?;
+        self.a.crash.reached(CrashPoint::Applied, &self.a.db);
         self.a
             .raw
             .mut_store()
@@ -558,6 +720,7 @@ impl NodeState {
             // Everything applied is in the state tree (written above): the log up to it can go.
             self.a.db.flush().map_err(storage_err)?;
             self.a.raw.mut_store().compact(last).map_err(storage_err)?;
+            self.a.crash.reached(CrashPoint::Compacted, &self.a.db);
             self.a.metrics.compactions.inc();
             self.since_compaction = 0;
         }
@@ -615,13 +778,63 @@ mod tests {
     #[test]
     fn batches_and_contexts_round_trip_and_garbage_is_refused() {
         let cmds = vec![b"a".to_vec(), Vec::new(), vec![7; 300]];
-        assert_eq!(decode_batch(&encode_batch(&cmds)), Some(cmds));
-        let enc = encode_batch(&[b"abc".to_vec()]);
+        assert_eq!(
+            decode_batch(&encode_batch(cmds.iter().map(|c| c.as_slice()))),
+            Some(cmds)
+        );
+        let enc = encode_batch([&b"abc"[..]].into_iter());
         assert_eq!(decode_batch(&enc[..enc.len() - 1]), None);
         assert_eq!(decode_batch(&[0, 0]), None);
-        let c = context(3, 99, b"127.0.0.1:7070");
-        assert_eq!(parse_context(&c), Some((3, 99, &b"127.0.0.1:7070"[..])));
+        let c = context(3, 77, 99, b"extra");
+        assert_eq!(
+            parse_context(&c),
+            Some(Context {
+                node: 3,
+                incarnation: 77,
+                id: 99,
+                extra: b"extra"
+            })
+        );
         assert_eq!(parse_context(b"short"), None);
+        // A context written before incarnations: node id, batch id, address.
+        let mut legacy = 3u64.to_be_bytes().to_vec();
+        legacy.extend_from_slice(&99u64.to_be_bytes());
+        legacy.extend_from_slice(b"127.0.0.1:7070");
+        let l = parse_context(&legacy).unwrap();
+        assert_eq!((l.node, l.incarnation, l.id), (3, 0, 99));
+        assert_ne!(incarnation(), 0);
+        assert_ne!(incarnation(), incarnation(), "two processes differ");
+    }
+
+    #[test]
+    fn a_conf_change_records_the_peer_map_it_carries() {
+        let mut stored = Peers::new();
+        stored.insert(1, "a:1".into());
+        stored.insert(2, "a:2".into());
+        let change = |t: ConfChangeType, id: u64| {
+            let mut cc = ConfChangeV2::default();
+            let mut one = ConfChangeSingle::default();
+            one.set_change_type(t);
+            one.node_id = id;
+            cc.mut_changes().push(one);
+            cc
+        };
+        let mut carried = stored.clone();
+        carried.insert(3, "a:3".into());
+        let enc = encode_peers(&carried);
+        let raw = context(1, 5, 1, &enc);
+        let ctx = parse_context(&raw).unwrap();
+        let add = change(ConfChangeType::AddLearnerNode, 3);
+        assert_eq!(peers_after(&Peers::new(), Some(&ctx), &add), carried);
+        // Written before the map: the single address is added to what is stored.
+        let mut legacy = 1u64.to_be_bytes().to_vec();
+        legacy.extend_from_slice(&1u64.to_be_bytes());
+        legacy.extend_from_slice(b"a:3");
+        let ctx = parse_context(&legacy).unwrap();
+        assert_eq!(peers_after(&stored, Some(&ctx), &add), carried);
+        let remove = change(ConfChangeType::RemoveNode, 2);
+        let after = peers_after(&carried, None, &remove);
+        assert_eq!(after.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
     }
 }
 
@@ -647,18 +860,19 @@ mod crash_tests {
     /// false leaves the commit index where it was (persisted, not yet known committed).
     fn persist_without_applying(dir: &std::path::Path, keys: &[&str], commit: bool) {
         let db = sled::Config::new().path(dir).open().unwrap();
-        let mut storage = SledStorage::open(&db, &[1]).unwrap();
+        let (mut storage, _) =
+            SledStorage::open(&db, &crate::storage::Bootstrap::default()).unwrap();
         let last = raft::Storage::last_index(&storage).unwrap();
         let term = storage.hard_state().term;
         let cmds: Vec<Vec<u8>> = keys.iter().map(|k| k.as_bytes().to_vec()).collect();
         let e = Entry {
             index: last + 1,
             term,
-            data: encode_batch(&cmds).into(),
-            context: context(1, u64::MAX, &[]).into(),
+            data: encode_batch(cmds.iter().map(|c| c.as_slice())).into(),
+            context: context(1, 1, u64::MAX, &[]).into(),
             ..Default::default()
         };
-        storage.append(&[e]).unwrap();
+        storage.persist(&[e], None).unwrap();
         if commit {
             storage.set_commit(last + 1).unwrap();
         }

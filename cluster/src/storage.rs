@@ -1,28 +1,42 @@
-//! The raft log, hard state, conf state and snapshot marker in sled, implementing raft-rs's `Storage`.
+//! The raft log, hard state and snapshot marker in one sled tree, implementing raft-rs's `Storage`.
 //!
-//! Trees: `raft_log` (index, big-endian → `Entry`), `raft_meta` (`hs`, `cs`, `snap` = index and term of the last
-//! compacted entry or installed snapshot). The state machine lives in its own tree (see [`crate::machine`]);
-//! `snapshot()` reads it through [`SnapshotSource`].
+//! Tree `raft`: `e` + index (big-endian) → `Entry`; `m:hs` hard state; `m:snap` index and term of the last
+//! compacted entry or installed snapshot; `m:state` which state tree is active (see [`crate::view`]). Every
+//! step that changes more than one of these (append with its hard state, compaction, snapshot install) is one
+//! sled batch, which sled applies atomically across a crash. The conf state and peer addresses live in the
+//! state tree with the applied index, written in the same batch as the entry that changed them.
+//!
+//! What can still separate two writes (the applied index in the state tree, the commit index here) is
+//! reconciled when the log is opened: see [`SledStorage::open`].
 
+use crate::view::{corrupt, Peers, View};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 use std::sync::Arc;
 
-const HARD_STATE: &[u8] = b"hs";
-const CONF_STATE: &[u8] = b"cs";
-const SNAP: &[u8] = b"snap";
+const TREE: &str = "raft";
+const HARD_STATE: &[u8] = b"m:hs";
+const SNAP: &[u8] = b"m:snap";
+const ACTIVE: &[u8] = b"m:state";
+const ENTRY: u8 = b'e';
 
 /// Builds snapshot data and tells which index it covers (the state machine's applied index).
 pub trait SnapshotSource: Send + Sync {
     fn snapshot_data(&self) -> (u64, Vec<u8>);
 }
 
+/// What a new store starts with (ignored when the log exists).
+#[derive(Debug, Clone, Default)]
+pub struct Bootstrap {
+    pub voters: Vec<u64>,
+    pub peers: Peers,
+}
+
 /// sled-backed raft storage. Writes go through `RawNode::mut_store()`, so only the node actor writes.
 pub struct SledStorage {
-    log: sled::Tree,
-    meta: sled::Tree,
-    /// Index and term of the entry just before the first one in `log` (0, 0 when nothing was compacted).
+    tree: sled::Tree,
+    /// Index and term of the entry just before the first one in the log (0, 0 when nothing was compacted).
     snap_index: u64,
     snap_term: u64,
     last_index: u64,
@@ -31,8 +45,17 @@ pub struct SledStorage {
     source: Option<Arc<dyn SnapshotSource>>,
 }
 
-fn key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
+fn key(index: u64) -> [u8; 9] {
+    let mut k = [ENTRY; 9];
+    k[1..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn index_of(k: &[u8]) -> Option<u64> {
+    match k {
+        [ENTRY, rest @ ..] => rest.try_into().ok().map(u64::from_be_bytes),
+        _ => None,
+    }
 }
 
 fn store_err(e: impl std::fmt::Display) -> raft::Error {
@@ -43,75 +66,152 @@ fn decode<M: protobuf::Message>(bytes: &[u8]) -> raft::Result<M> {
     M::parse_from_bytes(bytes).map_err(store_err)
 }
 
+fn encode(m: &impl protobuf::Message, what: &str) -> Result<Vec<u8>, sled::Error> {
+    m.write_to_bytes().map_err(|e| corrupt(what, e))
+}
+
+fn snap_value(index: u64, term: u64) -> [u8; 16] {
+    let mut v = [0; 16];
+    v[..8].copy_from_slice(&index.to_be_bytes());
+    v[8..].copy_from_slice(&term.to_be_bytes());
+    v
+}
+
 impl SledStorage {
-    /// Opens (or creates) the log in `db`. `bootstrap` voters are recorded only when the log is new.
-    pub fn open(db: &sled::Db, bootstrap: &[u64]) -> Result<SledStorage, sled::Error> {
-        let log = db.open_tree("raft_log")?;
-        let meta = db.open_tree("raft_meta")?;
-        let hard_state = match meta.get(HARD_STATE)? {
-            Some(b) => HardState::parse_from_bytes(&b).map_err(corrupt)?,
+    /// Opens (or creates) the log and the state in `db`, and reconciles what a crash between two writes can
+    /// leave:
+    /// - a commit index below the applied index (applied batch written, commit not yet): raised to it;
+    /// - a commit index beyond the last entry: lowered to it (the leader tells the commit again);
+    /// - entries at or below the snapshot marker: removed; a gap in the log: the log ends before it.
+    ///
+    /// A state that is behind the log's start, or ahead of its end, cannot be repaired here: that is an error.
+    pub fn open(db: &sled::Db, bootstrap: &Bootstrap) -> Result<(SledStorage, View), sled::Error> {
+        let tree = db.open_tree(TREE)?;
+        crate::legacy::migrate(db, &tree)?;
+        let active = match tree.get(ACTIVE)? {
+            Some(v) if v.len() == 1 => v[0] as usize,
+            Some(_) => return Err(corrupt("active state tree", "not one byte")),
+            None => 0,
+        };
+        let view = View::open(db, active)?;
+        let mut hard_state = match tree.get(HARD_STATE)? {
+            Some(b) => HardState::parse_from_bytes(&b).map_err(|e| corrupt("hard state", e))?,
             None => HardState::default(),
         };
-        let conf_state = match meta.get(CONF_STATE)? {
-            Some(b) => ConfState::parse_from_bytes(&b).map_err(corrupt)?,
-            None => {
-                let cs = ConfState::from((bootstrap.to_vec(), Vec::<u64>::new()));
-                if !bootstrap.is_empty() {
-                    meta.insert(CONF_STATE, cs.write_to_bytes().map_err(corrupt)?)?;
-                }
-                cs
-            }
-        };
-        let (snap_index, snap_term) = match meta.get(SNAP)? {
+        let (snap_index, snap_term) = match tree.get(SNAP)? {
             Some(b) if b.len() == 16 => (
                 u64::from_be_bytes(b[..8].try_into().expect("8 bytes")),
                 u64::from_be_bytes(b[8..].try_into().expect("8 bytes")),
             ),
-            _ => (0, 0),
+            Some(_) => return Err(corrupt("snapshot marker", "not 16 bytes")),
+            None => (0, 0),
         };
-        let last_index = match log.last()? {
-            Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().map_err(corrupt)?),
-            None => snap_index,
+        // Entries the marker covers (none after an atomic compaction; tolerated all the same).
+        let mut batch = sled::Batch::default();
+        let mut stale = 0;
+        for k in tree.range(key(0)..=key(snap_index)).keys() {
+            batch.remove(k?);
+            stale += 1;
+        }
+        // The log must be contiguous after the marker.
+        let mut last_index = snap_index;
+        let mut gap = None;
+        for k in tree.range(key(snap_index + 1)..=key(u64::MAX)).keys() {
+            let i = index_of(&k?).ok_or_else(|| corrupt("log", "bad entry key"))?;
+            if gap.is_none() && i == last_index + 1 {
+                last_index = i;
+            } else {
+                gap.get_or_insert(last_index + 1);
+                batch.remove(&key(i));
+            }
+        }
+        if let Some(at) = gap {
+            tracing::warn!(
+                at,
+                last_index,
+                "raft log has a gap; entries after it dropped"
+            );
+        }
+        if stale > 0 || gap.is_some() {
+            tree.apply_batch(batch)?;
+        }
+        let applied = view.applied()?;
+        if applied > last_index || (applied < snap_index && applied != 0) {
+            return Err(corrupt(
+                "state",
+                format!(
+                    "applied index {applied} is outside the log [{}, {last_index}]",
+                    snap_index
+                ),
+            ));
+        }
+        let commit = hard_state.commit.max(applied).min(last_index);
+        if commit != hard_state.commit {
+            tracing::info!(
+                from = hard_state.commit,
+                to = commit,
+                "commit index reconciled with the log and the applied index"
+            );
+            hard_state.commit = commit;
+            tree.insert(HARD_STATE, encode(&hard_state, "hard state")?)?;
+        }
+        let conf_state = match view.conf_state()? {
+            Some(cs) => cs,
+            None => {
+                let cs = ConfState::from((bootstrap.voters.clone(), Vec::<u64>::new()));
+                let new = last_index == 0 && applied == 0 && hard_state == HardState::default();
+                if new && !bootstrap.voters.is_empty() {
+                    view.bootstrap(&cs, &bootstrap.peers)?;
+                }
+                cs
+            }
         };
-        Ok(SledStorage {
-            log,
-            meta,
-            snap_index,
-            snap_term,
-            last_index,
-            hard_state,
-            conf_state,
-            source: None,
-        })
+        Ok((
+            SledStorage {
+                tree,
+                snap_index,
+                snap_term,
+                last_index,
+                hard_state,
+                conf_state,
+                source: None,
+            },
+            view,
+        ))
     }
 
     pub fn set_snapshot_source(&mut self, source: Arc<dyn SnapshotSource>) {
         self.source = Some(source);
     }
 
-    /// Appends entries, first removing any stored entry at or after the first new index.
-    pub fn append(&mut self, entries: &[Entry]) -> Result<(), sled::Error> {
-        let Some(first) = entries.first() else {
-            return Ok(());
-        };
+    /// Appends entries (removing any stored entry at or after the first new one) and sets the hard state, in
+    /// one atomic write.
+    pub fn persist(
+        &mut self,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+    ) -> Result<(), sled::Error> {
         let mut batch = sled::Batch::default();
-        if first.index <= self.last_index {
-            for k in self.log.range(key(first.index)..) {
-                batch.remove(k?.0);
+        if let Some(first) = entries.first() {
+            if first.index <= self.last_index {
+                for k in self.tree.range(key(first.index)..=key(u64::MAX)).keys() {
+                    batch.remove(k?);
+                }
+            }
+            for e in entries {
+                batch.insert(&key(e.index), encode(e, "entry")?);
             }
         }
-        for e in entries {
-            batch.insert(&key(e.index), e.write_to_bytes().map_err(corrupt)?);
+        if let Some(hs) = hs {
+            batch.insert(HARD_STATE, encode(hs, "hard state")?);
         }
-        self.log.apply_batch(batch)?;
-        self.last_index = entries.last().expect("not empty").index;
-        Ok(())
-    }
-
-    pub fn set_hard_state(&mut self, hs: &HardState) -> Result<(), sled::Error> {
-        self.meta
-            .insert(HARD_STATE, hs.write_to_bytes().map_err(corrupt)?)?;
-        self.hard_state = hs.clone();
+        self.tree.apply_batch(batch)?;
+        if let Some(last) = entries.last() {
+            self.last_index = last.index;
+        }
+        if let Some(hs) = hs {
+            self.hard_state = hs.clone();
+        }
         Ok(())
     }
 
@@ -120,16 +220,14 @@ impl SledStorage {
         if commit > self.hard_state.commit {
             let mut hs = self.hard_state.clone();
             hs.commit = commit;
-            self.set_hard_state(&hs)?;
+            self.persist(&[], Some(&hs))?;
         }
         Ok(())
     }
 
-    pub fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), sled::Error> {
-        self.meta
-            .insert(CONF_STATE, cs.write_to_bytes().map_err(corrupt)?)?;
+    /// The conf state in memory (the state tree stores it with the applied index of its entry).
+    pub fn set_conf_state(&mut self, cs: &ConfState) {
         self.conf_state = cs.clone();
-        Ok(())
     }
 
     pub fn conf_state(&self) -> &ConfState {
@@ -140,40 +238,45 @@ impl SledStorage {
         &self.hard_state
     }
 
-    /// Drops entries up to and including `index` (already applied and covered by the state machine).
+    /// Drops entries up to and including `index` (already applied and covered by the state machine) and moves
+    /// the snapshot marker, in one atomic write.
     pub fn compact(&mut self, index: u64) -> Result<(), sled::Error> {
         if index <= self.snap_index || index > self.last_index {
             return Ok(());
         }
-        let term = self.term(index).map_err(|e| corrupt(e.to_string()))?;
+        let term = self.term(index).map_err(|e| corrupt("log", e))?;
         let mut batch = sled::Batch::default();
-        for k in self.log.range(..=key(index)) {
-            batch.remove(k?.0);
+        for k in self.tree.range(key(0)..=key(index)).keys() {
+            batch.remove(k?);
         }
-        self.log.apply_batch(batch)?;
-        self.set_snap(index, term)
-    }
-
-    fn set_snap(&mut self, index: u64, term: u64) -> Result<(), sled::Error> {
-        let mut v = index.to_be_bytes().to_vec();
-        v.extend_from_slice(&term.to_be_bytes());
-        self.meta.insert(SNAP, v)?;
+        batch.insert(SNAP, &snap_value(index, term));
+        self.tree.apply_batch(batch)?;
         self.snap_index = index;
         self.snap_term = term;
         Ok(())
     }
 
-    /// Installs a snapshot's metadata: the log restarts after it (the state machine installs the data).
-    pub fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<(), sled::Error> {
+    /// Installs a snapshot whose data is restored into state tree `staged`: the log restarts after it, the
+    /// commit index reaches it and the staged tree becomes the active one, in one atomic write.
+    pub fn install(&mut self, snap: &Snapshot, staged: usize) -> Result<(), sled::Error> {
         let m = snap.get_metadata();
-        self.log.clear()?;
-        self.last_index = m.index;
-        self.set_snap(m.index, m.term)?;
-        self.set_conf_state(m.get_conf_state())?;
+        let mut batch = sled::Batch::default();
+        for k in self.tree.range(key(0)..=key(u64::MAX)).keys() {
+            batch.remove(k?);
+        }
+        batch.insert(SNAP, &snap_value(m.index, m.term));
         let mut hs = self.hard_state.clone();
         hs.term = hs.term.max(m.term);
         hs.commit = hs.commit.max(m.index);
-        self.set_hard_state(&hs)
+        batch.insert(HARD_STATE, encode(&hs, "hard state")?);
+        batch.insert(ACTIVE, &[staged as u8]);
+        self.tree.apply_batch(batch)?;
+        self.snap_index = m.index;
+        self.snap_term = m.term;
+        self.last_index = m.index;
+        self.hard_state = hs;
+        self.conf_state = m.get_conf_state().clone();
+        Ok(())
     }
 
     /// Entries stored (for the log-size metric).
@@ -184,10 +287,6 @@ impl SledStorage {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-fn corrupt(e: impl std::fmt::Display) -> sled::Error {
-    sled::Error::Unsupported(format!("corrupt raft storage: {e}"))
 }
 
 impl Storage for SledStorage {
@@ -214,9 +313,16 @@ impl Storage for SledStorage {
         let max = max_size.into();
         let mut out = Vec::with_capacity((high - low) as usize);
         let mut size = 0u64;
-        for kv in self.log.range(key(low)..key(high)) {
-            let (_, v) = kv.map_err(store_err)?;
+        for kv in self.tree.range(key(low)..key(high)) {
+            let (k, v) = kv.map_err(store_err)?;
             let e: Entry = decode(&v)?;
+            let expected = low + out.len() as u64;
+            if index_of(&k) != Some(expected) || e.index != expected {
+                return Err(store_err(format!(
+                    "raft log is not contiguous: entry {} where {expected} belongs",
+                    e.index
+                )));
+            }
             size += u64::from(e.compute_size());
             // At least one entry, then stop before the size limit.
             if !out.is_empty() && max.is_some_and(|m| size > m) {
@@ -226,6 +332,12 @@ impl Storage for SledStorage {
         }
         if out.is_empty() && low < high {
             return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        if max.is_none() && out.len() as u64 != high - low {
+            return Err(store_err(format!(
+                "raft log is not contiguous: {} entries in [{low}, {high})",
+                out.len()
+            )));
         }
         Ok(out)
     }
@@ -240,7 +352,7 @@ impl Storage for SledStorage {
         if idx > self.last_index {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        match self.log.get(key(idx)).map_err(store_err)? {
+        match self.tree.get(key(idx)).map_err(store_err)? {
             Some(v) => Ok(decode::<Entry>(&v)?.term),
             None => Err(raft::Error::Store(StorageError::Unavailable)),
         }
@@ -279,120 +391,5 @@ impl Storage for SledStorage {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(index: u64, term: u64) -> Entry {
-        Entry {
-            index,
-            term,
-            data: format!("e{index}").into_bytes().into(),
-            ..Default::default()
-        }
-    }
-
-    fn all(s: &SledStorage) -> Vec<(u64, u64)> {
-        s.entries(
-            s.first_index().unwrap(),
-            s.last_index().unwrap() + 1,
-            None,
-            GetEntriesContext::empty(false),
-        )
-        .unwrap()
-        .iter()
-        .map(|e| (e.index, e.term))
-        .collect()
-    }
-
-    #[test]
-    fn append_truncates_conflicting_suffix_and_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let mut s = SledStorage::open(&db, &[1, 2, 3]).unwrap();
-        assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
-        s.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>())
-            .unwrap();
-        s.append(&[entry(4, 2)]).unwrap();
-        assert_eq!(all(&s), vec![(1, 1), (2, 1), (3, 1), (4, 2)]);
-        let hs = HardState {
-            term: 2,
-            commit: 3,
-            ..Default::default()
-        };
-        s.set_hard_state(&hs).unwrap();
-        drop(s);
-        let s = SledStorage::open(&db, &[9]).unwrap();
-        assert_eq!(s.last_index().unwrap(), 4);
-        assert_eq!(s.initial_state().unwrap().hard_state.commit, 3);
-        assert_eq!(
-            s.initial_state().unwrap().conf_state.voters,
-            vec![1, 2, 3],
-            "bootstrap voters only for a new log"
-        );
-    }
-
-    #[test]
-    fn compaction_keeps_the_term_of_the_last_compacted_entry() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let mut s = SledStorage::open(&db, &[1]).unwrap();
-        s.append(&(1..=10).map(|i| entry(i, i / 4 + 1)).collect::<Vec<_>>())
-            .unwrap();
-        s.compact(6).unwrap();
-        assert_eq!(s.first_index().unwrap(), 7);
-        assert_eq!(s.term(6).unwrap(), 2, "term(first_index - 1) still answers");
-        assert!(matches!(
-            s.term(5),
-            Err(raft::Error::Store(StorageError::Compacted))
-        ));
-        assert!(matches!(
-            s.entries(5, 8, None, GetEntriesContext::empty(false)),
-            Err(raft::Error::Store(StorageError::Compacted))
-        ));
-        assert_eq!(all(&s).len(), 4);
-        drop(s);
-        let s = SledStorage::open(&db, &[1]).unwrap();
-        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (7, 10));
-        assert_eq!(s.term(6).unwrap(), 2);
-    }
-
-    #[test]
-    fn entries_respect_the_size_limit_but_return_at_least_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let mut s = SledStorage::open(&db, &[1]).unwrap();
-        s.append(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>())
-            .unwrap();
-        let one = s
-            .entries(1, 11, Some(1), GetEntriesContext::empty(false))
-            .unwrap();
-        assert_eq!(one.len(), 1);
-        let size = u64::from(entry(1, 1).compute_size());
-        let three = s
-            .entries(1, 11, Some(size * 3), GetEntriesContext::empty(false))
-            .unwrap();
-        assert_eq!(three.len(), 3);
-    }
-
-    #[test]
-    fn installing_a_snapshot_restarts_the_log_after_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let mut s = SledStorage::open(&db, &[]).unwrap();
-        s.append(&(1..=3).map(|i| entry(i, 1)).collect::<Vec<_>>())
-            .unwrap();
-        let mut snap = Snapshot::default();
-        snap.mut_metadata().index = 50;
-        snap.mut_metadata().term = 4;
-        snap.mut_metadata()
-            .set_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
-        s.apply_snapshot(&snap).unwrap();
-        assert_eq!(
-            (s.first_index().unwrap(), s.last_index().unwrap()),
-            (51, 50)
-        );
-        assert_eq!(s.term(50).unwrap(), 4);
-        assert_eq!(s.hard_state().commit, 50);
-        assert_eq!(s.conf_state().voters, vec![1, 2, 3]);
-    }
-}
+#[path = "storage_tests.rs"]
+mod tests;

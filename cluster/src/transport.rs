@@ -126,7 +126,7 @@ impl Transport {
         cluster_id: &str,
         listener: TcpListener,
         advertise: String,
-        peers: &HashMap<u64, String>,
+        peers: &crate::view::Peers,
         inbound: Arc<dyn Inbound>,
         metrics: Metrics,
     ) -> Transport {

@@ -1,20 +1,22 @@
 //! One raft node of the [`Counter`] state machine as its own process, driven line by line on stdin, for the
 //! crate's multi-process tests (a leader killed with SIGKILL, restarted from its directory).
 //!
-//! Usage: `cicada-cluster-node ID DIR PEERS [join]`, PEERS as `1=127.0.0.1:7001,2=127.0.0.1:7002,...`.
+//! Usage: `cicada-cluster-node ID DIR PEERS [join] [crash=POINT:N] [fsync=interval] [snapshot=N]`, PEERS as
+//! `1=127.0.0.1:7001,2=127.0.0.1:7002,...`; `crash=` aborts right after the N-th write of POINT (see
+//! `cicada_cluster::CrashAt`).
 //! Commands (one per line) and answers (one line each, in completion order):
 //! `p KEY` → `ok KEY N` | `err KEY why`; `s` → `status ROLE TERM LEADER APPLIED COUNT KEYS`;
 //! `missing FILE` (one key per line) → `missing N`; `add ID ADDR` | `promote ID` | `remove ID` → `done` | `err why`.
 
 use cicada_cluster::counter::{self, Counter};
-use cicada_cluster::{Cluster, ClusterConfig, Membership};
+use cicada_cluster::{Cluster, ClusterConfig, Fsync, Membership};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn usage(why: &str) -> ! {
-    eprintln!("cicada-cluster-node: {why}\nusage: cicada-cluster-node ID DIR PEERS [join]");
+    eprintln!("cicada-cluster-node: {why}\nusage: cicada-cluster-node ID DIR PEERS [join] [crash=POINT:N] [fsync=interval] [snapshot=N]");
     std::process::exit(2);
 }
 
@@ -47,9 +49,21 @@ async fn main() {
     config.node_id = id;
     config.listen = listen;
     config.peers = peers;
-    config.join = args.get(4).is_some_and(|a| a == "join");
     config.tick = Duration::from_millis(20);
     config.snapshot_interval = 500;
+    for opt in &args[4..] {
+        match opt.split_once('=') {
+            None if opt == "join" => config.join = true,
+            Some(("crash", at)) => {
+                config.crash_at = Some(at.parse().unwrap_or_else(|e| usage(&format!("{e}"))))
+            }
+            Some(("fsync", "interval")) => config.fsync = Fsync::Interval,
+            Some(("snapshot", n)) => {
+                config.snapshot_interval = n.parse().unwrap_or_else(|_| usage("snapshot=N"))
+            }
+            _ => usage(&format!("unknown option {opt:?}")),
+        }
+    }
     let cluster = match Cluster::start(config, Counter, &prometheus::Registry::new()).await {
         Ok(c) => Arc::new(c),
         Err(e) => {

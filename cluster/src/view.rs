@@ -1,0 +1,368 @@
+//! The applied state as sled trees: what the broker reads ([`View`]), the reserved records the raft layer keeps
+//! beside it (applied index, conf state, peer addresses), and the staging of a snapshot being installed.
+//!
+//! The state lives in one of two trees, `state` and `state.1`; the raft tree records which one is active. A
+//! snapshot is restored into the other one in bounded batches while the active one keeps serving reads, then
+//! one atomic write of the raft tree makes it active (see [`crate::storage::SledStorage::install`]). A crash at
+//! any point leaves either the old state with its log or the new state with its snapshot marker, never a mix.
+
+use protobuf::Message as _;
+use raft::eraftpb::ConfState;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Key of the applied index; user keys are stored after a `0x01` prefix so they can never collide with it.
+pub(crate) const APPLIED: &[u8] = b"\x00applied";
+/// The conf state as of the applied index (written with it, so a crash never separates them).
+pub(crate) const CONF: &[u8] = b"\x00conf";
+/// Peer addresses of the members (id → address), replicated like the conf state.
+pub(crate) const PEERS: &[u8] = b"\x00peers";
+pub(crate) const USER: u8 = 0x01;
+const TREES: [&str; 2] = ["state", "state.1"];
+/// A staging batch is written once it holds this many bytes.
+const STAGING_BATCH: usize = 4 << 20;
+
+/// Member id → peer address.
+pub type Peers = BTreeMap<u64, String>;
+
+pub(crate) fn user_key(k: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(k.len() + 1);
+    v.push(USER);
+    v.extend_from_slice(k);
+    v
+}
+
+pub(crate) fn encode_peers(peers: &Peers) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (id, addr) in peers {
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&(addr.len() as u16).to_be_bytes());
+        out.extend_from_slice(addr.as_bytes());
+    }
+    out
+}
+
+pub(crate) fn decode_peers(mut b: &[u8]) -> Option<Peers> {
+    let mut peers = Peers::new();
+    while !b.is_empty() {
+        if b.len() < 10 {
+            return None;
+        }
+        let id = u64::from_be_bytes(b[..8].try_into().ok()?);
+        let n = u16::from_be_bytes(b[8..10].try_into().ok()?) as usize;
+        let addr = std::str::from_utf8(b.get(10..10 + n)?).ok()?;
+        peers.insert(id, addr.to_string());
+        b = &b[10 + n..];
+    }
+    Some(peers)
+}
+
+/// Read access to the applied state.
+#[derive(Clone)]
+pub struct View {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    trees: [sled::Tree; 2],
+    active: AtomicUsize,
+    /// Held while the inactive tree is cleared or staged into.
+    staging: Mutex<()>,
+}
+
+impl View {
+    pub(crate) fn open(db: &sled::Db, active: usize) -> Result<View, sled::Error> {
+        Ok(View {
+            inner: Arc::new(Inner {
+                trees: [db.open_tree(TREES[0])?, db.open_tree(TREES[1])?],
+                active: AtomicUsize::new(active & 1),
+                staging: Mutex::new(()),
+            }),
+        })
+    }
+
+    pub(crate) fn tree(&self) -> &sled::Tree {
+        &self.inner.trees[self.active()]
+    }
+
+    pub(crate) fn active(&self) -> usize {
+        self.inner.active.load(Ordering::Acquire)
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, sled::Error> {
+        self.tree().get(user_key(key))
+    }
+
+    /// Keys and values under a prefix, in key order (the prefix is part of the returned key).
+    pub fn scan_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, sled::IVec), sled::Error>> {
+        self.tree()
+            .scan_prefix(user_key(prefix))
+            .map(|r| r.map(|(k, v)| (k[1..].to_vec(), v)))
+    }
+
+    /// Keys and values in `[from, to)`, in key order, from either end.
+    pub fn range(
+        &self,
+        from: &[u8],
+        to: &[u8],
+    ) -> impl DoubleEndedIterator<Item = Result<(Vec<u8>, sled::IVec), sled::Error>> {
+        self.tree()
+            .range(user_key(from)..user_key(to))
+            .map(|r| r.map(|(k, v)| (k[1..].to_vec(), v)))
+    }
+
+    /// The index of the last applied entry (0 for a new store).
+    pub fn applied(&self) -> Result<u64, sled::Error> {
+        Ok(match self.tree().get(APPLIED)? {
+            Some(v) if v.len() == 8 => u64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")),
+            _ => 0,
+        })
+    }
+
+    /// The conf state stored with the applied index (`None` for a store that never had one).
+    pub(crate) fn conf_state(&self) -> Result<Option<ConfState>, sled::Error> {
+        match self.tree().get(CONF)? {
+            Some(b) => ConfState::parse_from_bytes(&b)
+                .map(Some)
+                .map_err(|e| corrupt("conf state", e)),
+            None => Ok(None),
+        }
+    }
+
+    /// The members' peer addresses as replicated.
+    pub fn peers(&self) -> Result<Peers, sled::Error> {
+        match self.tree().get(PEERS)? {
+            Some(b) => decode_peers(&b).ok_or_else(|| corrupt("peer addresses", "undecodable")),
+            None => Ok(Peers::new()),
+        }
+    }
+
+    /// Records the membership of a new store (before any entry is applied).
+    pub(crate) fn bootstrap(&self, cs: &ConfState, peers: &Peers) -> Result<(), sled::Error> {
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            CONF,
+            cs.write_to_bytes().map_err(|e| corrupt("conf state", e))?,
+        );
+        batch.insert(PEERS, encode_peers(peers));
+        self.tree().apply_batch(batch)
+    }
+
+    /// Every record but the applied index, as `(len, key, len, value)*`: the data of a snapshot at `applied`.
+    pub(crate) fn dump(&self) -> (u64, Vec<u8>) {
+        // A consistent pair: the actor is the only writer and builds the snapshot between two applies.
+        let applied = self.applied().unwrap_or(0);
+        let mut out = Vec::new();
+        for (k, v) in self.tree().iter().flatten() {
+            if k.as_ref() == APPLIED {
+                continue;
+            }
+            out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+            out.extend_from_slice(&k);
+            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            out.extend_from_slice(&v);
+        }
+        (applied, out)
+    }
+
+    /// Starts restoring a snapshot into the inactive tree (cleared first; what a crashed install left there is
+    /// never read).
+    pub(crate) fn stage(&self) -> Result<Staging, sled::Error> {
+        let index = 1 - self.active();
+        let tree = self.inner.trees[index].clone();
+        {
+            let _g = self.inner.staging.lock().unwrap_or_else(|e| e.into_inner());
+            tree.clear()?;
+        }
+        Ok(Staging {
+            tree,
+            index,
+            batch: sled::Batch::default(),
+            bytes: 0,
+            records: 0,
+        })
+    }
+
+    /// Makes the staged tree the one reads see (after the raft tree recorded it), and clears the old one in
+    /// the background.
+    pub(crate) fn switch(&self, to: usize) {
+        let old = self.inner.active.swap(to & 1, Ordering::AcqRel);
+        if old == to & 1 {
+            return;
+        }
+        let view = self.clone();
+        let clear = move || {
+            let _g = view.inner.staging.lock().unwrap_or_else(|e| e.into_inner());
+            // Only while it is still the inactive one (a later switch may have made it active again).
+            if view.active() != old {
+                if let Err(e) = view.inner.trees[old].clear() {
+                    tracing::warn!(error = %e, "clearing the replaced state failed (done at the next install)");
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(clear);
+            }
+            Err(_) => clear(),
+        }
+    }
+}
+
+/// A snapshot being restored into the inactive state tree, in bounded batches.
+pub(crate) struct Staging {
+    tree: sled::Tree,
+    index: usize,
+    batch: sled::Batch,
+    bytes: usize,
+    records: u64,
+}
+
+impl Staging {
+    /// Adds records in the [`View::dump`] format (any number of calls, each a whole number of records).
+    pub(crate) fn put_records(&mut self, mut data: &[u8]) -> Result<(), RestoreError> {
+        let take = |rest: &mut &[u8]| -> Result<Vec<u8>, RestoreError> {
+            if rest.len() < 4 {
+                return Err(RestoreError::Truncated);
+            }
+            let n = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+            if rest.len() < 4 + n {
+                return Err(RestoreError::Truncated);
+            }
+            let v = rest[4..4 + n].to_vec();
+            *rest = &rest[4 + n..];
+            Ok(v)
+        };
+        while !data.is_empty() {
+            let k = take(&mut data)?;
+            let v = take(&mut data)?;
+            if k.as_slice() == APPLIED {
+                continue;
+            }
+            self.bytes += k.len() + v.len();
+            self.records += 1;
+            self.batch.insert(k, v);
+            if self.bytes >= STAGING_BATCH {
+                self.tree.apply_batch(std::mem::take(&mut self.batch))?;
+                self.bytes = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the rest with the applied index and conf state; returns the tree's index for the switch.
+    pub(crate) fn finish(mut self, applied: u64, cs: &ConfState) -> Result<usize, RestoreError> {
+        self.batch.insert(APPLIED, &applied.to_be_bytes());
+        self.batch.insert(
+            CONF,
+            cs.write_to_bytes()
+                .map_err(|e| RestoreError::Sled(corrupt("conf state", e)))?,
+        );
+        self.tree.apply_batch(std::mem::take(&mut self.batch))?;
+        Ok(self.index)
+    }
+
+    pub(crate) fn records(&self) -> u64 {
+        self.records
+    }
+}
+
+impl crate::storage::SnapshotSource for View {
+    fn snapshot_data(&self) -> (u64, Vec<u8>) {
+        self.dump()
+    }
+}
+
+/// Snapshot source handed to the raft storage.
+pub(crate) fn source(view: &View) -> Arc<dyn crate::storage::SnapshotSource> {
+    Arc::new(view.clone())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("snapshot data is truncated")]
+    Truncated,
+    #[error(transparent)]
+    Sled(#[from] sled::Error),
+}
+
+pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> sled::Error {
+    sled::Error::Unsupported(format!("corrupt raft storage: {what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::Txn;
+
+    #[test]
+    fn a_dump_restores_into_the_other_tree_and_the_switch_replaces_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let view = View::open(&db, 0).unwrap();
+        let mut peers = Peers::new();
+        peers.insert(1, "127.0.0.1:1".into());
+        peers.insert(2, "[::1]:2".into());
+        view.bootstrap(&ConfState::from((vec![1, 2], vec![])), &peers)
+            .unwrap();
+        let mut t = Txn::new(&view);
+        for i in 0..100u32 {
+            t.insert(format!("k{i}").as_bytes(), &i.to_be_bytes());
+        }
+        t.commit(42).unwrap();
+        let (applied, data) = view.dump();
+        assert_eq!(applied, 42);
+
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = View::open(&sled::open(other_dir.path()).unwrap(), 0).unwrap();
+        let mut t = Txn::new(&other);
+        t.insert(b"stale", b"x");
+        t.commit(3).unwrap();
+        let mut staging = other.stage().unwrap();
+        // In two calls, as chunks arrive.
+        let half = {
+            let mut at = 0;
+            for _ in 0..50 {
+                let k = u32::from_be_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+                at += 4 + k;
+                let v = u32::from_be_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+                at += 4 + v;
+            }
+            at
+        };
+        staging.put_records(&data[..half]).unwrap();
+        staging.put_records(&data[half..]).unwrap();
+        assert_eq!(
+            other.applied().unwrap(),
+            3,
+            "reads see the old state while staging"
+        );
+        let to = staging
+            .finish(applied, &ConfState::from((vec![1, 2], vec![])))
+            .unwrap();
+        other.switch(to);
+        assert_eq!(other.applied().unwrap(), 42);
+        assert_eq!(other.get(b"stale").unwrap(), None);
+        assert_eq!(other.scan_prefix(b"k").count(), 100);
+        assert_eq!(other.peers().unwrap(), peers);
+        assert_eq!(other.conf_state().unwrap().unwrap().voters, vec![1, 2]);
+
+        let mut staging = other.stage().unwrap();
+        assert!(matches!(
+            staging.put_records(&data[..data.len() - 1]),
+            Err(RestoreError::Truncated)
+        ));
+    }
+
+    #[test]
+    fn peer_addresses_round_trip_and_garbage_is_refused() {
+        let mut p = Peers::new();
+        p.insert(7, "node7.example:7070".into());
+        assert_eq!(decode_peers(&encode_peers(&p)), Some(p));
+        assert_eq!(decode_peers(&[0, 0, 0]), None);
+    }
+}
