@@ -6,7 +6,7 @@
 //! `cicada_cluster::CrashAt`).
 //! Commands (one per line) and answers (one line each, in completion order):
 //! `p KEY` → `ok KEY N` | `err KEY why`; `s` → `status ROLE TERM LEADER APPLIED COUNT KEYS`;
-//! `missing FILE` (one key per line) → `missing N`; `add ID ADDR` | `promote ID` | `remove ID` → `done` | `err why`.
+//! `missing FILE` (one key per line) → `missing N`; `transfer ID` → `transferring`; `add ID ADDR` | `promote ID` | `remove ID` → `done` | `err why`.
 
 use cicada_cluster::counter::{self, Counter};
 use cicada_cluster::{Cluster, ClusterConfig, Fsync, Membership};
@@ -100,6 +100,13 @@ async fn main() {
                     counter::keys(c.view()).len()
                 ),
                 Err(e) => println!("err status {e}"),
+            },
+            ["transfer", to] => match to.parse() {
+                Ok(to) => {
+                    c.transfer_leader(to);
+                    println!("transferring");
+                }
+                Err(_) => println!("err bad id"),
             },
             ["missing", file] => {
                 let have: HashSet<Vec<u8>> = counter::keys(c.view()).into_iter().collect();
