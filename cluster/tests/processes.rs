@@ -112,3 +112,48 @@ fn three_processes_lose_their_leader_to_sigkill_and_lose_nothing() {
     });
     assert_eq!(four.missing(&file), 0);
 }
+
+/// A follower proposing a burst is killed with SIGKILL part way, restarted at once and proposes again while it
+/// catches up on the entries its previous process proposed: an old entry never answers a new proposal (the
+/// contexts carry the process incarnation), so every key answered `ok` is in the state.
+#[test]
+fn a_restarted_follower_never_answers_new_proposals_with_old_entries() {
+    for round in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let (peers, mut nodes) = common::three(dir.path(), |_| Vec::new());
+        let leader = agreed_leader(&mut nodes.values_mut().collect::<Vec<_>>(), 0);
+        let f = (1..=3).find(|&id| id != leader).unwrap();
+        let node = nodes.get_mut(&f).unwrap();
+        let burst: Vec<String> = (0..3000).map(|i| format!("old-{round}-{i}")).collect();
+        for k in &burst {
+            node.send(&format!("p {k}"));
+        }
+        // Killed once some answers came back: many proposals are still in flight.
+        until("the first answers", || {
+            let _ = node.try_line(std::time::Duration::from_millis(5));
+            node.answers.len() >= 200
+        });
+        let mut acked: Vec<String> = node
+            .answers
+            .iter()
+            .filter(|(_, ok)| **ok)
+            .map(|(k, _)| k.clone())
+            .collect();
+        node.kill();
+        nodes.remove(&f);
+        let mut back = Node::start(f, dir.path(), &peers, &[]);
+        let fresh: Vec<String> = (0..3000).map(|i| format!("new-{round}-{i}")).collect();
+        acked.extend(back.propose_all(&fresh));
+        nodes.insert(f, back);
+        // Only what was answered `ok` must be there; entries of the old process may add more.
+        let file = dir.path().join("acked");
+        std::fs::write(&file, acked.join("\n")).unwrap();
+        for (id, n) in nodes.iter_mut() {
+            until("the node applied the answered keys", || {
+                n.missing(&file) == 0
+            });
+            let s = n.status();
+            assert_eq!(s.count, s.keys, "node {id}: nothing applied twice");
+        }
+    }
+}
