@@ -72,6 +72,13 @@ pub struct ClusterConfig {
     pub max_uncommitted_bytes: u64,
     /// How long a proposal or read may wait for an answer.
     pub propose_timeout: Duration,
+    /// A shared cluster secret every peer link proves in its handshake (HMAC-SHA256 over both sides' nonces).
+    /// `None`: links check only the cluster id and node id.
+    pub secret: Option<Vec<u8>>,
+    /// Largest frame a peer may send after the handshake (a snapshot travels in one raft message).
+    pub max_frame_bytes: usize,
+    /// A peer link silent this long is dropped and redialled (idle links send pings).
+    pub peer_timeout: Duration,
     /// Test hook for the multi-process crash tests: abort right after a given write. `None` in production.
     pub crash_at: Option<CrashAt>,
 }
@@ -99,6 +106,9 @@ impl ClusterConfig {
             max_batch_bytes: 1 << 20,
             max_uncommitted_bytes: 64 << 20,
             propose_timeout: Duration::from_secs(5),
+            secret: None,
+            max_frame_bytes: transport::MAX_FRAME,
+            peer_timeout: Duration::from_secs(5),
             crash_at: None,
         }
     }
@@ -256,18 +266,24 @@ impl Cluster {
         let metrics = metrics::Metrics::new(registry);
         let leader = metrics.leader.clone();
         let (applied_tx, _) = broadcast::channel(4096);
-        let (app_tx, app_rx) = mpsc::channel(4096);
+        let (app_tx, app_rx) = mpsc::channel(256);
         // The actor needs the transport and the transport routes into the actor: start the actor with a
         // transport whose inbound side forwards to it once it exists.
         let (ref_tx, ref_rx) = tokio::sync::oneshot::channel::<ActorRef<NodeMsg>>();
-        let relay = Arc::new(Relay::new(ref_rx, app_tx));
+        let relay = Arc::new(Relay::new(ref_rx));
         let transport = transport::Transport::start(
-            config.node_id,
-            &config.cluster_id,
+            transport::Options {
+                me: config.node_id,
+                cluster_id: config.cluster_id.clone(),
+                advertise,
+                secret: config.secret.as_deref().map(transport::Secret::new),
+                max_frame: config.max_frame_bytes.max(1 << 20),
+                peer_timeout: config.peer_timeout.max(Duration::from_millis(300)),
+            },
             listener,
-            advertise,
             &peers,
             relay.clone(),
+            app_tx,
             metrics.clone(),
         );
         // The machine builds its in-memory index from the stored state before raft replays anything after it.
@@ -370,9 +386,14 @@ impl Cluster {
         self.peer_addr
     }
 
-    /// Sends an opaque frame to a peer over the peer link (`false` when its queue is full).
-    pub fn send_app(&self, to: u64, frame: Bytes) -> bool {
-        self.transport.send_app(to, frame)
+    /// Sends an opaque frame to a peer on the application lane, waiting while the lane is full.
+    pub async fn send_app(&self, to: u64, frame: Bytes) -> Result<(), transport::AppSendError> {
+        self.transport.send_app(to, frame).await
+    }
+
+    /// Sends an opaque frame to a peer if the application lane has room.
+    pub fn try_send_app(&self, to: u64, frame: Bytes) -> Result<(), transport::AppSendError> {
+        self.transport.try_send_app(to, frame)
     }
 
     /// The frames peers send with [`Cluster::send_app`] (once).
@@ -438,23 +459,19 @@ async fn open_db(dir: &std::path::Path, cache_capacity: u64) -> Result<sled::Db,
 }
 
 type NodeRx = tokio::sync::oneshot::Receiver<ActorRef<NodeMsg>>;
-type AppTx = mpsc::Sender<(u64, Bytes)>;
 
 /// Forwards peer traffic to the node actor once it has started (messages before that are dropped; raft
 /// resends them).
 struct Relay {
     node: std::sync::OnceLock<ToActor>,
-    pending: std::sync::Mutex<Option<(NodeRx, AppTx)>>,
+    pending: std::sync::Mutex<Option<NodeRx>>,
 }
 
 impl Relay {
-    fn new(
-        rx: tokio::sync::oneshot::Receiver<ActorRef<NodeMsg>>,
-        app: mpsc::Sender<(u64, Bytes)>,
-    ) -> Relay {
+    fn new(rx: tokio::sync::oneshot::Receiver<ActorRef<NodeMsg>>) -> Relay {
         Relay {
             node: std::sync::OnceLock::new(),
-            pending: std::sync::Mutex::new(Some((rx, app))),
+            pending: std::sync::Mutex::new(Some(rx)),
         }
     }
 
@@ -463,10 +480,10 @@ impl Relay {
             return Some(t);
         }
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((rx, _)) = p.as_mut() {
+        if let Some(rx) = p.as_mut() {
             if let Ok(node) = rx.try_recv() {
-                let (_, app) = p.take().expect("present");
-                let _ = self.node.set(ToActor { node, app });
+                p.take();
+                let _ = self.node.set(ToActor { node });
             }
         }
         self.node.get()
@@ -477,11 +494,6 @@ impl transport::Inbound for Relay {
     fn raft(&self, message: raft::eraftpb::Message) {
         if let Some(t) = self.target() {
             t.raft(message);
-        }
-    }
-    fn app(&self, from: u64, frame: Bytes) {
-        if let Some(t) = self.target() {
-            t.app(from, frame);
         }
     }
     fn unreachable(&self, peer: u64) {

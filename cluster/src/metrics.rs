@@ -26,7 +26,8 @@ pub struct Metrics {
     pub peer_up: IntGaugeVec,
     pub peer_bytes_sent: IntCounterVec,
     pub peer_dropped: IntCounterVec,
-    pub peer_refused: IntCounter,
+    pub peer_refused: IntCounterVec,
+    pub peer_link_down: IntCounterVec,
 }
 
 fn reg<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> M {
@@ -120,22 +121,50 @@ impl Metrics {
             peer_up: reg(
                 r,
                 IntGaugeVec::new(
-                    Opts::new("cicada_peer_link_up", "1 while the link to a peer is up."),
-                    &["peer"],
+                    Opts::new(
+                        "cicada_peer_link_up",
+                        "1 while the link to a peer is up (lane: raft or app).",
+                    ),
+                    &["peer", "lane"],
                 )
                 .expect("valid metric"),
             ),
-            peer_bytes_sent: peer(
-                "cicada_peer_bytes_sent_total",
-                "Bytes written to a peer link.",
+            peer_bytes_sent: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "cicada_peer_bytes_sent_total",
+                        "Bytes written to a peer link (lane: raft or app).",
+                    ),
+                    &["peer", "lane"],
+                )
+                .expect("valid metric"),
             ),
             peer_dropped: peer(
                 "cicada_peer_messages_dropped_total",
                 "Raft messages dropped because a peer's queue was full or it was unknown.",
             ),
-            peer_refused: c(
-                "cicada_peer_refused_total",
-                "Peer connections refused (another cluster id, wrong node).",
+            peer_refused: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "cicada_peer_refused_total",
+                        "Peer connections refused in the handshake (reason: cluster, node, auth, malformed, timeout).",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid metric"),
+            ),
+            peer_link_down: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "cicada_peer_link_down_total",
+                        "Peer links that went down (reason: timeout = silent for peer_timeout, closed, error).",
+                    ),
+                    &["peer", "lane", "reason"],
+                )
+                .expect("valid metric"),
             ),
         }
     }

@@ -18,7 +18,7 @@ use raft::eraftpb::{
 use raft::{RawNode, SnapshotStatus, StateRole};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 type Reply<T> = RpcReplyPort<Result<T, ClusterError>>;
 /// A proposer waiting for its command's result, and when it proposed.
@@ -43,15 +43,11 @@ pub enum NodeMsg {
 /// Routes what the transport receives into the actor's mailbox.
 pub(crate) struct ToActor {
     pub node: ActorRef<NodeMsg>,
-    pub app: mpsc::Sender<(u64, Bytes)>,
 }
 
 impl Inbound for ToActor {
     fn raft(&self, message: Message) {
         let _ = self.node.cast(NodeMsg::Step(Box::new(message)));
-    }
-    fn app(&self, from: u64, frame: Bytes) {
-        let _ = self.app.try_send((from, frame));
     }
     fn unreachable(&self, peer: u64) {
         let _ = self.node.cast(NodeMsg::Unreachable(peer));

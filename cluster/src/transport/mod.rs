@@ -1,0 +1,552 @@
+//! Peer links over TCP. Each pair of nodes keeps two connections, one per [`Lane`]: raft messages on one,
+//! opaque application frames on the other, so a large application frame never delays a heartbeat. The lower
+//! node id dials, the higher accepts; the handshake ([`handshake`]) checks the cluster id, the node id and,
+//! when one is configured, proves a shared cluster secret in both directions.
+//!
+//! Raft lane: a bounded queue; when a peer is away, excess messages are dropped (raft resends) and the node is
+//! told the peer is unreachable. Application lane: bounded on both ends with back-pressure the caller sees
+//! ([`Transport::send_app`] awaits room, [`Transport::try_send_app`] says `Full`); the receiving end stops
+//! reading while its consumer is behind, never drops.
+//!
+//! A dead peer is noticed within `peer_timeout`: every link sends a ping when idle for a third of it and drops
+//! a connection that stays silent for all of it; TCP keepalive covers a peer whose host vanished.
+
+pub mod handshake;
+
+use crate::metrics::Metrics;
+use crate::view::Peers;
+use bytes::{Bytes, BytesMut};
+use handshake::{
+    frame, read_frame, read_handshake, HandshakeError, Hello, KIND_APP, KIND_AUTH, KIND_HELLO,
+    KIND_PING, KIND_RAFT,
+};
+pub use handshake::{Lane, Secret};
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// Default largest frame (a snapshot travels in one raft message).
+pub const MAX_FRAME: usize = 256 << 20;
+const RAFT_QUEUE: usize = 4096;
+const APP_QUEUE: usize = 256;
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Frames queued on a lane are written together up to this many bytes.
+const WRITE_BATCH: usize = 1 << 20;
+
+/// What arrives from peers on the raft lane.
+pub trait Inbound: Send + Sync + 'static {
+    fn raft(&self, message: Message);
+    /// The link to `peer` went down or could not be made.
+    fn unreachable(&self, peer: u64);
+}
+
+/// How this node's links behave.
+#[derive(Clone)]
+pub struct Options {
+    pub me: u64,
+    pub cluster_id: String,
+    pub advertise: String,
+    /// Shared cluster secret every link proves (HMAC-SHA256 over both nonces); `None`: no proof.
+    pub secret: Option<Secret>,
+    /// Largest frame accepted after the handshake.
+    pub max_frame: usize,
+    /// A link silent this long is dropped (pings keep a healthy idle link talking).
+    pub peer_timeout: Duration,
+}
+
+/// Why an application frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AppSendError {
+    #[error("no link to node {0}")]
+    UnknownPeer(u64),
+    #[error("the application lane to node {0} is full")]
+    Full(u64),
+    #[error("the link to node {0} is closed")]
+    Closed(u64),
+}
+
+struct Peer {
+    raft: mpsc::Sender<Message>,
+    app: mpsc::Sender<Bytes>,
+    accepted: [mpsc::Sender<TcpStream>; 2],
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+struct Inner {
+    opts: Options,
+    peers: Mutex<HashMap<u64, Peer>>,
+    inbound: Arc<dyn Inbound>,
+    app_in: mpsc::Sender<(u64, Bytes)>,
+    metrics: Metrics,
+    acceptor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// The node's peer links.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+enum Queue {
+    Raft(mpsc::Receiver<Message>),
+    App(mpsc::Receiver<Bytes>),
+}
+
+impl Queue {
+    /// Waits for the next item and adds it, with whatever else is queued, to `out`. `false`: closed.
+    async fn next_batch(&mut self, out: &mut BytesMut) -> bool {
+        match self {
+            Queue::Raft(rx) => {
+                let Some(mut msg) = rx.recv().await else {
+                    return false;
+                };
+                loop {
+                    match msg.write_to_bytes() {
+                        Ok(b) => frame(KIND_RAFT, &b, out),
+                        Err(e) => tracing::error!(error = %e, "cannot encode a raft message"),
+                    }
+                    match rx.try_recv() {
+                        Ok(m) if out.len() < WRITE_BATCH => msg = m,
+                        Ok(m) => {
+                            // Over the batch size: written next time, in order.
+                            match m.write_to_bytes() {
+                                Ok(b) => frame(KIND_RAFT, &b, out),
+                                Err(e) => {
+                                    tracing::error!(error = %e, "cannot encode a raft message")
+                                }
+                            }
+                            return true;
+                        }
+                        Err(_) => return true,
+                    }
+                }
+            }
+            Queue::App(rx) => {
+                let Some(first) = rx.recv().await else {
+                    return false;
+                };
+                frame(KIND_APP, &first, out);
+                while out.len() < WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(a) => frame(KIND_APP, &a, out),
+                        Err(_) => break,
+                    }
+                }
+                true
+            }
+        }
+    }
+}
+
+fn keepalive(stream: &TcpStream, timeout: Duration) {
+    let _ = stream.set_nodelay(true);
+    let idle = (timeout / 2).max(Duration::from_secs(1));
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(Duration::from_secs(1))
+        .with_retries(3);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "TCP keepalive not set");
+    }
+}
+
+impl Transport {
+    /// Listens on `listener` and links to `peers` (this node's own id is skipped). Application frames from
+    /// peers go to `app_in`.
+    pub fn start(
+        opts: Options,
+        listener: TcpListener,
+        peers: &Peers,
+        inbound: Arc<dyn Inbound>,
+        app_in: mpsc::Sender<(u64, Bytes)>,
+        metrics: Metrics,
+    ) -> Transport {
+        let t = Transport {
+            inner: Arc::new(Inner {
+                opts,
+                peers: Mutex::new(HashMap::new()),
+                inbound,
+                app_in,
+                metrics,
+                acceptor: Mutex::new(None),
+            }),
+        };
+        for (&id, addr) in peers {
+            t.add_peer(id, addr);
+        }
+        let acceptor = t.clone();
+        let task = tokio::spawn(async move { acceptor.accept_loop(listener).await });
+        *t.inner.acceptor.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        t
+    }
+
+    fn me(&self) -> u64 {
+        self.inner.opts.me
+    }
+
+    /// Links to a node (again): a no-op when the link exists.
+    pub fn add_peer(&self, id: u64, addr: &str) {
+        if id == self.me() {
+            return;
+        }
+        let mut peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if peers.contains_key(&id) {
+            return;
+        }
+        let (raft_tx, raft_rx) = mpsc::channel(RAFT_QUEUE);
+        let (app_tx, app_rx) = mpsc::channel(APP_QUEUE);
+        let (acc_raft, acc_raft_rx) = mpsc::channel(1);
+        let (acc_app, acc_app_rx) = mpsc::channel(1);
+        let raft = tokio::spawn(self.clone().run_lane(
+            id,
+            addr.to_string(),
+            Lane::Raft,
+            Queue::Raft(raft_rx),
+            acc_raft_rx,
+        ));
+        let app = tokio::spawn(self.clone().run_lane(
+            id,
+            addr.to_string(),
+            Lane::App,
+            Queue::App(app_rx),
+            acc_app_rx,
+        ));
+        peers.insert(
+            id,
+            Peer {
+                raft: raft_tx,
+                app: app_tx,
+                accepted: [acc_raft, acc_app],
+                tasks: [raft, app],
+            },
+        );
+    }
+
+    /// Drops the link to a removed node.
+    pub fn remove_peer(&self, id: u64) {
+        if let Some(p) = self
+            .inner
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id)
+        {
+            for t in p.tasks {
+                t.abort();
+            }
+        }
+    }
+
+    /// Queues a raft message; a full queue drops it (raft resends) and reports the peer unreachable.
+    pub fn send_raft(&self, m: Message) {
+        let to = m.to;
+        let sent = {
+            let peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
+            peers.get(&to).map(|p| p.raft.try_send(m).is_ok())
+        };
+        if sent != Some(true) {
+            self.inner
+                .metrics
+                .peer_dropped
+                .with_label_values(&[&to.to_string()])
+                .inc();
+            self.inner.inbound.unreachable(to);
+        }
+    }
+
+    fn app_sender(&self, to: u64) -> Result<mpsc::Sender<Bytes>, AppSendError> {
+        let peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers
+            .get(&to)
+            .map(|p| p.app.clone())
+            .ok_or(AppSendError::UnknownPeer(to))
+    }
+
+    /// Queues an application frame for a peer, waiting while its lane is full (back-pressure).
+    pub async fn send_app(&self, to: u64, frame: Bytes) -> Result<(), AppSendError> {
+        self.app_sender(to)?
+            .send(frame)
+            .await
+            .map_err(|_| AppSendError::Closed(to))
+    }
+
+    /// Queues an application frame if its lane has room.
+    pub fn try_send_app(&self, to: u64, frame: Bytes) -> Result<(), AppSendError> {
+        self.app_sender(to)?.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => AppSendError::Full(to),
+            mpsc::error::TrySendError::Closed(_) => AppSendError::Closed(to),
+        })
+    }
+
+    /// Stops accepting and closes every link.
+    pub fn shutdown(&self) {
+        if let Some(a) = self
+            .inner
+            .acceptor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            a.abort();
+        }
+        for (_, p) in self
+            .inner
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+        {
+            for t in p.tasks {
+                t.abort();
+            }
+        }
+    }
+
+    fn hello(&self, lane: Lane) -> Hello {
+        Hello {
+            lane,
+            node: self.me(),
+            cluster: self.inner.opts.cluster_id.clone(),
+            addr: self.inner.opts.advertise.clone(),
+            nonce: handshake::nonce(),
+            proof: Vec::new(),
+        }
+    }
+
+    fn refused(&self, e: &HandshakeError) {
+        if !matches!(e, HandshakeError::Io(_)) {
+            self.inner
+                .metrics
+                .peer_refused
+                .with_label_values(&[e.reason()])
+                .inc();
+        }
+    }
+
+    async fn accept_loop(self, listener: TcpListener) {
+        loop {
+            let Ok((stream, from)) = listener.accept().await else {
+                tokio::time::sleep(BACKOFF_MIN).await;
+                continue;
+            };
+            let t = self.clone();
+            tokio::spawn(async move {
+                keepalive(&stream, t.inner.opts.peer_timeout);
+                match t.accept(stream).await {
+                    Ok((hello, stream)) => {
+                        t.add_peer(hello.node, &hello.addr);
+                        let lane = match hello.lane {
+                            Lane::Raft => 0,
+                            Lane::App => 1,
+                        };
+                        let accepted = t
+                            .inner
+                            .peers
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get(&hello.node)
+                            .map(|p| p.accepted[lane].clone());
+                        if let Some(tx) = accepted {
+                            let _ = tx.send(stream).await;
+                        }
+                    }
+                    Err(e) => {
+                        t.refused(&e);
+                        tracing::warn!(%from, error = %e, "peer connection refused");
+                    }
+                }
+            });
+        }
+    }
+
+    /// The acceptor's half of the handshake.
+    async fn accept(&self, mut stream: TcpStream) -> Result<(Hello, TcpStream), HandshakeError> {
+        let d = Hello::decode(read_handshake(&mut stream, KIND_HELLO).await?)?;
+        if d.cluster != self.inner.opts.cluster_id {
+            return Err(HandshakeError::Cluster {
+                node: d.node,
+                cluster: d.cluster,
+            });
+        }
+        if d.node >= self.me() {
+            // Lower ids dial: a dial from a higher id is a misconfiguration (or a node claiming our id).
+            return Err(HandshakeError::Node {
+                got: d.node,
+                expected: self.me().saturating_sub(1),
+            });
+        }
+        let mut a = self.hello(d.lane);
+        if let Some(s) = &self.inner.opts.secret {
+            a.proof = s.acceptor_proof(&d, &a);
+        }
+        stream.write_all(&a.encode()).await?;
+        if let Some(s) = &self.inner.opts.secret {
+            let proof = read_handshake(&mut stream, KIND_AUTH)
+                .await
+                .map_err(|e| match e {
+                    HandshakeError::Malformed(_) => HandshakeError::Auth(d.node),
+                    e => e,
+                })?;
+            if !s.check_dialer(&d, &a, &proof) {
+                return Err(HandshakeError::Auth(d.node));
+            }
+        }
+        Ok((d, stream))
+    }
+
+    /// The dialer's half of the handshake.
+    async fn dial(&self, id: u64, addr: &str, lane: Lane) -> Result<TcpStream, HandshakeError> {
+        let mut s = tokio::time::timeout(handshake::HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| HandshakeError::Timeout)??;
+        keepalive(&s, self.inner.opts.peer_timeout);
+        let d = self.hello(lane);
+        s.write_all(&d.encode()).await?;
+        let a = Hello::decode(read_handshake(&mut s, KIND_HELLO).await?)?;
+        if a.cluster != self.inner.opts.cluster_id {
+            return Err(HandshakeError::Cluster {
+                node: a.node,
+                cluster: a.cluster,
+            });
+        }
+        if a.node != id {
+            return Err(HandshakeError::Node {
+                got: a.node,
+                expected: id,
+            });
+        }
+        if let Some(secret) = &self.inner.opts.secret {
+            if !secret.check_acceptor(&d, &a) {
+                return Err(HandshakeError::Auth(id));
+            }
+            let mut out = BytesMut::new();
+            frame(KIND_AUTH, &secret.dialer_proof(&d, &a), &mut out);
+            s.write_all(&out).await?;
+        }
+        Ok(s)
+    }
+
+    async fn run_lane(
+        self,
+        id: u64,
+        addr: String,
+        lane: Lane,
+        mut queue: Queue,
+        mut accepted: mpsc::Receiver<TcpStream>,
+    ) {
+        let peer = id.to_string();
+        let labels = [peer.as_str(), lane.label()];
+        let m = self.inner.metrics.clone();
+        let timeout = self.inner.opts.peer_timeout;
+        let ping_every = timeout / 3;
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let stream = if self.me() < id {
+                match self.dial(id, &addr, lane).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.refused(&e);
+                        tracing::debug!(peer = id, %addr, lane = lane.label(), error = %e, "peer link not up");
+                        if lane == Lane::Raft {
+                            self.inner.inbound.unreachable(id);
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        continue;
+                    }
+                }
+            } else {
+                match accepted.recv().await {
+                    Some(s) => s,
+                    None => return,
+                }
+            };
+            backoff = BACKOFF_MIN;
+            m.peer_up.with_label_values(&labels).set(1);
+            tracing::info!(peer = id, lane = lane.label(), "peer link up");
+            let (mut rd, mut wr) = stream.into_split();
+            let inbound = self.inner.inbound.clone();
+            let app_in = self.inner.app_in.clone();
+            let max_frame = self.inner.opts.max_frame;
+            let mut reader = tokio::spawn(async move {
+                loop {
+                    let (kind, b) =
+                        match tokio::time::timeout(timeout, read_frame(&mut rd, max_frame)).await {
+                            Err(_) => {
+                                return ("timeout", format!("nothing received for {timeout:?}"))
+                            }
+                            Ok(Err(e)) => return ("closed", e.to_string()),
+                            Ok(Ok(f)) => f,
+                        };
+                    match (lane, kind) {
+                        (_, KIND_PING) => {}
+                        (Lane::Raft, KIND_RAFT) => match Message::parse_from_bytes(&b) {
+                            Ok(msg) => inbound.raft(msg),
+                            Err(e) => return ("error", format!("bad raft message: {e}")),
+                        },
+                        // Waits while the consumer is behind: the peer's writes stall, its queue fills and its
+                        // callers wait. Nothing is dropped.
+                        (Lane::App, KIND_APP) => {
+                            if app_in.send((id, b)).await.is_err() {
+                                return ("closed", "application frames no longer read".into());
+                            }
+                        }
+                        _ => {
+                            return (
+                                "error",
+                                format!(
+                                    "unexpected frame kind {kind} on the {} lane",
+                                    lane.label()
+                                ),
+                            )
+                        }
+                    }
+                }
+            });
+            let mut out = BytesMut::with_capacity(64 * 1024);
+            let (reason, why) = loop {
+                out.clear();
+                tokio::select! {
+                    biased;
+                    r = &mut reader => break r.unwrap_or_else(|e| ("error", e.to_string())),
+                    more = tokio::time::timeout(ping_every, queue.next_batch(&mut out)) => match more {
+                        Ok(true) => {}
+                        Ok(false) => return,
+                        Err(_) => frame(KIND_PING, &[], &mut out),
+                    },
+                }
+                match tokio::time::timeout(timeout, wr.write_all(&out)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break ("closed", e.to_string()),
+                    Err(_) => {
+                        break (
+                            "timeout",
+                            format!("a write did not complete in {timeout:?}"),
+                        )
+                    }
+                }
+                m.peer_bytes_sent
+                    .with_label_values(&labels)
+                    .inc_by(out.len() as u64);
+            };
+            reader.abort();
+            m.peer_up.with_label_values(&labels).set(0);
+            m.peer_link_down
+                .with_label_values(&[peer.as_str(), lane.label(), reason])
+                .inc();
+            tracing::info!(peer = id, lane = lane.label(), reason = %why, "peer link down");
+            if lane == Lane::Raft {
+                self.inner.inbound.unreachable(id);
+            }
+            if self.me() < id {
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
+}
