@@ -855,6 +855,11 @@ mod crash_tests {
     /// Appends `keys` as one batch entry after the log's last entry, committed but not applied. `commit`
     /// false leaves the commit index where it was (persisted, not yet known committed).
     fn persist_without_applying(dir: &std::path::Path, keys: &[&str], commit: bool) {
+        persist_entry(dir, keys, commit, context(1, 1, u64::MAX, &[]));
+    }
+
+    /// Like [`persist_without_applying`], with the context an earlier process gave the entry.
+    fn persist_entry(dir: &std::path::Path, keys: &[&str], commit: bool, ctx: Vec<u8>) {
         let db = sled::Config::new().path(dir).open().unwrap();
         let (mut storage, _) =
             SledStorage::open(&db, &crate::storage::Bootstrap::default()).unwrap();
@@ -865,7 +870,7 @@ mod crash_tests {
             index: last + 1,
             term,
             data: encode_batch(cmds.iter().map(|c| c.as_slice())).into(),
-            context: context(1, 1, u64::MAX, &[]).into(),
+            context: ctx.into(),
             ..Default::default()
         };
         storage.persist(&[e], None).unwrap();
@@ -873,6 +878,28 @@ mod crash_tests {
             storage.set_commit(last + 1).unwrap();
         }
         db.flush().unwrap();
+    }
+
+    /// The previous process of this node proposed an entry as its batch 1 and died before applying it; the new
+    /// process's first batch is also batch 1. The old entry applies first and must not answer the new proposal
+    /// (the waiter would be told the old command's result while its own command may still be lost).
+    #[tokio::test]
+    async fn an_entry_of_an_earlier_process_never_answers_a_new_proposal() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = start(dir.path()).await;
+        node.propose(b"a".to_vec()).await.unwrap();
+        node.shutdown().await;
+        drop(node);
+        let earlier = incarnation();
+        persist_entry(dir.path(), &["old"], true, context(1, earlier, 1, &[]));
+        let node = start(dir.path()).await;
+        let n = node.propose(b"new".to_vec()).await.unwrap();
+        assert_eq!(
+            u64::from_be_bytes(n.try_into().unwrap()),
+            3,
+            "the answer is the new command's own result (a, old, new)"
+        );
+        node.shutdown().await;
     }
 
     #[tokio::test]
