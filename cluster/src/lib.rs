@@ -63,6 +63,11 @@ pub struct ClusterConfig {
     pub cache_capacity: u64,
     /// Log entries kept before compaction (followers further behind get a snapshot).
     pub snapshot_interval: u64,
+    /// The leader keeps the entries a follower heard from within this window still needs (a restart costs a
+    /// log catch-up, not a snapshot)...
+    pub log_retention: Duration,
+    /// ...as long as the log after the applied index stays under this many bytes.
+    pub max_log_bytes: u64,
     /// Commands per raft entry at most.
     pub max_batch: usize,
     /// Bytes of commands per raft entry at most (a single larger command is an entry of its own).
@@ -102,6 +107,8 @@ impl ClusterConfig {
             fsync: Fsync::Always,
             cache_capacity: 128 << 20,
             snapshot_interval: 10_000,
+            log_retention: Duration::from_secs(60),
+            max_log_bytes: 256 << 20,
             max_batch: 1024,
             max_batch_bytes: 1 << 20,
             max_uncommitted_bytes: 64 << 20,
@@ -304,6 +311,8 @@ impl Cluster {
             incarnation: node::incarnation(),
             crash: crash::Crasher::new(config.crash_at),
             snapshot_interval: config.snapshot_interval.max(1),
+            log_retention: config.log_retention,
+            max_log_bytes: config.max_log_bytes,
             propose_timeout: config.propose_timeout,
         };
         let (node, handle) = Actor::spawn(None, Node, args)

@@ -67,6 +67,8 @@ pub struct NodeArgs {
     pub max_batch: usize,
     pub max_batch_bytes: usize,
     pub snapshot_interval: u64,
+    pub log_retention: Duration,
+    pub max_log_bytes: u64,
     pub propose_timeout: Duration,
     /// This process's incarnation, in every proposal context: an entry proposed by an earlier process of this
     /// node never answers a waiter of this one.
@@ -101,7 +103,10 @@ pub struct NodeState {
     /// Read index answers waiting for the applied index to reach them.
     ready_reads: Vec<(u64, Reply<u64>)>,
     leader: u64,
-    since_compaction: u64,
+    /// The applied index at the last compaction check.
+    compaction_checked: u64,
+    /// When each peer was last heard from (raft messages), for log retention.
+    last_seen: HashMap<u64, Instant>,
 }
 
 pub struct Node;
@@ -231,7 +236,8 @@ impl Actor for Node {
             reads: HashMap::new(),
             ready_reads: Vec::new(),
             leader: 0,
-            since_compaction: 0,
+            compaction_checked: 0,
+            last_seen: HashMap::new(),
         })
     }
 
@@ -262,6 +268,9 @@ impl Actor for Node {
                 }
             }
             NodeMsg::Step(m) => {
+                if m.from != 0 {
+                    s.last_seen.insert(m.from, Instant::now());
+                }
                 if let Err(e) = s.a.raw.step(*m) {
                     tracing::debug!(error = %e, "raft message ignored");
                 }
@@ -397,7 +406,12 @@ impl NodeState {
                 self.changes.insert(id, (Instant::now(), reply));
             }
             Err(e) => {
-                let _ = reply.send(Err(ClusterError::Rejected(e.to_string())));
+                let why = if self.a.raw.raft.state == StateRole::Leader {
+                    ClusterError::Rejected(e.to_string())
+                } else {
+                    ClusterError::NoLeader
+                };
+                let _ = reply.send(Err(why));
             }
         }
     }
@@ -694,7 +708,6 @@ impl NodeState {
             .mut_store()
             .set_commit(last)
             .map_err(storage_err)?;
-        self.since_compaction += 1;
         for (id, results) in answers {
             if let Some((_, waiters)) = self.pending.remove(&id) {
                 for ((reply, started), r) in waiters.into_iter().zip(results) {
@@ -711,15 +724,43 @@ impl NodeState {
                 let _ = reply.send(Ok(()));
             }
         }
-        let store = self.a.raw.store();
-        if store.len() >= self.a.snapshot_interval {
-            // Everything applied is in the state tree (written above): the log up to it can go.
-            self.a.db.flush().map_err(storage_err)?;
-            self.a.raw.mut_store().compact(last).map_err(storage_err)?;
-            self.a.crash.reached(CrashPoint::Compacted, &self.a.db);
-            self.a.metrics.compactions.inc();
-            self.since_compaction = 0;
+        let interval = self.a.snapshot_interval;
+        if self.a.raw.store().len() >= interval
+            && last.saturating_sub(self.compaction_checked) >= (interval / 4).max(1)
+        {
+            self.compaction_checked = last;
+            self.compact(last)?;
         }
+        Ok(())
+    }
+
+    /// Drops the log up to what every recently active follower has (so a short absence costs a log
+    /// catch-up, not a snapshot), but never keeps more than `max_log_bytes` after the applied index allows.
+    fn compact(&mut self, applied: u64) -> Result<(), ClusterError> {
+        let me = self.me();
+        let mut to = applied;
+        if self.a.raw.raft.state == StateRole::Leader {
+            let window = self.a.log_retention;
+            for (id, pr) in self.a.raw.raft.prs().iter() {
+                let recent = self.last_seen.get(id).is_some_and(|t| t.elapsed() < window);
+                if *id != me && recent {
+                    to = to.min(pr.matched);
+                }
+            }
+        }
+        let store = self.a.raw.store();
+        let to = store
+            .within_cap(to, applied, self.a.max_log_bytes)
+            .map_err(storage_err)?;
+        if to <= store.snap_index() {
+            return Ok(());
+        }
+        // Everything applied is in the state tree (written before this): the log up to it can go.
+        self.a.db.flush().map_err(storage_err)?;
+        self.a.raw.mut_store().compact(to).map_err(storage_err)?;
+        self.a.crash.reached(CrashPoint::Compacted, &self.a.db);
+        self.a.metrics.compactions.inc();
+        tracing::debug!(to, applied, "raft log compacted");
         Ok(())
     }
 

@@ -279,6 +279,35 @@ impl SledStorage {
         Ok(())
     }
 
+    pub fn snap_index(&self) -> u64 {
+        self.snap_index
+    }
+
+    /// The index to compact to: `want`, raised (up to `applied`) until the entries after it take at most
+    /// `cap` bytes.
+    pub fn within_cap(&self, want: u64, applied: u64, cap: u64) -> Result<u64, sled::Error> {
+        let from = want.max(self.snap_index);
+        let mut bytes = 0u64;
+        let mut sizes = Vec::new();
+        for kv in self.tree.range(key(from + 1)..=key(self.last_index)) {
+            let (k, v) = kv?;
+            let i = index_of(&k).ok_or_else(|| corrupt("log", "bad entry key"))?;
+            bytes += v.len() as u64;
+            if i <= applied {
+                sizes.push((i, v.len() as u64));
+            }
+        }
+        let mut to = from;
+        for (i, size) in sizes {
+            if bytes <= cap {
+                break;
+            }
+            bytes -= size;
+            to = i;
+        }
+        Ok(to)
+    }
+
     /// Entries stored (for the log-size metric).
     pub fn len(&self) -> u64 {
         self.last_index - self.snap_index

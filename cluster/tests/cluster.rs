@@ -24,6 +24,8 @@ fn config(id: u64, dir: &Path, peers: &HashMap<u64, String>) -> ClusterConfig {
     c.peers = peers.clone();
     c.tick = Duration::from_millis(20);
     c.snapshot_interval = 100;
+    // A follower that was away catches up from a snapshot (log retention has its own test).
+    c.log_retention = Duration::ZERO;
     // Small entries, so the log grows past the compaction interval and the snapshot path runs.
     c.max_batch = 8;
     c
@@ -414,4 +416,128 @@ async fn leadership_moves_to_the_node_asked_for() {
         .await;
         n.shutdown().await;
     }
+}
+
+fn metric(r: &prometheus::Registry, name: &str) -> f64 {
+    r.gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter())
+        .map(|m| m.get_counter().get_value())
+        .sum()
+}
+
+/// A follower away for a moment catches up from the entries the leader kept for it (no snapshot); with the
+/// log over its byte cap the leader compacts past it and it gets a snapshot instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_absence_costs_a_log_catch_up_unless_the_log_outgrows_its_cap() {
+    for (cap, snapshot) in [(256u64 << 20, false), (1, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = free_ports(3);
+        let peers: HashMap<u64, String> = (1..=3u64)
+            .map(|i| (i, format!("127.0.0.1:{}", ports[i as usize - 1])))
+            .collect();
+        let conf = |id| {
+            let mut c = config(id, dir.path(), &peers);
+            c.log_retention = Duration::from_secs(60);
+            c.max_log_bytes = cap;
+            c
+        };
+        let regs: HashMap<u64, prometheus::Registry> = (1..=3)
+            .map(|id| (id, prometheus::Registry::new()))
+            .collect();
+        let mut nodes: HashMap<u64, Cluster> = HashMap::new();
+        for id in 1..=3 {
+            let c = Cluster::start(conf(id), Counter, &regs[&id]).await.unwrap();
+            nodes.insert(id, c);
+        }
+        let leader = leader_of(&nodes.values().collect::<Vec<_>>()).await;
+        let away = (1..=3).find(|&id| id != leader).unwrap();
+        let gone = nodes.remove(&away).unwrap();
+        gone.shutdown().await;
+        drop(gone);
+        // Well past the snapshot interval (100 entries of at most 8 commands).
+        let via = &nodes[&leader];
+        for round in 0..3 {
+            let futs: Vec<_> = (0..500)
+                .map(|i| via.propose(format!("{round}-{i}").into_bytes()))
+                .collect();
+            for r in futures_join(futs).await {
+                r.unwrap();
+            }
+        }
+        let registry = prometheus::Registry::new();
+        let back = Cluster::start(conf(away), Counter, &registry)
+            .await
+            .unwrap();
+        until("the follower caught up", async || count(&back) == 1500).await;
+        assert_eq!(keys(&back).len(), 1500);
+        let sent = metric(&regs[&leader], "cicada_raft_snapshots_sent_total");
+        assert_eq!(sent > 0.0, snapshot, "cap {cap}: snapshots sent {sent}");
+        assert_eq!(
+            metric(&registry, "cicada_raft_snapshots_applied_total") > 0.0,
+            snapshot
+        );
+        back.shutdown().await;
+        for n in nodes.values() {
+            n.shutdown().await;
+        }
+    }
+}
+
+/// A read that cannot complete (no quorum) is answered `Timeout`, not `Stopped`, a membership change
+/// `NoLeader`; a
+/// burst of large commands larger than the uncommitted limit is refused `Busy`, and one command per entry
+/// when commands are as large as an entry may be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_that_expire_say_timeout_and_a_flood_of_large_commands_is_refused_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let peers: HashMap<u64, String> = (1..=2u64)
+        .map(|i| (i, format!("127.0.0.1:{}", ports[i as usize - 1])))
+        .collect();
+    // Node 2 never starts: no quorum.
+    let mut c = config(1, dir.path(), &peers);
+    c.propose_timeout = Duration::from_millis(300);
+    let alone = Cluster::start(c, Counter, &prometheus::Registry::new())
+        .await
+        .unwrap();
+    assert_eq!(alone.read_index().await, Err(ClusterError::Timeout));
+    assert_eq!(
+        alone
+            .change_membership(Membership::Promote { id: 2 })
+            .await
+            .err(),
+        Some(ClusterError::NoLeader)
+    );
+    alone.shutdown().await;
+
+    let registry = prometheus::Registry::new();
+    let mut c = ClusterConfig::single(dir.path().join("single"));
+    c.max_uncommitted_bytes = 4 << 20;
+    c.max_batch_bytes = 1 << 20;
+    let node = Cluster::start(c, Counter, &registry).await.unwrap();
+    let big = |i: usize| {
+        let mut v = format!("big-{i}-").into_bytes();
+        v.resize(1 << 20, b'x');
+        v
+    };
+    let futs: Vec<_> = (0..64).map(|i| node.submit(big(i))).collect();
+    let mut ok = 0;
+    let mut busy = 0;
+    for r in futures_join(futs).await {
+        match r {
+            Ok(_) => ok += 1,
+            Err(ClusterError::Busy) => busy += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(busy > 0 && ok > 0, "ok {ok}, busy {busy}");
+    assert_eq!(count(&node), ok);
+    assert_eq!(
+        metric(&registry, "cicada_raft_proposal_entries_total") as u64,
+        64,
+        "one entry per 1 MiB command"
+    );
+    node.shutdown().await;
 }

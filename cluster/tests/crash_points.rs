@@ -148,7 +148,10 @@ fn a_single_node_crashing_after_any_write_keeps_everything_acknowledged() {
 fn a_follower_crashing_during_a_snapshot_install_restarts_and_equals_the_others() {
     for point in ["staged", "installed"] {
         let dir = tempfile::tempdir().unwrap();
-        let (peers, mut nodes) = three(dir.path(), |_| vec!["snapshot=40".to_string()]);
+        // No log retention for absent followers: the victim needs a snapshot.
+        let (peers, mut nodes) = three(dir.path(), |_| {
+            vec!["snapshot=40".to_string(), "retain=0".to_string()]
+        });
         let leader = agreed_leader(&mut nodes.values_mut().collect::<Vec<_>>(), 0);
         let victim = (1..=3).find(|&id| id != leader).unwrap();
         let keys: Vec<String> = (0..50).map(|i| format!("{point}-a-{i}")).collect();
@@ -160,7 +163,12 @@ fn a_follower_crashing_during_a_snapshot_install_restarts_and_equals_the_others(
         acked.extend(one_by_one(nodes.get_mut(&leader).unwrap(), &keys));
 
         let crash = format!("crash={point}:1");
-        let mut crashing = Node::spawn(victim, dir.path(), &peers, &["snapshot=40", &crash]);
+        let mut crashing = Node::spawn(
+            victim,
+            dir.path(),
+            &peers,
+            &["snapshot=40", "retain=0", &crash],
+        );
         let mut how = None;
         until("the follower reached its crash point", || {
             how = crashing.exited();
@@ -209,7 +217,7 @@ fn kill_9_at_random_points_of_snapshot_install_and_compaction_loses_nothing() {
     eprintln!("kill loop: TEST_KILL_SEED={seed} TEST_KILL_ROUNDS={rounds}");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
-    let opts = || vec!["snapshot=20".to_string()];
+    let opts = || vec!["snapshot=20".to_string(), "retain=0".to_string()];
     let (peers, mut nodes) = three(dir.path(), |_| opts());
     let mut acked = Vec::new();
     for round in 0..rounds {

@@ -68,7 +68,7 @@ fn three_processes_lose_their_leader_to_sigkill_and_lose_nothing() {
         assert!(round < 20, "the new leader does not take proposals");
     }
 
-    // The old leader restarts from its directory and catches up (the log was compacted: a snapshot).
+    // The old leader restarts from its directory and catches up (from the log the others kept for it).
     nodes.insert(leader, Node::start(leader, dir.path(), &peers3, &[]));
     let file = dir.path().join("acked");
     std::fs::write(&file, acked.join("\n")).unwrap();
@@ -111,6 +111,37 @@ fn three_processes_lose_their_leader_to_sigkill_and_lose_nothing() {
         s.count == target + 1 && s.keys == s.count
     });
     assert_eq!(four.missing(&file), 0);
+
+    // Past the compaction of the entry that added node 4, a node restarted with a configuration that does not
+    // name node 4 still reaches it: the members' addresses are replicated state. Leading, it replicates to 4.
+    nodes.remove(&victim); // removed from the group: it no longer hears of leaders
+    let keys: Vec<String> = (0..600).map(|i| format!("c-{i}")).collect();
+    let lead = agreed_leader(&mut nodes.values_mut().collect::<Vec<_>>(), 0);
+    for k in &keys {
+        nodes
+            .get_mut(&lead)
+            .unwrap()
+            .propose_all(std::slice::from_ref(k));
+    }
+    let other = *nodes.keys().find(|&&id| id != lead).unwrap();
+    nodes.get_mut(&other).unwrap().kill();
+    nodes.remove(&other);
+    nodes.insert(other, Node::start(other, dir.path(), &peers3, &[]));
+    nodes.insert(4, four);
+    common::lead(&mut nodes, other);
+    let ok = nodes
+        .get_mut(&other)
+        .unwrap()
+        .propose_all(&["via-restarted".to_string()]);
+    assert_eq!(ok.len(), 1);
+    let four = nodes.get_mut(&4).unwrap();
+    until(
+        "node 4 applied what the restarted leader replicated",
+        || {
+            let s = four.status();
+            s.count == target + 2 + 600 && s.leader == other
+        },
+    );
 }
 
 /// A follower proposing a burst is killed with SIGKILL part way, restarted at once and proposes again while it

@@ -1,7 +1,7 @@
 //! One raft node of the [`Counter`] state machine as its own process, driven line by line on stdin, for the
 //! crate's multi-process tests (a leader killed with SIGKILL, restarted from its directory).
 //!
-//! Usage: `cicada-cluster-node ID DIR PEERS [join] [crash=POINT:N] [fsync=interval] [snapshot=N]`, PEERS as
+//! Usage: `cicada-cluster-node ID DIR PEERS [join] [crash=POINT:N] [fsync=interval] [snapshot=N] [retain=SECS]`, PEERS as
 //! `1=127.0.0.1:7001,2=127.0.0.1:7002,...`; `crash=` aborts right after the N-th write of POINT (see
 //! `cicada_cluster::CrashAt`).
 //! Commands (one per line) and answers (one line each, in completion order):
@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn usage(why: &str) -> ! {
-    eprintln!("cicada-cluster-node: {why}\nusage: cicada-cluster-node ID DIR PEERS [join] [crash=POINT:N] [fsync=interval] [snapshot=N]");
+    eprintln!("cicada-cluster-node: {why}\nusage: cicada-cluster-node ID DIR PEERS [join] [crash=POINT:N] [fsync=interval] [snapshot=N] [retain=SECS]");
     std::process::exit(2);
 }
 
@@ -58,6 +58,10 @@ async fn main() {
                 config.crash_at = Some(at.parse().unwrap_or_else(|e| usage(&format!("{e}"))))
             }
             Some(("fsync", "interval")) => config.fsync = Fsync::Interval,
+            Some(("retain", secs)) => {
+                config.log_retention =
+                    Duration::from_secs(secs.parse().unwrap_or_else(|_| usage("retain=SECS")))
+            }
             Some(("snapshot", n)) => {
                 config.snapshot_interval = n.parse().unwrap_or_else(|_| usage("snapshot=N"))
             }
