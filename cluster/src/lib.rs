@@ -6,11 +6,13 @@
 
 pub mod counter;
 pub mod crash;
+pub mod freeze;
 mod legacy;
 pub mod logger;
 pub mod machine;
 pub mod metrics;
 pub mod node;
+pub mod snapshot;
 pub mod storage;
 pub mod transport;
 pub mod view;
@@ -278,6 +280,7 @@ impl Cluster {
         // transport whose inbound side forwards to it once it exists.
         let (ref_tx, ref_rx) = tokio::sync::oneshot::channel::<ActorRef<NodeMsg>>();
         let relay = Arc::new(Relay::new(ref_rx));
+        let snapshots = snapshot::Snapshots::new(view.clone(), metrics.clone());
         let transport = transport::Transport::start(
             transport::Options {
                 me: config.node_id,
@@ -291,8 +294,10 @@ impl Cluster {
             &peers,
             relay.clone(),
             app_tx,
+            snapshots.clone(),
             metrics.clone(),
         );
+        snapshots.set_transport(&transport);
         // The machine builds its in-memory index from the stored state before raft replays anything after it.
         let mut machine = machine;
         machine.restored(&view);
@@ -310,6 +315,7 @@ impl Cluster {
             max_batch_bytes: config.max_batch_bytes.max(1),
             incarnation: node::incarnation(),
             crash: crash::Crasher::new(config.crash_at),
+            snapshots,
             snapshot_interval: config.snapshot_interval.max(1),
             log_retention: config.log_retention,
             max_log_bytes: config.max_log_bytes,

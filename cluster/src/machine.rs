@@ -85,6 +85,10 @@ impl<'a> Txn<'a> {
 
     /// Writes everything and the applied index in one atomic sled batch.
     pub(crate) fn commit(self, applied: u64) -> Result<(), sled::Error> {
+        // A snapshot being streamed keeps what these keys were when it froze.
+        self.view
+            .freezer()
+            .preserve(self.view.tree(), self.overlay.keys().map(|k| k.as_slice()))?;
         let mut batch = sled::Batch::default();
         for (k, v) in self.overlay {
             match v {

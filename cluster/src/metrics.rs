@@ -21,6 +21,9 @@ pub struct Metrics {
     pub log_entries: IntGauge,
     pub snapshots_sent: IntCounter,
     pub snapshots_applied: IntCounter,
+    pub snapshots_failed: IntCounter,
+    pub snapshot_bytes_sent: IntCounter,
+    pub snapshot_bytes_received: IntCounter,
     pub compactions: IntCounter,
     pub syncs: IntCounter,
     pub peer_up: IntGaugeVec,
@@ -112,6 +115,18 @@ impl Metrics {
             snapshots_applied: c(
                 "cicada_raft_snapshots_applied_total",
                 "Snapshots installed on this node.",
+            ),
+            snapshots_failed: c(
+                "cicada_raft_snapshots_failed_total",
+                "Snapshot streams to a follower that did not complete (link down, refused, cancelled).",
+            ),
+            snapshot_bytes_sent: c(
+                "cicada_raft_snapshot_bytes_sent_total",
+                "Snapshot data streamed to followers.",
+            ),
+            snapshot_bytes_received: c(
+                "cicada_raft_snapshot_bytes_received_total",
+                "Snapshot data received and restored.",
             ),
             syncs: c(
                 "cicada_raft_syncs_total",

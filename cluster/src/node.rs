@@ -17,6 +17,7 @@ use raft::eraftpb::{
 };
 use raft::{RawNode, SnapshotStatus, StateRole};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
@@ -38,6 +39,11 @@ pub enum NodeMsg {
     Status(RpcReplyPort<NodeStatus>),
     Change(Membership, Reply<()>),
     TransferLeader(u64),
+    /// A snapshot stream to a follower ended (`true`: the follower has it).
+    SnapshotSent(u64, bool),
+    /// A streamed snapshot, restored into the inactive state tree; the permit keeps that tree until the Ready
+    /// that installs (or drops) it has been handled.
+    StepStaged(Box<Message>, tokio::sync::OwnedSemaphorePermit),
 }
 
 /// Routes what the transport receives into the actor's mailbox.
@@ -74,6 +80,7 @@ pub struct NodeArgs {
     /// node never answers a waiter of this one.
     pub incarnation: u64,
     pub crash: Crasher,
+    pub snapshots: Arc<crate::snapshot::Snapshots>,
 }
 
 /// A random incarnation (never 0, which marks contexts written before incarnations existed).
@@ -103,6 +110,7 @@ pub struct NodeState {
     /// Read index answers waiting for the applied index to reach them.
     ready_reads: Vec<(u64, Reply<u64>)>,
     leader: u64,
+    staged_permit: Option<tokio::sync::OwnedSemaphorePermit>,
     /// The applied index at the last compaction check.
     compaction_checked: u64,
     /// When each peer was last heard from (raft messages), for log retention.
@@ -110,6 +118,9 @@ pub struct NodeState {
 }
 
 pub struct Node;
+
+/// A freeze no stream has used for this long is released (its pre-images cost every apply).
+const FREEZE_IDLE: Duration = Duration::from_secs(30);
 
 /// The largest command: an entry must fit a peer-link frame with room for the message around it.
 const MAX_COMMAND: usize = crate::transport::MAX_FRAME - (1 << 20);
@@ -225,6 +236,7 @@ impl Actor for Node {
         a: NodeArgs,
     ) -> Result<NodeState, ActorProcessingErr> {
         me.send_interval(a.tick, || NodeMsg::Tick);
+        a.snapshots.set_node(me.clone());
         Ok(NodeState {
             a,
             queued: Vec::new(),
@@ -237,6 +249,7 @@ impl Actor for Node {
             ready_reads: Vec::new(),
             leader: 0,
             compaction_checked: 0,
+            staged_permit: None,
             last_seen: HashMap::new(),
         })
     }
@@ -261,6 +274,7 @@ impl Actor for Node {
             NodeMsg::Tick => {
                 s.a.raw.tick();
                 s.expire();
+                s.a.view.freezer().release_idle(FREEZE_IDLE);
                 // raft-rs drops a read index asked before the leader committed in its term (or with no
                 // leader): ask again until a read state answers it.
                 for id in s.reads.keys() {
@@ -270,6 +284,13 @@ impl Actor for Node {
             NodeMsg::Step(m) => {
                 if m.from != 0 {
                     s.last_seen.insert(m.from, Instant::now());
+                }
+                // Snapshot data names a freeze only on its leader; streamed ones arrive as StepStaged.
+                if m.get_msg_type() == MessageType::MsgSnapshot
+                    && crate::snapshot::frozen_id(&m.get_snapshot().data).is_some()
+                {
+                    tracing::warn!(from = m.from, "a snapshot without its data ignored");
+                    return Ok(());
                 }
                 if let Err(e) = s.a.raw.step(*m) {
                     tracing::debug!(error = %e, "raft message ignored");
@@ -281,6 +302,21 @@ impl Actor for Node {
                 return Ok(());
             }
             NodeMsg::Process => s.process_scheduled = false,
+            NodeMsg::SnapshotSent(to, ok) => {
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                s.a.raw.report_snapshot(to, status);
+            }
+            NodeMsg::StepStaged(m, permit) => {
+                s.last_seen.insert(m.from, Instant::now());
+                if let Err(e) = s.a.raw.step(*m) {
+                    tracing::debug!(error = %e, "streamed snapshot ignored");
+                }
+                s.staged_permit = Some(permit);
+            }
             NodeMsg::Unreachable(peer) => s.a.raw.report_unreachable(peer),
             NodeMsg::Propose(cmd, reply) => {
                 if cmd.len() > MAX_COMMAND {
@@ -314,6 +350,8 @@ impl Actor for Node {
             tracing::error!(error = %e, "raft storage failed; stopping this node");
             me.stop(Some(e.to_string()));
         }
+        // The staged snapshot was installed or dropped by that Ready: its tree may be staged again.
+        s.staged_permit = None;
         Ok(())
     }
 }
@@ -461,13 +499,24 @@ impl NodeState {
 
     fn send(&mut self, msgs: Vec<Message>) {
         for m in msgs {
-            let snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            if m.get_msg_type() != MessageType::MsgSnapshot {
+                self.a.transport.send_raft(m);
+                continue;
+            }
+            // A snapshot travels on its own lane, streamed from the freeze its data names; raft-rs hears
+            // how it went when the follower answers (or the stream fails).
             let to = m.to;
-            self.a.transport.send_raft(m);
-            if snapshot {
-                self.a.metrics.snapshots_sent.inc();
-                // The message is queued on the link; the follower's answer moves its progress on.
-                self.a.raw.report_snapshot(to, SnapshotStatus::Finish);
+            let frozen = crate::snapshot::frozen_id(&m.get_snapshot().data)
+                .and_then(|id| self.a.view.freezer().get(id));
+            match frozen {
+                Some(f) => {
+                    self.a.metrics.snapshots_sent.inc();
+                    self.a.snapshots.stream(to, m, f);
+                }
+                None => {
+                    tracing::warn!(peer = to, "snapshot's freeze is gone; raft retries");
+                    self.a.raw.report_snapshot(to, SnapshotStatus::Failure);
+                }
             }
         }
     }
@@ -492,12 +541,33 @@ impl NodeState {
     /// after it in one write (see [`crate::view`]).
     fn install(&mut self, snap: &raft::eraftpb::Snapshot) -> Result<(), ClusterError> {
         let m = snap.get_metadata();
-        let mut staging = self.a.view.stage().map_err(storage_err)?;
-        staging.put_records(&snap.data).map_err(storage_err)?;
-        let records = staging.records();
-        let to = staging
-            .finish(m.index, m.get_conf_state())
-            .map_err(storage_err)?;
+        let (to, records) = match crate::snapshot::staged(&snap.data) {
+            // Streamed: restored off this actor already.
+            Some(staged) => {
+                if !self
+                    .a
+                    .view
+                    .is_staged(staged, m.index)
+                    .map_err(storage_err)?
+                {
+                    return Err(ClusterError::Storage(format!(
+                        "the snapshot at {} is no longer staged",
+                        m.index
+                    )));
+                }
+                (staged.tree, None)
+            }
+            // In the message (a leader of an earlier version): restored here.
+            None => {
+                let mut staging = self.a.view.stage().map_err(storage_err)?;
+                staging.put_records(&snap.data).map_err(storage_err)?;
+                let records = staging.records();
+                let staged = staging
+                    .finish(m.index, m.get_conf_state())
+                    .map_err(storage_err)?;
+                (staged.tree, Some(records))
+            }
+        };
         self.a.crash.reached(CrashPoint::Staged, &self.a.db);
         self.a
             .raw

@@ -21,9 +21,11 @@ const SNAP: &[u8] = b"m:snap";
 const ACTIVE: &[u8] = b"m:state";
 const ENTRY: u8 = b'e';
 
-/// Builds snapshot data and tells which index it covers (the state machine's applied index).
+/// Freezes the state for a snapshot: its index and the freeze id the snapshot's data names (the data itself
+/// is streamed on the snapshot lane, see [`crate::snapshot`]).
 pub trait SnapshotSource: Send + Sync {
-    fn snapshot_data(&self) -> (u64, Vec<u8>);
+    /// The frozen index, the freeze id and the conf state as of that index.
+    fn freeze(&self, min_index: u64) -> Result<Option<(u64, u64, Option<ConfState>)>, sled::Error>;
 }
 
 /// What a new store starts with (ignored when the log exists).
@@ -401,20 +403,24 @@ impl Storage for SledStorage {
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
         };
-        let (applied, data) = source.snapshot_data();
-        if applied < request_index || applied < self.snap_index {
+        // At least what the log no longer has: a follower installing it continues from our first entry.
+        let Some((index, id, conf)) = source
+            .freeze(request_index.max(self.snap_index))
+            .map_err(store_err)?
+        else {
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
-        }
+        };
         let mut snap = Snapshot {
-            data: data.into(),
+            data: crate::snapshot::descriptor(id).into(),
             ..Default::default()
         };
         let m = snap.mut_metadata();
-        m.index = applied;
-        m.term = self.term(applied)?;
-        m.set_conf_state(self.conf_state.clone());
+        m.index = index;
+        m.term = self.term(index)?;
+        // The conf state as of the frozen index (stored with it), not the one in memory now.
+        m.set_conf_state(conf.unwrap_or_else(|| self.conf_state.clone()));
         Ok(snap)
     }
 }

@@ -117,7 +117,7 @@ fn installing_a_snapshot_restarts_the_log_after_it_and_switches_the_state() {
     snap.mut_metadata().term = 4;
     let cs = ConfState::from((vec![1, 2, 3], vec![]));
     snap.mut_metadata().set_conf_state(cs.clone());
-    let staged = view.stage().unwrap().finish(50, &cs).unwrap();
+    let staged = view.stage().unwrap().finish(50, &cs).unwrap().tree;
     s.install(&snap, staged).unwrap();
     view.switch(staged);
     assert_eq!(

@@ -6,6 +6,7 @@
 //! one atomic write of the raft tree makes it active (see [`crate::storage::SledStorage::install`]). A crash at
 //! any point leaves either the old state with its log or the new state with its snapshot marker, never a mix.
 
+use crate::freeze::{Freezer, Frozen};
 use protobuf::Message as _;
 use raft::eraftpb::ConfState;
 use std::collections::BTreeMap;
@@ -67,6 +68,11 @@ pub struct View {
 struct Inner {
     trees: [sled::Tree; 2],
     active: AtomicUsize,
+    freezer: Arc<Freezer>,
+    /// Counts stagings: an install checks that the tree it switches to is still the one it staged.
+    stage_gen: std::sync::atomic::AtomicU64,
+    /// One snapshot transfer stages at a time (held from its first chunk until the node installed it).
+    staging_permit: Arc<tokio::sync::Semaphore>,
     /// Held while the inactive tree is cleared or staged into.
     staging: Mutex<()>,
 }
@@ -77,6 +83,9 @@ impl View {
             inner: Arc::new(Inner {
                 trees: [db.open_tree(TREES[0])?, db.open_tree(TREES[1])?],
                 active: AtomicUsize::new(active & 1),
+                freezer: Arc::new(Freezer::open(db)?),
+                stage_gen: std::sync::atomic::AtomicU64::new(0),
+                staging_permit: Arc::new(tokio::sync::Semaphore::new(1)),
                 staging: Mutex::new(()),
             }),
         })
@@ -152,28 +161,41 @@ impl View {
         self.tree().apply_batch(batch)
     }
 
-    /// Every record but the applied index, as `(len, key, len, value)*`: the data of a snapshot at `applied`.
-    pub(crate) fn dump(&self) -> (u64, Vec<u8>) {
-        // A consistent pair: the actor is the only writer and builds the snapshot between two applies.
-        let applied = self.applied().unwrap_or(0);
-        let mut out = Vec::new();
-        for (k, v) in self.tree().iter().flatten() {
-            if k.as_ref() == APPLIED {
-                continue;
-            }
-            out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-            out.extend_from_slice(&k);
-            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-            out.extend_from_slice(&v);
+    /// A point-in-time view of the current state (at least `min_index`) for a snapshot, or `None` while an
+    /// older one is still being streamed. Called on the node actor, between two applies.
+    pub(crate) fn freeze(&self, min_index: u64) -> Result<Option<Arc<Frozen>>, sled::Error> {
+        self.inner
+            .freezer
+            .freeze(self.tree(), self.applied()?, min_index)
+    }
+
+    /// Whether `staged` is still what the inactive tree holds at `index` (no later staging cleared it).
+    pub(crate) fn is_staged(&self, staged: Staged, index: u64) -> Result<bool, sled::Error> {
+        if staged.gen != self.inner.stage_gen.load(Ordering::Acquire)
+            || staged.tree != 1 - self.active()
+        {
+            return Ok(false);
         }
-        (applied, out)
+        let applied = self.inner.trees[staged.tree].get(APPLIED)?;
+        Ok(applied.as_deref() == Some(&index.to_be_bytes()[..]))
+    }
+
+    /// The right to stage a streamed snapshot (one at a time).
+    pub(crate) fn staging_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.inner.staging_permit.clone().try_acquire_owned().ok()
+    }
+
+    pub(crate) fn freezer(&self) -> &Arc<Freezer> {
+        &self.inner.freezer
     }
 
     /// Starts restoring a snapshot into the inactive tree (cleared first; what a crashed install left there is
     /// never read).
     pub(crate) fn stage(&self) -> Result<Staging, sled::Error> {
+        self.inner.freezer.cancel();
         let index = 1 - self.active();
         let tree = self.inner.trees[index].clone();
+        let gen = self.inner.stage_gen.fetch_add(1, Ordering::AcqRel) + 1;
         {
             let _g = self.inner.staging.lock().unwrap_or_else(|e| e.into_inner());
             tree.clear()?;
@@ -181,6 +203,7 @@ impl View {
         Ok(Staging {
             tree,
             index,
+            gen,
             batch: sled::Batch::default(),
             bytes: 0,
             records: 0,
@@ -190,6 +213,7 @@ impl View {
     /// Makes the staged tree the one reads see (after the raft tree recorded it), and clears the old one in
     /// the background.
     pub(crate) fn switch(&self, to: usize) {
+        self.inner.freezer.cancel();
         let old = self.inner.active.swap(to & 1, Ordering::AcqRel);
         if old == to & 1 {
             return;
@@ -213,17 +237,25 @@ impl View {
     }
 }
 
+/// A restored snapshot waiting for its switch: the tree and the staging that filled it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Staged {
+    pub tree: usize,
+    pub gen: u64,
+}
+
 /// A snapshot being restored into the inactive state tree, in bounded batches.
 pub(crate) struct Staging {
     tree: sled::Tree,
     index: usize,
+    gen: u64,
     batch: sled::Batch,
     bytes: usize,
     records: u64,
 }
 
 impl Staging {
-    /// Adds records in the [`View::dump`] format (any number of calls, each a whole number of records).
+    /// Adds records in the [`put_record`] format (any number of calls, each a whole number of records).
     pub(crate) fn put_records(&mut self, mut data: &[u8]) -> Result<(), RestoreError> {
         let take = |rest: &mut &[u8]| -> Result<Vec<u8>, RestoreError> {
             if rest.len() < 4 {
@@ -254,8 +286,8 @@ impl Staging {
         Ok(())
     }
 
-    /// Writes the rest with the applied index and conf state; returns the tree's index for the switch.
-    pub(crate) fn finish(mut self, applied: u64, cs: &ConfState) -> Result<usize, RestoreError> {
+    /// Writes the rest with the applied index and conf state; returns what the switch needs.
+    pub(crate) fn finish(mut self, applied: u64, cs: &ConfState) -> Result<Staged, RestoreError> {
         self.batch.insert(APPLIED, &applied.to_be_bytes());
         self.batch.insert(
             CONF,
@@ -263,7 +295,10 @@ impl Staging {
                 .map_err(|e| RestoreError::Sled(corrupt("conf state", e)))?,
         );
         self.tree.apply_batch(std::mem::take(&mut self.batch))?;
-        Ok(self.index)
+        Ok(Staged {
+            tree: self.index,
+            gen: self.gen,
+        })
     }
 
     pub(crate) fn records(&self) -> u64 {
@@ -272,14 +307,29 @@ impl Staging {
 }
 
 impl crate::storage::SnapshotSource for View {
-    fn snapshot_data(&self) -> (u64, Vec<u8>) {
-        self.dump()
+    fn freeze(&self, min_index: u64) -> Result<Option<(u64, u64, Option<ConfState>)>, sled::Error> {
+        let Some(f) = View::freeze(self, min_index)? else {
+            return Ok(None);
+        };
+        let conf = match f.get(CONF)? {
+            Some(b) => Some(ConfState::parse_from_bytes(&b).map_err(|e| corrupt("conf state", e))?),
+            None => None,
+        };
+        Ok(Some((f.index, f.id, conf)))
     }
 }
 
 /// Snapshot source handed to the raft storage.
 pub(crate) fn source(view: &View) -> Arc<dyn crate::storage::SnapshotSource> {
     Arc::new(view.clone())
+}
+
+/// Encodes records in the format [`Staging::put_records`] reads.
+pub(crate) fn put_record(out: &mut Vec<u8>, k: &[u8], v: &[u8]) {
+    out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+    out.extend_from_slice(k);
+    out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+    out.extend_from_slice(v);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -314,8 +364,16 @@ mod tests {
             t.insert(format!("k{i}").as_bytes(), &i.to_be_bytes());
         }
         t.commit(42).unwrap();
-        let (applied, data) = view.dump();
+        let f = view.freeze(0).unwrap().unwrap();
+        let applied = f.index;
         assert_eq!(applied, 42);
+        let mut data = Vec::new();
+        assert!(f
+            .for_each_record(|k, v| {
+                put_record(&mut data, k, v);
+                true
+            })
+            .unwrap());
 
         let other_dir = tempfile::tempdir().unwrap();
         let other = View::open(&sled::open(other_dir.path()).unwrap(), 0).unwrap();
@@ -344,7 +402,7 @@ mod tests {
         let to = staging
             .finish(applied, &ConfState::from((vec![1, 2], vec![])))
             .unwrap();
-        other.switch(to);
+        other.switch(to.tree);
         assert_eq!(other.applied().unwrap(), 42);
         assert_eq!(other.get(b"stale").unwrap(), None);
         assert_eq!(other.scan_prefix(b"k").count(), 100);

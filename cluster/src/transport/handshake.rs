@@ -29,12 +29,17 @@ pub const KIND_RAFT: u8 = 1;
 pub const KIND_APP: u8 = 2;
 pub const KIND_AUTH: u8 = 3;
 pub const KIND_PING: u8 = 4;
+pub const KIND_SNAP_BEGIN: u8 = 5;
+pub const KIND_SNAP_CHUNK: u8 = 6;
+pub const KIND_SNAP_END: u8 = 7;
+pub const KIND_SNAP_ACK: u8 = 8;
 
-/// Which traffic a connection carries: raft never waits behind application frames.
+/// Which traffic a connection carries: raft never waits behind application frames or snapshot chunks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Lane {
     Raft,
     App,
+    Snapshot,
 }
 
 impl Lane {
@@ -42,18 +47,24 @@ impl Lane {
         match self {
             Lane::Raft => "raft",
             Lane::App => "app",
+            Lane::Snapshot => "snapshot",
         }
+    }
+    pub fn index(self) -> usize {
+        self.byte() as usize
     }
     fn byte(self) -> u8 {
         match self {
             Lane::Raft => 0,
             Lane::App => 1,
+            Lane::Snapshot => 2,
         }
     }
     fn from_byte(b: u8) -> Option<Lane> {
         match b {
             0 => Some(Lane::Raft),
             1 => Some(Lane::App),
+            2 => Some(Lane::Snapshot),
             _ => None,
         }
     }

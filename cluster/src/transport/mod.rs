@@ -1,5 +1,6 @@
-//! Peer links over TCP. Each pair of nodes keeps two connections, one per [`Lane`]: raft messages on one,
-//! opaque application frames on the other, so a large application frame never delays a heartbeat. The lower
+//! Peer links over TCP. Each pair of nodes keeps three connections, one per [`Lane`]: raft messages, opaque
+//! application frames, and snapshot transfers ([`crate::snapshot`]), so neither a large application frame
+//! nor a snapshot chunk ever delays a heartbeat. The lower
 //! node id dials, the higher accepts; the handshake ([`handshake`]) checks the cluster id, the node id and,
 //! when one is configured, proves a shared cluster secret in both directions.
 //!
@@ -14,6 +15,7 @@
 pub mod handshake;
 
 use crate::metrics::Metrics;
+use crate::snapshot::Snapshots;
 use crate::view::Peers;
 use bytes::{Bytes, BytesMut};
 use handshake::{
@@ -34,6 +36,8 @@ use tokio::sync::mpsc;
 pub const MAX_FRAME: usize = 256 << 20;
 const RAFT_QUEUE: usize = 4096;
 const APP_QUEUE: usize = 256;
+/// Snapshot frames queued per peer (each at most a chunk): the stream waits for room.
+const SNAP_QUEUE: usize = 4;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Frames queued on a lane are written together up to this many bytes.
@@ -74,8 +78,9 @@ pub enum AppSendError {
 struct Peer {
     raft: mpsc::Sender<Message>,
     app: mpsc::Sender<Bytes>,
-    accepted: [mpsc::Sender<TcpStream>; 2],
-    tasks: [tokio::task::JoinHandle<()>; 2],
+    snap: mpsc::Sender<(u8, Bytes)>,
+    accepted: [mpsc::Sender<TcpStream>; 3],
+    tasks: [tokio::task::JoinHandle<()>; 3],
 }
 
 struct Inner {
@@ -83,6 +88,7 @@ struct Inner {
     peers: Mutex<HashMap<u64, Peer>>,
     inbound: Arc<dyn Inbound>,
     app_in: mpsc::Sender<(u64, Bytes)>,
+    snapshots: Arc<Snapshots>,
     metrics: Metrics,
     acceptor: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -93,9 +99,19 @@ pub struct Transport {
     inner: Arc<Inner>,
 }
 
+/// A transport reference that does not keep it alive (held by what the transport itself holds).
+pub(crate) struct WeakTransport(std::sync::Weak<Inner>);
+
+impl WeakTransport {
+    pub(crate) fn upgrade(&self) -> Option<Transport> {
+        self.0.upgrade().map(|inner| Transport { inner })
+    }
+}
+
 enum Queue {
     Raft(mpsc::Receiver<Message>),
     App(mpsc::Receiver<Bytes>),
+    Snap(mpsc::Receiver<(u8, Bytes)>),
 }
 
 impl Queue {
@@ -140,6 +156,13 @@ impl Queue {
                 }
                 true
             }
+            Queue::Snap(rx) => {
+                let Some((kind, b)) = rx.recv().await else {
+                    return false;
+                };
+                frame(kind, &b, out);
+                true
+            }
         }
     }
 }
@@ -165,6 +188,7 @@ impl Transport {
         peers: &Peers,
         inbound: Arc<dyn Inbound>,
         app_in: mpsc::Sender<(u64, Bytes)>,
+        snapshots: Arc<Snapshots>,
         metrics: Metrics,
     ) -> Transport {
         let t = Transport {
@@ -173,6 +197,7 @@ impl Transport {
                 peers: Mutex::new(HashMap::new()),
                 inbound,
                 app_in,
+                snapshots,
                 metrics,
                 acceptor: Mutex::new(None),
             }),
@@ -190,6 +215,10 @@ impl Transport {
         self.inner.opts.me
     }
 
+    pub(crate) fn downgrade(&self) -> WeakTransport {
+        WeakTransport(Arc::downgrade(&self.inner))
+    }
+
     /// Links to a node (again): a no-op when the link exists.
     pub fn add_peer(&self, id: u64, addr: &str) {
         if id == self.me() {
@@ -201,8 +230,10 @@ impl Transport {
         }
         let (raft_tx, raft_rx) = mpsc::channel(RAFT_QUEUE);
         let (app_tx, app_rx) = mpsc::channel(APP_QUEUE);
+        let (snap_tx, snap_rx) = mpsc::channel(SNAP_QUEUE);
         let (acc_raft, acc_raft_rx) = mpsc::channel(1);
         let (acc_app, acc_app_rx) = mpsc::channel(1);
+        let (acc_snap, acc_snap_rx) = mpsc::channel(1);
         let raft = tokio::spawn(self.clone().run_lane(
             id,
             addr.to_string(),
@@ -217,13 +248,21 @@ impl Transport {
             Queue::App(app_rx),
             acc_app_rx,
         ));
+        let snap = tokio::spawn(self.clone().run_lane(
+            id,
+            addr.to_string(),
+            Lane::Snapshot,
+            Queue::Snap(snap_rx),
+            acc_snap_rx,
+        ));
         peers.insert(
             id,
             Peer {
                 raft: raft_tx,
                 app: app_tx,
-                accepted: [acc_raft, acc_app],
-                tasks: [raft, app],
+                snap: snap_tx,
+                accepted: [acc_raft, acc_app, acc_snap],
+                tasks: [raft, app, snap],
             },
         );
     }
@@ -284,6 +323,42 @@ impl Transport {
         })
     }
 
+    fn snap_sender(&self, to: u64) -> Result<mpsc::Sender<(u8, Bytes)>, AppSendError> {
+        let peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers
+            .get(&to)
+            .map(|p| p.snap.clone())
+            .ok_or(AppSendError::UnknownPeer(to))
+    }
+
+    /// Queues a snapshot frame, waiting for room (the stream's flow control).
+    pub(crate) async fn send_snap(
+        &self,
+        to: u64,
+        kind: u8,
+        payload: Bytes,
+    ) -> Result<(), AppSendError> {
+        self.snap_sender(to)?
+            .send((kind, payload))
+            .await
+            .map_err(|_| AppSendError::Closed(to))
+    }
+
+    /// Queues a small snapshot frame (an answer) if there is room.
+    pub(crate) fn try_send_snap(
+        &self,
+        to: u64,
+        kind: u8,
+        payload: Bytes,
+    ) -> Result<(), AppSendError> {
+        self.snap_sender(to)?
+            .try_send((kind, payload))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => AppSendError::Full(to),
+                mpsc::error::TrySendError::Closed(_) => AppSendError::Closed(to),
+            })
+    }
+
     /// Stops accepting and closes every link.
     pub fn shutdown(&self) {
         if let Some(a) = self
@@ -341,10 +416,7 @@ impl Transport {
                 match t.accept(stream).await {
                     Ok((hello, stream)) => {
                         t.add_peer(hello.node, &hello.addr);
-                        let lane = match hello.lane {
-                            Lane::Raft => 0,
-                            Lane::App => 1,
-                        };
+                        let lane = hello.lane.index();
                         let accepted = t
                             .inner
                             .peers
@@ -473,6 +545,7 @@ impl Transport {
             let (mut rd, mut wr) = stream.into_split();
             let inbound = self.inner.inbound.clone();
             let app_in = self.inner.app_in.clone();
+            let snapshots = self.inner.snapshots.clone();
             let max_frame = self.inner.opts.max_frame;
             let mut reader = tokio::spawn(async move {
                 loop {
@@ -496,6 +569,13 @@ impl Transport {
                             if app_in.send((id, b)).await.is_err() {
                                 return ("closed", "application frames no longer read".into());
                             }
+                        }
+                        // Restored as it arrives; the next chunk is read once this one is written.
+                        (Lane::Snapshot, k)
+                            if (handshake::KIND_SNAP_BEGIN..=handshake::KIND_SNAP_ACK)
+                                .contains(&k) =>
+                        {
+                            snapshots.frame(id, k, b).await
                         }
                         _ => {
                             return (
@@ -541,8 +621,10 @@ impl Transport {
                 .with_label_values(&[peer.as_str(), lane.label(), reason])
                 .inc();
             tracing::info!(peer = id, lane = lane.label(), reason = %why, "peer link down");
-            if lane == Lane::Raft {
-                self.inner.inbound.unreachable(id);
+            match lane {
+                Lane::Raft => self.inner.inbound.unreachable(id),
+                Lane::Snapshot => self.inner.snapshots.down(id),
+                Lane::App => {}
             }
             if self.me() < id {
                 tokio::time::sleep(backoff).await;
