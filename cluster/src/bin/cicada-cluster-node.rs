@@ -1,22 +1,23 @@
 //! One raft node of the [`Counter`] state machine as its own process, driven line by line on stdin, for the
 //! crate's multi-process tests (a leader killed with SIGKILL, restarted from its directory).
 //!
-//! Usage: `cicada-cluster-node ID DIR PEERS [join] [crash=POINT:N] [fsync=interval] [snapshot=N] [retain=SECS]`, PEERS as
+//! Usage: `cicada-cluster-node ID DIR PEERS [join] [crash=POINT:N] [fsync=interval] [snapshot=N] [retain=SECS] [tick=MS]`, PEERS as
 //! `1=127.0.0.1:7001,2=127.0.0.1:7002,...`; `crash=` aborts right after the N-th write of POINT (see
 //! `cicada_cluster::CrashAt`).
 //! Commands (one per line) and answers (one line each, in completion order):
 //! `p KEY` → `ok KEY N` | `err KEY why`; `s` → `status ROLE TERM LEADER APPLIED COUNT KEYS`;
+//! `c` → `count N`; `fill START N SIZE PER` (N keys of SIZE bytes, PER in a command) → `filled START`;
 //! `missing FILE` (one key per line) → `missing N`; `transfer ID` → `transferring`; `add ID ADDR` | `promote ID` | `remove ID` → `done` | `err why`.
 
 use cicada_cluster::counter::{self, Counter};
-use cicada_cluster::{Cluster, ClusterConfig, Fsync, Membership};
+use cicada_cluster::{Cluster, ClusterConfig, ClusterError, Fsync, Membership};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn usage(why: &str) -> ! {
-    eprintln!("cicada-cluster-node: {why}\nusage: cicada-cluster-node ID DIR PEERS [join] [crash=POINT:N] [fsync=interval] [snapshot=N] [retain=SECS]");
+    eprintln!("cicada-cluster-node: {why}\nusage: cicada-cluster-node ID DIR PEERS [join] [crash=POINT:N] [fsync=interval] [snapshot=N] [retain=SECS] [tick=MS]");
     std::process::exit(2);
 }
 
@@ -58,6 +59,9 @@ async fn main() {
                 config.crash_at = Some(at.parse().unwrap_or_else(|e| usage(&format!("{e}"))))
             }
             Some(("fsync", "interval")) => config.fsync = Fsync::Interval,
+            Some(("tick", ms)) => {
+                config.tick = Duration::from_millis(ms.parse().unwrap_or_else(|_| usage("tick=MS")))
+            }
             Some(("retain", secs)) => {
                 config.log_retention =
                     Duration::from_secs(secs.parse().unwrap_or_else(|_| usage("retain=SECS")))
@@ -101,10 +105,67 @@ async fn main() {
                     s.leader,
                     s.applied,
                     counter::count(c.view()),
-                    counter::keys(c.view()).len()
+                    counter::key_count(c.view())
                 ),
                 Err(e) => println!("err status {e}"),
             },
+            ["c"] => println!("count {}", counter::count(c.view())),
+            ["fill", start, n, size, per] => {
+                let (Ok(start), Ok(n), Ok(size), Ok(per)) = (
+                    start.parse::<u64>(),
+                    n.parse::<u64>(),
+                    size.parse::<u32>(),
+                    per.parse::<u32>(),
+                ) else {
+                    println!("err fill START N SIZE PER");
+                    continue;
+                };
+                tokio::spawn(async move {
+                    // Up to 32 commands in flight.
+                    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+                    let mut tasks = Vec::new();
+                    let mut at = start;
+                    while at < start + n {
+                        let k = (start + n - at).min(u64::from(per)) as u32;
+                        let permit = sem.clone().acquire_owned().await.expect("open");
+                        let c = c.clone();
+                        tasks.push(tokio::spawn(async move {
+                            // Refused before it was proposed (no leader for a moment): safe to retry.
+                            let mut r = c.propose(counter::bulk(at, k, size)).await;
+                            for _ in 0..50 {
+                                if !matches!(r, Err(ClusterError::NoLeader | ClusterError::Busy)) {
+                                    break;
+                                }
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                r = c.propose(counter::bulk(at, k, size)).await;
+                            }
+                            drop(permit);
+                            r
+                        }));
+                        at += u64::from(k);
+                    }
+                    let mut failed = 0;
+                    let mut why = String::new();
+                    for t in tasks {
+                        match t.await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => {
+                                failed += 1;
+                                why = e.to_string();
+                            }
+                            Err(e) => {
+                                failed += 1;
+                                why = e.to_string();
+                            }
+                        }
+                    }
+                    if failed == 0 {
+                        println!("filled {start}");
+                    } else {
+                        println!("err fill {start}: {failed} commands failed ({why})");
+                    }
+                });
+            }
             ["transfer", to] => match to.parse() {
                 Ok(to) => {
                     c.transfer_leader(to);

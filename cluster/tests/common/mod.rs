@@ -79,6 +79,30 @@ impl Node {
         writeln!(self.stdin, "{line}").expect("node stdin");
     }
 
+    /// Like [`Node::expect`], waiting up to `wait` for each line.
+    pub fn expect_within(
+        &mut self,
+        want: impl Fn(&str) -> bool,
+        what: &str,
+        wait: Duration,
+    ) -> String {
+        loop {
+            let line = self
+                .try_line(wait)
+                .unwrap_or_else(|| panic!("node {}: no {what} within {wait:?}", self.id));
+            if want(&line) {
+                return line;
+            }
+        }
+    }
+
+    /// The raft term this node is in.
+    pub fn term(&mut self) -> u64 {
+        self.send("s");
+        let line = self.expect(|l| l.starts_with("status "), "status");
+        line.split_whitespace().nth(2).unwrap().parse().unwrap()
+    }
+
     /// The next line that `want` accepts; proposal answers on the way are kept.
     pub fn expect(&mut self, want: impl Fn(&str) -> bool, what: &str) -> String {
         loop {
@@ -178,8 +202,12 @@ impl Drop for Node {
     }
 }
 
-pub fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
+pub fn until(what: &str, f: impl FnMut() -> bool) {
+    until_within(what, WAIT, f)
+}
+
+pub fn until_within(what: &str, wait: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + wait;
     while !f() {
         assert!(Instant::now() < deadline, "timed out: {what}");
         std::thread::sleep(Duration::from_millis(20));
@@ -275,5 +303,29 @@ pub fn converged(nodes: &mut HashMap<u64, Node>, acked: &[String], file: &Path) 
             0,
             "node {id}: every acknowledged command is there"
         );
+    }
+}
+
+impl Node {
+    /// The counter, cheaply (no key scan).
+    pub fn count(&mut self) -> u64 {
+        self.send("c");
+        let line = self.expect(|l| l.starts_with("count "), "count");
+        line[6..].parse().unwrap()
+    }
+
+    /// Peak resident memory of the process (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
