@@ -76,15 +76,6 @@ impl Frozen {
         }
         Ok(!self.cancelled())
     }
-
-    /// A stream of this freeze started; the guard ends it.
-    pub fn stream(self: &Arc<Self>, freezer: &Arc<Freezer>) -> StreamGuard {
-        self.streams.fetch_add(1, Ordering::AcqRel);
-        StreamGuard {
-            frozen: self.clone(),
-            freezer: freezer.clone(),
-        }
-    }
 }
 
 pub struct StreamGuard {
@@ -94,13 +85,22 @@ pub struct StreamGuard {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
+        // Under the freezer's lock, like the increment: a stream starting now either sees the freeze released
+        // or keeps it.
+        let mut cur = self.freezer.lock();
         *self
             .frozen
             .idle_since
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Instant::now();
         if self.frozen.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.freezer.release_if(self.frozen.id, Duration::ZERO);
+            // The last stream: released (a later request freezes the state anew).
+            if let Some(f) = cur.take_if(|f| f.id == self.frozen.id) {
+                f.cancelled.store(true, Ordering::Release);
+                if let Err(e) = self.freezer.pre.clear() {
+                    tracing::warn!(error = %e, "snapshot pre-images not cleared");
+                }
+            }
         }
     }
 }
@@ -139,6 +139,8 @@ impl Freezer {
         let mut cur = self.lock();
         if let Some(f) = cur.as_ref() {
             if f.index >= min_index && !f.cancelled() {
+                // Wanted again: not idle (a stream for it is about to start).
+                *f.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
                 return Ok(Some(f.clone()));
             }
             if f.streams.load(Ordering::Acquire) > 0 {
@@ -160,8 +162,19 @@ impl Freezer {
         Ok(Some(f))
     }
 
-    pub(crate) fn get(&self, id: u64) -> Option<Arc<Frozen>> {
-        self.lock().as_ref().filter(|f| f.id == id).cloned()
+    /// Starts a stream of freeze `id` if it is still held: the guard keeps it until the stream ends.
+    pub(crate) fn stream(self: &Arc<Self>, id: u64) -> Option<(Arc<Frozen>, StreamGuard)> {
+        let cur = self.lock();
+        let f = cur
+            .as_ref()
+            .filter(|f| f.id == id && !f.cancelled())?
+            .clone();
+        f.streams.fetch_add(1, Ordering::AcqRel);
+        let guard = StreamGuard {
+            frozen: f.clone(),
+            freezer: self.clone(),
+        };
+        Some((f, guard))
     }
 
     /// Records the frozen values of `keys` before a batch changes them (a no-op without a freeze).
@@ -201,11 +214,12 @@ impl Freezer {
 
     /// Ends the freeze: readers see it cancelled (a state switch is coming).
     pub(crate) fn cancel(&self) {
-        if let Some(f) = self.lock().take() {
+        let mut cur = self.lock();
+        if let Some(f) = cur.take() {
             f.cancelled.store(true, Ordering::Release);
-        }
-        if let Err(e) = self.pre.clear() {
-            tracing::warn!(error = %e, "snapshot pre-images not cleared");
+            if let Err(e) = self.pre.clear() {
+                tracing::warn!(error = %e, "snapshot pre-images not cleared");
+            }
         }
     }
 
@@ -221,8 +235,9 @@ impl Freezer {
                     .elapsed()
                     >= idle
         });
-        if release {
-            cur.take();
+        if let Some(f) = cur.take_if(|_| release) {
+            // A reader that still holds it must not take it for complete.
+            f.cancelled.store(true, Ordering::Release);
             if let Err(e) = self.pre.clear() {
                 tracing::warn!(error = %e, "snapshot pre-images not cleared");
             }
@@ -289,10 +304,13 @@ mod tests {
         assert_eq!(view.get(b"a").unwrap().as_deref(), Some(&b"3"[..]));
         // The held freeze answers a request it covers; one it does not cover waits for its streams.
         assert_eq!(view.freeze(5).unwrap().unwrap().id, f.id);
-        let guard = f.stream(view.freezer());
+        let (_, guard) = view.freezer().stream(f.id).unwrap();
         assert!(view.freeze(7).unwrap().is_none());
         drop(guard);
-        // Its last stream released it; a new one freezes the current state.
+        // Its last stream released it (a reader still holding it sees it cancelled); a new one freezes the
+        // current state.
+        assert!(f.cancelled());
+        assert!(view.freezer().stream(f.id).is_none());
         let g = view.freeze(7).unwrap().unwrap();
         assert_ne!(g.id, f.id);
         assert_eq!(g.index, 7);

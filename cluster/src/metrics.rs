@@ -31,6 +31,7 @@ pub struct Metrics {
     pub peer_dropped: IntCounterVec,
     pub peer_refused: IntCounterVec,
     pub peer_link_down: IntCounterVec,
+    pub peer_frames_lost: IntCounterVec,
 }
 
 fn reg<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> M {
@@ -167,6 +168,17 @@ impl Metrics {
                         "Peer connections refused in the handshake (reason: cluster, node, auth, malformed, timeout).",
                     ),
                     &["reason"],
+                )
+                .expect("valid metric"),
+            ),
+            peer_frames_lost: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "cicada_peer_frames_lost_total",
+                        "Frames in a write a link failure cut short (they may not have reached the peer).",
+                    ),
+                    &["peer", "lane"],
                 )
                 .expect("valid metric"),
             ),

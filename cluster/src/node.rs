@@ -83,6 +83,20 @@ pub struct NodeArgs {
     pub snapshots: Arc<crate::snapshot::Snapshots>,
 }
 
+/// Whether a Ready's writes are flushed before anything that depends on them.
+///
+/// `Always`: every Ready. `Interval`: when raft-rs says the Ready must be synced (new entries, a term or vote
+/// change, a snapshot): votes and append responses leave, and a leader counts its own entries towards a
+/// commit, only once they are on disk, so a node never votes twice in a term and a committed entry is on a
+/// majority's disks. What it leaves to sled's background flush is what a restart replays from the log: the
+/// applied state and the commit index.
+fn needs_flush(fsync: Fsync, must_sync: bool) -> bool {
+    match fsync {
+        Fsync::Always => true,
+        Fsync::Interval => must_sync,
+    }
+}
+
 /// A random incarnation (never 0, which marks contexts written before incarnations existed).
 pub fn incarnation() -> u64 {
     let mut b = [0u8; 8];
@@ -156,6 +170,13 @@ fn decode_batch(mut b: &[u8]) -> Option<Vec<Vec<u8>>> {
 }
 
 const CONTEXT_V1: u8 = 1;
+
+/// A read index request's context: this process's incarnation and the read's id.
+fn read_context(incarnation: u64, id: u64) -> Vec<u8> {
+    let mut c = incarnation.to_be_bytes().to_vec();
+    c.extend_from_slice(&id.to_be_bytes());
+    c
+}
 
 /// Proposal context: the proposing node, its process incarnation and the batch id, so that process (and only
 /// it) answers when the entry applies; conf changes carry the resulting peer addresses after it.
@@ -278,18 +299,16 @@ impl Actor for Node {
                 // raft-rs drops a read index asked before the leader committed in its term (or with no
                 // leader): ask again until a read state answers it.
                 for id in s.reads.keys() {
-                    s.a.raw.read_index(id.to_be_bytes().to_vec());
+                    s.a.raw.read_index(read_context(s.a.incarnation, *id));
                 }
             }
             NodeMsg::Step(m) => {
                 if m.from != 0 {
                     s.last_seen.insert(m.from, Instant::now());
                 }
-                // Snapshot data names a freeze only on its leader; streamed ones arrive as StepStaged.
-                if m.get_msg_type() == MessageType::MsgSnapshot
-                    && crate::snapshot::frozen_id(&m.get_snapshot().data).is_some()
-                {
-                    tracing::warn!(from = m.from, "a snapshot without its data ignored");
+                // Snapshots arrive streamed (StepStaged), never on the raft lane.
+                if m.get_msg_type() == MessageType::MsgSnapshot {
+                    tracing::warn!(from = m.from, "a snapshot on the raft lane ignored");
                     return Ok(());
                 }
                 if let Err(e) = s.a.raw.step(*m) {
@@ -338,7 +357,7 @@ impl Actor for Node {
                 let id = s.next_id;
                 s.next_id += 1;
                 s.reads.insert(id, (Instant::now(), reply));
-                s.a.raw.read_index(id.to_be_bytes().to_vec());
+                s.a.raw.read_index(read_context(s.a.incarnation, id));
             }
             NodeMsg::Status(reply) => {
                 let _ = reply.send(s.status());
@@ -507,11 +526,11 @@ impl NodeState {
             // how it went when the follower answers (or the stream fails).
             let to = m.to;
             let frozen = crate::snapshot::frozen_id(&m.get_snapshot().data)
-                .and_then(|id| self.a.view.freezer().get(id));
+                .and_then(|id| self.a.view.freezer().stream(id));
             match frozen {
-                Some(f) => {
+                Some((f, guard)) => {
                     self.a.metrics.snapshots_sent.inc();
-                    self.a.snapshots.stream(to, m, f);
+                    self.a.snapshots.stream(to, m, f, guard);
                 }
                 None => {
                     tracing::warn!(peer = to, "snapshot's freeze is gone; raft retries");
@@ -522,15 +541,8 @@ impl NodeState {
     }
 
     /// Makes this Ready's writes durable when what leaves next depends on them.
-    fn sync(&self, must_sync: bool, persisted_messages: bool) -> Result<(), ClusterError> {
-        let flush = match self.a.fsync {
-            Fsync::Always => true,
-            // Votes and append responses (a non-leader's messages) leave only once the term, vote and
-            // entries they promise are on disk: a node never votes twice in a term after a crash, and an entry
-            // a follower acknowledged survives it. The leader's own entries wait for sled's background flush.
-            Fsync::Interval => must_sync && persisted_messages,
-        };
-        if flush {
+    fn sync(&self, must_sync: bool) -> Result<(), ClusterError> {
+        if needs_flush(self.a.fsync, must_sync) {
             self.a.db.flush().map_err(storage_err)?;
             self.a.metrics.syncs.inc();
         }
@@ -541,33 +553,22 @@ impl NodeState {
     /// after it in one write (see [`crate::view`]).
     fn install(&mut self, snap: &raft::eraftpb::Snapshot) -> Result<(), ClusterError> {
         let m = snap.get_metadata();
-        let (to, records) = match crate::snapshot::staged(&snap.data) {
-            // Streamed: restored off this actor already.
-            Some(staged) => {
-                if !self
-                    .a
-                    .view
-                    .is_staged(staged, m.index)
-                    .map_err(storage_err)?
-                {
-                    return Err(ClusterError::Storage(format!(
-                        "the snapshot at {} is no longer staged",
-                        m.index
-                    )));
-                }
-                (staged.tree, None)
-            }
-            // In the message (a leader of an earlier version): restored here.
-            None => {
-                let mut staging = self.a.view.stage().map_err(storage_err)?;
-                staging.put_records(&snap.data).map_err(storage_err)?;
-                let records = staging.records();
-                let staged = staging
-                    .finish(m.index, m.get_conf_state())
-                    .map_err(storage_err)?;
-                (staged.tree, Some(records))
-            }
-        };
+        // Streamed snapshots are restored off this actor before raft-rs sees them.
+        let staged = crate::snapshot::staged(&snap.data).ok_or_else(|| {
+            ClusterError::Storage(format!("the snapshot at {} names no staged state", m.index))
+        })?;
+        if !self
+            .a
+            .view
+            .is_staged(staged, m.index)
+            .map_err(storage_err)?
+        {
+            return Err(ClusterError::Storage(format!(
+                "the snapshot at {} is no longer staged",
+                m.index
+            )));
+        }
+        let to = staged.tree;
         self.a.crash.reached(CrashPoint::Staged, &self.a.db);
         self.a
             .raw
@@ -586,12 +587,7 @@ impl NodeState {
             Err(e) => tracing::warn!(error = %e, "peer addresses of the snapshot unreadable"),
         }
         self.a.metrics.snapshots_applied.inc();
-        tracing::info!(
-            index = m.index,
-            term = m.term,
-            records,
-            "installed a snapshot"
-        );
+        tracing::info!(index = m.index, term = m.term, "installed a snapshot");
         Ok(())
     }
 
@@ -644,17 +640,17 @@ impl NodeState {
             self.a.crash.reached(CrashPoint::Persisted, &self.a.db);
         }
         for rs in ready.take_read_states() {
-            let id = rs
-                .request_ctx
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes);
+            // Only this process's reads: an answer to a read of an earlier process (queued on a link across
+            // the restart) must not answer a new read with the same id.
+            let id = (rs.request_ctx.len() == 16
+                && rs.request_ctx[..8] == self.a.incarnation.to_be_bytes())
+            .then(|| u64::from_be_bytes(rs.request_ctx[8..].try_into().expect("8 bytes")));
             if let Some((_, reply)) = id.and_then(|id| self.reads.remove(&id)) {
                 self.ready_reads.push((rs.index, reply));
             }
         }
         // Group commit: one flush covers every entry of this Ready.
-        self.sync(ready.must_sync(), !ready.persisted_messages().is_empty())?;
+        self.sync(ready.must_sync())?;
         if !ready.persisted_messages().is_empty() {
             let msgs = ready.take_persisted_messages();
             self.send(msgs);
@@ -911,6 +907,22 @@ mod tests {
         assert_eq!((l.node, l.incarnation, l.id), (3, 0, 99));
         assert_ne!(incarnation(), 0);
         assert_ne!(incarnation(), incarnation(), "two processes differ");
+    }
+
+    #[test]
+    fn interval_flushes_exactly_what_raft_says_must_be_synced() {
+        for (fsync, must_sync, flush) in [
+            (Fsync::Always, false, true),
+            (Fsync::Always, true, true),
+            (Fsync::Interval, true, true),
+            (Fsync::Interval, false, false),
+        ] {
+            assert_eq!(
+                needs_flush(fsync, must_sync),
+                flush,
+                "{fsync:?} {must_sync}"
+            );
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! with a descriptor naming the staged tree. The node's install is then one write of the raft tree and a
 //! switch. A link that drops mid-transfer abandons it on both sides.
 
-use crate::freeze::Frozen;
+use crate::freeze::{Frozen, StreamGuard};
 use crate::metrics::Metrics;
 use crate::node::NodeMsg;
 use crate::transport::handshake::{KIND_SNAP_ACK, KIND_SNAP_BEGIN, KIND_SNAP_CHUNK, KIND_SNAP_END};
@@ -26,7 +26,7 @@ use raft::eraftpb::{Message, MessageType};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 /// Records per chunk are added until the chunk holds this many bytes.
@@ -75,7 +75,13 @@ struct Incoming {
     msg: Message,
     staging: Staging,
     permit: OwnedSemaphorePermit,
+    /// When its last frame came: a transfer silent for [`INCOMING_IDLE`] is dropped when another needs the
+    /// staging.
+    last: Instant,
 }
+
+/// A transfer whose sender has gone quiet this long gives up the staging to another.
+const INCOMING_IDLE: Duration = Duration::from_secs(30);
 
 /// Both ends of snapshot transfers on this node.
 pub struct Snapshots {
@@ -144,11 +150,17 @@ impl Snapshots {
     }
 
     /// Streams `msg`'s snapshot (frozen in `frozen`) to `to`, then tells the node how it went.
-    pub(crate) fn stream(self: &Arc<Self>, to: u64, msg: Message, frozen: Arc<Frozen>) {
+    pub(crate) fn stream(
+        self: &Arc<Self>,
+        to: u64,
+        msg: Message,
+        frozen: Arc<Frozen>,
+        guard: StreamGuard,
+    ) {
         let me = self.clone();
         tokio::spawn(async move {
             let index = msg.get_snapshot().get_metadata().index;
-            let ok = match me.send(to, msg, frozen).await {
+            let ok = match me.send(to, msg, frozen, guard).await {
                 Ok(records) => {
                     tracing::info!(peer = to, index, records, "snapshot streamed");
                     true
@@ -165,11 +177,16 @@ impl Snapshots {
         });
     }
 
-    async fn send(&self, to: u64, msg: Message, frozen: Arc<Frozen>) -> Result<u64, StreamError> {
+    async fn send(
+        &self,
+        to: u64,
+        msg: Message,
+        frozen: Arc<Frozen>,
+        _guard: StreamGuard,
+    ) -> Result<u64, StreamError> {
         let t = self.transport().ok_or(StreamError::Link(
             crate::transport::AppSendError::UnknownPeer(to),
         ))?;
-        let _guard = frozen.stream(self.view.freezer());
         let xfer = self.next_xfer.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.lock_out().insert(xfer, (to, tx));
@@ -222,6 +239,13 @@ impl Snapshots {
         }
         .await;
         self.lock_out().remove(&xfer);
+        if result.is_err() {
+            // Tell the follower to let go of what it staged (best effort: a count no transfer has).
+            let mut end = BytesMut::with_capacity(16);
+            end.put_u64(xfer);
+            end.put_u64(u64::MAX);
+            let _ = t.try_send_snap(to, KIND_SNAP_END, end.freeze());
+        }
         result
     }
 
@@ -260,7 +284,16 @@ impl Snapshots {
             Ok(m) if m.get_msg_type() == MessageType::MsgSnapshot => m,
             _ => return self.ack(from, xfer, false),
         };
-        let Some(permit) = self.view.staging_permit() else {
+        let permit = match self.view.staging_permit() {
+            Some(p) => Some(p),
+            None => {
+                // A transfer whose sender went quiet (stopped without an end, link still up) lets go.
+                self.lock_in()
+                    .retain(|_, i| i.last.elapsed() < INCOMING_IDLE);
+                self.view.staging_permit()
+            }
+        };
+        let Some(permit) = permit else {
             tracing::info!(
                 peer = from,
                 "snapshot refused: another one is being restored"
@@ -279,6 +312,7 @@ impl Snapshots {
                         msg,
                         staging,
                         permit,
+                        last: Instant::now(),
                     },
                 );
             }
@@ -305,7 +339,8 @@ impl Snapshots {
         })
         .await;
         match written {
-            Ok((inc, Ok(()))) => {
+            Ok((mut inc, Ok(()))) => {
+                inc.last = Instant::now();
                 self.lock_in().insert(from, inc);
             }
             Ok((_, Err(e))) => {

@@ -25,6 +25,8 @@ const TREES: [&str; 2] = ["state", "state.1"];
 /// per large batch than per small one (200,000 records of 100 B: 238 MiB peak in 256 KiB batches, 64 MiB in
 /// 32 KiB ones).
 const STAGING_BATCH: usize = 32 << 10;
+/// How long the replaced state stays readable after a switch (for readers iterating it) before it is cleared.
+const CLEAR_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Restored bytes between two flushes.
 const STAGING_FLUSH: usize = 16 << 20;
 
@@ -199,11 +201,14 @@ impl View {
         self.inner.freezer.cancel();
         let index = 1 - self.active();
         let tree = self.inner.trees[index].clone();
-        let gen = self.inner.stage_gen.fetch_add(1, Ordering::AcqRel) + 1;
-        {
+        // Under the lock: a pending clear of this tree (from the last switch) sees the new generation and
+        // leaves what this staging writes alone.
+        let gen = {
             let _g = self.inner.staging.lock().unwrap_or_else(|e| e.into_inner());
+            let gen = self.inner.stage_gen.fetch_add(1, Ordering::AcqRel) + 1;
             tree.clear()?;
-        }
+            gen
+        };
         Ok(Staging {
             tree,
             index,
@@ -218,27 +223,43 @@ impl View {
     /// Makes the staged tree the one reads see (after the raft tree recorded it), and clears the old one in
     /// the background.
     pub(crate) fn switch(&self, to: usize) {
-        self.inner.freezer.cancel();
-        let old = self.inner.active.swap(to & 1, Ordering::AcqRel);
-        if old == to & 1 {
+        let Some(clear) = self.switch_now(to) else {
             return;
-        }
-        let view = self.clone();
-        let clear = move || {
-            let _g = view.inner.staging.lock().unwrap_or_else(|e| e.into_inner());
-            // Only while it is still the inactive one (a later switch may have made it active again).
-            if view.active() != old {
-                if let Err(e) = view.inner.trees[old].clear() {
-                    tracing::warn!(error = %e, "clearing the replaced state failed (done at the next install)");
-                }
-            }
         };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn_blocking(clear);
+                // Later, so a reader still iterating the replaced state finishes first.
+                rt.spawn(async move {
+                    tokio::time::sleep(CLEAR_DELAY).await;
+                    let _ = tokio::task::spawn_blocking(clear).await;
+                });
             }
             Err(_) => clear(),
         }
+    }
+
+    /// Switches, and returns the clear of the replaced tree for the caller to run when it likes.
+    fn switch_now(&self, to: usize) -> Option<impl FnOnce() + Send + 'static> {
+        self.inner.freezer.cancel();
+        let old = self.inner.active.swap(to & 1, Ordering::AcqRel);
+        if old == to & 1 {
+            return None;
+        }
+        // Weak: a node that stops meanwhile releases its store at once (the clear is skipped).
+        let weak = Arc::downgrade(&self.inner);
+        let gen = self.inner.stage_gen.load(Ordering::Acquire);
+        Some(move || {
+            let Some(inner) = weak.upgrade() else { return };
+            let _g = inner.staging.lock().unwrap_or_else(|e| e.into_inner());
+            // Only while no staging has begun since (it cleared the tree itself and is writing into it) and
+            // the tree is still the inactive one.
+            let active = inner.active.load(Ordering::Acquire);
+            if inner.stage_gen.load(Ordering::Acquire) == gen && active != old {
+                if let Err(e) = inner.trees[old].clear() {
+                    tracing::warn!(error = %e, "clearing the replaced state failed (done at the next install)");
+                }
+            }
+        })
     }
 }
 
@@ -427,6 +448,37 @@ mod tests {
             staging.put_records(&data[..data.len() - 1]),
             Err(RestoreError::Truncated)
         ));
+    }
+
+    /// The clear of the tree a switch replaced runs late; a staging that began meanwhile (into that same
+    /// tree) keeps what it wrote.
+    #[test]
+    fn a_late_clear_of_the_replaced_state_spares_a_new_staging() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let view = View::open(&db, 0).unwrap();
+        let mut t = Txn::new(&view);
+        t.insert(b"old", b"1");
+        t.commit(1).unwrap();
+        let cs = ConfState::from((vec![1], vec![]));
+        let first = view.stage().unwrap().finish(10, &cs).unwrap();
+        let clear = view.switch_now(first.tree).unwrap();
+        // A new snapshot stages into tree 0 (the replaced one) before its clear has run.
+        let mut staging = view.stage().unwrap();
+        let mut data = Vec::new();
+        put_record(&mut data, &user_key(b"new"), b"2");
+        // Past a staging batch, so some of it is written before the clear runs.
+        for i in 0..1000u32 {
+            put_record(&mut data, &user_key(format!("n{i:04}").as_bytes()), &[7; 100]);
+        }
+        staging.put_records(&data).unwrap();
+        clear();
+        let second = staging.finish(20, &cs).unwrap();
+        assert!(view.is_staged(second, 20).unwrap());
+        view.switch(second.tree);
+        assert_eq!(view.get(b"new").unwrap().as_deref(), Some(&b"2"[..]));
+        assert_eq!(view.scan_prefix(b"n").count(), 1001);
+        assert_eq!(view.applied().unwrap(), 20);
     }
 
     #[test]

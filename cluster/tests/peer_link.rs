@@ -190,22 +190,22 @@ async fn a_silent_peer_is_dropped_within_the_peer_timeout() {
 }
 
 /// A receiver that does not read its application frames fills the lane: the sender's `try_send_app` says
-/// `Full` and `send_app` waits; raft goes on meanwhile (no election, proposals commit). Once the receiver
-/// reads, every frame arrives, in order.
+/// `Full` and `send_app` waits; raft goes on meanwhile (no election, proposals commit), and the stall lasting
+/// several peer timeouts does not drop the link (a slow consumer is not a dead peer). Once the receiver reads,
+/// every frame arrives, in order, none lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_application_lane_pushes_back_and_never_delays_raft() {
     let dir = tempfile::tempdir().unwrap();
     let peers = peers(3);
     let mut nodes = Vec::new();
+    let regs: Vec<prometheus::Registry> = (0..3).map(|_| prometheus::Registry::new()).collect();
     for id in 1..=3u64 {
+        let mut c = config(id, dir.path(), &peers);
+        c.peer_timeout = Duration::from_millis(600);
         nodes.push(
-            Cluster::start(
-                config(id, dir.path(), &peers),
-                Counter,
-                &prometheus::Registry::new(),
-            )
-            .await
-            .unwrap(),
+            Cluster::start(c, Counter, &regs[id as usize - 1])
+                .await
+                .unwrap(),
         );
     }
     until("a leader", || nodes.iter().all(|n| n.leader() != 0)).await;
@@ -248,6 +248,14 @@ async fn a_full_application_lane_pushes_back_and_never_delays_raft() {
             .await
             .unwrap();
     }
+    // Stalled for more than three peer timeouts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let down = metric(
+        &regs[leader as usize - 1],
+        "cicada_peer_link_down_total",
+        &[("lane", "app")],
+    );
+    assert_eq!(down, 0.0, "the app lane stayed up through the stall");
     for n in &nodes {
         let s = n.status().await.unwrap();
         assert_eq!((s.term, s.leader), (term, leader), "no election meanwhile");

@@ -115,55 +115,60 @@ enum Queue {
 }
 
 impl Queue {
-    /// Waits for the next item and adds it, with whatever else is queued, to `out`. `false`: closed.
-    async fn next_batch(&mut self, out: &mut BytesMut) -> bool {
+    /// Waits for the next item and adds it, with whatever else is queued, to `out`; how many frames it added
+    /// (`None`: closed).
+    async fn next_batch(&mut self, out: &mut BytesMut) -> Option<usize> {
         match self {
             Queue::Raft(rx) => {
-                let Some(mut msg) = rx.recv().await else {
-                    return false;
-                };
+                let mut msg = rx.recv().await?;
+                let mut n = 0;
                 loop {
                     match msg.write_to_bytes() {
-                        Ok(b) => frame(KIND_RAFT, &b, out),
+                        Ok(b) => {
+                            frame(KIND_RAFT, &b, out);
+                            n += 1;
+                        }
                         Err(e) => tracing::error!(error = %e, "cannot encode a raft message"),
                     }
+                    if out.len() >= WRITE_BATCH {
+                        return Some(n);
+                    }
                     match rx.try_recv() {
-                        Ok(m) if out.len() < WRITE_BATCH => msg = m,
-                        Ok(m) => {
-                            // Over the batch size: written next time, in order.
-                            match m.write_to_bytes() {
-                                Ok(b) => frame(KIND_RAFT, &b, out),
-                                Err(e) => {
-                                    tracing::error!(error = %e, "cannot encode a raft message")
-                                }
-                            }
-                            return true;
-                        }
-                        Err(_) => return true,
+                        Ok(m) => msg = m,
+                        Err(_) => return Some(n),
                     }
                 }
             }
             Queue::App(rx) => {
-                let Some(first) = rx.recv().await else {
-                    return false;
-                };
+                let first = rx.recv().await?;
                 frame(KIND_APP, &first, out);
+                let mut n = 1;
                 while out.len() < WRITE_BATCH {
                     match rx.try_recv() {
-                        Ok(a) => frame(KIND_APP, &a, out),
+                        Ok(a) => {
+                            frame(KIND_APP, &a, out);
+                            n += 1;
+                        }
                         Err(_) => break,
                     }
                 }
-                true
+                Some(n)
             }
             Queue::Snap(rx) => {
-                let Some((kind, b)) = rx.recv().await else {
-                    return false;
-                };
+                let (kind, b) = rx.recv().await?;
                 frame(kind, &b, out);
-                true
+                Some(1)
             }
         }
+    }
+}
+
+/// Aborts the task when dropped: a lane task aborted (a removed peer, shutdown) takes its reader with it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -279,6 +284,7 @@ impl Transport {
             for t in p.tasks {
                 t.abort();
             }
+            self.inner.snapshots.down(id);
         }
     }
 
@@ -415,7 +421,6 @@ impl Transport {
                 keepalive(&stream, t.inner.opts.peer_timeout);
                 match t.accept(stream).await {
                     Ok((hello, stream)) => {
-                        t.add_peer(hello.node, &hello.addr);
                         let lane = hello.lane.index();
                         let accepted = t
                             .inner
@@ -446,7 +451,15 @@ impl Transport {
                 cluster: d.cluster,
             });
         }
-        if d.node >= self.me() {
+        // Only members this node knows (from its configuration or the replicated membership): a node that
+        // joins is linked once its membership change has applied here.
+        let known = self
+            .inner
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&d.node);
+        if d.node >= self.me() || !known {
             // Lower ids dial: a dial from a higher id is a misconfiguration (or a node claiming our id).
             return Err(HandshakeError::Node {
                 got: d.node,
@@ -547,7 +560,7 @@ impl Transport {
             let app_in = self.inner.app_in.clone();
             let snapshots = self.inner.snapshots.clone();
             let max_frame = self.inner.opts.max_frame;
-            let mut reader = tokio::spawn(async move {
+            let mut reader = AbortOnDrop(tokio::spawn(async move {
                 loop {
                     let (kind, b) =
                         match tokio::time::timeout(timeout, read_frame(&mut rd, max_frame)).await {
@@ -588,34 +601,50 @@ impl Transport {
                         }
                     }
                 }
-            });
+            }));
             let mut out = BytesMut::with_capacity(64 * 1024);
             let (reason, why) = loop {
                 out.clear();
-                tokio::select! {
+                let frames = tokio::select! {
                     biased;
-                    r = &mut reader => break r.unwrap_or_else(|e| ("error", e.to_string())),
+                    r = &mut reader.0 => break r.unwrap_or_else(|e| ("error", e.to_string())),
                     more = tokio::time::timeout(ping_every, queue.next_batch(&mut out)) => match more {
-                        Ok(true) => {}
-                        Ok(false) => return,
-                        Err(_) => frame(KIND_PING, &[], &mut out),
+                        Ok(Some(n)) => n,
+                        Ok(None) => return,
+                        Err(_) => {
+                            frame(KIND_PING, &[], &mut out);
+                            0
+                        }
                     },
-                }
-                match tokio::time::timeout(timeout, wr.write_all(&out)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => break ("closed", e.to_string()),
-                    Err(_) => {
-                        break (
-                            "timeout",
-                            format!("a write did not complete in {timeout:?}"),
-                        )
-                    }
+                };
+                // The raft lane gives up on a write after the peer timeout (raft resends). The others wait as
+                // long as the peer is alive, which its pings tell the reader: a slow consumer is not a dead
+                // peer, and nothing queued behind it is dropped.
+                let write_limit = match lane {
+                    Lane::Raft => timeout,
+                    Lane::App | Lane::Snapshot => Duration::MAX,
+                };
+                let failed = tokio::select! {
+                    biased;
+                    r = &mut reader.0 => Some(r.unwrap_or_else(|e| ("error", e.to_string()))),
+                    w = tokio::time::timeout(write_limit, wr.write_all(&out)) => match w {
+                        Ok(Ok(())) => None,
+                        Ok(Err(e)) => Some(("closed", e.to_string())),
+                        Err(_) => Some(("timeout", format!("a write did not complete in {timeout:?}"))),
+                    },
+                };
+                if let Some(why) = failed {
+                    // Frames of a batch cut short may or may not have reached the peer: counted, not silent.
+                    m.peer_frames_lost
+                        .with_label_values(&labels)
+                        .inc_by(frames as u64);
+                    break why;
                 }
                 m.peer_bytes_sent
                     .with_label_values(&labels)
                     .inc_by(out.len() as u64);
             };
-            reader.abort();
+            drop(reader);
             m.peer_up.with_label_values(&labels).set(0);
             m.peer_link_down
                 .with_label_values(&[peer.as_str(), lane.label(), reason])
