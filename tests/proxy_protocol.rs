@@ -78,4 +78,6 @@ async fn the_header_address_is_the_one_logged() {
         .await;
     let line = rx.recv_timeout(common::WAIT).expect("a connect log line");
     assert!(line.contains("203.0.113.7:4000"), "{line}");
+    // stderr is a pipe here: plain text, no colour codes.
+    assert!(!line.contains('\x1b'), "{line:?}");
 }

@@ -469,7 +469,11 @@ mod tests {
         put_record(&mut data, &user_key(b"new"), b"2");
         // Past a staging batch, so some of it is written before the clear runs.
         for i in 0..1000u32 {
-            put_record(&mut data, &user_key(format!("n{i:04}").as_bytes()), &[7; 100]);
+            put_record(
+                &mut data,
+                &user_key(format!("n{i:04}").as_bytes()),
+                &[7; 100],
+            );
         }
         staging.put_records(&data).unwrap();
         clear();

@@ -96,7 +96,10 @@ fn kind_of(header: u8, version: ProtocolVersion) -> Result<PacketKind, DecodeErr
         PacketKind::PubRel | PacketKind::Subscribe | PacketKind::Unsubscribe => 0b0010,
         _ => 0,
     };
-    if flags != expected {
+    // MQTT 3.1 sets DUP on a resent PUBREL, SUBSCRIBE or UNSUBSCRIBE (its QoS 1 bit is fixed); 3.1.1 and 5.0
+    // made the flags exactly 0010.
+    let v31_resend = version == ProtocolVersion::V31 && expected == 0b0010 && flags == 0b1010;
+    if flags != expected && !v31_resend {
         return Err(DecodeError::InvalidHeaderFlags { kind, flags });
     }
     Ok(kind)

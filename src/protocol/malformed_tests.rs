@@ -453,6 +453,46 @@ fn malformed_inputs_produce_their_errors_and_reason_codes() {
     }
 }
 
+/// MQTT 3.1 marks a resent PUBREL, SUBSCRIBE or UNSUBSCRIBE with DUP; 3.1.1 and 5.0 refuse the bit.
+#[test]
+fn dup_on_pubrel_subscribe_and_unsubscribe_is_accepted_on_mqtt_3_1_only() {
+    let resends = [
+        (pkt(0x6A, &[0, 1]), PacketKind::PubRel),
+        (
+            pkt(0x8A, &cat(&[&[0, 1], &s(b"a"), &[1]])),
+            PacketKind::Subscribe,
+        ),
+        (
+            pkt(0xAA, &cat(&[&[0, 1], &s(b"a")])),
+            PacketKind::Unsubscribe,
+        ),
+    ];
+    for (bytes, kind) in resends {
+        let mut buf = BytesMut::from(&bytes[..]);
+        let p = decode(&mut buf, ProtocolVersion::V31, 1 << 20)
+            .unwrap_or_else(|e| panic!("{kind:?} with DUP on 3.1: {e}"))
+            .unwrap();
+        let got = match p {
+            Packet::PubRel(_) => PacketKind::PubRel,
+            Packet::Subscribe(_) => PacketKind::Subscribe,
+            Packet::Unsubscribe(_) => PacketKind::Unsubscribe,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(got, kind);
+        for v in [V311, V5] {
+            let mut buf = BytesMut::from(&bytes[..]);
+            assert_eq!(
+                decode(&mut buf, v, 1 << 20).err(),
+                Some(E::InvalidHeaderFlags {
+                    kind,
+                    flags: 0b1010
+                }),
+                "{kind:?} on {v:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn oversized_packet_is_refused_from_its_fixed_header_alone() {
     // Only the fixed header has arrived: the decoder must not wait for 16 KiB it will never accept.
