@@ -6,6 +6,7 @@
 
 pub mod counter;
 pub mod crash;
+mod entry;
 pub mod freeze;
 mod legacy;
 pub mod logger;
@@ -313,7 +314,7 @@ impl Cluster {
             tick: config.tick,
             max_batch: config.max_batch.max(1),
             max_batch_bytes: config.max_batch_bytes.max(1),
-            incarnation: node::incarnation(),
+            incarnation: node::incarnation()?,
             crash: crash::Crasher::new(config.crash_at),
             snapshots,
             snapshot_interval: config.snapshot_interval.max(1),

@@ -2,13 +2,14 @@
 //! loop, applying committed entries in order, snapshots, compaction, membership changes and read index.
 
 use crate::crash::{CrashPoint, Crasher};
+use crate::entry::{context, decode_batch, encode_batch, parse_context, peers_after, read_context};
 use crate::machine::{StateMachine, Txn};
 use crate::metrics::Metrics;
 use crate::storage::SledStorage;
 use crate::transport::{Inbound, Transport};
-use crate::view::{decode_peers, encode_peers, Peers, View};
+use crate::view::{encode_peers, Peers, View};
 use crate::{Applied, ClusterError, Fsync, Membership, NodeStatus};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use protobuf::Message as _;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use raft::eraftpb::{
@@ -98,17 +99,12 @@ fn needs_flush(fsync: Fsync, must_sync: bool) -> bool {
 }
 
 /// A random incarnation (never 0, which marks contexts written before incarnations existed).
-pub fn incarnation() -> u64 {
+pub fn incarnation() -> Result<u64, ClusterError> {
     let mut b = [0u8; 8];
-    // The system RNG failing is not recoverable in any useful way; the time is a fallback that still differs
-    // between two processes of one node.
-    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        b = (t.as_nanos() as u64 ^ u64::from(std::process::id())).to_be_bytes();
-    }
-    u64::from_be_bytes(b).max(1)
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).map_err(|_| {
+        ClusterError::Start("no system randomness for the process incarnation".into())
+    })?;
+    Ok(u64::from_be_bytes(b).max(1))
 }
 
 pub struct NodeState {
@@ -138,109 +134,6 @@ const FREEZE_IDLE: Duration = Duration::from_secs(30);
 
 /// The largest command: an entry must fit a peer-link frame with room for the message around it.
 const MAX_COMMAND: usize = crate::transport::MAX_FRAME - (1 << 20);
-
-fn encode_batch<'a>(cmds: impl ExactSizeIterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut b = BytesMut::new();
-    b.put_u32(cmds.len() as u32);
-    for c in cmds {
-        b.put_u32(c.len() as u32);
-        b.put_slice(c);
-    }
-    b.to_vec()
-}
-
-fn decode_batch(mut b: &[u8]) -> Option<Vec<Vec<u8>>> {
-    if b.len() < 4 {
-        return None;
-    }
-    let n = b.get_u32() as usize;
-    let mut out = Vec::with_capacity(n.min(65_536));
-    for _ in 0..n {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = b.get_u32() as usize;
-        if b.len() < len {
-            return None;
-        }
-        out.push(b[..len].to_vec());
-        b.advance(len);
-    }
-    Some(out)
-}
-
-const CONTEXT_V1: u8 = 1;
-
-/// A read index request's context: this process's incarnation and the read's id.
-fn read_context(incarnation: u64, id: u64) -> Vec<u8> {
-    let mut c = incarnation.to_be_bytes().to_vec();
-    c.extend_from_slice(&id.to_be_bytes());
-    c
-}
-
-/// Proposal context: the proposing node, its process incarnation and the batch id, so that process (and only
-/// it) answers when the entry applies; conf changes carry the resulting peer addresses after it.
-fn context(node: u64, incarnation: u64, id: u64, extra: &[u8]) -> Vec<u8> {
-    let mut c = Vec::with_capacity(25 + extra.len());
-    c.push(CONTEXT_V1);
-    c.extend_from_slice(&node.to_be_bytes());
-    c.extend_from_slice(&incarnation.to_be_bytes());
-    c.extend_from_slice(&id.to_be_bytes());
-    c.extend_from_slice(extra);
-    c
-}
-
-#[derive(Debug, PartialEq, Eq)]
-struct Context<'a> {
-    node: u64,
-    /// 0 for contexts written before incarnations (node id first: its top byte is 0); never ours.
-    incarnation: u64,
-    id: u64,
-    extra: &'a [u8],
-}
-
-fn parse_context(c: &[u8]) -> Option<Context<'_>> {
-    let u = |b: &[u8]| b.try_into().ok().map(u64::from_be_bytes);
-    match c.first() {
-        Some(&CONTEXT_V1) if c.len() >= 25 => Some(Context {
-            node: u(&c[1..9])?,
-            incarnation: u(&c[9..17])?,
-            id: u(&c[17..25])?,
-            extra: &c[25..],
-        }),
-        Some(0) if c.len() >= 16 => Some(Context {
-            node: u(&c[..8])?,
-            incarnation: 0,
-            id: u(&c[8..16])?,
-            extra: &c[16..],
-        }),
-        _ => None,
-    }
-}
-
-/// The peer addresses a conf change entry leaves: its context's map, or (contexts written before the map) the
-/// stored ones with the single address it names.
-fn peers_after(stored: &Peers, ctx: Option<&Context<'_>>, cc: &ConfChangeV2) -> Peers {
-    let mut peers = match ctx {
-        Some(c) if c.incarnation != 0 => decode_peers(c.extra).unwrap_or_else(|| stored.clone()),
-        Some(c) if !c.extra.is_empty() => {
-            let mut p = stored.clone();
-            for ch in cc.get_changes() {
-                if ch.get_change_type() != ConfChangeType::RemoveNode {
-                    p.insert(ch.node_id, String::from_utf8_lossy(c.extra).into_owned());
-                }
-            }
-            p
-        }
-        _ => stored.clone(),
-    };
-    for ch in cc.get_changes() {
-        if ch.get_change_type() == ConfChangeType::RemoveNode {
-            peers.remove(&ch.node_id);
-        }
-    }
-    peers
-}
 
 fn storage_err(e: impl std::fmt::Display) -> ClusterError {
     ClusterError::Storage(e.to_string())
@@ -875,186 +768,5 @@ impl NodeState {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_and_contexts_round_trip_and_garbage_is_refused() {
-        let cmds = vec![b"a".to_vec(), Vec::new(), vec![7; 300]];
-        assert_eq!(
-            decode_batch(&encode_batch(cmds.iter().map(|c| c.as_slice()))),
-            Some(cmds)
-        );
-        let enc = encode_batch([&b"abc"[..]].into_iter());
-        assert_eq!(decode_batch(&enc[..enc.len() - 1]), None);
-        assert_eq!(decode_batch(&[0, 0]), None);
-        let c = context(3, 77, 99, b"extra");
-        assert_eq!(
-            parse_context(&c),
-            Some(Context {
-                node: 3,
-                incarnation: 77,
-                id: 99,
-                extra: b"extra"
-            })
-        );
-        assert_eq!(parse_context(b"short"), None);
-        // A context written before incarnations: node id, batch id, address.
-        let mut legacy = 3u64.to_be_bytes().to_vec();
-        legacy.extend_from_slice(&99u64.to_be_bytes());
-        legacy.extend_from_slice(b"127.0.0.1:7070");
-        let l = parse_context(&legacy).unwrap();
-        assert_eq!((l.node, l.incarnation, l.id), (3, 0, 99));
-        assert_ne!(incarnation(), 0);
-        assert_ne!(incarnation(), incarnation(), "two processes differ");
-    }
-
-    #[test]
-    fn interval_flushes_exactly_what_raft_says_must_be_synced() {
-        for (fsync, must_sync, flush) in [
-            (Fsync::Always, false, true),
-            (Fsync::Always, true, true),
-            (Fsync::Interval, true, true),
-            (Fsync::Interval, false, false),
-        ] {
-            assert_eq!(
-                needs_flush(fsync, must_sync),
-                flush,
-                "{fsync:?} {must_sync}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_conf_change_records_the_peer_map_it_carries() {
-        let mut stored = Peers::new();
-        stored.insert(1, "a:1".into());
-        stored.insert(2, "a:2".into());
-        let change = |t: ConfChangeType, id: u64| {
-            let mut cc = ConfChangeV2::default();
-            let mut one = ConfChangeSingle::default();
-            one.set_change_type(t);
-            one.node_id = id;
-            cc.mut_changes().push(one);
-            cc
-        };
-        let mut carried = stored.clone();
-        carried.insert(3, "a:3".into());
-        let enc = encode_peers(&carried);
-        let raw = context(1, 5, 1, &enc);
-        let ctx = parse_context(&raw).unwrap();
-        let add = change(ConfChangeType::AddLearnerNode, 3);
-        assert_eq!(peers_after(&Peers::new(), Some(&ctx), &add), carried);
-        // Written before the map: the single address is added to what is stored.
-        let mut legacy = 1u64.to_be_bytes().to_vec();
-        legacy.extend_from_slice(&1u64.to_be_bytes());
-        legacy.extend_from_slice(b"a:3");
-        let ctx = parse_context(&legacy).unwrap();
-        assert_eq!(peers_after(&stored, Some(&ctx), &add), carried);
-        let remove = change(ConfChangeType::RemoveNode, 2);
-        let after = peers_after(&carried, None, &remove);
-        assert_eq!(after.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
-    }
-}
-
-/// What a crash between persisting entries and applying them leaves on disk, built deterministically: the
-/// entries are in the raft log and the hard state says they are committed, the state machine never saw them.
-#[cfg(test)]
-mod crash_tests {
-    use super::*;
-    use crate::counter::{self, Counter};
-    use crate::{Cluster, ClusterConfig};
-
-    async fn start(dir: &std::path::Path) -> Cluster {
-        Cluster::start(
-            ClusterConfig::single(dir),
-            Counter,
-            &prometheus::Registry::new(),
-        )
-        .await
-        .unwrap()
-    }
-
-    /// Appends `keys` as one batch entry after the log's last entry, committed but not applied. `commit`
-    /// false leaves the commit index where it was (persisted, not yet known committed).
-    fn persist_without_applying(dir: &std::path::Path, keys: &[&str], commit: bool) {
-        persist_entry(dir, keys, commit, context(1, 1, u64::MAX, &[]));
-    }
-
-    /// Like [`persist_without_applying`], with the context an earlier process gave the entry.
-    fn persist_entry(dir: &std::path::Path, keys: &[&str], commit: bool, ctx: Vec<u8>) {
-        let db = sled::Config::new().path(dir).open().unwrap();
-        let (mut storage, _) =
-            SledStorage::open(&db, &crate::storage::Bootstrap::default()).unwrap();
-        let last = raft::Storage::last_index(&storage).unwrap();
-        let term = storage.hard_state().term;
-        let cmds: Vec<Vec<u8>> = keys.iter().map(|k| k.as_bytes().to_vec()).collect();
-        let e = Entry {
-            index: last + 1,
-            term,
-            data: encode_batch(cmds.iter().map(|c| c.as_slice())).into(),
-            context: ctx.into(),
-            ..Default::default()
-        };
-        storage.persist(&[e], None).unwrap();
-        if commit {
-            storage.set_commit(last + 1).unwrap();
-        }
-        db.flush().unwrap();
-    }
-
-    /// The previous process of this node proposed an entry as its batch 1 and died before applying it; the new
-    /// process's first batch is also batch 1. The old entry applies first and must not answer the new proposal
-    /// (the waiter would be told the old command's result while its own command may still be lost).
-    #[tokio::test]
-    async fn an_entry_of_an_earlier_process_never_answers_a_new_proposal() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = start(dir.path()).await;
-        node.propose(b"a".to_vec()).await.unwrap();
-        node.shutdown().await;
-        drop(node);
-        let earlier = incarnation();
-        persist_entry(dir.path(), &["old"], true, context(1, earlier, 1, &[]));
-        let node = start(dir.path()).await;
-        let n = node.propose(b"new".to_vec()).await.unwrap();
-        assert_eq!(
-            u64::from_be_bytes(n.try_into().unwrap()),
-            3,
-            "the answer is the new command's own result (a, old, new)"
-        );
-        node.shutdown().await;
-    }
-
-    #[tokio::test]
-    async fn a_crash_between_persist_and_apply_is_applied_once_at_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = start(dir.path()).await;
-        for k in ["a", "b", "c"] {
-            node.propose(k.as_bytes().to_vec()).await.unwrap();
-        }
-        let applied_before = node.view().applied().unwrap();
-        node.shutdown().await;
-        drop(node);
-
-        // Committed and persisted, then the process died before the apply.
-        persist_without_applying(dir.path(), &["d", "e"], true);
-        // Persisted, and the crash came before the commit index was written.
-        persist_without_applying(dir.path(), &["f"], false);
-
-        let node = start(dir.path()).await;
-        node.read_index().await.unwrap();
-        assert_eq!(counter::count(node.view()), 6, "each entry applied once");
-        assert_eq!(counter::keys(node.view()).len(), 6);
-        assert!(node.view().applied().unwrap() >= applied_before + 2);
-        let applied = node.view().applied().unwrap();
-        node.shutdown().await;
-        drop(node);
-
-        // Restarting again applies nothing twice: the applied index moved with the data.
-        let node = start(dir.path()).await;
-        node.read_index().await.unwrap();
-        assert_eq!(counter::count(node.view()), 6);
-        assert!(node.view().applied().unwrap() >= applied);
-        node.shutdown().await;
-    }
-}
+#[path = "node_tests.rs"]
+mod tests;

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{agreed_leader, change, free_ports, until, Node, Status};
+use common::{agreed_leader, change, free_ports, until, Node};
 use std::collections::HashMap;
 
 #[test]
@@ -71,24 +71,7 @@ fn three_processes_lose_their_leader_to_sigkill_and_lose_nothing() {
     // The old leader restarts from its directory and catches up (from the log the others kept for it).
     nodes.insert(leader, Node::start(leader, dir.path(), &peers3, &[]));
     let file = dir.path().join("acked");
-    std::fs::write(&file, acked.join("\n")).unwrap();
-    until("every node applied the same state", || {
-        let s: Vec<Status> = nodes.values_mut().map(|n| n.status()).collect();
-        s.iter()
-            .all(|x| x.count == s[0].count && x.count >= acked.len() as u64)
-    });
-    for (id, n) in nodes.iter_mut() {
-        let s = n.status();
-        assert_eq!(
-            s.count, s.keys,
-            "node {id}: nothing applied twice or skipped"
-        );
-        assert_eq!(
-            n.missing(&file),
-            0,
-            "node {id}: every acknowledged command is there"
-        );
-    }
+    common::converged(&mut nodes, &acked, &file);
 
     // A fourth node joins as a learner, is promoted, and a follower is removed.
     let peers4 = format!("{peers3},4=127.0.0.1:{}", ports[3]);
