@@ -83,7 +83,8 @@ pub struct ClusterConfig {
     /// A shared cluster secret every peer link proves in its handshake (HMAC-SHA256 over both sides' nonces).
     /// `None`: links check only the cluster id and node id.
     pub secret: Option<Vec<u8>>,
-    /// Largest frame a peer may send after the handshake (a snapshot travels in one raft message).
+    /// Largest frame a peer may send after the handshake; a command must be 1 MiB smaller
+    /// ([`ClusterError::TooLarge`]). Snapshots travel in 1 MiB chunks.
     pub max_frame_bytes: usize,
     /// A peer link silent this long is dropped and redialled (idle links send pings).
     pub peer_timeout: Duration,
@@ -314,6 +315,7 @@ impl Cluster {
             tick: config.tick,
             max_batch: config.max_batch.max(1),
             max_batch_bytes: config.max_batch_bytes.max(1),
+            max_command: node::max_command(config.max_frame_bytes.max(1 << 20)),
             incarnation: node::incarnation()?,
             crash: crash::Crasher::new(config.crash_at),
             snapshots,

@@ -73,6 +73,8 @@ pub struct NodeArgs {
     pub tick: Duration,
     pub max_batch: usize,
     pub max_batch_bytes: usize,
+    /// The largest command: its entry must fit the peers' frame limit, or it could never replicate.
+    pub max_command: usize,
     pub snapshot_interval: u64,
     pub log_retention: Duration,
     pub max_log_bytes: u64,
@@ -132,8 +134,13 @@ pub struct Node;
 /// A freeze no stream has used for this long is released (its pre-images cost every apply).
 const FREEZE_IDLE: Duration = Duration::from_secs(30);
 
-/// The largest command: an entry must fit a peer-link frame with room for the message around it.
-const MAX_COMMAND: usize = crate::transport::MAX_FRAME - (1 << 20);
+/// Room in a peer-link frame for the raft message around the largest command.
+const FRAME_MARGIN: usize = 1 << 20;
+
+/// The largest command peers with this frame limit can replicate (at least 1 byte).
+pub fn max_command(max_frame: usize) -> usize {
+    max_frame.saturating_sub(FRAME_MARGIN).max(1)
+}
 
 fn storage_err(e: impl std::fmt::Display) -> ClusterError {
     ClusterError::Storage(e.to_string())
@@ -231,7 +238,7 @@ impl Actor for Node {
             }
             NodeMsg::Unreachable(peer) => s.a.raw.report_unreachable(peer),
             NodeMsg::Propose(cmd, reply) => {
-                if cmd.len() > MAX_COMMAND {
+                if cmd.len() > s.a.max_command {
                     let _ = reply.send(Err(ClusterError::TooLarge(cmd.len())));
                     return Ok(());
                 }

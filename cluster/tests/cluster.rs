@@ -533,6 +533,19 @@ async fn calls_that_expire_say_timeout_and_a_flood_of_large_commands_is_refused_
         }
     }
     assert!(busy > 0 && ok > 0, "ok {ok}, busy {busy}");
+    // Larger than the peers' frame limit allows (2 MiB less 1 MiB of room): refused, not proposed.
+    let mut c = ClusterConfig::single(dir.path().join("small-frames"));
+    c.max_frame_bytes = 2 << 20;
+    let small = Cluster::start(c, Counter, &prometheus::Registry::new())
+        .await
+        .unwrap();
+    let cmd = vec![b'x'; (1 << 20) + 1];
+    assert_eq!(
+        small.propose(cmd).await,
+        Err(ClusterError::TooLarge((1 << 20) + 1))
+    );
+    assert!(small.propose(vec![b'y'; 1 << 20]).await.is_ok());
+    small.shutdown().await;
     assert_eq!(count(&node), ok);
     assert_eq!(
         metric(&registry, "cicada_raft_proposal_entries_total") as u64,

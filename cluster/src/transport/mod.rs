@@ -32,7 +32,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-/// Default largest frame (a snapshot travels in one raft message).
+/// Default largest frame: an entry of the largest MQTT message with room around it.
 pub const MAX_FRAME: usize = 256 << 20;
 const RAFT_QUEUE: usize = 4096;
 const APP_QUEUE: usize = 256;
