@@ -52,14 +52,7 @@ impl StateMachine for Counter {
             txn.insert(b"count", &n.to_be_bytes());
             return n.to_be_bytes().to_vec();
         }
-        let n = txn
-            .get(b"count")
-            .ok()
-            .flatten()
-            .and_then(|v| v.as_slice().try_into().ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0)
-            + 1;
+        let n = before + 1;
         txn.insert(b"count", &n.to_be_bytes());
         let mut k = b"k/".to_vec();
         k.extend_from_slice(command);

@@ -109,6 +109,20 @@ pub fn incarnation() -> Result<u64, ClusterError> {
     Ok(u64::from_be_bytes(b).max(1))
 }
 
+/// Answers `Timeout` to the calls waiting longer than `limit`.
+fn time_out<T>(calls: &mut HashMap<u64, (Instant, Reply<T>)>, limit: Duration) {
+    let expired: Vec<u64> = calls
+        .iter()
+        .filter(|(_, (t, _))| t.elapsed() > limit)
+        .map(|(k, _)| *k)
+        .collect();
+    for id in expired {
+        if let Some((_, r)) = calls.remove(&id) {
+            let _ = r.send(Err(ClusterError::Timeout));
+        }
+    }
+}
+
 pub struct NodeState {
     a: NodeArgs,
     queued: Vec<(Vec<u8>, Reply<Vec<u8>>, Instant)>,
@@ -392,28 +406,8 @@ impl NodeState {
             }
         }
         // Expired calls are told so (dropping the reply would read as "stopped").
-        for id in self
-            .reads
-            .iter()
-            .filter(|(_, (t, _))| old(t))
-            .map(|(k, _)| *k)
-            .collect::<Vec<_>>()
-        {
-            if let Some((_, r)) = self.reads.remove(&id) {
-                let _ = r.send(Err(ClusterError::Timeout));
-            }
-        }
-        for id in self
-            .changes
-            .iter()
-            .filter(|(_, (t, _))| old(t))
-            .map(|(k, _)| *k)
-            .collect::<Vec<_>>()
-        {
-            if let Some((_, r)) = self.changes.remove(&id) {
-                let _ = r.send(Err(ClusterError::Timeout));
-            }
-        }
+        time_out(&mut self.reads, limit);
+        time_out(&mut self.changes, limit);
     }
 
     fn send(&mut self, msgs: Vec<Message>) {

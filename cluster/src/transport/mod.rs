@@ -236,30 +236,18 @@ impl Transport {
         let (raft_tx, raft_rx) = mpsc::channel(RAFT_QUEUE);
         let (app_tx, app_rx) = mpsc::channel(APP_QUEUE);
         let (snap_tx, snap_rx) = mpsc::channel(SNAP_QUEUE);
-        let (acc_raft, acc_raft_rx) = mpsc::channel(1);
-        let (acc_app, acc_app_rx) = mpsc::channel(1);
-        let (acc_snap, acc_snap_rx) = mpsc::channel(1);
-        let raft = tokio::spawn(self.clone().run_lane(
-            id,
-            addr.to_string(),
-            Lane::Raft,
-            Queue::Raft(raft_rx),
-            acc_raft_rx,
-        ));
-        let app = tokio::spawn(self.clone().run_lane(
-            id,
-            addr.to_string(),
-            Lane::App,
-            Queue::App(app_rx),
-            acc_app_rx,
-        ));
-        let snap = tokio::spawn(self.clone().run_lane(
-            id,
-            addr.to_string(),
-            Lane::Snapshot,
-            Queue::Snap(snap_rx),
-            acc_snap_rx,
-        ));
+        let lane = |lane: Lane, queue: Queue| {
+            let (accepted, accepted_rx) = mpsc::channel(1);
+            let task =
+                tokio::spawn(
+                    self.clone()
+                        .run_lane(id, addr.to_string(), lane, queue, accepted_rx),
+                );
+            (accepted, task)
+        };
+        let (acc_raft, raft) = lane(Lane::Raft, Queue::Raft(raft_rx));
+        let (acc_app, app) = lane(Lane::App, Queue::App(app_rx));
+        let (acc_snap, snap) = lane(Lane::Snapshot, Queue::Snap(snap_rx));
         peers.insert(
             id,
             Peer {
@@ -305,17 +293,22 @@ impl Transport {
         }
     }
 
-    fn app_sender(&self, to: u64) -> Result<mpsc::Sender<Bytes>, AppSendError> {
+    /// A peer's queue of one lane (`pick` chooses it).
+    fn sender<T>(
+        &self,
+        to: u64,
+        pick: impl FnOnce(&Peer) -> &mpsc::Sender<T>,
+    ) -> Result<mpsc::Sender<T>, AppSendError> {
         let peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
         peers
             .get(&to)
-            .map(|p| p.app.clone())
+            .map(|p| pick(p).clone())
             .ok_or(AppSendError::UnknownPeer(to))
     }
 
     /// Queues an application frame for a peer, waiting while its lane is full (back-pressure).
     pub async fn send_app(&self, to: u64, frame: Bytes) -> Result<(), AppSendError> {
-        self.app_sender(to)?
+        self.sender(to, |p| &p.app)?
             .send(frame)
             .await
             .map_err(|_| AppSendError::Closed(to))
@@ -323,18 +316,12 @@ impl Transport {
 
     /// Queues an application frame if its lane has room.
     pub fn try_send_app(&self, to: u64, frame: Bytes) -> Result<(), AppSendError> {
-        self.app_sender(to)?.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => AppSendError::Full(to),
-            mpsc::error::TrySendError::Closed(_) => AppSendError::Closed(to),
-        })
-    }
-
-    fn snap_sender(&self, to: u64) -> Result<mpsc::Sender<(u8, Bytes)>, AppSendError> {
-        let peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
-        peers
-            .get(&to)
-            .map(|p| p.snap.clone())
-            .ok_or(AppSendError::UnknownPeer(to))
+        self.sender(to, |p| &p.app)?
+            .try_send(frame)
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => AppSendError::Full(to),
+                mpsc::error::TrySendError::Closed(_) => AppSendError::Closed(to),
+            })
     }
 
     /// Queues a snapshot frame, waiting for room (the stream's flow control).
@@ -344,7 +331,7 @@ impl Transport {
         kind: u8,
         payload: Bytes,
     ) -> Result<(), AppSendError> {
-        self.snap_sender(to)?
+        self.sender(to, |p| &p.snap)?
             .send((kind, payload))
             .await
             .map_err(|_| AppSendError::Closed(to))
@@ -357,7 +344,7 @@ impl Transport {
         kind: u8,
         payload: Bytes,
     ) -> Result<(), AppSendError> {
-        self.snap_sender(to)?
+        self.sender(to, |p| &p.snap)?
             .try_send((kind, payload))
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => AppSendError::Full(to),
