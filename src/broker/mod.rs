@@ -179,6 +179,8 @@ pub enum StartError {
     #[error("cannot start the actors: {0}")]
     Actors(String),
     #[error(transparent)]
+    Cluster(#[from] crate::config::ClusterConfigError),
+    #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -240,20 +242,11 @@ impl Broker {
             listeners.push((sock, l.clone()));
         }
         let metrics = Arc::new(Metrics::new());
-        let fsync = if config.store.fsync == "interval" {
-            cicada_cluster::Fsync::Interval
-        } else {
-            cicada_cluster::Fsync::Always
-        };
+        let cluster_config = crate::store::cluster_config(&config)?;
         let store = Arc::new(
-            Store::open(
-                &config.data_dir,
-                fsync,
-                config.store.cache_mb << 20,
-                &metrics.registry,
-            )
-            .await
-            .map_err(|e| StartError::Store(e.to_string()))?,
+            Store::open(cluster_config, &metrics.registry)
+                .await
+                .map_err(|e| StartError::Store(e.to_string()))?,
         );
         metrics.retained.set(store.retained.len() as i64);
         let shutdown = CancellationToken::new();

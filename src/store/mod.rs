@@ -26,6 +26,7 @@ mod format;
 mod keys;
 mod machine;
 mod record;
+mod setup;
 #[cfg(test)]
 mod tests;
 
@@ -38,11 +39,11 @@ pub use record::{
     decode_delivery, decode_record, encode_delivery, encode_record, unix_now, InboxSummary,
     SessionRecord, StoredCopy,
 };
+pub use setup::cluster_config;
 
 use crate::broker::message::{Delivery, Message};
 use crate::broker::retained::{MemoryRetained, RetainedStore};
 use cicada_cluster::{Cluster, ClusterConfig, ClusterError};
-use std::path::Path;
 use std::sync::Arc;
 
 /// The node's store: the raft group and the in-memory mirror of what it applied.
@@ -53,17 +54,12 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the store in `data_dir` (a single node: a raft group of one) and loads the retained index.
+    /// Opens the store (a raft group of one, or this node of a cluster) and loads the retained index.
     pub async fn open(
-        data_dir: &Path,
-        fsync: cicada_cluster::Fsync,
-        cache_bytes: u64,
+        config: ClusterConfig,
         registry: &prometheus::Registry,
     ) -> Result<Store, ClusterError> {
         let retained = Arc::new(MemoryRetained::default());
-        let mut config = ClusterConfig::single(data_dir.join("store"));
-        config.fsync = fsync;
-        config.cache_capacity = cache_bytes;
         let inbox = prometheus::IntGauge::new(
             "cicada_store_inbox_messages",
             "QoS 1/2 messages stored for persistent sessions (queued or awaiting the client's acknowledgement).",

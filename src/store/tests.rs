@@ -10,6 +10,13 @@ use crate::protocol::{QoS, RetainHandling, SubscriptionOptions};
 use bytes::Bytes;
 use std::time::{Duration, Instant};
 
+fn single(dir: &std::path::Path, fsync: cicada_cluster::Fsync) -> ClusterConfig {
+    let mut c = ClusterConfig::single(dir.join("store"));
+    c.fsync = fsync;
+    c.cache_capacity = 64 << 20;
+    c
+}
+
 fn retained_msg(topic: &str, payload: &'static [u8]) -> Message {
     Message {
         topic: topic.into(),
@@ -28,7 +35,7 @@ fn retained_msg(topic: &str, payload: &'static [u8]) -> Message {
 async fn retained_messages_are_reloaded_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let fsync = cicada_cluster::Fsync::Always;
-    let store = Store::open(dir.path(), fsync, 64 << 20, &prometheus::Registry::new())
+    let store = Store::open(single(dir.path(), fsync), &prometheus::Registry::new())
         .await
         .unwrap();
     for t in ["d/0", "d/1", "d/2"] {
@@ -38,7 +45,7 @@ async fn retained_messages_are_reloaded_after_a_restart() {
     assert_eq!(store.retained.len(), 2);
     store.shutdown().await;
     drop(store);
-    let store = Store::open(dir.path(), fsync, 64 << 20, &prometheus::Registry::new())
+    let store = Store::open(single(dir.path(), fsync), &prometheus::Registry::new())
         .await
         .unwrap();
     let mut topics: Vec<String> = store
@@ -108,7 +115,7 @@ fn all(store: &Store, incarnation: u64) -> Vec<StoredCopy> {
 async fn inboxes_follow_their_session_incarnation_count_themselves_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let fsync = cicada_cluster::Fsync::Always;
-    let store = Store::open(dir.path(), fsync, 64 << 20, &prometheus::Registry::new())
+    let store = Store::open(single(dir.path(), fsync), &prometheus::Registry::new())
         .await
         .unwrap();
     // Apply assigns incarnations from its own counter: the first session is 1.
@@ -145,7 +152,7 @@ async fn inboxes_follow_their_session_incarnation_count_themselves_and_survive_a
     store.shutdown().await;
     drop(store);
 
-    let store = Store::open(dir.path(), fsync, 64 << 20, &prometheus::Registry::new())
+    let store = Store::open(single(dir.path(), fsync), &prometheus::Registry::new())
         .await
         .unwrap();
     let inbox = all(&store, inc);
@@ -244,7 +251,7 @@ async fn inboxes_follow_their_session_incarnation_count_themselves_and_survive_a
     drop(store);
 
     // The counter is state like any other: after a restart the next session still gets a new incarnation.
-    let store = Store::open(dir.path(), fsync, 64 << 20, &prometheus::Registry::new())
+    let store = Store::open(single(dir.path(), fsync), &prometheus::Registry::new())
         .await
         .unwrap();
     let after = store
