@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
 pub mod registry;
+pub mod remote;
 pub mod retained;
 pub mod routes;
 pub mod session;
@@ -56,6 +57,8 @@ pub struct Context {
     pub retained: Arc<dyn RetainedStore>,
     /// The replicated store (`None` only in tests that run without one).
     pub store: Option<Arc<Store>>,
+    /// Routing across the cluster's nodes (`None` only without a store).
+    pub remote: Option<Arc<remote::RemoteLink>>,
     pub shards: Vec<ActorRef<ShardMsg>>,
     pub registry: OnceLock<ActorRef<RegistryMsg>>,
     pub next_session_id: AtomicU64,
@@ -249,11 +252,13 @@ impl Broker {
                 .map_err(|e| StartError::Store(e.to_string()))?,
         );
         metrics.retained.set(store.retained.len() as i64);
+        let link = remote::RemoteLink::new(store.clone(), &metrics.registry)
+            .map_err(|e| StartError::Actors(e.to_string()))?;
         let shutdown = CancellationToken::new();
         // Shards only count drops: they start before the context that holds them.
         let mut shards = Vec::new();
         for _ in 0..config.shard_count() {
-            let (shard, _) = Actor::spawn(None, TopicShard, metrics.clone())
+            let (shard, _) = Actor::spawn(None, TopicShard, (metrics.clone(), Some(link.clone())))
                 .await
                 .map_err(|e| StartError::Actors(e.to_string()))?;
             shards.push(shard);
@@ -263,6 +268,7 @@ impl Broker {
             metrics,
             retained: store.retained.clone(),
             store: Some(store),
+            remote: Some(link.clone()),
             shards,
             registry: OnceLock::new(),
             next_session_id: AtomicU64::new(1),
@@ -282,6 +288,8 @@ impl Broker {
         let _ = ctx.registry.set(registry.clone());
 
         let tasks = TaskTracker::new();
+        tasks.spawn(link.clone().reconcile(ctx.shutdown.clone()));
+        tasks.spawn(link.clone().receive(ctx.clone()));
         let mut mqtt_addrs = Vec::new();
         for (((sock, l), auth), tls) in listeners.into_iter().zip(listener_auth).zip(listener_tls) {
             let addr = sock.local_addr().map_err(|source| StartError::Bind {

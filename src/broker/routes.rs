@@ -124,6 +124,16 @@ impl<S: Clone> Routes<S> {
     /// highest QoS and every identifier, v5 3.3.4; No Local honoured), and one per shared group, to its next
     /// member in turn.
     pub fn route(&mut self, message: &Arc<Message>) -> Vec<(S, Delivery)> {
+        self.route_with(message, |_, _| true)
+    }
+
+    /// As [`Routes::route`], with each matching shared group (plain filter, group name) delivered here only
+    /// when `take_group` says so (in a cluster another node's member may have this message's turn).
+    pub fn route_with(
+        &mut self,
+        message: &Arc<Message>,
+        mut take_group: impl FnMut(&str, &str) -> bool,
+    ) -> Vec<(S, Delivery)> {
         let mut targets: HashMap<SessionId, (S, Delivery)> = HashMap::new();
         let mut shared_filters: Vec<Box<str>> = Vec::new();
         self.trie.for_each_match(&message.topic, |entry| {
@@ -163,6 +173,9 @@ impl<S: Clone> Routes<S> {
                 continue;
             };
             for (group_name, group) in entry.groups.iter_mut() {
+                if group.members.is_empty() || !take_group(&filter, group_name) {
+                    continue;
+                }
                 let Some(sub) = group.pick(None) else {
                     continue;
                 };

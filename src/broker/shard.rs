@@ -5,6 +5,7 @@
 
 use super::message::{Delivery, Message, SessionId};
 use super::metrics::Metrics;
+use super::remote::{frame, GroupRef, GroupTurns, Planner, RemoteLink};
 use super::routes::{NoMember, Route, Routes};
 use super::session::SessionMsg;
 use super::ticket::Ticket;
@@ -28,6 +29,9 @@ pub enum ShardMsg {
         group: Option<String>,
     },
     Publish(Arc<Message>, Ticket),
+    /// A message another node forwarded: for this node's subscribers, and the shared groups named (the
+    /// plain filter and the group), whose turn it is here. Never forwarded again.
+    Forwarded(Arc<Message>, Vec<GroupRef>, Ticket),
     /// A shared-subscription message a member gave back (it went away): another member takes it.
     Redeliver {
         delivery: Delivery,
@@ -41,6 +45,10 @@ pub struct ShardState {
     /// What a shard uses of the broker: its counters (drops). It routes to sessions and never touches the store.
     metrics: Arc<Metrics>,
     routes: Routes<ActorRef<SessionMsg>>,
+    /// The cluster's routes and peer links (`None` in tests without a store).
+    link: Option<Arc<RemoteLink>>,
+    /// Whose turn it is in each shared group spread over nodes.
+    turns: GroupTurns,
 }
 
 /// The shard a topic name or a wildcard-free filter belongs to (FNV-1a: stable and cheap).
@@ -56,16 +64,18 @@ pub fn shard_of(topic: &str, shards: usize) -> usize {
 impl Actor for TopicShard {
     type Msg = ShardMsg;
     type State = ShardState;
-    type Arguments = Arc<Metrics>;
+    type Arguments = (Arc<Metrics>, Option<Arc<RemoteLink>>);
 
     async fn pre_start(
         &self,
         _me: ActorRef<ShardMsg>,
-        metrics: Arc<Metrics>,
+        (metrics, link): Self::Arguments,
     ) -> Result<ShardState, ActorProcessingErr> {
         Ok(ShardState {
             metrics,
             routes: Routes::default(),
+            link,
+            turns: GroupTurns::default(),
         })
     }
 
@@ -87,7 +97,13 @@ impl Actor for TopicShard {
             ShardMsg::Unsubscribe { id, filter, group } => {
                 s.routes.unsubscribe(id, &filter, group.as_deref())
             }
-            ShardMsg::Publish(message, ticket) => s.route(message, ticket),
+            ShardMsg::Publish(message, ticket) => s.route(message, ticket).await,
+            ShardMsg::Forwarded(message, groups, ticket) => {
+                let copies = s.routes.route_with(&message, |f, g| {
+                    groups.iter().any(|(gf, gg)| &**gf == f && &**gg == g)
+                });
+                s.send(&message, copies, &ticket, true);
+            }
             ShardMsg::Redeliver { delivery, exclude } => s.redeliver(delivery, exclude),
         }
         Ok(())
@@ -95,14 +111,43 @@ impl Actor for TopicShard {
 }
 
 impl ShardState {
-    /// Sends each copy the table decides on to its session.
-    fn route(&mut self, message: Arc<Message>, ticket: Ticket) {
-        let copies = self.routes.route(&message);
+    /// Sends each copy the table decides on to its session, and one frame to each other node with a
+    /// matching route. The ticket (the publisher's credit) is held until every frame is queued on its
+    /// peer link: a slow link slows the publishers whose messages wait for it.
+    async fn route(&mut self, message: Arc<Message>, ticket: Ticket) {
+        let link = self.link.clone().filter(|l| l.has_remote_routes());
+        let Some(link) = link else {
+            let copies = self.routes.route(&message);
+            self.send(&message, copies, &ticket, false);
+            return;
+        };
+        let remote = link.table().matching(&message.topic);
+        let mut planner = Planner::new(link.me(), &remote, &mut self.turns);
+        let copies = self
+            .routes
+            .route_with(&message, |f, g| planner.local_group(f, g));
+        let frames = planner.finish();
+        self.turns.trim(100_000);
+        self.send(&message, copies, &ticket, !frames.is_empty());
+        for (node, groups) in frames {
+            link.forward(node, frame::forward(&message, &groups)).await;
+        }
+    }
+
+    /// Casts the copies to their sessions; `elsewhere`: the message also went to (or came from) another
+    /// node, so no local copy is not a drop.
+    fn send(
+        &self,
+        message: &Message,
+        copies: Vec<(ActorRef<SessionMsg>, Delivery)>,
+        ticket: &Ticket,
+        elsewhere: bool,
+    ) {
         if let Some(gate) = &ticket.gate {
             // Counted before any session can refuse its copy (quota): all refusing means 0x97.
             gate.add_copies(copies.len());
         }
-        if copies.is_empty() && !message.topic.starts_with("$SYS") {
+        if copies.is_empty() && !elsewhere && !message.topic.starts_with("$SYS") {
             self.metrics
                 .dropped
                 .with_label_values(&["no_subscribers"])

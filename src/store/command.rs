@@ -83,6 +83,17 @@ pub enum Command<'a> {
         incarnation: u64,
         seqs: Vec<u64>,
     },
+    /// Node `node` has subscribers for `filter` (`$share/{group}/{filter}` for members of a shared group):
+    /// other nodes forward matching messages to it. Proposed by that node only; idempotent.
+    AddRoute {
+        node: u64,
+        filter: &'a str,
+    },
+    /// Node `node` has no subscriber for `filter` any more. Idempotent.
+    RemoveRoute {
+        node: u64,
+        filter: &'a str,
+    },
 }
 
 impl<'a> Command<'a> {

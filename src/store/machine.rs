@@ -4,10 +4,11 @@ use super::command::Command;
 use super::format;
 use super::keys::*;
 use super::record::{decode_record, mark_released, stored_weight, InboxCounter, SessionRecord};
+use crate::broker::remote::RemoteRoutes;
 use crate::broker::retained::{MemoryRetained, RetainedStore};
 use cicada_cluster::{StateMachine, Txn, View};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// What apply answers to a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +49,8 @@ pub struct BrokerMachine {
     pub(super) retained: Arc<MemoryRetained>,
     /// Messages in all inboxes (`cicada_store_inbox_messages`).
     pub(super) inbox: prometheus::IntGauge,
+    /// The cluster's routing table, mirrored in memory for publishing.
+    pub(super) routes: Arc<RwLock<RemoteRoutes>>,
 }
 
 fn remove_prefix(txn: &mut Txn<'_>, prefix: &[u8]) {
@@ -259,6 +262,14 @@ impl BrokerMachine {
                 txn.remove(&qos2_key(client_id, pkid));
                 remove_prefix(txn, &once_prefix(client_id, Some(pkid)));
             }
+            Command::AddRoute { node, filter } => {
+                txn.insert(&route_key(node, filter), &[]);
+                self.routes_mut().add(node, filter);
+            }
+            Command::RemoveRoute { node, filter } => {
+                txn.remove(&route_key(node, filter));
+                self.routes_mut().remove(node, filter);
+            }
             Command::InboxAck {
                 client_id,
                 incarnation,
@@ -282,7 +293,25 @@ impl BrokerMachine {
         Outcome::Applied
     }
 
+    fn routes_mut(&self) -> std::sync::RwLockWriteGuard<'_, RemoteRoutes> {
+        // A panic while holding the lock cannot leave the table half-changed in a way that matters more than
+        // losing it: keep serving.
+        self.routes.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn load(&self, view: &View) {
+        {
+            let mut routes = self.routes_mut();
+            routes.clear();
+            for (k, _) in view.scan_prefix(ROUTE_PREFIX).flatten() {
+                match parse_route_key(&k) {
+                    Some((node, filter)) => routes.add(node, filter),
+                    None => {
+                        tracing::error!(key = %String::from_utf8_lossy(&k), "stored route unreadable")
+                    }
+                }
+            }
+        }
         self.retained.clear_all();
         for (k, v) in view.scan_prefix(RETAINED_PREFIX).flatten() {
             if let Some(m) = decode_record(&v) {

@@ -36,12 +36,13 @@ use keys::*;
 pub use machine::{Appended, BrokerMachine, Outcome};
 use record::InboxCounter;
 pub use record::{
-    decode_delivery, decode_record, encode_delivery, encode_record, unix_now, InboxSummary,
-    SessionRecord, StoredCopy,
+    decode_delivery, decode_record, encode_delivery, encode_record, put_record, unix_now,
+    InboxSummary, SessionRecord, StoredCopy,
 };
 pub use setup::cluster_config;
 
 use crate::broker::message::{Delivery, Message};
+use crate::broker::remote::RemoteRoutes;
 use crate::broker::retained::{MemoryRetained, RetainedStore};
 use cicada_cluster::{Cluster, ClusterConfig, ClusterError};
 use std::sync::Arc;
@@ -49,7 +50,10 @@ use std::sync::Arc;
 /// The node's store: the raft group and the in-memory mirror of what it applied.
 pub struct Store {
     cluster: Cluster,
+    node_id: u64,
     pub retained: Arc<MemoryRetained>,
+    /// The cluster's routing table (apply keeps it).
+    pub routes: Arc<std::sync::RwLock<RemoteRoutes>>,
     not_applied: prometheus::IntCounterVec,
 }
 
@@ -60,6 +64,8 @@ impl Store {
         registry: &prometheus::Registry,
     ) -> Result<Store, ClusterError> {
         let retained = Arc::new(MemoryRetained::default());
+        let node_id = config.node_id;
+        let routes = Arc::new(std::sync::RwLock::new(RemoteRoutes::new(node_id)));
         let inbox = prometheus::IntGauge::new(
             "cicada_store_inbox_messages",
             "QoS 1/2 messages stored for persistent sessions (queued or awaiting the client's acknowledgement).",
@@ -82,6 +88,7 @@ impl Store {
         let machine = BrokerMachine {
             retained: retained.clone(),
             inbox,
+            routes: routes.clone(),
         };
         // The machine loads what was applied before this start (`restored`), then raft replays the rest:
         // entries that were committed (and acknowledged) but whose state write a kill -9 lost. The read
@@ -91,7 +98,9 @@ impl Store {
         tracing::info!(applied, retained = retained.len(), "store opened");
         Ok(Store {
             cluster,
+            node_id,
             retained,
+            routes,
             not_applied,
         })
     }
@@ -384,6 +393,30 @@ impl Store {
                 }
             })
             .collect()
+    }
+
+    /// This node's id in the cluster (1 for a cluster of one).
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// Proposes that this node has (`true`) or no longer has subscribers for `filter`; queued in call order.
+    pub fn set_route(
+        &self,
+        filter: &str,
+        present: bool,
+    ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
+        let node = self.node_id;
+        self.submit_applied(if present {
+            Command::AddRoute { node, filter }
+        } else {
+            Command::RemoveRoute { node, filter }
+        })
+    }
+
+    /// The raft group, for the peer link's application lane and cluster status.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
     }
 
     /// Whether the raft group has a leader (what needs consensus can be acknowledged).

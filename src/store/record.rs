@@ -66,7 +66,7 @@ fn put_publish(buf: &mut BytesMut, m: &Message) {
 }
 
 /// Writes the stored form of a retained message into `buf` (after a command's header).
-pub(super) fn put_record(buf: &mut BytesMut, m: &Message) {
+pub fn put_record(buf: &mut BytesMut, m: &Message) {
     let header = MessageHeader {
         expires: expiry_secs(m),
     };

@@ -219,7 +219,8 @@ impl Actor for Session {
             s.ctx.metrics.sessions_offline.inc();
             for (filter, options, sub_id) in r.subscriptions {
                 let rec = SubRecord { options, sub_id };
-                rec.install(&s.ctx, &me, s.id, &filter);
+                // Its route, if new, is committed in the background: nobody waits on a restore.
+                let _ = rec.install(&s.ctx, &me, s.id, &filter, true);
                 s.subs.insert(filter, rec);
                 s.ctx.metrics.subscriptions.inc();
             }

@@ -28,13 +28,16 @@ fn split(filter: &str) -> (Option<&str>, &str) {
 }
 
 impl SubRecord {
+    /// Puts the subscription in the shards; `new` (not a replacement): the filter counts toward this node's
+    /// route, and the future (when there is one) resolves once a new route is committed.
     pub(super) fn install(
         &self,
         ctx: &Context,
         me: &ActorRef<SessionMsg>,
         id: SessionId,
         full: &str,
-    ) {
+        new: bool,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         let (group, filter) = split(full);
         for shard in ctx.shards_for_filter(filter) {
             let _ = shard.cast(ShardMsg::Subscribe {
@@ -48,9 +51,13 @@ impl SubRecord {
                 },
             });
         }
+        ctx.remote.as_ref().filter(|_| new)?.subscribed(full)
     }
 
     pub fn remove_from_shards(&self, ctx: &Context, id: SessionId, full: &str) {
+        if let Some(link) = &ctx.remote {
+            link.unsubscribed(full);
+        }
         let (group, filter) = split(full);
         for shard in ctx.shards_for_filter(filter) {
             let _ = shard.cast(ShardMsg::Unsubscribe {
@@ -109,6 +116,8 @@ impl SessionState {
         let mut reasons = Vec::with_capacity(packet.filters.len());
         let mut retained: Vec<Delivery> = Vec::new();
         let now = Instant::now();
+        // New routes in the cluster's table: the SUBACK waits for their commit.
+        let mut routes = Vec::new();
         for f in packet.filters {
             if let Err(code) = self.check_filter(&f.filter, sub_id) {
                 // Before MQTT 5 every failure is 0x80 [MQTT-3.9.3-2].
@@ -122,7 +131,8 @@ impl SessionState {
             let mut options = f.options;
             options.qos = options.qos.min(max_qos);
             let record = SubRecord { options, sub_id };
-            record.install(&self.ctx, me, self.id, &f.filter);
+            let new = !self.subs.contains_key(&f.filter);
+            routes.extend(record.install(&self.ctx, me, self.id, &f.filter, new));
             let existed = self.subs.insert(f.filter.clone(), record).is_some();
             if !existed {
                 self.ctx.metrics.subscriptions.inc();
@@ -149,6 +159,9 @@ impl SessionState {
                     });
                 }
             }
+        }
+        for r in routes {
+            r.await;
         }
         // A persistent session's SUBACK reports subscriptions that survive a crash: it waits for the commit.
         if !self.persist().await {

@@ -1,0 +1,148 @@
+//! The frames brokers send each other on the peer link's application lane. Version byte first, so a node
+//! never misreads a frame of another release: it counts and drops it.
+//!
+//! `FORWARD`: a message published on the sending node, for the receiver's local subscribers: the shared
+//! groups it is to deliver to (postcard), then the message as the store encodes a retained one (its expiry
+//! and an MQTT 5 PUBLISH: every property survives).
+
+use super::plan::GroupRef;
+use crate::broker::message::Message;
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+const VERSION: u8 = 1;
+const FORWARD: u8 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct ForwardHeader<'a> {
+    #[serde(borrow)]
+    groups: Vec<(&'a str, &'a str)>,
+}
+
+/// Why a frame was not understood.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame version {0}; this build speaks {VERSION}")]
+    Version(u8),
+    #[error("unknown frame kind {0}")]
+    Kind(u8),
+    #[error("malformed frame")]
+    Malformed,
+    #[error("the message expired on its way")]
+    Expired,
+}
+
+/// A frame as received.
+#[derive(Debug)]
+pub enum Frame {
+    Forward {
+        message: Message,
+        groups: Vec<GroupRef>,
+    },
+}
+
+pub fn forward(message: &Message, groups: &[GroupRef]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(message.payload.len() + message.topic.len() + 64);
+    buf.put_u8(VERSION);
+    buf.put_u8(FORWARD);
+    let header = ForwardHeader {
+        groups: groups.iter().map(|(f, g)| (&**f, &**g)).collect(),
+    };
+    let taken = std::mem::take(&mut buf);
+    buf = postcard::to_extend(&header, taken).expect("postcard into a BytesMut");
+    crate::store::put_record(&mut buf, message);
+    buf.freeze()
+}
+
+pub fn decode(frame: &[u8]) -> Result<Frame, FrameError> {
+    match frame {
+        [VERSION, FORWARD, rest @ ..] => {
+            let (h, tail): (ForwardHeader<'_>, &[u8]) =
+                postcard::take_from_bytes(rest).map_err(|_| FrameError::Malformed)?;
+            let message = crate::store::decode_record(tail).ok_or_else(|| {
+                // An expired message and a broken one both decode to nothing: tell them apart by the header.
+                if tail.len() > 2 {
+                    FrameError::Expired
+                } else {
+                    FrameError::Malformed
+                }
+            })?;
+            Ok(Frame::Forward {
+                message,
+                groups: h
+                    .groups
+                    .into_iter()
+                    .map(|(f, g)| (f.into(), g.into()))
+                    .collect(),
+            })
+        }
+        [VERSION, kind, ..] => Err(FrameError::Kind(*kind)),
+        [v, ..] => Err(FrameError::Version(*v)),
+        [] => Err(FrameError::Malformed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Properties, QoS};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_forwarded_message_keeps_its_properties_flags_expiry_and_groups() {
+        let mut properties = Properties::default();
+        properties.user_properties.push(("k".into(), "v".into()));
+        properties.content_type = Some("text/plain".into());
+        let m = Message {
+            topic: "device/7/status".into(),
+            payload: Bytes::from_static(b"online"),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            properties,
+            expires_at: Some(Instant::now() + Duration::from_secs(100)),
+            publisher: Some(9),
+            received: Instant::now(),
+            qos2_origin: None,
+        };
+        let groups: Vec<GroupRef> = vec![("device/+/status".into(), "workers".into())];
+        let Frame::Forward { message, groups: g } = decode(&forward(&m, &groups)).unwrap();
+        assert_eq!(g, groups);
+        assert_eq!(
+            (
+                message.topic.as_str(),
+                &message.payload[..],
+                message.qos,
+                message.retain
+            ),
+            ("device/7/status", &b"online"[..], QoS::ExactlyOnce, true)
+        );
+        assert_eq!(
+            message.properties.user_properties,
+            m.properties.user_properties
+        );
+        assert_eq!(
+            message.properties.content_type.as_deref(),
+            Some("text/plain")
+        );
+        assert_eq!(
+            message.publisher, None,
+            "a session id means nothing on another node"
+        );
+        let left = message.expires_at.unwrap() - Instant::now();
+        assert!(
+            left > Duration::from_secs(90) && left <= Duration::from_secs(101),
+            "{left:?}"
+        );
+    }
+
+    #[test]
+    fn frames_of_another_version_or_kind_and_garbage_are_errors() {
+        assert_eq!(decode(&[]).unwrap_err(), FrameError::Malformed);
+        assert_eq!(decode(&[9, 1]).unwrap_err(), FrameError::Version(9));
+        assert_eq!(decode(&[VERSION, 7]).unwrap_err(), FrameError::Kind(7));
+        assert_eq!(
+            decode(&[VERSION, FORWARD, 0xff, 0xff]).unwrap_err(),
+            FrameError::Malformed
+        );
+    }
+}

@@ -1,0 +1,319 @@
+//! The broker across nodes (ARCHITECTURE.md section 4): the replicated routing table, forwarding published
+//! messages to the nodes with matching subscribers, and taking in what other nodes forward.
+//!
+//! - [`table`]: the routing table every node applies in log order (a route per filter and node);
+//! - [`local`]: this node's filters, counted, and what the table must change to agree with them;
+//! - [`plan`]: which nodes a message goes to, shared groups included (pure);
+//! - [`frame`]: what goes over the peer link's application lane;
+//! - this file: [`RemoteLink`], which proposes this node's routes, sends frames with back-pressure and
+//!   hands received messages to the local shards.
+//!
+//! A node proposes its own routes only while the cluster has more than one member (a cluster of one
+//! forwards nothing, and a subscription costs it no commit). A reconciliation pass compares this node's
+//! filters with its routes in the table, at start, every few seconds and after a failed proposal, and
+//! proposes the difference: a route lost to a leaderless moment or left over from before a restart is
+//! repaired without anyone waiting for it.
+
+pub mod frame;
+pub mod local;
+pub mod plan;
+pub mod table;
+
+pub use plan::{GroupRef, GroupTurns, Planner};
+pub use table::{RemoteMatch, RemoteRoutes};
+
+use crate::broker::shard::ShardMsg;
+use crate::broker::ticket::Ticket;
+use crate::broker::Context;
+use crate::store::Store;
+use bytes::Bytes;
+use local::LocalRoutes;
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLockReadGuard};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// How often this node's routes are compared with the table when nothing asked for it.
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+/// How long a forward waits for room on a full lane before the peer counts as stalled (its frames are then
+/// dropped, counted, until its lane has room again): a dead peer must not hold a shard.
+const FORWARD_WAIT: Duration = Duration::from_secs(1);
+/// Messages received from peers that may be on their way through the shards at once.
+const FORWARD_CREDIT: usize = 256;
+/// How long a SUBACK waits for its route's commit (a leaderless cluster answers sooner: see `subscribed`).
+const ROUTE_WAIT: Duration = Duration::from_secs(5);
+
+/// This node's side of the cluster's routing.
+pub struct RemoteLink {
+    store: Arc<Store>,
+    me: u64,
+    local: Mutex<LocalRoutes>,
+    /// More than one member: routes are proposed and messages forwarded.
+    clustered: AtomicBool,
+    /// Wakes the reconciliation pass (a route proposal failed).
+    dirty: Notify,
+    /// Peers whose lane stayed full past `FORWARD_WAIT`.
+    stalled: Mutex<HashSet<u64>>,
+    forwarded: IntCounterVec,
+    forward_dropped: IntCounterVec,
+    local_routes: IntGauge,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl RemoteLink {
+    pub fn new(
+        store: Arc<Store>,
+        registry: &Registry,
+    ) -> Result<Arc<RemoteLink>, prometheus::Error> {
+        let forwarded = IntCounterVec::new(
+            Opts::new(
+                "cicada_forwarded_messages_total",
+                "Messages forwarded to (direction=out) or received from (in) another node, by peer.",
+            ),
+            &["peer", "direction"],
+        )?;
+        let forward_dropped = IntCounterVec::new(
+            Opts::new(
+                "cicada_forward_dropped_total",
+                "Messages for another node not forwarded (peer unreachable or stalled), or received and not understood, by peer and reason.",
+            ),
+            &["peer", "reason"],
+        )?;
+        let local_routes = IntGauge::new(
+            "cicada_cluster_local_routes",
+            "Filters this node has subscribers for (its routes in the cluster's table).",
+        )?;
+        registry.register(Box::new(forwarded.clone()))?;
+        registry.register(Box::new(forward_dropped.clone()))?;
+        registry.register(Box::new(local_routes.clone()))?;
+        let me = store.node_id();
+        let link = Arc::new(RemoteLink {
+            store,
+            me,
+            local: Mutex::new(LocalRoutes::default()),
+            clustered: AtomicBool::new(false),
+            dirty: Notify::new(),
+            stalled: Mutex::new(HashSet::new()),
+            forwarded,
+            forward_dropped,
+            local_routes,
+        });
+        link.refresh_membership();
+        Ok(link)
+    }
+
+    pub fn me(&self) -> u64 {
+        self.me
+    }
+
+    /// The replicated routing table.
+    pub fn table(&self) -> RwLockReadGuard<'_, RemoteRoutes> {
+        self.store.routes.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a publish must look at the table: other nodes have routes.
+    pub fn has_remote_routes(&self) -> bool {
+        self.clustered.load(Ordering::Relaxed) && self.table().has_others()
+    }
+
+    fn refresh_membership(&self) -> bool {
+        let members = self
+            .store
+            .cluster()
+            .view()
+            .peers()
+            .map(|p| p.len())
+            .unwrap_or(1);
+        let clustered = members > 1;
+        self.clustered.store(clustered, Ordering::Relaxed);
+        clustered
+    }
+
+    /// A local subscription to `full` (`$share/g/f` for a group member). When it is the filter's first on
+    /// this node its route is proposed, and the future resolves once it is committed (or failed): the SUBACK
+    /// waits for it, so a PUBLISH any node receives afterwards reaches the subscriber. Without a leader the
+    /// route is left to reconciliation and nothing waits (clean sessions keep working locally).
+    pub fn subscribed(
+        self: &Arc<Self>,
+        full: &str,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let mut local = lock(&self.local);
+        let first = local.add(full);
+        self.local_routes.set(local.len() as i64);
+        if !first || !self.clustered.load(Ordering::Relaxed) {
+            return None;
+        }
+        // Proposed under the lock: route proposals commit in the order the local counts changed.
+        let commit = self.store.set_route(full, true);
+        drop(local);
+        let waits = self.store.has_leader();
+        let failed = self.failure_signal();
+        Some(async move {
+            let outcome = if waits {
+                tokio::time::timeout(ROUTE_WAIT, commit).await.ok()
+            } else {
+                tokio::spawn(async move {
+                    let _ = commit.await;
+                });
+                None
+            };
+            if !matches!(outcome, Some(Ok(true))) {
+                failed();
+            }
+        })
+    }
+
+    /// A local subscription to `full` went; the route goes with the filter's last one (in the background).
+    pub fn unsubscribed(self: &Arc<Self>, full: &str) {
+        let mut local = lock(&self.local);
+        let last = local.remove(full);
+        self.local_routes.set(local.len() as i64);
+        if !last || !self.clustered.load(Ordering::Relaxed) {
+            return;
+        }
+        let commit = self.store.set_route(full, false);
+        drop(local);
+        let failed = self.failure_signal();
+        tokio::spawn(async move {
+            if !matches!(commit.await, Ok(true)) {
+                failed();
+            }
+        });
+    }
+
+    /// A callback that wakes reconciliation (a proposal failed or timed out).
+    fn failure_signal(self: &Arc<Self>) -> impl FnOnce() + Send + 'static {
+        let me = self.clone();
+        move || me.dirty.notify_one()
+    }
+
+    /// Sends a frame to a peer on the application lane, waiting (back-pressure on the shard, and through
+    /// its ticket on the publisher) while the lane is full, up to `FORWARD_WAIT`; a peer whose lane stays
+    /// full counts as stalled and its frames are dropped, counted, until its lane has room again.
+    pub async fn forward(&self, to: u64, frame: Bytes) {
+        let peer = to.to_string();
+        let cluster = self.store.cluster();
+        let result = match cluster.try_send_app(to, frame.clone()) {
+            Err(cicada_cluster::transport::AppSendError::Full(_))
+                if !lock(&self.stalled).contains(&to) =>
+            {
+                match tokio::time::timeout(FORWARD_WAIT, cluster.send_app(to, frame)).await {
+                    Ok(r) => r.map_err(|_| "unreachable"),
+                    Err(_) => {
+                        lock(&self.stalled).insert(to);
+                        tracing::warn!(
+                            peer = to,
+                            "peer link full: forwards dropped until it drains"
+                        );
+                        Err("stalled")
+                    }
+                }
+            }
+            Err(cicada_cluster::transport::AppSendError::Full(_)) => Err("stalled"),
+            Err(_) => Err("unreachable"),
+            Ok(()) => {
+                if lock(&self.stalled).remove(&to) {
+                    tracing::info!(peer = to, "peer link drains again: forwarding resumes");
+                }
+                Ok(())
+            }
+        };
+        match result {
+            Ok(()) => self.forwarded.with_label_values(&[&peer, "out"]).inc(),
+            Err(reason) => self
+                .forward_dropped
+                .with_label_values(&[&peer, reason])
+                .inc(),
+        }
+    }
+
+    /// Compares this node's filters with its routes in the table and proposes the difference; also follows
+    /// membership (a node that joins a cluster starts proposing its routes). Runs until shutdown.
+    pub async fn reconcile(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+                _ = self.dirty.notified() => {
+                    // A burst of failures is one pass.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            if !self.refresh_membership() || !self.store.has_leader() {
+                continue;
+            }
+            let commits = {
+                let local = lock(&self.local);
+                let diff = local.diff(&self.table().of(self.me));
+                if diff.add.is_empty() && diff.remove.is_empty() {
+                    continue;
+                }
+                tracing::info!(
+                    add = diff.add.len(),
+                    remove = diff.remove.len(),
+                    "reconciling this node's routes"
+                );
+                let adds = diff.add.iter().map(|f| self.store.set_route(f, true));
+                let removes = diff.remove.iter().map(|f| self.store.set_route(f, false));
+                adds.chain(removes).collect::<Vec<_>>()
+            };
+            for c in commits {
+                if !matches!(c.await, Ok(true)) {
+                    self.dirty.notify_one();
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Takes the frames other nodes send and hands each message to the local shard of its topic, which
+    /// delivers to this node's subscribers only (and to the shared groups the frame names). Frames of one
+    /// peer are handled in order: messages of one publisher on one topic stay in order.
+    pub async fn receive(self: Arc<Self>, ctx: Arc<Context>) {
+        let Some(mut frames) = self.store.cluster().take_app_frames().await else {
+            return;
+        };
+        // Messages from peers in the shards at once: past it, this loop (and, through the lane, the
+        // sending shards and their publishers) waits.
+        let credit = Arc::new(tokio::sync::Semaphore::new(FORWARD_CREDIT));
+        loop {
+            let (from, bytes) = tokio::select! {
+                _ = ctx.shutdown.cancelled() => return,
+                f = frames.recv() => match f { Some(f) => f, None => return },
+            };
+            let peer = from.to_string();
+            match frame::decode(&bytes) {
+                Ok(frame::Frame::Forward { message, groups }) => {
+                    self.forwarded.with_label_values(&[&peer, "in"]).inc();
+                    let Ok(permit) = credit.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let ticket = Ticket {
+                        credit: Some(Arc::new(permit)),
+                        gate: None,
+                    };
+                    let _ = ctx.shard_for(&message.topic).cast(ShardMsg::Forwarded(
+                        Arc::new(message),
+                        groups,
+                        ticket,
+                    ));
+                }
+                Err(frame::FrameError::Expired) => {
+                    ctx.metrics.dropped.with_label_values(&["expired"]).inc();
+                }
+                Err(e) => {
+                    tracing::warn!(peer = from, error = %e, "frame from a peer not understood");
+                    self.forward_dropped
+                        .with_label_values(&[&peer, "not_understood"])
+                        .inc();
+                }
+            }
+        }
+    }
+}
