@@ -194,7 +194,17 @@ async fn run<R, W>(
         )
         .await;
     let Ok(CallResult::Success(Ok(Opened { session, id }))) = opened else {
-        tracing::error!("the registry did not open a session");
+        // The cluster could not take the session over (no leader, or the store failed): the client tries
+        // again later or elsewhere; nothing was acknowledged.
+        tracing::warn!(client_id = %a.client_id, "no session could be opened: refused with server unavailable");
+        let mut wr = wr;
+        refuse(
+            &mut wr,
+            a.connect.protocol,
+            ReasonCode::SERVER_UNAVAILABLE,
+            &ctx,
+        )
+        .await;
         return;
     };
     let version = a.connect.protocol;

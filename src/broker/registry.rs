@@ -1,10 +1,19 @@
 //! The Registry actor: client id → Session. The one place that decides which session a connecting client
 //! gets: the existing one (resumed, its old connection taken over) or a new one (clean start discards it).
+//!
+//! In a cluster a client id has one owner node, decided by claims the raft log orders (see
+//! [`crate::store::Command::Claim`]). A connect claims the id for this node; every node applies the claim
+//! and the registry of any other node holding a session for the id ends it (0x8E), unless its own claim is
+//! still on its way (then it comes later in the log and wins). A client resuming (clean start = false) a
+//! session another node owns takes it over through the store ([`crate::store::Command::TakeSession`]): its
+//! subscriptions, stored inbox and inbound QoS 2 ids come from the replicated state, under a new
+//! incarnation that fences off every late command of the previous owner.
 
 use super::message::SessionId;
 use super::session::{Restored, Session, SessionArgs, SessionMsg};
 use super::Context;
 use crate::protocol::ReasonCode;
+use crate::store::{OwnerChange, SessionRecord, Store};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -26,13 +35,64 @@ pub enum RegistryMsg {
     Ended { client_id: String, id: SessionId },
     /// Close every connection with this reason and wait until each session has sent it.
     Shutdown(ReasonCode, RpcReplyPort<()>),
+    /// A claim was committed (on this node or another).
+    Owner(OwnerChange),
+    /// Claims were missed (the registry lagged): compare every local session with the stored owners.
+    Recheck,
+    /// A claim this node proposed failed: the session no longer waits for it.
+    ClaimFailed { client_id: String, token: u64 },
+}
+
+/// A local session and its claim.
+struct Local {
+    id: SessionId,
+    session: ActorRef<SessionMsg>,
+    /// This node's claim for it (0: none was needed, a cluster of one).
+    token: u64,
+    /// The claim is proposed and not yet applied here: a claim of another node applied meanwhile is older.
+    pending: bool,
 }
 
 pub struct Registry;
 
 pub struct RegistryState {
     ctx: Arc<Context>,
-    sessions: HashMap<String, (SessionId, ActorRef<SessionMsg>)>,
+    sessions: HashMap<String, Local>,
+}
+
+/// A token naming one claim: per-process random state and a counter (no clock).
+fn claim_token(ctx: &Context) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(ctx.next_session_id.load(Ordering::Relaxed));
+    h.finish() | 1
+}
+
+/// What a stored session needs to start again (offline, with its subscriptions); `None` (and its deletion
+/// proposed) when it expired while nobody held it.
+fn restore(store: &Store, client_id: &str, rec: SessionRecord) -> Option<Restored> {
+    let now = crate::store::unix_now();
+    let elapsed = match rec.offline_since {
+        0 => 0, // connected when its node stopped: offline from now
+        t => now.saturating_sub(t),
+    };
+    let remaining = if rec.expiry == u32::MAX {
+        u32::MAX
+    } else if elapsed >= u64::from(rec.expiry) {
+        let commit = store.delete_session(client_id, rec.incarnation);
+        store.in_background("delete_session", client_id, commit);
+        return None;
+    } else {
+        rec.expiry - elapsed as u32
+    };
+    Some(Restored {
+        incarnation: rec.incarnation,
+        inbox: store.inbox_summary(client_id, rec.incarnation),
+        expiry: rec.expiry,
+        remaining,
+        inbound_qos2: store.qos2_ids(client_id),
+        subscriptions: rec.subscriptions,
+    })
 }
 
 impl Actor for Registry {
@@ -46,41 +106,51 @@ impl Actor for Registry {
         ctx: Arc<Context>,
     ) -> Result<RegistryState, ActorProcessingErr> {
         let mut sessions = HashMap::new();
-        // Persistent sessions the store kept: back as offline sessions with their subscriptions, unless
-        // they expired while the broker was down.
+        // Persistent sessions the store kept and this node owns: back as offline sessions with their
+        // subscriptions, unless they expired while the broker was down.
         if let Some(store) = &ctx.store {
-            let now = crate::store::unix_now();
+            let mut changes = store.owner_changes();
+            let registry = me.clone();
+            tokio::spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    let msg = match changes.recv().await {
+                        Ok(change) => RegistryMsg::Owner(change),
+                        Err(RecvError::Lagged(_)) => RegistryMsg::Recheck,
+                        Err(RecvError::Closed) => return,
+                    };
+                    if registry.cast(msg).is_err() {
+                        return;
+                    }
+                }
+            });
             let mut restored = 0;
             for (client_id, rec) in store.sessions() {
-                let elapsed = match rec.offline_since {
-                    0 => 0, // connected when the broker stopped: offline from now
-                    t => now.saturating_sub(t),
-                };
-                let remaining = if rec.expiry == u32::MAX {
-                    u32::MAX
-                } else if elapsed >= u64::from(rec.expiry) {
-                    let commit = store.delete_session(&client_id, rec.incarnation);
-                    store.in_background("delete_session", &client_id, commit);
+                let owner = store.owner(&client_id);
+                if owner.is_some_and(|o| o.node != store.node_id()) {
                     continue;
-                } else {
-                    rec.expiry - elapsed as u32
+                }
+                let Some(r) = restore(store, &client_id, rec) else {
+                    continue;
                 };
                 let id = ctx.next_session_id.fetch_add(1, Ordering::Relaxed);
                 let args = SessionArgs {
                     ctx: ctx.clone(),
                     client_id: client_id.clone(),
                     id,
-                    restored: Some(Restored {
-                        incarnation: rec.incarnation,
-                        inbox: store.inbox_summary(&client_id, rec.incarnation),
-                        expiry: rec.expiry,
-                        remaining,
-                        inbound_qos2: store.qos2_ids(&client_id),
-                        subscriptions: rec.subscriptions,
-                    }),
+                    restored: Some(r),
                 };
                 let (session, _) = Actor::spawn_linked(None, Session, args, me.get_cell()).await?;
-                sessions.insert(client_id, (id, session));
+                let token = owner.map_or(0, |o| o.token);
+                sessions.insert(
+                    client_id,
+                    Local {
+                        id,
+                        session,
+                        token,
+                        pending: false,
+                    },
+                );
                 restored += 1;
             }
             if restored > 0 {
@@ -105,59 +175,47 @@ impl Actor for Registry {
                 clean_start,
                 reply,
             } => {
-                if let Some((id, session)) = s.sessions.get(&client_id) {
-                    if !clean_start {
-                        let _ = reply.send(Ok(Opened {
-                            session: session.clone(),
-                            id: *id,
-                        }));
-                        return Ok(());
-                    }
-                    // Clean start: the old session (and its connection, 0x8E) goes [MQTT-3.1.2-4]. Its
-                    // successor starts only once it has ended: whatever it still had to propose (a create
-                    // its own connect asked for, its delete) is in the log before the successor's create,
-                    // so apply, which ignores commands of any incarnation but the stored one, never lets
-                    // the old life undo the new.
-                    let _ = session
-                        .call(
-                            |port| SessionMsg::Discard(ReasonCode::SESSION_TAKEN_OVER, Some(port)),
-                            None,
-                        )
-                        .await;
-                    s.sessions.remove(&client_id);
-                }
-                let id = s.ctx.next_session_id.fetch_add(1, Ordering::Relaxed);
-                let args = SessionArgs {
-                    ctx: s.ctx.clone(),
-                    client_id: client_id.clone(),
-                    id,
-                    restored: None,
-                };
-                match Actor::spawn_linked(None, Session, args, me.get_cell()).await {
-                    Ok((session, _)) => {
-                        s.sessions.insert(client_id, (id, session.clone()));
-                        let _ = reply.send(Ok(Opened { session, id }));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(format!("cannot start a session: {e}")));
-                    }
-                }
+                let r = s.open(&me, client_id, clean_start).await;
+                let _ = reply.send(r);
             }
             RegistryMsg::Ended { client_id, id } => {
-                if s.sessions
-                    .get(&client_id)
-                    .is_some_and(|(current, _)| *current == id)
-                {
+                if s.sessions.get(&client_id).is_some_and(|l| l.id == id) {
                     s.sessions.remove(&client_id);
                 }
             }
             RegistryMsg::Shutdown(reason, done) => {
-                for (_, session) in s.sessions.values() {
-                    let _ = session
+                for l in s.sessions.values() {
+                    let _ = l
+                        .session
                         .call(|port| SessionMsg::Shutdown(reason, port), None)
                         .await;
                 }
                 let _ = done.send(());
+            }
+            RegistryMsg::Owner(change) => s.owner_changed(&change).await,
+            RegistryMsg::Recheck => {
+                let Some(store) = s.ctx.store.clone() else {
+                    return Ok(());
+                };
+                let lost: Vec<String> = s
+                    .sessions
+                    .iter()
+                    .filter(|(id, l)| {
+                        !l.pending
+                            && store
+                                .owner(id)
+                                .is_some_and(|o| o.node != store.node_id() && o.token != l.token)
+                    })
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for client_id in lost {
+                    s.taken_elsewhere(&client_id).await;
+                }
+            }
+            RegistryMsg::ClaimFailed { client_id, token } => {
+                if let Some(l) = s.sessions.get_mut(&client_id).filter(|l| l.token == token) {
+                    l.pending = false;
+                }
             }
         }
         Ok(())
@@ -172,8 +230,145 @@ impl Actor for Registry {
         // A session that panicked must not take the registry (and every other session) down with it.
         if let ractor::SupervisionEvent::ActorFailed(cell, err) = evt {
             tracing::error!(error = %err, "a session failed");
-            s.sessions.retain(|_, (_, r)| r.get_id() != cell.get_id());
+            s.sessions
+                .retain(|_, l| l.session.get_id() != cell.get_id());
         }
         Ok(())
+    }
+}
+
+impl RegistryState {
+    async fn open(
+        &mut self,
+        me: &ActorRef<RegistryMsg>,
+        client_id: String,
+        clean_start: bool,
+    ) -> Result<Opened, String> {
+        if let Some(l) = self.sessions.get(&client_id) {
+            if !clean_start {
+                return Ok(Opened {
+                    session: l.session.clone(),
+                    id: l.id,
+                });
+            }
+            // Clean start: the old session (and its connection, 0x8E) goes [MQTT-3.1.2-4]. Its successor
+            // starts only once it has ended: whatever it still had to propose (a create its own connect asked
+            // for, its delete) is in the log before the successor's create, so apply, which ignores commands
+            // of any incarnation but the stored one, never lets the old life undo the new.
+            let _ = l
+                .session
+                .call(
+                    |port| SessionMsg::Discard(ReasonCode::SESSION_TAKEN_OVER, Some(port)),
+                    None,
+                )
+                .await;
+            self.sessions.remove(&client_id);
+        }
+        let store = self.ctx.store.clone().filter(|s| s.clustered());
+        let (mut token, mut pending, mut restored) = (0, false, None);
+        if let Some(store) = &store {
+            token = claim_token(&self.ctx);
+            if clean_start {
+                // The claim closes the client's connection on any other node; this connect does not wait for
+                // it (a clean session works on a node without a leader too).
+                pending = true;
+                let (claim, registry, id) = (
+                    store.claim(&client_id, token),
+                    me.clone(),
+                    client_id.clone(),
+                );
+                tokio::spawn(async move {
+                    if let Err(e) = claim.await {
+                        tracing::debug!(client_id = %id, error = %e, "claim not committed");
+                        let _ = registry.cast(RegistryMsg::ClaimFailed {
+                            client_id: id,
+                            token,
+                        });
+                    }
+                });
+            } else {
+                // Resuming: whatever session the cluster stores for the client moves here.
+                match store.take_session(&client_id, token).await {
+                    Ok(Some(incarnation)) => {
+                        let rec = store
+                            .session(&client_id)
+                            .filter(|r| r.incarnation == incarnation);
+                        restored = rec.and_then(|r| restore(store, &client_id, r));
+                        if restored.is_some() {
+                            tracing::info!(
+                                client_id,
+                                incarnation,
+                                "session taken over from another node"
+                            );
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(client_id, error = %e, "session takeover not committed");
+                        return Err(format!("the session could not be taken over: {e}"));
+                    }
+                }
+            }
+        }
+        let id = self.ctx.next_session_id.fetch_add(1, Ordering::Relaxed);
+        let args = SessionArgs {
+            ctx: self.ctx.clone(),
+            client_id: client_id.clone(),
+            id,
+            restored,
+        };
+        match Actor::spawn_linked(None, Session, args, me.get_cell()).await {
+            Ok((session, _)) => {
+                self.sessions.insert(
+                    client_id,
+                    Local {
+                        id,
+                        session: session.clone(),
+                        token,
+                        pending,
+                    },
+                );
+                Ok(Opened { session, id })
+            }
+            Err(e) => Err(format!("cannot start a session: {e}")),
+        }
+    }
+
+    /// A claim was applied: ours (the session stops waiting for it) or another node's (our session for the
+    /// client goes, unless our own claim is still on its way: it is later in the log and wins).
+    async fn owner_changed(&mut self, change: &OwnerChange) {
+        let Some(store) = &self.ctx.store else {
+            return;
+        };
+        let Some(l) = self.sessions.get_mut(&*change.client_id) else {
+            return;
+        };
+        if change.owner.node == store.node_id() {
+            if l.token == change.owner.token {
+                l.pending = false;
+            }
+            return;
+        }
+        if l.pending {
+            return;
+        }
+        let client_id = change.client_id.to_string();
+        self.taken_elsewhere(&client_id).await;
+    }
+
+    /// Another node holds the client now: the local session ends, its connection closed with 0x8E. Its late
+    /// store commands carry an incarnation that is no longer the stored one and change nothing.
+    async fn taken_elsewhere(&mut self, client_id: &str) {
+        let Some(l) = self.sessions.remove(client_id) else {
+            return;
+        };
+        tracing::info!(client_id, "session taken over by another node");
+        let _ = l
+            .session
+            .call(
+                |port| SessionMsg::Discard(ReasonCode::SESSION_TAKEN_OVER, Some(port)),
+                None,
+            )
+            .await;
     }
 }

@@ -94,6 +94,31 @@ pub enum Command<'a> {
         node: u64,
         filter: &'a str,
     },
+    /// Node `node` holds the client's connection from now on (`token` names this claim). Apply gives the
+    /// claim an epoch from a counter (the log orders claims) and tells every node, so any other node with a
+    /// connection for the client closes it (0x8E): one live connection per client id in the cluster.
+    Claim {
+        client_id: &'a str,
+        node: u64,
+        token: u64,
+    },
+    /// [`Command::CreateSession`] proposed by node `node`, which owns the new session from then on (a claim
+    /// with the creator as its token).
+    CreateSessionOn {
+        client_id: &'a str,
+        creator: u64,
+        node: u64,
+        record: SessionRecord,
+    },
+    /// Node `node` takes the client's stored session over (a client resumed it there): the session gets a
+    /// new incarnation, its inbox moves to it unchanged (same seqs), and the claim is made. Every later
+    /// command of the old incarnation (its previous node still running) is ignored. Answers the new
+    /// incarnation, or `Ignored` when there is no stored session (the claim is made all the same).
+    TakeSession {
+        client_id: &'a str,
+        node: u64,
+        token: u64,
+    },
 }
 
 impl<'a> Command<'a> {

@@ -1,6 +1,6 @@
 //! The keys of the broker's state in the store: `r/` retained, `s/` sessions, `i/` inboxes, `c/` inbox
 //! counters, `q/` inbound QoS 2 ids, `o/` QoS 2 copies stored at most once, `n/` counters of the whole
-//! state machine, `R/` the cluster's routes (`R/{node, 8 bytes big-endian}{filter}`).
+//! state machine, `w/` which node owns each client id, `R/` the cluster's routes (`R/{node, 8 bytes big-endian}{filter}`).
 
 pub(super) const RETAINED_PREFIX: &[u8] = b"r/";
 pub(super) const SESSION_PREFIX: &[u8] = b"s/";
@@ -10,6 +10,9 @@ pub(super) const QOS2_PREFIX: &[u8] = b"q/";
 pub(super) const ONCE_PREFIX: &[u8] = b"o/";
 /// The last session incarnation apply assigned: incarnations are ordered by the raft log, not by any clock
 /// or node.
+pub(super) const OWNER_PREFIX: &[u8] = b"w/";
+/// The last claim epoch apply assigned.
+pub(super) const LAST_EPOCH: &[u8] = b"n/epoch";
 pub(super) const ROUTE_PREFIX: &[u8] = b"R/";
 pub(super) const LAST_INCARNATION: &[u8] = b"n/incarnation";
 
@@ -83,4 +86,10 @@ pub(super) fn parse_route_key(k: &[u8]) -> Option<(u64, &str)> {
     let rest = k.strip_prefix(ROUTE_PREFIX)?;
     let node = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
     Some((node, std::str::from_utf8(rest.get(8..)?).ok()?))
+}
+
+pub(super) fn owner_key(client_id: &str) -> Vec<u8> {
+    let mut k = OWNER_PREFIX.to_vec();
+    k.extend_from_slice(client_id.as_bytes());
+    k
 }

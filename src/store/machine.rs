@@ -3,7 +3,9 @@
 use super::command::Command;
 use super::format;
 use super::keys::*;
-use super::record::{decode_record, mark_released, stored_weight, InboxCounter, SessionRecord};
+use super::record::{
+    decode_record, mark_released, stored_weight, InboxCounter, OwnerRecord, SessionRecord,
+};
 use crate::broker::remote::RemoteRoutes;
 use crate::broker::retained::{MemoryRetained, RetainedStore};
 use cicada_cluster::{StateMachine, Txn, View};
@@ -19,8 +21,17 @@ pub enum Outcome {
     Ignored,
     /// An append whose copy the session already has (see [`Command::InboxAppend`]): nothing was added.
     Duplicate,
-    /// A session was created with this incarnation.
+    /// A session was created (or taken over) with this incarnation.
     Created(u64),
+    /// A claim was committed with this epoch.
+    Claimed(u64),
+}
+
+/// A client's connection moved to a node (a committed claim), told to every node's registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerChange {
+    pub client_id: Arc<str>,
+    pub owner: OwnerRecord,
 }
 
 impl Outcome {
@@ -51,6 +62,20 @@ pub struct BrokerMachine {
     pub(super) inbox: prometheus::IntGauge,
     /// The cluster's routing table, mirrored in memory for publishing.
     pub(super) routes: Arc<RwLock<RemoteRoutes>>,
+    /// Committed claims, for the registries (a bounded ring: a registry that lags re-reads the owners).
+    pub(super) owners: tokio::sync::broadcast::Sender<OwnerChange>,
+}
+
+/// The next value of a counter of the state machine (incarnations, epochs): the log orders it.
+fn next(txn: &mut Txn<'_>, key: &[u8]) -> u64 {
+    let last = txn
+        .get(key)
+        .ok()
+        .flatten()
+        .and_then(|v| format::decode_exact::<u64>(&v).ok())
+        .unwrap_or(0);
+    txn.insert(key, &format::encode(&(last + 1)));
+    last + 1
 }
 
 fn remove_prefix(txn: &mut Txn<'_>, prefix: &[u8]) {
@@ -157,23 +182,31 @@ impl BrokerMachine {
             Command::CreateSession {
                 client_id,
                 creator,
-                mut record,
+                record,
+            } => return Outcome::Created(self.create(txn, client_id, creator, record)),
+            Command::CreateSessionOn {
+                client_id,
+                creator,
+                node,
+                record,
             } => {
-                record.creator = creator;
-                let last = txn
-                    .get(LAST_INCARNATION)
-                    .ok()
-                    .flatten()
-                    .and_then(|v| format::decode_exact::<u64>(&v).ok())
-                    .unwrap_or(0);
-                record.incarnation = last + 1;
-                txn.insert(LAST_INCARNATION, &format::encode(&record.incarnation));
-                // A new life of the session: what a previous one left in the inbox goes, and so do its
-                // inbound QoS 2 ids.
-                self.inbox.sub(drop_inbox(txn, client_id));
-                drop_qos2(txn, client_id);
-                txn.insert(&session_key(client_id), &record.encode());
-                return Outcome::Created(record.incarnation);
+                let incarnation = self.create(txn, client_id, creator, record);
+                self.claim(txn, client_id, node, creator);
+                return Outcome::Created(incarnation);
+            }
+            Command::Claim {
+                client_id,
+                node,
+                token,
+            } => return Outcome::Claimed(self.claim(txn, client_id, node, token)),
+            Command::TakeSession {
+                client_id,
+                node,
+                token,
+            } => {
+                let taken = self.take(txn, client_id);
+                self.claim(txn, client_id, node, token);
+                return taken.map_or(Outcome::Ignored, Outcome::Created);
             }
             Command::PutSession {
                 client_id,
@@ -291,6 +324,73 @@ impl BrokerMachine {
             }
         }
         Outcome::Applied
+    }
+
+    /// Begins a new life of a session: the next incarnation; what a previous life left goes.
+    fn create(
+        &mut self,
+        txn: &mut Txn<'_>,
+        client_id: &str,
+        creator: u64,
+        mut record: SessionRecord,
+    ) -> u64 {
+        record.creator = creator;
+        record.incarnation = next(txn, LAST_INCARNATION);
+        // A new life of the session: what a previous one left in the inbox goes, and so do its inbound QoS 2
+        // ids.
+        self.inbox.sub(drop_inbox(txn, client_id));
+        drop_qos2(txn, client_id);
+        txn.insert(&session_key(client_id), &record.encode());
+        record.incarnation
+    }
+
+    /// Moves the stored session (if any) to a new incarnation, its inbox entries and counter with it.
+    fn take(&mut self, txn: &mut Txn<'_>, client_id: &str) -> Option<u64> {
+        let mut record = stored_record(txn, client_id)?;
+        let old = record.incarnation;
+        record.incarnation = next(txn, LAST_INCARNATION);
+        let from = inbox_key(client_id, old, 0);
+        let keys = txn
+            .keys_with_prefix(&from[..from.len() - 8])
+            .unwrap_or_default();
+        for k in keys {
+            let Ok(Some(v)) = txn.get(&k) else { continue };
+            let seq = &k[k.len() - 8..];
+            let mut moved = inbox_key(client_id, record.incarnation, 0);
+            let n = moved.len();
+            moved[n - 8..].copy_from_slice(seq);
+            txn.remove(&k);
+            txn.insert(&moved, &v);
+        }
+        let key = counter_key(client_id);
+        if let Some(mut c) = txn
+            .get(&key)
+            .ok()
+            .flatten()
+            .as_deref()
+            .and_then(InboxCounter::decode)
+            .filter(|c| c.incarnation == old)
+        {
+            c.incarnation = record.incarnation;
+            txn.insert(&key, &format::encode(&c));
+        }
+        txn.insert(&session_key(client_id), &record.encode());
+        Some(record.incarnation)
+    }
+
+    /// Records that `node` holds the client's connection, with the next epoch, and tells the registries.
+    fn claim(&mut self, txn: &mut Txn<'_>, client_id: &str, node: u64, token: u64) -> u64 {
+        let owner = OwnerRecord {
+            node,
+            epoch: next(txn, LAST_EPOCH),
+            token,
+        };
+        txn.insert(&owner_key(client_id), &format::encode(&owner));
+        let _ = self.owners.send(OwnerChange {
+            client_id: client_id.into(),
+            owner,
+        });
+        owner.epoch
     }
 
     fn routes_mut(&self) -> std::sync::RwLockWriteGuard<'_, RemoteRoutes> {

@@ -33,11 +33,11 @@ mod tests;
 pub use command::Command;
 pub use format::{FormatError, FORMAT};
 use keys::*;
-pub use machine::{Appended, BrokerMachine, Outcome};
+pub use machine::{Appended, BrokerMachine, Outcome, OwnerChange};
 use record::InboxCounter;
 pub use record::{
     decode_delivery, decode_record, encode_delivery, encode_record, put_record, unix_now,
-    InboxSummary, SessionRecord, StoredCopy,
+    InboxSummary, OwnerRecord, SessionRecord, StoredCopy,
 };
 pub use setup::cluster_config;
 
@@ -47,6 +47,9 @@ use crate::broker::retained::{MemoryRetained, RetainedStore};
 use cicada_cluster::{Cluster, ClusterConfig, ClusterError};
 use std::sync::Arc;
 
+/// Claims a registry may lag behind before it re-reads the owners.
+const OWNER_CHANGES: usize = 4096;
+
 /// The node's store: the raft group and the in-memory mirror of what it applied.
 pub struct Store {
     cluster: Cluster,
@@ -54,6 +57,7 @@ pub struct Store {
     pub retained: Arc<MemoryRetained>,
     /// The cluster's routing table (apply keeps it).
     pub routes: Arc<std::sync::RwLock<RemoteRoutes>>,
+    owners: tokio::sync::broadcast::Sender<OwnerChange>,
     not_applied: prometheus::IntCounterVec,
 }
 
@@ -66,6 +70,7 @@ impl Store {
         let retained = Arc::new(MemoryRetained::default());
         let node_id = config.node_id;
         let routes = Arc::new(std::sync::RwLock::new(RemoteRoutes::new(node_id)));
+        let (owners, _) = tokio::sync::broadcast::channel(OWNER_CHANGES);
         let inbox = prometheus::IntGauge::new(
             "cicada_store_inbox_messages",
             "QoS 1/2 messages stored for persistent sessions (queued or awaiting the client's acknowledgement).",
@@ -89,18 +94,30 @@ impl Store {
             retained: retained.clone(),
             inbox,
             routes: routes.clone(),
+            owners: owners.clone(),
         };
         // The machine loads what was applied before this start (`restored`), then raft replays the rest:
         // entries that were committed (and acknowledged) but whose state write a kill -9 lost. The read
         // barrier returns once they are applied, so nothing is served from a state older than acknowledged.
         let cluster = Cluster::start(config, machine, registry).await?;
-        let applied = cluster.read_index().await?;
+        // In a cluster the others may not be up yet (a cold start of every node): wait for a quorum.
+        let applied = loop {
+            match cluster.read_index().await {
+                Ok(applied) => break applied,
+                Err(e @ (ClusterError::NoLeader | ClusterError::Timeout)) => {
+                    tracing::warn!(error = %e, "waiting for a raft leader before serving");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         tracing::info!(applied, retained = retained.len(), "store opened");
         Ok(Store {
             cluster,
             node_id,
             retained,
             routes,
+            owners,
             not_applied,
         })
     }
@@ -129,9 +146,10 @@ impl Store {
         record: SessionRecord,
     ) -> impl std::future::Future<Output = Result<Option<u64>, ClusterError>> + Send + 'static {
         let commit = self.cluster.submit(
-            Command::CreateSession {
+            Command::CreateSessionOn {
                 client_id,
                 creator,
+                node: self.node_id,
                 record,
             }
             .encode(),
@@ -393,6 +411,79 @@ impl Store {
                 }
             })
             .collect()
+    }
+
+    /// Claims the client's connection for this node (in the background: see [`Command::Claim`]); the future
+    /// answers the epoch once committed.
+    pub fn claim(
+        &self,
+        client_id: &str,
+        token: u64,
+    ) -> impl std::future::Future<Output = Result<u64, ClusterError>> + Send + 'static {
+        let commit = self.cluster.submit(
+            Command::Claim {
+                client_id,
+                node: self.node_id,
+                token,
+            }
+            .encode(),
+        );
+        async move {
+            let r = commit.await?;
+            match Outcome::decode(&r) {
+                Outcome::Claimed(epoch) => Ok(epoch),
+                _ => Err(ClusterError::Rejected("claim not applied".into())),
+            }
+        }
+    }
+
+    /// Takes the client's stored session over for this node (see [`Command::TakeSession`]): the new
+    /// incarnation, or `None` when no session is stored (the claim is made either way).
+    pub fn take_session(
+        &self,
+        client_id: &str,
+        token: u64,
+    ) -> impl std::future::Future<Output = Result<Option<u64>, ClusterError>> + Send + 'static {
+        let commit = self.cluster.submit(
+            Command::TakeSession {
+                client_id,
+                node: self.node_id,
+                token,
+            }
+            .encode(),
+        );
+        async move {
+            commit.await.map(|r| match Outcome::decode(&r) {
+                Outcome::Created(incarnation) => Some(incarnation),
+                _ => None,
+            })
+        }
+    }
+
+    /// Committed claims as this node applies them.
+    pub fn owner_changes(&self) -> tokio::sync::broadcast::Receiver<OwnerChange> {
+        self.owners.subscribe()
+    }
+
+    /// Which node holds the client's connection, as applied here.
+    pub fn owner(&self, client_id: &str) -> Option<OwnerRecord> {
+        let v = self.cluster.view().get(&owner_key(client_id)).ok()??;
+        OwnerRecord::decode(&v)
+    }
+
+    /// The client's stored session, as applied here.
+    pub fn session(&self, client_id: &str) -> Option<SessionRecord> {
+        let v = self.cluster.view().get(&session_key(client_id)).ok()??;
+        SessionRecord::decode(&v).ok()
+    }
+
+    /// Whether the cluster has more than one member (claims and routes are proposed only then).
+    pub fn clustered(&self) -> bool {
+        self.cluster
+            .view()
+            .peers()
+            .map(|p| p.len() > 1)
+            .unwrap_or(false)
     }
 
     /// This node's id in the cluster (1 for a cluster of one).

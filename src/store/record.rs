@@ -334,3 +334,21 @@ impl InboxCounter {
             .ok()
     }
 }
+
+/// Which node holds a client's connection (`w/`), set by apply from claims in log order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerRecord {
+    pub node: u64,
+    /// Orders claims: a higher epoch was committed later.
+    pub epoch: u64,
+    /// Names the claim (the claiming node's choice).
+    pub token: u64,
+}
+
+impl OwnerRecord {
+    pub fn decode(v: &[u8]) -> Option<OwnerRecord> {
+        format::decode_exact(v)
+            .map_err(|e| tracing::error!(error = %e, "stored owner unreadable"))
+            .ok()
+    }
+}

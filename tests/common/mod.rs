@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod cluster;
 pub mod process;
 
 use cicada::client::{Client, ClientOptions, Event, Events};

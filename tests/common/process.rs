@@ -20,6 +20,13 @@ impl CicadaProcess {
 
     /// Like `start`, with this RUST_LOG; stderr is piped for the test to read (`child.stderr`).
     pub fn start_with_log(extra: &str, log: &str) -> CicadaProcess {
+        let mut p = Self::spawn(extra, log);
+        p.wait_listening();
+        p
+    }
+
+    /// Starts the process without waiting for it to listen (a cluster node waits for its peers first).
+    pub fn spawn(extra: &str, log: &str) -> CicadaProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let (port, http_port) = (free_port(), free_port());
         let conf = format!(
@@ -29,14 +36,12 @@ impl CicadaProcess {
         let file = dir.path().join("cicada.toml");
         std::fs::write(&file, conf).expect("write config");
         let child = spawn(&file, log);
-        let mut p = CicadaProcess {
+        CicadaProcess {
             child,
             port,
             http_port,
             dir,
-        };
-        p.wait_listening();
-        p
+        }
     }
 
     /// `kill -9`, then the same configuration and data directory again.
@@ -69,7 +74,14 @@ impl CicadaProcess {
         self.dir.path().join("cicada.toml")
     }
 
-    fn wait_listening(&mut self) {
+    /// `kill -9`, then start again without waiting (a cluster node may need its peers to serve).
+    pub fn kill9_and_spawn(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait_exit();
+        self.child = spawn(&self.config_path(), "warn");
+    }
+
+    pub fn wait_listening(&mut self) {
         let deadline = Instant::now() + WAIT;
         while !super::answers_connect(self.port) {
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -4,6 +4,10 @@
 //! `FORWARD`: a message published on the sending node, for the receiver's local subscribers: the shared
 //! groups it is to deliver to (postcard), then the message as the store encodes a retained one (its expiry
 //! and an MQTT 5 PUBLISH: every property survives).
+//!
+//! `SYNC` (id, index): "answer once you have applied the log up to `index`"; `SYNCED` (id) is the answer.
+//! A SUBACK whose route is new waits for them, so every node routes by the new route before the client
+//! can publish to it.
 
 use super::plan::GroupRef;
 use crate::broker::message::Message;
@@ -12,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 const VERSION: u8 = 1;
 const FORWARD: u8 = 1;
+const SYNC: u8 = 2;
+const SYNCED: u8 = 3;
 
 #[derive(Serialize, Deserialize)]
 struct ForwardHeader<'a> {
@@ -39,6 +45,37 @@ pub enum Frame {
         message: Message,
         groups: Vec<GroupRef>,
     },
+    Sync {
+        id: u64,
+        index: u64,
+    },
+    Synced {
+        id: u64,
+    },
+}
+
+pub fn sync(id: u64, index: u64) -> Bytes {
+    let mut buf = BytesMut::with_capacity(18);
+    buf.put_u8(VERSION);
+    buf.put_u8(SYNC);
+    buf.put_u64(id);
+    buf.put_u64(index);
+    buf.freeze()
+}
+
+pub fn synced(id: u64) -> Bytes {
+    let mut buf = BytesMut::with_capacity(10);
+    buf.put_u8(VERSION);
+    buf.put_u8(SYNCED);
+    buf.put_u64(id);
+    buf.freeze()
+}
+
+fn u64_at(b: &[u8], at: usize) -> Result<u64, FrameError> {
+    b.get(at..at + 8)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or(FrameError::Malformed)
 }
 
 pub fn forward(message: &Message, groups: &[GroupRef]) -> Bytes {
@@ -76,6 +113,14 @@ pub fn decode(frame: &[u8]) -> Result<Frame, FrameError> {
                     .collect(),
             })
         }
+        [VERSION, SYNC, rest @ ..] if rest.len() == 16 => Ok(Frame::Sync {
+            id: u64_at(rest, 0)?,
+            index: u64_at(rest, 8)?,
+        }),
+        [VERSION, SYNCED, rest @ ..] if rest.len() == 8 => Ok(Frame::Synced {
+            id: u64_at(rest, 0)?,
+        }),
+        [VERSION, SYNC | SYNCED, ..] => Err(FrameError::Malformed),
         [VERSION, kind, ..] => Err(FrameError::Kind(*kind)),
         [v, ..] => Err(FrameError::Version(*v)),
         [] => Err(FrameError::Malformed),
@@ -105,7 +150,9 @@ mod tests {
             qos2_origin: None,
         };
         let groups: Vec<GroupRef> = vec![("device/+/status".into(), "workers".into())];
-        let Frame::Forward { message, groups: g } = decode(&forward(&m, &groups)).unwrap();
+        let Ok(Frame::Forward { message, groups: g }) = decode(&forward(&m, &groups)) else {
+            panic!("a forward decodes as one");
+        };
         assert_eq!(g, groups);
         assert_eq!(
             (
@@ -140,6 +187,15 @@ mod tests {
         assert_eq!(decode(&[]).unwrap_err(), FrameError::Malformed);
         assert_eq!(decode(&[9, 1]).unwrap_err(), FrameError::Version(9));
         assert_eq!(decode(&[VERSION, 7]).unwrap_err(), FrameError::Kind(7));
+        assert_eq!(
+            decode(&[VERSION, SYNC, 1]).unwrap_err(),
+            FrameError::Malformed
+        );
+        assert!(matches!(
+            decode(&sync(7, 99)),
+            Ok(Frame::Sync { id: 7, index: 99 })
+        ));
+        assert!(matches!(decode(&synced(7)), Ok(Frame::Synced { id: 7 })));
         assert_eq!(
             decode(&[VERSION, FORWARD, 0xff, 0xff]).unwrap_err(),
             FrameError::Malformed

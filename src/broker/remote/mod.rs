@@ -29,7 +29,7 @@ use crate::store::Store;
 use bytes::Bytes;
 use local::LocalRoutes;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLockReadGuard};
 use std::time::Duration;
@@ -43,6 +43,8 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 const FORWARD_WAIT: Duration = Duration::from_secs(1);
 /// Messages received from peers that may be on their way through the shards at once.
 const FORWARD_CREDIT: usize = 256;
+/// How long a SUBACK waits for the other nodes to apply its new route.
+const SYNC_WAIT: Duration = Duration::from_secs(2);
 /// How long a SUBACK waits for its route's commit (a leaderless cluster answers sooner: see `subscribed`).
 const ROUTE_WAIT: Duration = Duration::from_secs(5);
 
@@ -60,6 +62,12 @@ pub struct RemoteLink {
     forwarded: IntCounterVec,
     forward_dropped: IntCounterVec,
     local_routes: IntGauge,
+    /// Route syncs waiting for peers' answers: id → where each answering peer's id goes.
+    syncs: Mutex<HashMap<u64, tokio::sync::mpsc::Sender<u64>>>,
+    next_sync: std::sync::atomic::AtomicU64,
+    /// Peers that did not answer a sync in time: later syncs do not wait for them until they answer again
+    /// (a dead node must not slow every SUBACK).
+    unresponsive: Mutex<HashSet<u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -103,6 +111,9 @@ impl RemoteLink {
             forwarded,
             forward_dropped,
             local_routes,
+            syncs: Mutex::new(HashMap::new()),
+            next_sync: std::sync::atomic::AtomicU64::new(1),
+            unresponsive: Mutex::new(HashSet::new()),
         });
         link.refresh_membership();
         Ok(link)
@@ -154,6 +165,7 @@ impl RemoteLink {
         drop(local);
         let waits = self.store.has_leader();
         let failed = self.failure_signal();
+        let me = self.clone();
         Some(async move {
             let outcome = if waits {
                 tokio::time::timeout(ROUTE_WAIT, commit).await.ok()
@@ -163,10 +175,87 @@ impl RemoteLink {
                 });
                 None
             };
-            if !matches!(outcome, Some(Ok(true))) {
+            if matches!(outcome, Some(Ok(true))) {
+                me.sync_peers().await;
+            } else {
                 failed();
             }
         })
+    }
+
+    /// Waits until every responsive peer has applied what this node has (a new route), up to `SYNC_WAIT`.
+    async fn sync_peers(&self) {
+        let index = match self.store.cluster().view().applied() {
+            Ok(i) => i,
+            Err(_) => return,
+        };
+        let peers: Vec<u64> = self
+            .store
+            .cluster()
+            .view()
+            .peers()
+            .map(|p| p.into_keys().filter(|p| *p != self.me).collect())
+            .unwrap_or_default();
+        if peers.is_empty() {
+            return;
+        }
+        let id = self.next_sync.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(peers.len());
+        lock(&self.syncs).insert(id, tx);
+        // Every peer is asked (an answer makes an unresponsive one count again); only responsive ones are
+        // waited for.
+        let mut waiting: HashSet<u64> = HashSet::new();
+        for p in &peers {
+            if self
+                .store
+                .cluster()
+                .try_send_app(*p, frame::sync(id, index))
+                .is_ok()
+                && !lock(&self.unresponsive).contains(p)
+            {
+                waiting.insert(*p);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + SYNC_WAIT;
+        while !waiting.is_empty() {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(peer)) => {
+                    waiting.remove(&peer);
+                }
+                _ => break,
+            }
+        }
+        lock(&self.syncs).remove(&id);
+        if !waiting.is_empty() {
+            tracing::warn!(peers = ?waiting, "peers did not confirm a new route in time: not waited for until they answer");
+            lock(&self.unresponsive).extend(waiting);
+        }
+    }
+
+    /// A peer asks to be told once this node has applied up to `index` (bounded by `SYNC_WAIT`).
+    fn answer_sync(&self, from: u64, id: u64, index: u64) {
+        let cluster_applied = self.store.cluster().applied();
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut applied = cluster_applied;
+            let reached = async {
+                loop {
+                    if store.cluster().view().applied().is_ok_and(|a| a >= index) {
+                        return;
+                    }
+                    match applied.recv().await {
+                        Ok(a) if a.index >= index => return,
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
+                    }
+                }
+            };
+            if tokio::time::timeout(SYNC_WAIT, reached).await.is_ok() {
+                let _ = store.cluster().send_app(from, frame::synced(id)).await;
+            }
+        });
     }
 
     /// A local subscription to `full` went; the route goes with the filter's last one (in the background).
@@ -303,6 +392,13 @@ impl RemoteLink {
                         groups,
                         ticket,
                     ));
+                }
+                Ok(frame::Frame::Sync { id, index }) => self.answer_sync(from, id, index),
+                Ok(frame::Frame::Synced { id }) => {
+                    lock(&self.unresponsive).remove(&from);
+                    if let Some(tx) = lock(&self.syncs).get(&id) {
+                        let _ = tx.try_send(from);
+                    }
                 }
                 Err(frame::FrameError::Expired) => {
                     ctx.metrics.dropped.with_label_values(&["expired"]).inc();

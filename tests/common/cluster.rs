@@ -1,0 +1,84 @@
+//! Three `cicada serve` processes forming one cluster on loopback ports, for the cluster tests.
+
+use super::process::CicadaProcess;
+use super::{free_port, WAIT};
+use std::time::Instant;
+
+pub struct Cluster {
+    pub nodes: Vec<CicadaProcess>,
+    pub peer_ports: Vec<u16>,
+}
+
+/// The `[cluster]` table of node `id` (1-based) of a cluster on these peer ports.
+pub fn cluster_toml(id: usize, peer_ports: &[u16], extra: &str) -> String {
+    let peers: Vec<String> = peer_ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("\"{}@127.0.0.1:{p}\"", i + 1))
+        .collect();
+    format!(
+        "[cluster]\nnode_id = {id}\npeer_bind = \"127.0.0.1:{port}\"\npeers = [{peers}]\nsecret = \"a-test-cluster-secret\"\ntick_ms = 50\n{extra}\n",
+        port = peer_ports[id - 1],
+        peers = peers.join(", ")
+    )
+}
+
+impl Cluster {
+    /// Three nodes; `extra` goes into each node's configuration before `[cluster]`; `cluster_extra` into it.
+    pub fn three(extra: &str, cluster_extra: &str) -> Cluster {
+        let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut nodes: Vec<CicadaProcess> = (1..=3)
+            .map(|id| {
+                CicadaProcess::spawn(
+                    &format!("{extra}\n{}", cluster_toml(id, &peer_ports, cluster_extra)),
+                    "warn",
+                )
+            })
+            .collect();
+        for n in &mut nodes {
+            n.wait_listening();
+        }
+        let c = Cluster { nodes, peer_ports };
+        c.wait_ready_all();
+        c
+    }
+
+    /// Waits until every running node answers /ready 200 (it knows a leader).
+    pub fn wait_ready_all(&self) {
+        for n in &self.nodes {
+            wait_ready(n.http_port);
+        }
+    }
+
+    pub fn port(&self, node: usize) -> u16 {
+        self.nodes[node - 1].port
+    }
+}
+
+/// Blocks until `/ready` on this HTTP port answers 200.
+pub fn wait_ready(http_port: u16) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if http_status(http_port, "/ready") == Some(200) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "node on {http_port} never ready");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The status code of a GET, with plain std (usable outside a runtime).
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_whitespace().nth(1)?.parse().ok()
+}
