@@ -24,9 +24,13 @@ async fn main() {
         .unwrap_or(128)
         << 20;
     let dir = tempfile::tempdir().expect("temp dir");
-    let fsync = cicada_cluster::Fsync::Always;
+    let config = || {
+        let mut c = cicada_cluster::ClusterConfig::single(dir.path().join("store"));
+        c.cache_capacity = cache;
+        c
+    };
     let store = Arc::new(
-        Store::open(dir.path(), fsync, cache, &prometheus::Registry::new())
+        Store::open(config(), &prometheus::Registry::new())
             .await
             .expect("open"),
     );
@@ -61,7 +65,7 @@ async fn main() {
     store.shutdown().await;
     drop(store);
     let opened = Instant::now();
-    let store = Store::open(dir.path(), fsync, cache, &prometheus::Registry::new())
+    let store = Store::open(config(), &prometheus::Registry::new())
         .await
         .expect("reopen");
     let open_secs = opened.elapsed().as_secs_f64();
