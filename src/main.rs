@@ -1,4 +1,4 @@
-//! The `cicada` command: `serve` (the broker), `pub`, `sub`, `bench` and `passwd`.
+//! The `cicada` command: `serve` (the broker), `pub`, `sub`, `bench`, `passwd` and `ctl`.
 
 use cicada::cli::{
     self, bench::BenchCommand, passwd::PasswdArgs, publish::PubArgs, serve::ServeArgs,
@@ -31,6 +31,8 @@ enum Command {
     /// Load generator.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Operate a running cluster through a node's admin API (status, sessions, leadership).
+    Ctl(cli::ctl::CtlArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,7 +44,8 @@ fn main() -> ExitCode {
         | Command::Pub(_)
         | Command::Sub(_)
         | Command::Bench(_)
-        | Command::Passwd(_) => "warn".to_string(),
+        | Command::Passwd(_)
+        | Command::Ctl(_) => "warn".to_string(),
     };
     // The broker's configuration is validated before anything starts; its errors name file, line and key.
     let serve_config = match &cli.command {
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
             Command::Sub(a) => cli::subscribe::run(a).await,
             Command::Bench(b) => cli::bench::run(b).await,
             Command::Passwd(a) => cli::passwd::run(a),
+            Command::Ctl(a) => cli::ctl::run(a).await,
         }
     });
     match result {

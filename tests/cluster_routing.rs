@@ -137,7 +137,7 @@ async fn a_retained_message_set_on_node_1_is_served_on_node_3() {
             .unwrap();
         match tokio::time::timeout(Duration::from_millis(500), e.next_message()).await {
             Ok(Some(m)) => {
-                assert!(m.retain && m.payload == Bytes::from("true"));
+                assert!(m.retain && m.payload == "true");
                 break;
             }
             _ => assert!(

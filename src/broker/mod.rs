@@ -183,6 +183,11 @@ pub enum StartError {
     Actors(String),
     #[error(transparent)]
     Cluster(#[from] crate::config::ClusterConfigError),
+    #[error("http.token_file {path}: cannot read: {source}")]
+    AdminToken {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
@@ -246,6 +251,14 @@ impl Broker {
         }
         let metrics = Arc::new(Metrics::new());
         let cluster_config = crate::store::cluster_config(&config)?;
+        let admin_token: Option<Arc<str>> = config
+            .http
+            .admin_token()
+            .map_err(|source| StartError::AdminToken {
+                path: config.http.token_file.clone().unwrap_or_default(),
+                source,
+            })?
+            .map(Into::into);
         let store = Arc::new(
             Store::open(cluster_config, &metrics.registry)
                 .await
@@ -312,7 +325,7 @@ impl Broker {
             source,
         })?;
         tracing::info!(addr = %http_addr, "serving /metrics, /health, /ready");
-        tasks.spawn(crate::http::serve(http, ctx.clone()));
+        tasks.spawn(crate::http::serve(http, ctx.clone(), admin_token));
         if config.mqtt.sys_interval > 0 {
             tasks.spawn(sys::run(ctx.clone()));
         }

@@ -13,7 +13,7 @@ use super::message::SessionId;
 use super::session::{Restored, Session, SessionArgs, SessionMsg};
 use super::Context;
 use crate::protocol::ReasonCode;
-use crate::store::{OwnerChange, SessionRecord, Store};
+use crate::store::{OwnerChange, OwnerEvent, SessionRecord, Store};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -41,6 +41,8 @@ pub enum RegistryMsg {
     Recheck,
     /// A claim this node proposed failed: the session no longer waits for it.
     ClaimFailed { client_id: String, token: u64 },
+    /// The local sessions: (client id, whether a connection is attached), for the admin API.
+    List(RpcReplyPort<Vec<(String, bool)>>),
 }
 
 /// A local session and its claim.
@@ -51,6 +53,9 @@ struct Local {
     token: u64,
     /// The claim is proposed and not yet applied here: a claim of another node applied meanwhile is older.
     pending: bool,
+    /// The epoch of this node's latest applied claim for the client: a claim at or below it is older than
+    /// this session and changes nothing.
+    epoch: u64,
 }
 
 pub struct Registry;
@@ -115,8 +120,10 @@ impl Actor for Registry {
                 use tokio::sync::broadcast::error::RecvError;
                 loop {
                     let msg = match changes.recv().await {
-                        Ok(change) => RegistryMsg::Owner(change),
-                        Err(RecvError::Lagged(_)) => RegistryMsg::Recheck,
+                        Ok(OwnerEvent::Changed(change)) => RegistryMsg::Owner(change),
+                        Ok(OwnerEvent::Reloaded) | Err(RecvError::Lagged(_)) => {
+                            RegistryMsg::Recheck
+                        }
                         Err(RecvError::Closed) => return,
                     };
                     if registry.cast(msg).is_err() {
@@ -125,10 +132,14 @@ impl Actor for Registry {
                 }
             });
             let mut restored = 0;
+            // Sessions stored before ownership was recorded belong to one node: the lowest member.
+            let unowned_here = store.lowest_member() == store.node_id();
             for (client_id, rec) in store.sessions() {
                 let owner = store.owner(&client_id);
-                if owner.is_some_and(|o| o.node != store.node_id()) {
-                    continue;
+                match owner {
+                    Some(o) if o.node != store.node_id() => continue,
+                    None if !unowned_here => continue,
+                    _ => {}
                 }
                 let Some(r) = restore(store, &client_id, rec) else {
                     continue;
@@ -141,14 +152,14 @@ impl Actor for Registry {
                     restored: Some(r),
                 };
                 let (session, _) = Actor::spawn_linked(None, Session, args, me.get_cell()).await?;
-                let token = owner.map_or(0, |o| o.token);
                 sessions.insert(
                     client_id,
                     Local {
                         id,
                         session,
-                        token,
+                        token: owner.map_or(0, |o| o.token),
                         pending: false,
+                        epoch: owner.map_or(0, |o| o.epoch),
                     },
                 );
                 restored += 1;
@@ -197,20 +208,39 @@ impl Actor for Registry {
                 let Some(store) = s.ctx.store.clone() else {
                     return Ok(());
                 };
-                let lost: Vec<String> = s
-                    .sessions
-                    .iter()
-                    .filter(|(id, l)| {
-                        !l.pending
-                            && store
-                                .owner(id)
-                                .is_some_and(|o| o.node != store.node_id() && o.token != l.token)
-                    })
-                    .map(|(id, _)| id.clone())
-                    .collect();
+                let mut lost = Vec::new();
+                for (id, l) in s.sessions.iter_mut() {
+                    match store.owner(id) {
+                        Some(o) if o.node == store.node_id() => {
+                            if o.token == l.token {
+                                l.pending = false;
+                            }
+                            l.epoch = l.epoch.max(o.epoch);
+                        }
+                        Some(o) if !l.pending && o.epoch > l.epoch => lost.push(id.clone()),
+                        _ => {}
+                    }
+                }
                 for client_id in lost {
                     s.taken_elsewhere(&client_id).await;
                 }
+            }
+            RegistryMsg::List(reply) => {
+                let mut out = Vec::with_capacity(s.sessions.len());
+                for (id, l) in &s.sessions {
+                    let online = matches!(
+                        l.session
+                            .call(
+                                SessionMsg::IsOnline,
+                                Some(std::time::Duration::from_secs(1))
+                            )
+                            .await,
+                        Ok(ractor::rpc::CallResult::Success(true))
+                    );
+                    out.push((id.clone(), online));
+                }
+                out.sort();
+                let _ = reply.send(out);
             }
             RegistryMsg::ClaimFailed { client_id, token } => {
                 if let Some(l) = s.sessions.get_mut(&client_id).filter(|l| l.token == token) {
@@ -244,8 +274,14 @@ impl RegistryState {
         client_id: String,
         clean_start: bool,
     ) -> Result<Opened, String> {
+        let store = self.ctx.store.clone().filter(|s| s.clustered());
         if let Some(l) = self.sessions.get(&client_id) {
-            if !clean_start {
+            // Resumed here, unless another node claimed the client since (a claim this registry missed):
+            // then the session is taken over from the store like any other.
+            let still_owner = store.as_ref().is_none_or(|st| {
+                l.pending || st.owner(&client_id).is_none_or(|o| o.node == st.node_id())
+            });
+            if !clean_start && still_owner {
                 return Ok(Opened {
                     session: l.session.clone(),
                     id: l.id,
@@ -264,8 +300,7 @@ impl RegistryState {
                 .await;
             self.sessions.remove(&client_id);
         }
-        let store = self.ctx.store.clone().filter(|s| s.clustered());
-        let (mut token, mut pending, mut restored) = (0, false, None);
+        let (mut token, mut pending, mut restored, mut epoch) = (0, false, None, 0);
         if let Some(store) = &store {
             token = claim_token(&self.ctx);
             if clean_start {
@@ -289,11 +324,16 @@ impl RegistryState {
             } else {
                 // Resuming: whatever session the cluster stores for the client moves here.
                 match store.take_session(&client_id, token).await {
-                    Ok(Some(incarnation)) => {
+                    Ok((Some(incarnation), e)) => {
+                        epoch = e;
                         let rec = store
                             .session(&client_id)
                             .filter(|r| r.incarnation == incarnation);
-                        restored = rec.and_then(|r| restore(store, &client_id, r));
+                        // Read right after the take applied here; another node's take since then wins.
+                        let Some(rec) = rec else {
+                            return Err("the session moved to another node meanwhile".into());
+                        };
+                        restored = restore(store, &client_id, rec);
                         if restored.is_some() {
                             tracing::info!(
                                 client_id,
@@ -302,7 +342,7 @@ impl RegistryState {
                             );
                         }
                     }
-                    Ok(None) => {}
+                    Ok((None, e)) => epoch = e,
                     Err(e) => {
                         tracing::warn!(client_id, error = %e, "session takeover not committed");
                         return Err(format!("the session could not be taken over: {e}"));
@@ -326,6 +366,7 @@ impl RegistryState {
                         session: session.clone(),
                         token,
                         pending,
+                        epoch,
                     },
                 );
                 Ok(Opened { session, id })
@@ -347,9 +388,12 @@ impl RegistryState {
             if l.token == change.owner.token {
                 l.pending = false;
             }
+            l.epoch = l.epoch.max(change.owner.epoch);
             return;
         }
-        if l.pending {
+        // Older than this session's own claim, or this session's claim is still on its way (it is later in
+        // the log and wins): nothing to do.
+        if l.pending || change.owner.epoch <= l.epoch {
             return;
         }
         let client_id = change.client_id.to_string();

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod connect;
+pub mod ctl;
 pub mod passwd;
 pub mod publish;
 pub mod serve;

@@ -52,9 +52,10 @@ pub async fn run(config: Config) -> Result<(), CliError> {
     use tokio::signal::unix::{signal, SignalKind};
     let broker = Broker::start(config).await.map_err(|e| match e {
         // A bad password or ACL file is a configuration error, like a bad key.
-        StartError::Auth(_) | StartError::Tls(_) | StartError::Cluster(_) => {
-            CliError::usage(e.to_string())
-        }
+        StartError::Auth(_)
+        | StartError::Tls(_)
+        | StartError::Cluster(_)
+        | StartError::AdminToken { .. } => CliError::usage(e.to_string()),
         _ => CliError::failure(e.to_string()),
     })?;
     for addr in &broker.mqtt_addrs {

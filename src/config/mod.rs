@@ -162,6 +162,7 @@ impl Config {
                 }
                 fix(&mut t.ca);
             }
+            fix(&mut config.http.token_file);
             if let Some(c) = config.cluster.as_mut() {
                 fix(&mut c.secret_file);
             }

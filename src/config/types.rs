@@ -199,12 +199,38 @@ pub struct TlsConfig {
 pub struct HttpConfig {
     #[serde(default = "default_http_bind")]
     pub bind: String,
+    /// A bearer token the admin API (`/api/v1`) requires; prefer `token_file`. Without either the API is
+    /// open to whoever reaches the HTTP port (bind it to a private address).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A file holding the token (trailing newline ignored); relative to the config file.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl HttpConfig {
+    /// The admin API's token, read from `token_file` when that is how it is given.
+    pub fn admin_token(&self) -> Result<Option<String>, std::io::Error> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.clone()));
+        }
+        match &self.token_file {
+            None => Ok(None),
+            Some(p) => Ok(Some(
+                std::fs::read_to_string(p)?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            )),
+        }
+    }
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             bind: default_http_bind(),
+            token: None,
+            token_file: None,
         }
     }
 }

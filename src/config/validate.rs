@@ -93,6 +93,12 @@ impl Config {
         if let Some(c) = &self.cluster {
             c.validate().map_err(|(key, m)| ("cluster", key, m))?;
         }
+        if self.http.token.is_some() && self.http.token_file.is_some() {
+            return Err(("http", "token", "set token or token_file, not both".into()));
+        }
+        if self.http.token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(("http", "token", "needs at least 16 bytes".into()));
+        }
         if self.store.cache_mb == 0 {
             return Err(("store", "cache_mb", "must be at least 1".into()));
         }

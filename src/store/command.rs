@@ -94,9 +94,10 @@ pub enum Command<'a> {
         node: u64,
         filter: &'a str,
     },
-    /// Node `node` holds the client's connection from now on (`token` names this claim). Apply gives the
-    /// claim an epoch from a counter (the log orders claims) and tells every node, so any other node with a
-    /// connection for the client closes it (0x8E): one live connection per client id in the cluster.
+    /// Node `node` holds the client's connection from now on, after a clean start (`token` names this
+    /// claim). Apply gives the claim an epoch from a counter (the log orders claims), drops any stored
+    /// session of the client (a clean start ends it, even when its node is down) and tells every node, so any
+    /// other node with a connection for the client closes it (0x8E): one live connection per client id.
     Claim {
         client_id: &'a str,
         node: u64,

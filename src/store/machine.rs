@@ -25,6 +25,11 @@ pub enum Outcome {
     Created(u64),
     /// A claim was committed with this epoch.
     Claimed(u64),
+    /// A takeover: the session's new incarnation (`None`: no session was stored) and the claim's epoch.
+    Taken {
+        incarnation: Option<u64>,
+        epoch: u64,
+    },
 }
 
 /// A client's connection moved to a node (a committed claim), told to every node's registry.
@@ -32,6 +37,14 @@ pub enum Outcome {
 pub struct OwnerChange {
     pub client_id: Arc<str>,
     pub owner: OwnerRecord,
+}
+
+/// What the registries hear from apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnerEvent {
+    Changed(OwnerChange),
+    /// A snapshot replaced the whole state: compare every local session with the stored owners.
+    Reloaded,
 }
 
 impl Outcome {
@@ -63,7 +76,7 @@ pub struct BrokerMachine {
     /// The cluster's routing table, mirrored in memory for publishing.
     pub(super) routes: Arc<RwLock<RemoteRoutes>>,
     /// Committed claims, for the registries (a bounded ring: a registry that lags re-reads the owners).
-    pub(super) owners: tokio::sync::broadcast::Sender<OwnerChange>,
+    pub(super) owners: tokio::sync::broadcast::Sender<OwnerEvent>,
 }
 
 /// The next value of a counter of the state machine (incarnations, epochs): the log orders it.
@@ -198,15 +211,22 @@ impl BrokerMachine {
                 client_id,
                 node,
                 token,
-            } => return Outcome::Claimed(self.claim(txn, client_id, node, token)),
+            } => {
+                // A clean start elsewhere: whatever session the client had ends [MQTT-3.1.2-4], even if its
+                // node is down and cannot say so.
+                if stored_record(txn, client_id).is_some() {
+                    self.inbox.sub(drop_session(txn, client_id));
+                }
+                return Outcome::Claimed(self.claim(txn, client_id, node, token));
+            }
             Command::TakeSession {
                 client_id,
                 node,
                 token,
             } => {
-                let taken = self.take(txn, client_id);
-                self.claim(txn, client_id, node, token);
-                return taken.map_or(Outcome::Ignored, Outcome::Created);
+                let incarnation = self.take(txn, client_id, token);
+                let epoch = self.claim(txn, client_id, node, token);
+                return Outcome::Taken { incarnation, epoch };
             }
             Command::PutSession {
                 client_id,
@@ -345,9 +365,11 @@ impl BrokerMachine {
     }
 
     /// Moves the stored session (if any) to a new incarnation, its inbox entries and counter with it.
-    fn take(&mut self, txn: &mut Txn<'_>, client_id: &str) -> Option<u64> {
+    fn take(&mut self, txn: &mut Txn<'_>, client_id: &str, token: u64) -> Option<u64> {
         let mut record = stored_record(txn, client_id)?;
         let old = record.incarnation;
+        // A late abandon of the previous owner's create names its creator: it must not match this life.
+        record.creator = token;
         record.incarnation = next(txn, LAST_INCARNATION);
         let from = inbox_key(client_id, old, 0);
         let keys = txn
@@ -386,10 +408,10 @@ impl BrokerMachine {
             token,
         };
         txn.insert(&owner_key(client_id), &format::encode(&owner));
-        let _ = self.owners.send(OwnerChange {
+        let _ = self.owners.send(OwnerEvent::Changed(OwnerChange {
             client_id: client_id.into(),
             owner,
-        });
+        }));
         owner.epoch
     }
 
@@ -443,5 +465,6 @@ impl StateMachine for BrokerMachine {
 
     fn restored(&mut self, view: &View) {
         self.load(view);
+        let _ = self.owners.send(OwnerEvent::Reloaded);
     }
 }

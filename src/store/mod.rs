@@ -33,7 +33,7 @@ mod tests;
 pub use command::Command;
 pub use format::{FormatError, FORMAT};
 use keys::*;
-pub use machine::{Appended, BrokerMachine, Outcome, OwnerChange};
+pub use machine::{Appended, BrokerMachine, Outcome, OwnerChange, OwnerEvent};
 use record::InboxCounter;
 pub use record::{
     decode_delivery, decode_record, encode_delivery, encode_record, put_record, unix_now,
@@ -57,7 +57,7 @@ pub struct Store {
     pub retained: Arc<MemoryRetained>,
     /// The cluster's routing table (apply keeps it).
     pub routes: Arc<std::sync::RwLock<RemoteRoutes>>,
-    owners: tokio::sync::broadcast::Sender<OwnerChange>,
+    owners: tokio::sync::broadcast::Sender<OwnerEvent>,
     not_applied: prometheus::IntCounterVec,
 }
 
@@ -438,12 +438,13 @@ impl Store {
     }
 
     /// Takes the client's stored session over for this node (see [`Command::TakeSession`]): the new
-    /// incarnation, or `None` when no session is stored (the claim is made either way).
+    /// incarnation (`None` when no session is stored; the claim is made either way) and the claim's epoch.
     pub fn take_session(
         &self,
         client_id: &str,
         token: u64,
-    ) -> impl std::future::Future<Output = Result<Option<u64>, ClusterError>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<(Option<u64>, u64), ClusterError>> + Send + 'static
+    {
         let commit = self.cluster.submit(
             Command::TakeSession {
                 client_id,
@@ -453,15 +454,15 @@ impl Store {
             .encode(),
         );
         async move {
-            commit.await.map(|r| match Outcome::decode(&r) {
-                Outcome::Created(incarnation) => Some(incarnation),
-                _ => None,
-            })
+            match Outcome::decode(&commit.await?) {
+                Outcome::Taken { incarnation, epoch } => Ok((incarnation, epoch)),
+                _ => Err(ClusterError::Rejected("takeover not applied".into())),
+            }
         }
     }
 
     /// Committed claims as this node applies them.
-    pub fn owner_changes(&self) -> tokio::sync::broadcast::Receiver<OwnerChange> {
+    pub fn owner_changes(&self) -> tokio::sync::broadcast::Receiver<OwnerEvent> {
         self.owners.subscribe()
     }
 
@@ -475,6 +476,16 @@ impl Store {
     pub fn session(&self, client_id: &str) -> Option<SessionRecord> {
         let v = self.cluster.view().get(&session_key(client_id)).ok()??;
         SessionRecord::decode(&v).ok()
+    }
+
+    /// The lowest member id: the node that restores sessions stored before ownership was recorded.
+    pub fn lowest_member(&self) -> u64 {
+        self.cluster
+            .view()
+            .peers()
+            .ok()
+            .and_then(|p| p.keys().next().copied())
+            .unwrap_or(self.node_id)
     }
 
     /// Whether the cluster has more than one member (claims and routes are proposed only then).

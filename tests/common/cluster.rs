@@ -26,11 +26,24 @@ pub fn cluster_toml(id: usize, peer_ports: &[u16], extra: &str) -> String {
 impl Cluster {
     /// Three nodes; `extra` goes into each node's configuration before `[cluster]`; `cluster_extra` into it.
     pub fn three(extra: &str, cluster_extra: &str) -> Cluster {
+        Self::three_each(|_| extra.to_string(), cluster_extra)
+    }
+
+    /// Three nodes, node `i` (1-based) with `extra(i)` in its configuration.
+    pub fn three_with(extra: impl Fn(usize) -> String) -> Cluster {
+        Self::three_each(extra, "")
+    }
+
+    fn three_each(extra: impl Fn(usize) -> String, cluster_extra: &str) -> Cluster {
         let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let mut nodes: Vec<CicadaProcess> = (1..=3)
             .map(|id| {
                 CicadaProcess::spawn(
-                    &format!("{extra}\n{}", cluster_toml(id, &peer_ports, cluster_extra)),
+                    &format!(
+                        "{}\n{}",
+                        extra(id),
+                        cluster_toml(id, &peer_ports, cluster_extra)
+                    ),
                     "warn",
                 )
             })

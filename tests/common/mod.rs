@@ -189,3 +189,8 @@ pub async fn next_event(events: &mut Events, what: &str) -> Event {
         Err(_) => panic!("timed out waiting for {what}"),
     }
 }
+
+/// Whether something accepts TCP connections on this loopback port.
+pub fn answers_http(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}

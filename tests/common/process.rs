@@ -108,6 +108,14 @@ impl CicadaProcess {
             .expect("field present")
     }
 
+    /// Whether the process still runs.
+    pub fn child_alive(&self) -> bool {
+        let exists = unsafe { libc::kill(self.child.id() as i32, 0) == 0 };
+        exists
+            && std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+                .is_ok_and(|s| !s.contains(") Z "))
+    }
+
     pub fn signal(&self, sig: i32) {
         unsafe {
             libc::kill(self.child.id() as i32, sig);

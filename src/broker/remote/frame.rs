@@ -23,6 +23,10 @@ const SYNCED: u8 = 3;
 struct ForwardHeader<'a> {
     #[serde(borrow)]
     groups: Vec<(&'a str, &'a str)>,
+    /// A persistent publisher's QoS 2 message: (its client id, packet id), so persistent subscribers on the
+    /// receiving node store it at most once too (see `Message::qos2_origin`).
+    #[serde(borrow)]
+    origin: Option<(&'a str, u16)>,
 }
 
 /// Why a frame was not understood.
@@ -42,7 +46,7 @@ pub enum FrameError {
 #[derive(Debug)]
 pub enum Frame {
     Forward {
-        message: Message,
+        message: Box<Message>,
         groups: Vec<GroupRef>,
     },
     Sync {
@@ -84,6 +88,10 @@ pub fn forward(message: &Message, groups: &[GroupRef]) -> Bytes {
     buf.put_u8(FORWARD);
     let header = ForwardHeader {
         groups: groups.iter().map(|(f, g)| (&**f, &**g)).collect(),
+        origin: message
+            .qos2_origin
+            .as_ref()
+            .map(|o| (o.client_id.as_str(), o.pkid)),
     };
     let taken = std::mem::take(&mut buf);
     buf = postcard::to_extend(&header, taken).expect("postcard into a BytesMut");
@@ -96,16 +104,20 @@ pub fn decode(frame: &[u8]) -> Result<Frame, FrameError> {
         [VERSION, FORWARD, rest @ ..] => {
             let (h, tail): (ForwardHeader<'_>, &[u8]) =
                 postcard::take_from_bytes(rest).map_err(|_| FrameError::Malformed)?;
-            let message = crate::store::decode_record(tail).ok_or_else(|| {
-                // An expired message and a broken one both decode to nothing: tell them apart by the header.
-                if tail.len() > 2 {
-                    FrameError::Expired
-                } else {
-                    FrameError::Malformed
-                }
+            // An expired message and a broken one both decode to nothing: tell them apart by the header.
+            let mut message = crate::store::decode_record(tail).ok_or(if tail.len() > 2 {
+                FrameError::Expired
+            } else {
+                FrameError::Malformed
             })?;
+            message.qos2_origin = h.origin.map(|(client_id, pkid)| {
+                std::sync::Arc::new(crate::broker::message::Qos2Origin {
+                    client_id: client_id.to_string(),
+                    pkid,
+                })
+            });
             Ok(Frame::Forward {
-                message,
+                message: Box::new(message),
                 groups: h
                     .groups
                     .into_iter()
@@ -147,7 +159,10 @@ mod tests {
             expires_at: Some(Instant::now() + Duration::from_secs(100)),
             publisher: Some(9),
             received: Instant::now(),
-            qos2_origin: None,
+            qos2_origin: Some(std::sync::Arc::new(crate::broker::message::Qos2Origin {
+                client_id: "publisher-1".into(),
+                pkid: 77,
+            })),
         };
         let groups: Vec<GroupRef> = vec![("device/+/status".into(), "workers".into())];
         let Ok(Frame::Forward { message, groups: g }) = decode(&forward(&m, &groups)) else {

@@ -325,16 +325,20 @@ impl RemoteLink {
     /// Compares this node's filters with its routes in the table and proposes the difference; also follows
     /// membership (a node that joins a cluster starts proposing its routes). Runs until shutdown.
     pub async fn reconcile(self: Arc<Self>, shutdown: CancellationToken) {
+        // The first pass at once: routes left from before a restart go before they attract group turns.
+        let mut first = true;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+                _ = tokio::time::sleep(if first { Duration::from_millis(500) } else { RECONCILE_EVERY }) => {}
                 _ = self.dirty.notified() => {
                     // A burst of failures is one pass.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
+            first = false;
             if !self.refresh_membership() || !self.store.has_leader() {
+                first = true;
                 continue;
             }
             let commits = {
@@ -388,7 +392,7 @@ impl RemoteLink {
                         gate: None,
                     };
                     let _ = ctx.shard_for(&message.topic).cast(ShardMsg::Forwarded(
-                        Arc::new(message),
+                        Arc::new(*message),
                         groups,
                         ticket,
                     ));

@@ -111,6 +111,8 @@ pub enum SessionMsg {
     Discard(ReasonCode, Option<RpcReplyPort<()>>),
     /// The server is stopping: close the connection with this reason and end.
     Shutdown(ReasonCode, RpcReplyPort<()>),
+    /// Whether a connection is attached (admin API).
+    IsOnline(RpcReplyPort<bool>),
 }
 
 pub struct Session;
@@ -308,6 +310,9 @@ impl Actor for Session {
                     c.close(reason);
                 }
                 let _ = done.send(());
+            }
+            SessionMsg::IsOnline(reply) => {
+                let _ = reply.send(s.conn.is_some());
             }
         }
         s.sync_inbox();

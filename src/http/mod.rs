@@ -1,5 +1,8 @@
 //! HTTP for operators: `/metrics` (Prometheus text), `/health` (the process answers), `/ready` (accepting
-//! clients: 503 while shutting down). Anything else gets a 4xx with a message.
+//! clients: 503 while shutting down or without a raft leader), and the admin API under `/api/v1`
+//! ([`admin`]). Anything else gets a 4xx with a message.
+
+pub mod admin;
 
 use crate::broker::Context;
 use bytes::Bytes;
@@ -12,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// Serves until shutdown.
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
+/// Serves until shutdown; `token`: the bearer token the admin API requires (none: open).
+pub async fn serve(listener: TcpListener, ctx: Arc<Context>, token: Option<Arc<str>>) {
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -27,11 +30,18 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
                 continue;
             }
         };
-        let ctx = ctx.clone();
+        let (ctx, token) = (ctx.clone(), token.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &ctx)) }
+                let (ctx, token) = (ctx.clone(), token.clone());
+                async move {
+                    let response = if req.uri().path().starts_with("/api/") {
+                        admin::respond(req, &ctx, token.as_deref()).await
+                    } else {
+                        respond(&req, &ctx)
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -44,7 +54,11 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
     }
 }
 
-fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+pub(crate) fn text(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("content-type", content_type)
@@ -85,7 +99,7 @@ fn respond(req: &Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
         other => text(
             StatusCode::NOT_FOUND,
             plain,
-            format!("no such endpoint: {other} (try /metrics, /health, /ready)\n"),
+            format!("no such endpoint: {other} (try /metrics, /health, /ready, /api/v1/cluster)\n"),
         ),
     }
 }
