@@ -226,25 +226,41 @@ impl Actor for Registry {
                 }
             }
             RegistryMsg::List(reply) => {
-                let mut out = Vec::with_capacity(s.sessions.len());
-                for (id, l) in &s.sessions {
-                    let online = matches!(
-                        l.session
-                            .call(
-                                SessionMsg::IsOnline,
-                                Some(std::time::Duration::from_secs(1))
-                            )
-                            .await,
-                        Ok(ractor::rpc::CallResult::Success(true))
-                    );
-                    out.push((id.clone(), online));
-                }
-                out.sort();
-                let _ = reply.send(out);
+                // Asked off the registry, all at once: a busy session must not hold up connects.
+                let sessions: Vec<(String, ActorRef<SessionMsg>)> = s
+                    .sessions
+                    .iter()
+                    .map(|(id, l)| (id.clone(), l.session.clone()))
+                    .collect();
+                tokio::spawn(async move {
+                    let asks = sessions.into_iter().map(|(id, session)| async move {
+                        let online = matches!(
+                            session
+                                .call(
+                                    SessionMsg::IsOnline,
+                                    Some(std::time::Duration::from_secs(1))
+                                )
+                                .await,
+                            Ok(ractor::rpc::CallResult::Success(true))
+                        );
+                        (id, online)
+                    });
+                    let mut out = futures_util::future::join_all(asks).await;
+                    out.sort();
+                    let _ = reply.send(out);
+                });
             }
             RegistryMsg::ClaimFailed { client_id, token } => {
-                if let Some(l) = s.sessions.get_mut(&client_id).filter(|l| l.token == token) {
-                    l.pending = false;
+                let Some(l) = s.sessions.get_mut(&client_id).filter(|l| l.token == token) else {
+                    return Ok(());
+                };
+                l.pending = false;
+                // Claims of other nodes it let pass while pending are decided now.
+                let epoch = l.epoch;
+                let me_id = s.ctx.store.as_ref().map_or(0, |st| st.node_id());
+                let owner = s.ctx.store.as_ref().and_then(|st| st.owner(&client_id));
+                if owner.is_some_and(|o| o.node != me_id && o.epoch > epoch) {
+                    s.taken_elsewhere(&client_id).await;
                 }
             }
         }
@@ -307,13 +323,13 @@ impl RegistryState {
                 // The claim closes the client's connection on any other node; this connect does not wait for
                 // it (a clean session works on a node without a leader too).
                 pending = true;
-                let (claim, registry, id) = (
-                    store.claim(&client_id, token),
-                    me.clone(),
-                    client_id.clone(),
-                );
+                let (store2, registry, id) = (store.clone(), me.clone(), client_id.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = claim.await {
+                    let claimed = async {
+                        let seen = store2.fresh_owner_epoch(&id).await?;
+                        store2.claim(&id, token, seen).await
+                    };
+                    if let Err(e) = claimed.await {
                         tracing::debug!(client_id = %id, error = %e, "claim not committed");
                         let _ = registry.cast(RegistryMsg::ClaimFailed {
                             client_id: id,
@@ -323,7 +339,11 @@ impl RegistryState {
                 });
             } else {
                 // Resuming: whatever session the cluster stores for the client moves here.
-                match store.take_session(&client_id, token).await {
+                let taken = async {
+                    let seen = store.fresh_owner_epoch(&client_id).await?;
+                    store.take_session(&client_id, token, seen).await
+                };
+                match taken.await {
                     Ok((Some(incarnation), e)) => {
                         epoch = e;
                         let rec = store

@@ -43,7 +43,10 @@ pub enum CtlCommand {
     TransferLeader { node: u64 },
 }
 
-/// (host:port, path prefix) of an `http://` URL.
+/// The largest answer read (a cluster status of thousands of routes fits easily).
+const MAX_ANSWER: u64 = 16 << 20;
+
+/// host:port of an `http://` URL.
 fn parse_url(url: &str) -> Result<String, CliError> {
     let rest = url
         .strip_prefix("http://")
@@ -74,13 +77,18 @@ async fn request(
         )
         .await?;
         let mut out = Vec::new();
-        s.take(16 << 20).read_to_end(&mut out).await?;
+        s.take(MAX_ANSWER + 1).read_to_end(&mut out).await?;
         Ok::<_, std::io::Error>(out)
     };
     let raw = tokio::time::timeout(Duration::from_secs(10), io)
         .await
         .map_err(|_| CliError::failure(format!("{url}: no answer in 10 s")))?
         .map_err(|e| CliError::failure(format!("{url}: {e}")))?;
+    if raw.len() as u64 > MAX_ANSWER {
+        return Err(CliError::failure(format!(
+            "{url}: answer larger than {MAX_ANSWER} bytes"
+        )));
+    }
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
@@ -90,7 +98,16 @@ async fn request(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| CliError::failure(format!("{url}: not an HTTP answer")))?;
-    let json = serde_json::from_str(body).unwrap_or(Value::String(body.trim().to_string()));
+    let json = match serde_json::from_str(body) {
+        Ok(v) => v,
+        // An error page of something else on that port: its text is the message.
+        Err(_) if !(200..300).contains(&status) => Value::String(body.trim().to_string()),
+        Err(e) => {
+            return Err(CliError::failure(format!(
+                "{url}: the answer is not JSON: {e}"
+            )))
+        }
+    };
     Ok((status, json))
 }
 
@@ -113,12 +130,15 @@ pub async fn run(args: CtlArgs) -> Result<(), CliError> {
         (None, Some(f)) => Some(
             std::fs::read_to_string(f)
                 .map_err(|e| CliError::usage(format!("{}: {e}", f.display())))?
-                .trim_end()
+                .trim_end_matches(['\n', '\r'])
                 .to_string(),
         ),
         (None, None) => None,
     };
     let token = token.as_deref();
+    for url in &args.url {
+        parse_url(url)?;
+    }
     let first = args.url[0].clone();
     match args.command {
         CtlCommand::Status { json } => {

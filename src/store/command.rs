@@ -95,13 +95,16 @@ pub enum Command<'a> {
         filter: &'a str,
     },
     /// Node `node` holds the client's connection from now on, after a clean start (`token` names this
-    /// claim). Apply gives the claim an epoch from a counter (the log orders claims), drops any stored
-    /// session of the client (a clean start ends it, even when its node is down) and tells every node, so any
+    /// claim). Apply gives the claim an epoch from a counter (the log orders claims), drops a stored
+    /// session of the client that another node owns (a clean start ends it, even when that node is down) and tells every node, so any
     /// other node with a connection for the client closes it (0x8E): one live connection per client id.
     Claim {
         client_id: &'a str,
         node: u64,
         token: u64,
+        /// The owner epoch the proposer saw: if another node claimed the client since, this claim is stale
+        /// (it waited in a queue while its client went elsewhere) and apply ignores it.
+        seen: u64,
     },
     /// [`Command::CreateSession`] proposed by node `node`, which owns the new session from then on (a claim
     /// with the creator as its token).
@@ -119,6 +122,8 @@ pub enum Command<'a> {
         client_id: &'a str,
         node: u64,
         token: u64,
+        /// As for [`Command::Claim`]: ignored if another node claimed the client after this epoch.
+        seen: u64,
     },
 }
 

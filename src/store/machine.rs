@@ -79,6 +79,16 @@ pub struct BrokerMachine {
     pub(super) owners: tokio::sync::broadcast::Sender<OwnerEvent>,
 }
 
+/// Whether another node claimed the client after epoch `seen` (what the proposer knew): a claim proposed
+/// before that one and committed after it must not take the client back.
+fn stale_claim(txn: &Txn<'_>, client_id: &str, node: u64, seen: u64) -> bool {
+    txn.get(&owner_key(client_id))
+        .ok()
+        .flatten()
+        .and_then(|v| OwnerRecord::decode(&v))
+        .is_some_and(|o| o.node != node && o.epoch > seen)
+}
+
 /// The next value of a counter of the state machine (incarnations, epochs): the log orders it.
 fn next(txn: &mut Txn<'_>, key: &[u8]) -> u64 {
     let last = txn
@@ -211,10 +221,21 @@ impl BrokerMachine {
                 client_id,
                 node,
                 token,
+                seen,
             } => {
-                // A clean start elsewhere: whatever session the client had ends [MQTT-3.1.2-4], even if its
-                // node is down and cannot say so.
-                if stored_record(txn, client_id).is_some() {
+                if stale_claim(txn, client_id, node, seen) {
+                    return Outcome::Ignored;
+                }
+                // A clean start elsewhere: whatever session the client had on another node ends
+                // [MQTT-3.1.2-4], even if that node is down and cannot say so. (A session this node already
+                // created for the same connect, proposed before this claim, stays.)
+                let owned_here = txn
+                    .get(&owner_key(client_id))
+                    .ok()
+                    .flatten()
+                    .and_then(|v| OwnerRecord::decode(&v))
+                    .is_some_and(|o| o.node == node);
+                if !owned_here && stored_record(txn, client_id).is_some() {
                     self.inbox.sub(drop_session(txn, client_id));
                 }
                 return Outcome::Claimed(self.claim(txn, client_id, node, token));
@@ -223,7 +244,11 @@ impl BrokerMachine {
                 client_id,
                 node,
                 token,
+                seen,
             } => {
+                if stale_claim(txn, client_id, node, seen) {
+                    return Outcome::Ignored;
+                }
                 let incarnation = self.take(txn, client_id, token);
                 let epoch = self.claim(txn, client_id, node, token);
                 return Outcome::Taken { incarnation, epoch };

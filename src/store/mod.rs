@@ -413,18 +413,21 @@ impl Store {
             .collect()
     }
 
-    /// Claims the client's connection for this node (in the background: see [`Command::Claim`]); the future
-    /// answers the epoch once committed.
+    /// Claims the client's connection for this node (in the background: see [`Command::Claim`]); `seen`: the
+    /// owner epoch this node knows. The future answers the epoch once committed, or an error when the claim
+    /// failed or was stale.
     pub fn claim(
         &self,
         client_id: &str,
         token: u64,
+        seen: u64,
     ) -> impl std::future::Future<Output = Result<u64, ClusterError>> + Send + 'static {
         let commit = self.cluster.submit(
             Command::Claim {
                 client_id,
                 node: self.node_id,
                 token,
+                seen,
             }
             .encode(),
         );
@@ -432,7 +435,9 @@ impl Store {
             let r = commit.await?;
             match Outcome::decode(&r) {
                 Outcome::Claimed(epoch) => Ok(epoch),
-                _ => Err(ClusterError::Rejected("claim not applied".into())),
+                _ => Err(ClusterError::Rejected(
+                    "claim not applied: another node claimed the client since".into(),
+                )),
             }
         }
     }
@@ -443,6 +448,7 @@ impl Store {
         &self,
         client_id: &str,
         token: u64,
+        seen: u64,
     ) -> impl std::future::Future<Output = Result<(Option<u64>, u64), ClusterError>> + Send + 'static
     {
         let commit = self.cluster.submit(
@@ -450,13 +456,16 @@ impl Store {
                 client_id,
                 node: self.node_id,
                 token,
+                seen,
             }
             .encode(),
         );
         async move {
             match Outcome::decode(&commit.await?) {
                 Outcome::Taken { incarnation, epoch } => Ok((incarnation, epoch)),
-                _ => Err(ClusterError::Rejected("takeover not applied".into())),
+                _ => Err(ClusterError::Rejected(
+                    "takeover not applied: another node claimed the client since".into(),
+                )),
             }
         }
     }
@@ -464,6 +473,17 @@ impl Store {
     /// Committed claims as this node applies them.
     pub fn owner_changes(&self) -> tokio::sync::broadcast::Receiver<OwnerEvent> {
         self.owners.subscribe()
+    }
+
+    /// The client's owner epoch after a read barrier: every claim committed before this call is counted, so
+    /// a claim proposed with it is stale only if another one committed in between.
+    pub async fn fresh_owner_epoch(&self, client_id: &str) -> Result<u64, ClusterError> {
+        // Without a known leader the barrier could only time out: answer at once.
+        if !self.has_leader() {
+            return Err(ClusterError::NoLeader);
+        }
+        self.cluster.read_index().await?;
+        Ok(self.owner(client_id).map_or(0, |o| o.epoch))
     }
 
     /// Which node holds the client's connection, as applied here.

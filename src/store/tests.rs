@@ -454,3 +454,108 @@ fn commands_and_records_round_trip() {
     );
     assert!(decode_record(&expired).is_none());
 }
+
+/// Proposes a command as node `node` would (the store's own methods propose as this node, 1).
+async fn propose(store: &Store, cmd: Command<'_>) -> Outcome {
+    Outcome::decode(&store.cluster().propose(cmd.encode()).await.unwrap())
+}
+
+#[tokio::test]
+async fn claims_and_takeovers_are_ordered_by_the_log_and_a_stale_one_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        single(dir.path(), cicada_cluster::Fsync::Always),
+        &prometheus::Registry::new(),
+    )
+    .await
+    .unwrap();
+    // Node 1 creates "dev" and stores two messages for it.
+    let inc = store
+        .create_session("dev", 7, record(0))
+        .await
+        .unwrap()
+        .unwrap();
+    let e1 = store.owner("dev").unwrap();
+    assert_eq!((e1.node, e1.token), (1, 7));
+    assert!(append(&store, inc, &delivery("a", b"1", 1)).await);
+    assert!(append(&store, inc, &delivery("a", b"2", 2)).await);
+
+    // Node 3 takes it over: a new incarnation, the same inbox (same seqs), the owner moves.
+    let taken = propose(
+        &store,
+        Command::TakeSession {
+            client_id: "dev",
+            node: 3,
+            token: 30,
+            seen: e1.epoch,
+        },
+    )
+    .await;
+    let Outcome::Taken {
+        incarnation: Some(new),
+        epoch: e3,
+    } = taken
+    else {
+        panic!("taken: {taken:?}");
+    };
+    assert!(new > inc && e3 > e1.epoch);
+    assert_eq!(store.owner("dev").unwrap().node, 3);
+    let moved: Vec<u64> = all(&store, new).iter().map(|c| c.seq).collect();
+    assert_eq!(moved, vec![1, 2], "the inbox moved with its seqs");
+    assert!(all(&store, inc).is_empty());
+    assert_eq!(store.inbox_summary("dev", new).count, 2);
+    // Node 1's late commands carry the old incarnation: fenced.
+    // (an ack names keys of the old incarnation, which are gone: nothing is removed)
+    store.inbox_ack("dev", inc, vec![1]).await.unwrap();
+    assert!(!store.delete_session("dev", inc).await.unwrap());
+    assert!(
+        !store.abandon_session("dev", 7).await.unwrap(),
+        "the previous create's abandon no longer matches"
+    );
+    assert_eq!(store.inbox_summary("dev", new).count, 2);
+
+    // A takeover or claim proposed before node 3's (it saw epoch e1) and committed after it is stale.
+    let stale = Command::TakeSession {
+        client_id: "dev",
+        node: 1,
+        token: 11,
+        seen: e1.epoch,
+    };
+    assert_eq!(propose(&store, stale).await, Outcome::Ignored);
+    let stale = Command::Claim {
+        client_id: "dev",
+        node: 1,
+        token: 12,
+        seen: e1.epoch,
+    };
+    assert_eq!(propose(&store, stale).await, Outcome::Ignored);
+    assert_eq!(store.owner("dev").unwrap().node, 3);
+    assert!(store.session("dev").is_some(), "nothing was dropped");
+
+    // A current clean-start claim on node 2 ends the stored session, wherever it was.
+    let claim = Command::Claim {
+        client_id: "dev",
+        node: 2,
+        token: 20,
+        seen: e3,
+    };
+    assert!(matches!(propose(&store, claim).await, Outcome::Claimed(e) if e > e3));
+    assert!(store.session("dev").is_none());
+    assert_eq!(store.inbox_summary("dev", new).count, 0);
+    // Resuming a session nobody stores still claims the client.
+    let e2 = store.owner("dev").unwrap().epoch;
+    let none = Command::TakeSession {
+        client_id: "dev",
+        node: 1,
+        token: 13,
+        seen: e2,
+    };
+    assert!(matches!(
+        propose(&store, none).await,
+        Outcome::Taken {
+            incarnation: None,
+            ..
+        }
+    ));
+    assert_eq!(store.owner("dev").unwrap().node, 1);
+}

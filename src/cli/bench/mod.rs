@@ -110,6 +110,10 @@ pub struct PubSubArgs {
     /// Seconds to wait for the last deliveries after publishing stopped.
     #[arg(long, default_value_t = 10)]
     pub drain: u64,
+    /// Port the subscribers connect to (default: --port): another node of a cluster, to measure the
+    /// cross-node path.
+    #[arg(long = "sub-port")]
+    pub sub_port: Option<u16>,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     pub help: Option<bool>,

@@ -59,20 +59,25 @@ pub async fn run(args: PubSubArgs) -> Result<(), CliError> {
         .map(|s| s.filter.to_string());
     let match_filter = shared.clone().unwrap_or_else(|| args.filter.clone());
     let tag = std::process::id();
-    let options = |id: String| {
-        let mut o = ClientOptions::new(args.target.host.clone(), args.target.port, id)
+    let options_at = |port: u16, id: String| {
+        let mut o = ClientOptions::new(args.target.host.clone(), port, id)
             .version(args.target.version)
             .keep_alive(args.target.keep_alive)
             .inflight(args.inflight);
         o.connect_timeout = Duration::from_secs(30);
         o
     };
+    let options = |id: String| options_at(args.target.port, id);
 
     // Subscribers first, so that nothing published is missed.
     let mut records = Vec::new();
     let mut sub_clients = Vec::new();
     let sub_options = |i: u32| {
-        let o = options(format!("bench-sub-{tag}-{i}"));
+        // Subscribers on another node of a cluster (--sub-port): the cross-node path.
+        let o = options_at(
+            args.sub_port.unwrap_or(args.target.port),
+            format!("bench-sub-{tag}-{i}"),
+        );
         match (args.persistent, args.target.version.is_v5()) {
             (false, _) => o,
             (true, true) => o.clean_start(false).session_expiry(300),
