@@ -12,6 +12,7 @@
 pub mod acks;
 pub mod conn;
 pub mod connection;
+pub mod drain;
 pub mod inbound;
 pub mod listener;
 pub mod message;
@@ -73,6 +74,11 @@ pub struct Context {
     /// Woken when `queued_bytes` falls back under the watermark.
     pub below_watermark: Notify,
     pub shutdown: CancellationToken,
+    /// Draining (SIGTERM, `cicada ctl drain`): `/ready` answers 503 so load balancers send no new clients
+    /// while leadership is handed over and clients are told to go.
+    pub draining: std::sync::atomic::AtomicBool,
+    /// Asked to drain through the admin API: `cicada serve` stops as on SIGTERM.
+    pub drain_requested: Notify,
     pub started: Instant,
     /// Every distinct auth configuration in force (one per listener, shared when equal), for SIGHUP.
     pub auths: Vec<Arc<Auth>>,
@@ -291,6 +297,8 @@ impl Broker {
             queued_bytes: AtomicI64::new(0),
             below_watermark: Notify::new(),
             shutdown,
+            draining: std::sync::atomic::AtomicBool::new(false),
+            drain_requested: Notify::new(),
             started: Instant::now(),
             auths,
             tls: all_tls,
@@ -370,6 +378,10 @@ impl Broker {
     /// let writers flush, stop the actors.
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
+        self.ctx.draining.store(true, Ordering::Release);
+        if let Some(store) = self.ctx.store.as_ref().filter(|s| s.clustered()) {
+            drain::hand_leadership_over(store).await;
+        }
         self.ctx.shutdown.cancel();
         let _ = self
             .registry

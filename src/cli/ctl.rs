@@ -1,7 +1,7 @@
 //! `cicada ctl`: operate a running cluster through a node's admin API (`/api/v1`, see `http::admin`).
 //!
 //! `status` prints one line per node given with `--url` (repeat it for each node), plus the membership as
-//! the first node sees it; `session ID`, `clients` and `transfer-leader NODE` ask one node. The token is
+//! the first node sees it; `session ID`, `clients`, `transfer-leader NODE` and `drain` ask one node. The token is
 //! `--token` or `--token-file` (a `CICADA_` variable would be read by `serve` as configuration).
 //! Exit codes: 0 success, 1 the node refused or failed (its message is printed), 2 bad usage.
 
@@ -41,6 +41,9 @@ pub enum CtlCommand {
     Clients,
     /// Hand raft leadership to another member (ask the leader).
     TransferLeader { node: u64 },
+    /// Drain the node: /ready turns 503, leadership goes to another node, clients are disconnected (v5:
+    /// 0x8B), the node exits 0.
+    Drain,
 }
 
 /// The largest answer read (a cluster status of thousands of routes fits easily).
@@ -180,6 +183,14 @@ pub async fn run(args: CtlArgs) -> Result<(), CliError> {
                 request(&first, "GET", "/api/v1/clients", token).await?,
             )?;
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            Ok(())
+        }
+        CtlCommand::Drain => {
+            ok(
+                &first,
+                request(&first, "POST", "/api/v1/drain", token).await?,
+            )?;
+            println!("{first}: draining");
             Ok(())
         }
         CtlCommand::TransferLeader { node } => {

@@ -71,6 +71,7 @@ pub async fn run(config: Config) -> Result<(), CliError> {
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT"); break; }
             _ = term.recv() => { tracing::info!("SIGTERM"); break; }
             _ = hup.recv() => { tracing::info!("SIGHUP"); broker.reload(); }
+            _ = broker.ctx.drain_requested.notified() => { tracing::info!("drain requested"); break; }
         }
     }
     broker.shutdown().await;

@@ -10,6 +10,7 @@
 //! - `GET /api/v1/sessions/{client_id}`: the client's stored session (owner, incarnation, expiry,
 //!   subscriptions, inbox) and whether it is on this node.
 //! - `POST /api/v1/cluster/transfer-leader?to=ID`: hands raft leadership to a member (asked of the leader).
+//! - `POST /api/v1/drain`: the node drains and exits 0, as on SIGTERM (see `broker::drain`).
 
 use super::text;
 use crate::broker::registry::RegistryMsg;
@@ -111,12 +112,23 @@ pub async fn respond(
             }
         }
         (Method::POST, "/api/v1/cluster/transfer-leader") => transfer(ctx, &query(&req)).await,
-        (m, p @ ("/api/v1/cluster" | "/api/v1/clients" | "/api/v1/cluster/transfer-leader")) => {
-            error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{m} is not allowed on {p}"),
-            )
+        (Method::POST, "/api/v1/drain") => {
+            // `cicada serve` drains and exits 0, as on SIGTERM.
+            ctx.draining
+                .store(true, std::sync::atomic::Ordering::Release);
+            ctx.drain_requested.notify_one();
+            reply(StatusCode::ACCEPTED, json!({"draining": true}))
         }
+        (
+            m,
+            p @ ("/api/v1/cluster"
+            | "/api/v1/clients"
+            | "/api/v1/cluster/transfer-leader"
+            | "/api/v1/drain"),
+        ) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{m} is not allowed on {p}"),
+        ),
         (_, p) => error(
             StatusCode::NOT_FOUND,
             format!(

@@ -87,8 +87,10 @@ fn respond(req: &Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
         }
         "/health" => text(StatusCode::OK, plain, "ok\n"),
         "/ready" => {
-            if ctx.shutdown.is_cancelled() {
-                text(StatusCode::SERVICE_UNAVAILABLE, plain, "shutting down\n")
+            if ctx.shutdown.is_cancelled()
+                || ctx.draining.load(std::sync::atomic::Ordering::Acquire)
+            {
+                text(StatusCode::SERVICE_UNAVAILABLE, plain, "draining\n")
             } else if ctx.store.as_ref().is_some_and(|s| !s.has_leader()) {
                 // Nothing that needs consensus (retained messages) could be acknowledged: out of rotation.
                 text(StatusCode::SERVICE_UNAVAILABLE, plain, "no raft leader\n")
