@@ -314,3 +314,65 @@ async fn a_node_without_a_leader_refuses_persistent_sessions_and_keeps_clean_one
         Bytes::from("hi")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_racing_for_one_id_on_two_nodes_end_with_one_live_connection() {
+    let c = Cluster::three("", "");
+    for round in 0..3 {
+        let id = format!("racer-{round}");
+        let (a, b) = (addr(c.port(1)), addr(c.port(2)));
+        let (mut ra, mut rb) = (Raw::connect(a).await, Raw::connect(b).await);
+        let (ca, cb) = tokio::join!(
+            ra.handshake(connect(&id, ProtocolVersion::V5)),
+            rb.handshake(connect(&id, ProtocolVersion::V5))
+        );
+        assert_eq!((ca.0, cb.0), (ReasonCode::SUCCESS, ReasonCode::SUCCESS));
+        // One of them is closed with 0x8E; then the other still answers a ping: one live connection.
+        let (loser_a, reason) = tokio::select! {
+            r = ra.expect_close() => (true, r),
+            r = rb.expect_close() => (false, r),
+        };
+        assert_eq!(
+            reason,
+            Some(ReasonCode::SESSION_TAKEN_OVER),
+            "round {round}"
+        );
+        let winner = if loser_a { &mut rb } else { &mut ra };
+        winner.send(&Packet::PingReq).await;
+        loop {
+            match winner.recv().await {
+                Some(Packet::PingResp) => break,
+                Some(_) => continue,
+                None => panic!("round {round}: both connections were closed"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_with_sigkill_rejoins_catches_up_and_serves_what_was_committed_meanwhile() {
+    let mut c = Cluster::three("", "");
+    c.nodes[2].signal(libc::SIGKILL);
+    c.nodes[2].wait_exit();
+    // Retained messages committed by the two others while node 3 is down.
+    let (p, _pe) = client(c.port(1), "writer").await;
+    for i in 0..20 {
+        let rc = p
+            .publish(format!("state/{i}"), QoS::AtLeastOnce, true, format!("{i}"))
+            .await
+            .unwrap();
+        assert_eq!(rc, ReasonCode::SUCCESS);
+    }
+    c.nodes[2].kill9_and_spawn_after_exit();
+    c.nodes[2].wait_listening();
+    common::cluster::wait_ready(c.nodes[2].http_port);
+    // Node 3 serves all 20 (it waits for its quorum and applies the log before serving).
+    let (s, mut e) = client(c.port(3), "reader").await;
+    s.subscribe("state/#", QoS::AtLeastOnce).await.unwrap();
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < 20 {
+        let m = next_message(&mut e, "retained message on the restarted node").await;
+        assert!(m.retain);
+        got.insert(m.topic);
+    }
+}

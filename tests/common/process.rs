@@ -78,6 +78,11 @@ impl CicadaProcess {
     pub fn kill9_and_spawn(&mut self) {
         self.signal(libc::SIGKILL);
         self.wait_exit();
+        self.kill9_and_spawn_after_exit();
+    }
+
+    /// Starts the same configuration and data directory again (the process already exited).
+    pub fn kill9_and_spawn_after_exit(&mut self) {
         self.child = spawn(&self.config_path(), "warn");
     }
 
