@@ -354,6 +354,16 @@ async fn a_node_killed_with_sigkill_rejoins_catches_up_and_serves_what_was_commi
     let mut c = Cluster::three("", "");
     c.nodes[2].signal(libc::SIGKILL);
     c.nodes[2].wait_exit();
+    // The two others elect a leader among themselves if node 3 led.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let leader = common::process::metric(c.nodes[0].http_port, "cicada_raft_leader").await;
+        if leader == 1.0 || leader == 2.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no leader among nodes 1 and 2");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Retained messages committed by the two others while node 3 is down.
     let (p, _pe) = client(c.port(1), "writer").await;
     for i in 0..20 {

@@ -160,6 +160,9 @@ pub async fn serve<S>(
     .await
 }
 
+/// How long a clean start waits for its cluster claim before its CONNACK.
+const CLAIM_WAIT: Duration = Duration::from_secs(5);
+
 /// The read side after CONNECT: the socket half, bytes already read past CONNECT, and the decoder.
 struct Input<R> {
     rd: R,
@@ -193,7 +196,12 @@ async fn run<R, W>(
             None,
         )
         .await;
-    let Ok(CallResult::Success(Ok(Opened { session, id }))) = opened else {
+    let Ok(CallResult::Success(Ok(Opened {
+        session,
+        id,
+        claimed,
+    }))) = opened
+    else {
         // The cluster could not take the session over (no leader, or the store failed): the client tries
         // again later or elsewhere; nothing was acknowledged.
         tracing::warn!(client_id = %a.client_id, "no session could be opened: refused with server unavailable");
@@ -206,6 +214,16 @@ async fn run<R, W>(
         )
         .await;
         return;
+    };
+    // A clean start in a cluster: its claim commits before the CONNACK. A failed one (no leader, or a
+    // concurrent connect elsewhere won) is reported to the registry once the CONNACK is out: it then decides
+    // whether this connection goes (0x8E) or works on here.
+    let claim_failed = match claimed {
+        Some(claimed) => match tokio::time::timeout(CLAIM_WAIT, claimed).await {
+            Ok(Ok(failed)) => failed,
+            _ => None,
+        },
+        None => None,
     };
     let version = a.connect.protocol;
     // The writer queue is unbounded in type only: the session keeps its sends under `WRITER_BUDGET`, and the
@@ -261,6 +279,9 @@ async fn run<R, W>(
             return;
         }
     };
+    if let Some(failed) = claim_failed {
+        let _ = registry.cast(failed);
+    }
     let AttachReply {
         session_present,
         inbound_qos2,

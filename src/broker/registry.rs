@@ -23,6 +23,11 @@ use std::sync::Arc;
 pub struct Opened {
     pub session: ActorRef<SessionMsg>,
     pub id: SessionId,
+    /// A clean start's claim in a cluster: resolved once it is committed (or failed). The connection waits
+    /// for it (bounded) before its CONNACK, so a later connect on any node reads it and wins over it.
+    /// A failed claim comes with the message that tells the registry, for the connection to send once its
+    /// CONNACK is out.
+    pub claimed: Option<tokio::sync::oneshot::Receiver<Option<RegistryMsg>>>,
 }
 
 pub enum RegistryMsg {
@@ -301,6 +306,7 @@ impl RegistryState {
                 return Ok(Opened {
                     session: l.session.clone(),
                     id: l.id,
+                    claimed: None,
                 });
             }
             // Clean start: the old session (and its connection, 0x8E) goes [MQTT-3.1.2-4]. Its successor
@@ -317,6 +323,7 @@ impl RegistryState {
             self.sessions.remove(&client_id);
         }
         let (mut token, mut pending, mut restored, mut epoch) = (0, false, None, 0);
+        let mut claimed = None;
         if let Some(store) = &store {
             token = claim_token(&self.ctx);
             if clean_start {
@@ -324,17 +331,25 @@ impl RegistryState {
                 // it (a clean session works on a node without a leader too).
                 pending = true;
                 let (store2, registry, id) = (store.clone(), me.clone(), client_id.clone());
+                let (done, wait) = tokio::sync::oneshot::channel();
+                claimed = Some(wait);
                 tokio::spawn(async move {
                     let claimed = async {
                         let seen = store2.fresh_owner_epoch(&id).await?;
                         store2.claim(&id, token, seen).await
                     };
-                    if let Err(e) = claimed.await {
+                    let result = claimed.await;
+                    if let Err(e) = &result {
                         tracing::debug!(client_id = %id, error = %e, "claim not committed");
-                        let _ = registry.cast(RegistryMsg::ClaimFailed {
-                            client_id: id,
-                            token,
-                        });
+                    }
+                    let failed = RegistryMsg::ClaimFailed {
+                        client_id: id,
+                        token,
+                    };
+                    // The connection reports a failure once its CONNACK is out (a session ended before
+                    // its client attached would close it without one); if it is gone, this task does.
+                    if let Err(Some(failed)) = done.send(result.is_err().then_some(failed)) {
+                        let _ = registry.cast(failed);
                     }
                 });
             } else {
@@ -389,7 +404,11 @@ impl RegistryState {
                         epoch,
                     },
                 );
-                Ok(Opened { session, id })
+                Ok(Opened {
+                    session,
+                    id,
+                    claimed,
+                })
             }
             Err(e) => Err(format!("cannot start a session: {e}")),
         }
