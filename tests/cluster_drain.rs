@@ -68,7 +68,7 @@ async fn a_drained_leader_hands_leadership_over_disconnects_with_0x8b_and_exits_
     // The survivors keep serving.
     for (i, n) in c.nodes.iter().enumerate() {
         if i != l {
-            assert_eq!(http_status(n.http_port, "/ready"), Some(200));
+            common::cluster::wait_ready(n.http_port);
         }
     }
 

@@ -164,7 +164,12 @@ async fn prometheus_scrapes_every_node_with_the_shipped_config_and_loads_the_ale
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let rules = query(port, "/api/v1/rules").await;
+    let mut rules = query(port, "/api/v1/rules").await;
+    while rules.is_null() {
+        wait("its rules");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        rules = query(port, "/api/v1/rules").await;
+    }
     let names: Vec<&str> = rules["data"]["groups"][0]["rules"]
         .as_array()
         .expect("the cicada rule group is loaded")

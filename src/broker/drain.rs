@@ -26,13 +26,19 @@ pub async fn hand_leadership_over(store: &Store) {
         return;
     };
     tracing::info!(to, matched, "draining: handing raft leadership over");
-    store.cluster().transfer_leader(to);
     let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
+    let mut asked = tokio::time::Instant::now();
+    store.cluster().transfer_leader(to);
     while tokio::time::Instant::now() < deadline {
         let leader = store.cluster().leader();
         if leader != 0 && leader != status.id {
             tracing::info!(leader, "draining: leadership handed over");
             return;
+        }
+        // Raft drops a transfer that did not complete within an election timeout: ask again.
+        if asked.elapsed() > Duration::from_millis(500) {
+            store.cluster().transfer_leader(to);
+            asked = tokio::time::Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -105,6 +105,75 @@ fn restore(store: &Store, client_id: &str, rec: SessionRecord) -> Option<Restore
     })
 }
 
+/// Attempts a clean start's claim may take while there is no leader (one a second): once a leader is back
+/// the claim commits and any other node's connection for the client goes, or a newer claim made this one
+/// stale and this node's connection goes.
+const CLAIM_ATTEMPTS: u32 = 60;
+
+/// Claims the client for this node. The first attempt's outcome goes to the connection (`first`), which
+/// waits for it before its CONNACK and reports a stale claim once the CONNACK is out. Without a leader the
+/// claim is tried again (with the owner epoch first read, so a claim another node committed meanwhile makes
+/// this one stale rather than this one ending a newer connection).
+async fn claim_until_decided(
+    store: Arc<Store>,
+    registry: ActorRef<RegistryMsg>,
+    client_id: String,
+    token: u64,
+    first: tokio::sync::oneshot::Sender<Option<RegistryMsg>>,
+) {
+    use cicada_cluster::ClusterError;
+    let mut first = Some(first);
+    let mut seen = None;
+    for attempt in 0..CLAIM_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        let result = async {
+            let s = match seen {
+                Some(s) => s,
+                None => *seen.insert(store.fresh_owner_epoch(&client_id).await?),
+            };
+            store.claim(&client_id, token, s).await
+        }
+        .await;
+        let failed = || RegistryMsg::ClaimFailed {
+            client_id: client_id.clone(),
+            token,
+        };
+        match result {
+            Ok(_) => {
+                if let Some(f) = first.take() {
+                    let _ = f.send(None);
+                }
+                return;
+            }
+            // Stale: a newer claim won. The connection (or this task, once it is gone) tells the registry.
+            Err(ClusterError::Rejected(_)) => {
+                let msg = match first.take() {
+                    Some(f) => f.send(Some(failed())).err().flatten(),
+                    None => Some(failed()),
+                };
+                if let Some(msg) = msg {
+                    let _ = registry.cast(msg);
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(client_id, attempt, error = %e, "claim not committed; trying again");
+                // The client is served meanwhile (as on a node without a leader).
+                if let Some(f) = first.take() {
+                    let _ = f.send(None);
+                }
+            }
+        }
+    }
+    tracing::warn!(
+        client_id,
+        "claim never committed: the client stays served here unclaimed"
+    );
+    let _ = registry.cast(RegistryMsg::ClaimFailed { client_id, token });
+}
+
 impl Actor for Registry {
     type Msg = RegistryMsg;
     type State = RegistryState;
@@ -333,25 +402,7 @@ impl RegistryState {
                 let (store2, registry, id) = (store.clone(), me.clone(), client_id.clone());
                 let (done, wait) = tokio::sync::oneshot::channel();
                 claimed = Some(wait);
-                tokio::spawn(async move {
-                    let claimed = async {
-                        let seen = store2.fresh_owner_epoch(&id).await?;
-                        store2.claim(&id, token, seen).await
-                    };
-                    let result = claimed.await;
-                    if let Err(e) = &result {
-                        tracing::debug!(client_id = %id, error = %e, "claim not committed");
-                    }
-                    let failed = RegistryMsg::ClaimFailed {
-                        client_id: id,
-                        token,
-                    };
-                    // The connection reports a failure once its CONNACK is out (a session ended before
-                    // its client attached would close it without one); if it is gone, this task does.
-                    if let Err(Some(failed)) = done.send(result.is_err().then_some(failed)) {
-                        let _ = registry.cast(failed);
-                    }
-                });
+                tokio::spawn(claim_until_decided(store2, registry, id, token, done));
             } else {
                 // Resuming: whatever session the cluster stores for the client moves here.
                 let taken = async {

@@ -7,6 +7,33 @@ use std::time::Instant;
 pub struct Cluster {
     pub nodes: Vec<CicadaProcess>,
     pub peer_ports: Vec<u16>,
+    _slot: Slot,
+}
+
+/// Three-node clusters of one test binary running at once, at most: on 2 cores more would starve raft
+/// ticks into elections the tests do not expect.
+const MAX_CLUSTERS: usize = 2;
+static RUNNING: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+struct Slot;
+
+impl Slot {
+    fn take() -> Slot {
+        let mut n = RUNNING.0.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= MAX_CLUSTERS {
+            n = RUNNING.1.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        *RUNNING.0.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        RUNNING.1.notify_one();
+    }
 }
 
 /// The `[cluster]` table of node `id` (1-based) of a cluster on these peer ports.
@@ -17,7 +44,7 @@ pub fn cluster_toml(id: usize, peer_ports: &[u16], extra: &str) -> String {
         .map(|(i, p)| format!("\"{}@127.0.0.1:{p}\"", i + 1))
         .collect();
     format!(
-        "[cluster]\nnode_id = {id}\npeer_bind = \"127.0.0.1:{port}\"\npeers = [{peers}]\nsecret = \"a-test-cluster-secret\"\ntick_ms = 50\n{extra}\n",
+        "[store]\nfsync = \"interval\"\n[cluster]\nnode_id = {id}\npeer_bind = \"127.0.0.1:{port}\"\npeers = [{peers}]\nsecret = \"a-test-cluster-secret\"\ntick_ms = 100\n{extra}\n",
         port = peer_ports[id - 1],
         peers = peers.join(", ")
     )
@@ -35,6 +62,7 @@ impl Cluster {
     }
 
     fn three_each(extra: impl Fn(usize) -> String, cluster_extra: &str) -> Cluster {
+        let slot = Slot::take();
         let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let mut nodes: Vec<CicadaProcess> = (1..=3)
             .map(|id| {
@@ -51,7 +79,11 @@ impl Cluster {
         for n in &mut nodes {
             n.wait_listening();
         }
-        let c = Cluster { nodes, peer_ports };
+        let c = Cluster {
+            nodes,
+            peer_ports,
+            _slot: slot,
+        };
         c.wait_ready_all();
         c
     }
