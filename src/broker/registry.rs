@@ -105,6 +105,17 @@ fn restore(store: &Store, client_id: &str, rec: SessionRecord) -> Option<Restore
     })
 }
 
+/// Ends a session whose client connected again (here or on another node): its connection gets 0x8E.
+/// Returns once it has ended.
+async fn end_taken_over(session: &ActorRef<SessionMsg>) {
+    let _ = session
+        .call(
+            |port| SessionMsg::Discard(ReasonCode::SESSION_TAKEN_OVER, Some(port)),
+            None,
+        )
+        .await;
+}
+
 /// Attempts a clean start's claim may take while there is no leader (one a second): once a leader is back
 /// the claim commits and any other node's connection for the client goes, or a newer claim made this one
 /// stale and this node's connection goes.
@@ -382,13 +393,7 @@ impl RegistryState {
             // starts only once it has ended: whatever it still had to propose (a create its own connect asked
             // for, its delete) is in the log before the successor's create, so apply, which ignores commands
             // of any incarnation but the stored one, never lets the old life undo the new.
-            let _ = l
-                .session
-                .call(
-                    |port| SessionMsg::Discard(ReasonCode::SESSION_TAKEN_OVER, Some(port)),
-                    None,
-                )
-                .await;
+            end_taken_over(&l.session).await;
             self.sessions.remove(&client_id);
         }
         let (mut token, mut pending, mut restored, mut epoch) = (0, false, None, 0);
@@ -497,12 +502,6 @@ impl RegistryState {
             return;
         };
         tracing::info!(client_id, "session taken over by another node");
-        let _ = l
-            .session
-            .call(
-                |port| SessionMsg::Discard(ReasonCode::SESSION_TAKEN_OVER, Some(port)),
-                None,
-            )
-            .await;
+        end_taken_over(&l.session).await;
     }
 }

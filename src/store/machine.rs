@@ -82,11 +82,15 @@ pub struct BrokerMachine {
 /// Whether another node claimed the client after epoch `seen` (what the proposer knew): a claim proposed
 /// before that one and committed after it must not take the client back.
 fn stale_claim(txn: &Txn<'_>, client_id: &str, node: u64, seen: u64) -> bool {
+    stored_owner(txn, client_id).is_some_and(|o| o.node != node && o.epoch > seen)
+}
+
+/// The node holding the client, as applied so far.
+fn stored_owner(txn: &Txn<'_>, client_id: &str) -> Option<OwnerRecord> {
     txn.get(&owner_key(client_id))
         .ok()
         .flatten()
         .and_then(|v| OwnerRecord::decode(&v))
-        .is_some_and(|o| o.node != node && o.epoch > seen)
 }
 
 /// The next value of a counter of the state machine (incarnations, epochs): the log orders it.
@@ -229,12 +233,7 @@ impl BrokerMachine {
                 // A clean start elsewhere: whatever session the client had on another node ends
                 // [MQTT-3.1.2-4], even if that node is down and cannot say so. (A session this node already
                 // created for the same connect, proposed before this claim, stays.)
-                let owned_here = txn
-                    .get(&owner_key(client_id))
-                    .ok()
-                    .flatten()
-                    .and_then(|v| OwnerRecord::decode(&v))
-                    .is_some_and(|o| o.node == node);
+                let owned_here = stored_owner(txn, client_id).is_some_and(|o| o.node == node);
                 if !owned_here && stored_record(txn, client_id).is_some() {
                     self.inbox.sub(drop_session(txn, client_id));
                 }
