@@ -52,6 +52,7 @@ async fn main() {
                     publisher: None,
                     received: Instant::now(),
                     qos2_origin: None,
+                    stored_fanout: false,
                 };
                 store.retain(&m).await.expect("retain");
                 i += workers;

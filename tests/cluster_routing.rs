@@ -171,8 +171,8 @@ async fn a_session_resumed_on_another_node_is_taken_over_with_its_subscriptions_
             ReasonCode::SUCCESS
         );
     }
-    // Stored (the inbox is replicated: node 2 counts it too). The publisher's PUBACK does not yet wait for a
-    // copy stored by another node's session (issue 12, durable delivery across nodes, is still open).
+    // Stored before each PUBACK (apply's fan-out); the inbox is replicated: node 2 counts it too, once it
+    // applied them.
     let deadline = Instant::now() + WAIT;
     while common::process::metric(c.nodes[1].http_port, "cicada_store_inbox_messages").await < 5.0 {
         assert!(

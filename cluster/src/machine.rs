@@ -19,6 +19,10 @@ pub trait StateMachine: Send + 'static {
     fn restored(&mut self, view: &View) {
         let _ = view;
     }
+
+    /// Called once the writes of a batch of applied commands are in the state tree (readable through the
+    /// view): what apply wants to tell others about its changes goes now, never before they can be read.
+    fn committed(&mut self) {}
 }
 
 /// The writes of one batch of committed commands, applied atomically with the new applied index.

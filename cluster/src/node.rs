@@ -662,6 +662,7 @@ impl NodeState {
             }
         }
         txn.commit(last).map_err(storage_err)?;
+        self.a.machine.committed();
         self.a.crash.reached(CrashPoint::Applied, &self.a.db);
         self.a
             .raw

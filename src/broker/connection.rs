@@ -730,6 +730,9 @@ impl Reader {
                     pkid,
                 }));
             }
+            // Persistent sessions' copies go through the store in one command, whichever nodes own them.
+            let fanout = ctx.needs_fanout(&message);
+            message.stored_fanout = fanout;
             let message = Arc::new(message);
             // What must be committed before the acknowledgement holds the gate: persistent sessions' copies,
             // and a retained message. The reader goes on meanwhile; acknowledgements leave in order.
@@ -740,6 +743,7 @@ impl Reader {
                 && ctx.store.is_some()
                 && (message.retain
                     || record_qos2
+                    || fanout
                     || ctx.durable_sessions.load(Ordering::Acquire) > 0);
             let gate = needs_gate.then(|| {
                 let (gate, w) = AckGate::new();
@@ -789,6 +793,9 @@ impl Reader {
                     // Queued now, so retained changes from this connection commit in publish order.
                     ctx.commit_retained(store, &message, gate.clone());
                 }
+            }
+            if fanout {
+                ctx.fan_out(&message, Some(&self.client_id), gate.clone());
             }
             let ticket = Ticket {
                 credit: Some(Arc::new(permit)),

@@ -30,6 +30,11 @@ pub struct Message {
     /// their copy at most once per such pair until the publisher releases it, so a resend routed again after
     /// a crash (before the id was recorded) adds nothing twice.
     pub qos2_origin: Option<Arc<Qos2Origin>>,
+    /// Its publishing node proposed its fan-out to persistent sessions through the store
+    /// (`Command::Publish`): every persistent session whose subscription was committed before it has its
+    /// copy from there, and takes none from the shards. False: a persistent session that gets it from a
+    /// shard stores its copy itself.
+    pub stored_fanout: bool,
 }
 
 /// Who published a QoS 2 message, for at-most-once storage of its copies (see [`Message::qos2_origin`]).
@@ -59,6 +64,7 @@ impl Message {
             publisher,
             received: now,
             qos2_origin: None,
+            stored_fanout: false,
         }
     }
 

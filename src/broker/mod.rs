@@ -149,6 +149,63 @@ impl Context {
         });
     }
 
+    /// Whether a message needs its fan-out to persistent sessions through the store (see
+    /// [`Store::publish`]): QoS 1/2 and a persistent session's subscription matches, as applied here.
+    pub fn needs_fanout(&self, message: &Message) -> bool {
+        self.store
+            .as_ref()
+            .is_some_and(|s| s.persistent_match(&message.topic, message.qos))
+    }
+
+    /// Proposes the message's fan-out to the persistent sessions' inboxes (queued now: a publisher's
+    /// messages commit in publish order) and waits for it in the background; `gate` (the publisher's
+    /// acknowledgement) is held until then: it counts the copies stored and refused, and fails when the
+    /// store cannot commit.
+    pub fn fan_out(&self, message: &Message, publisher: Option<&str>, gate: Option<Arc<AckGate>>) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let limits = &self.config.limits;
+        let commit = store.publish(
+            message,
+            publisher,
+            limits.max_queued_messages as u64,
+            limits.max_queued_bytes as u64,
+        );
+        let (metrics, topic) = (self.metrics.clone(), message.topic.clone());
+        tokio::spawn(async move {
+            match commit.await {
+                Ok(p) => {
+                    metrics.inbox_appended.inc_by(u64::from(p.stored));
+                    if p.refused > 0 {
+                        metrics
+                            .dropped
+                            .with_label_values(&["quota_exceeded"])
+                            .inc_by(u64::from(p.refused));
+                        tracing::debug!(%topic, sessions = p.refused, "persistent sessions' stored quota full: message refused");
+                    }
+                    if let Some(g) = gate {
+                        g.add_copies((p.stored + p.refused) as usize);
+                        for _ in 0..p.refused {
+                            g.refuse_quota();
+                        }
+                    }
+                }
+                Err(e) => {
+                    metrics.inbox_failed.inc();
+                    metrics
+                        .dropped
+                        .with_label_values(&["store_unavailable"])
+                        .inc();
+                    tracing::warn!(%topic, error = %e, "message for persistent sessions not stored");
+                    if let Some(g) = gate {
+                        g.fail();
+                    }
+                }
+            }
+        });
+    }
+
     /// Routes a message whose retained part (if any) the caller already handed to the store.
     pub fn route_committed(&self, message: Arc<Message>, ticket: Ticket) {
         let _ = self

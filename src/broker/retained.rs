@@ -172,6 +172,7 @@ mod tests {
             publisher: None,
             received: Instant::now(),
             qos2_origin: None,
+            stored_fanout: false,
         })
     }
 

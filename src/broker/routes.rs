@@ -238,6 +238,7 @@ mod tests {
             publisher,
             received: Instant::now(),
             qos2_origin: None,
+            stored_fanout: false,
         })
     }
 

@@ -107,6 +107,7 @@ fn publish(ctx: &Context) {
                 publisher: None,
                 received: now,
                 qos2_origin: None,
+                stored_fanout: false,
             }),
             Default::default(),
         );

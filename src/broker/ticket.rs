@@ -56,6 +56,14 @@ impl AckGate {
         self.copies.fetch_add(n, Ordering::AcqRel);
     }
 
+    /// A place counted with [`AckGate::add_copies`] that is not one after all (a persistent session whose copy
+    /// the store's fan-out accounts for).
+    pub fn not_a_copy(&self) {
+        let _ = self
+            .copies
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1));
+    }
+
     /// One place refused the message: its stored quota is full.
     pub fn refuse_quota(&self) {
         self.refused.fetch_add(1, Ordering::AcqRel);

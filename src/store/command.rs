@@ -1,6 +1,7 @@
 //! The commands the broker proposes to the store. Encoded by [`format`](super::format): a format byte, the
-//! command in postcard, then for [`Command::SetRetained`] and [`Command::InboxAppend`] the value to store as
-//! a raw tail (borrowed at apply, never copied into the header).
+//! command in postcard, then for [`Command::SetRetained`], [`Command::Publish`], [`Command::InboxAppend`] and
+//! [`Command::InboxPush`] the value to store as a raw tail (borrowed at apply, never copied into the header).
+//! New commands go at the end: a command's number in the log never changes.
 //!
 //! Every command about a session names its incarnation, and apply ignores it unless that incarnation is the
 //! stored one: a replaced or deleted session's late commands change nothing, whatever order they commit in.
@@ -124,6 +125,46 @@ pub enum Command<'a> {
         token: u64,
         /// As for [`Command::Claim`]: ignored if another node claimed the client after this epoch.
         seen: u64,
+    },
+    /// A QoS 1/2 message for every persistent session whose subscriptions match it (the replicated
+    /// [`PersistentIndex`](super::index::PersistentIndex)): apply appends each one's copy to its inbox with
+    /// the next seq of that inbox, within the quota named here (the proposer's limits, so every node
+    /// decides alike), and answers how many were stored and how many refused. The tail is the message as a
+    /// retained one is stored. One command per message, whichever node owns each session: a session's copy
+    /// is in the store before the publisher is acknowledged, even if its node is down.
+    Publish {
+        topic: &'a str,
+        qos: u8,
+        retain: bool,
+        /// The publishing client, for No Local.
+        publisher: Option<&'a str>,
+        /// As for [`Command::InboxAppend`].
+        #[serde(borrow)]
+        once: Option<(&'a str, u16)>,
+        /// What the copy counts against each session's bytes quota (see `Message::weight`).
+        weight: u64,
+        max_messages: u64,
+        max_bytes: u64,
+    },
+    /// One session's copy (a retained message sent on subscribe, a shared subscription's message, a message
+    /// whose publisher's node did not know of this session's subscription yet): appended with the inbox's
+    /// next seq, within the quota; the tail is its inbox entry. Answers the seq.
+    InboxPush {
+        client_id: &'a str,
+        incarnation: u64,
+        #[serde(borrow)]
+        once: Option<(&'a str, u16)>,
+        max_messages: u64,
+        max_bytes: u64,
+    },
+    /// [`Command::CreateSessionOn`] whose inbox seqs go on after `last_seq` (an earlier life of the session
+    /// in the same process: a copy of that life still in flight never shares a seq with a new one).
+    CreateSessionAfter {
+        client_id: &'a str,
+        creator: u64,
+        node: u64,
+        record: SessionRecord,
+        last_seq: u64,
     },
 }
 

@@ -3,9 +3,14 @@
 use super::command::Command;
 use super::format;
 use super::keys::*;
+use super::events::{InboxEvent, InboxListeners};
+use super::index::PersistentIndex;
 use super::record::{
-    decode_record, mark_released, stored_weight, InboxCounter, OwnerRecord, SessionRecord,
+    copy_entry, decode_message, decode_record, mark_released, split_record, stored_weight,
+    InboxCounter, OwnerRecord, SessionRecord, StoredCopy,
 };
+use crate::broker::message::{Delivery, InboxRef, Message};
+use crate::protocol::QoS;
 use crate::broker::remote::RemoteRoutes;
 use crate::broker::retained::{MemoryRetained, RetainedStore};
 use cicada_cluster::{StateMachine, Txn, View};
@@ -30,6 +35,12 @@ pub enum Outcome {
         incarnation: Option<u64>,
         epoch: u64,
     },
+    /// A fan-out ([`Command::Publish`]): copies stored, and sessions that refused theirs (quota full).
+    Published { stored: u32, refused: u32 },
+    /// An [`Command::InboxPush`] stored its copy with this seq.
+    Pushed(u64),
+    /// The session's stored quota is full: the copy was not stored.
+    Full,
 }
 
 /// A client's connection moved to a node (a committed claim), told to every node's registry.
@@ -58,16 +69,6 @@ impl Outcome {
     }
 }
 
-/// What became of an inbox append.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Appended {
-    Stored,
-    /// The session already has this QoS 2 message of this publisher: nothing was added.
-    Duplicate,
-    /// The session's incarnation is no longer the stored one.
-    Ignored,
-}
-
 /// The broker's state machine: applies commands to sled and mirrors retained messages into memory.
 pub struct BrokerMachine {
     pub(super) retained: Arc<MemoryRetained>,
@@ -77,6 +78,31 @@ pub struct BrokerMachine {
     pub(super) routes: Arc<RwLock<RemoteRoutes>>,
     /// Committed claims, for the registries (a bounded ring: a registry that lags re-reads the owners).
     pub(super) owners: tokio::sync::broadcast::Sender<OwnerEvent>,
+    /// The persistent sessions' subscriptions, kept from their records (read by publishers too).
+    pub(super) index: Arc<RwLock<PersistentIndex>>,
+    /// This node's sessions, told of their appends once a batch is written.
+    pub(super) listeners: Arc<InboxListeners>,
+    /// Appends of the batch being applied, told once it is written.
+    pub(super) events: Vec<(Arc<str>, InboxEvent)>,
+}
+
+/// Why an append stored nothing.
+enum NotAppended {
+    /// The session has this QoS 2 message of this publisher already.
+    Duplicate,
+    /// Its stored quota is full.
+    Full,
+}
+
+/// The inbox counter of `incarnation` (another incarnation's counts start over).
+fn read_counter(txn: &Txn<'_>, client_id: &str, incarnation: u64) -> InboxCounter {
+    txn.get(&counter_key(client_id))
+        .ok()
+        .flatten()
+        .as_deref()
+        .and_then(InboxCounter::decode)
+        .filter(|c| c.incarnation == incarnation)
+        .unwrap_or_default()
 }
 
 /// Whether another node claimed the client after epoch `seen` (what the proposer knew): a claim proposed
@@ -127,20 +153,14 @@ fn count_inbox(
     bytes: i64,
     appended: u64,
 ) {
-    let key = counter_key(client_id);
-    let stored = txn.get(&key).ok().flatten();
-    let c = stored
-        .as_deref()
-        .and_then(InboxCounter::decode)
-        .filter(|c| c.incarnation == incarnation)
-        .unwrap_or_default();
+    let c = read_counter(txn, client_id, incarnation);
     let c = InboxCounter {
         incarnation,
         messages: c.messages.saturating_add_signed(messages),
         bytes: c.bytes.saturating_add_signed(bytes),
         last_seq: c.last_seq.max(appended),
     };
-    txn.insert(&key, &format::encode(&c));
+    txn.insert(&counter_key(client_id), &format::encode(&c));
 }
 
 /// The client's stored session record.
@@ -235,7 +255,7 @@ impl BrokerMachine {
                 // created for the same connect, proposed before this claim, stays.)
                 let owned_here = stored_owner(txn, client_id).is_some_and(|o| o.node == node);
                 if !owned_here && stored_record(txn, client_id).is_some() {
-                    self.inbox.sub(drop_session(txn, client_id));
+                    self.drop_session(txn, client_id);
                 }
                 return Outcome::Claimed(self.claim(txn, client_id, node, token));
             }
@@ -265,6 +285,7 @@ impl BrokerMachine {
                 record.incarnation = incarnation;
                 record.creator = stored.creator;
                 txn.insert(&session_key(client_id), &record.encode());
+                self.index_mut().set(client_id, &record);
             }
             Command::DeleteSession {
                 client_id,
@@ -273,13 +294,13 @@ impl BrokerMachine {
                 if !live(txn, client_id, incarnation) {
                     return Outcome::Ignored;
                 }
-                self.inbox.sub(drop_session(txn, client_id));
+                self.drop_session(txn, client_id);
             }
             Command::AbandonSession { client_id, creator } => {
                 if stored_record(txn, client_id).is_none_or(|r| r.creator != creator) {
                     return Outcome::Ignored;
                 }
-                self.inbox.sub(drop_session(txn, client_id));
+                self.drop_session(txn, client_id);
             }
             Command::InboxAppend {
                 client_id,
@@ -339,6 +360,101 @@ impl BrokerMachine {
                 txn.remove(&qos2_key(client_id, pkid));
                 remove_prefix(txn, &once_prefix(client_id, Some(pkid)));
             }
+            Command::Publish {
+                topic,
+                qos,
+                retain,
+                publisher,
+                once,
+                weight,
+                max_messages,
+                max_bytes,
+            } => {
+                let Some(qos) = QoS::from_u8(qos) else {
+                    return Outcome::Ignored;
+                };
+                let copies = self.index_read().copies(topic, qos, retain, publisher);
+                let Some((expires, publish)) = split_record(tail) else {
+                    return Outcome::Ignored;
+                };
+                // Decoded once, for the sessions of this node that listen.
+                let mut message: Option<Option<Arc<Message>>> = None;
+                let (mut stored, mut refused) = (0, 0);
+                for (client_id, c) in copies {
+                    let Some(incarnation) = stored_incarnation(txn, &client_id) else {
+                        continue;
+                    };
+                    let entry = copy_entry(expires, c.qos, c.retain, &c.sub_ids, weight, publish);
+                    let quota = (max_messages, max_bytes);
+                    match self.append(txn, &client_id, incarnation, once, &entry, weight, quota) {
+                        Ok(seq) => {
+                            stored += 1;
+                            if self.listeners.has(&client_id) {
+                                let m = message
+                                    .get_or_insert_with(|| {
+                                        decode_message(publish, expires).map(Arc::new)
+                                    })
+                                    .clone();
+                                let delivery = m.map(|message| Delivery {
+                                    message,
+                                    qos: c.qos,
+                                    retain: c.retain,
+                                    sub_ids: c.sub_ids.clone(),
+                                    shared: None,
+                                    durable: Some(InboxRef { seq, size: weight }),
+                                });
+                                self.event(txn, client_id, incarnation, seq, delivery);
+                            }
+                        }
+                        Err(NotAppended::Duplicate) => stored += 1,
+                        Err(NotAppended::Full) => refused += 1,
+                    }
+                }
+                return Outcome::Published { stored, refused };
+            }
+            Command::InboxPush {
+                client_id,
+                incarnation,
+                once,
+                max_messages,
+                max_bytes,
+            } => {
+                if !live(txn, client_id, incarnation) {
+                    return Outcome::Ignored;
+                }
+                let weight = stored_weight(tail);
+                let quota = (max_messages, max_bytes);
+                return match self.append(txn, client_id, incarnation, once, tail, weight, quota) {
+                    Ok(seq) => {
+                        if self.listeners.has(client_id) {
+                            let delivery = StoredCopy::decode(seq, tail).delivery;
+                            self.event(txn, client_id.into(), incarnation, seq, delivery);
+                        }
+                        Outcome::Pushed(seq)
+                    }
+                    Err(NotAppended::Duplicate) => Outcome::Duplicate,
+                    Err(NotAppended::Full) => Outcome::Full,
+                };
+            }
+            Command::CreateSessionAfter {
+                client_id,
+                creator,
+                node,
+                record,
+                last_seq,
+            } => {
+                let incarnation = self.create(txn, client_id, creator, record);
+                if last_seq > 0 {
+                    let c = InboxCounter {
+                        incarnation,
+                        last_seq,
+                        ..InboxCounter::default()
+                    };
+                    txn.insert(&counter_key(client_id), &format::encode(&c));
+                }
+                self.claim(txn, client_id, node, creator);
+                return Outcome::Created(incarnation);
+            }
             Command::AddRoute { node, filter } => {
                 txn.insert(&route_key(node, filter), &[]);
                 self.routes_mut().add(node, filter);
@@ -385,7 +501,80 @@ impl BrokerMachine {
         self.inbox.sub(drop_inbox(txn, client_id));
         drop_qos2(txn, client_id);
         txn.insert(&session_key(client_id), &record.encode());
+        self.index_mut().set(client_id, &record);
         record.incarnation
+    }
+
+    /// Removes the client's session (record, inbox, inbound QoS 2 ids, subscriptions in the index).
+    fn drop_session(&mut self, txn: &mut Txn<'_>, client_id: &str) {
+        self.inbox.sub(drop_session(txn, client_id));
+        self.index_mut().remove(client_id);
+    }
+
+    /// Appends a copy (its inbox entry `entry`, counting `weight` bytes) with the inbox's next seq, unless
+    /// the session has it already (`once`) or its quota (messages, bytes) is full.
+    #[allow(clippy::too_many_arguments)]
+    fn append(
+        &mut self,
+        txn: &mut Txn<'_>,
+        client_id: &str,
+        incarnation: u64,
+        once: Option<(&str, u16)>,
+        entry: &[u8],
+        weight: u64,
+        (max_messages, max_bytes): (u64, u64),
+    ) -> Result<u64, NotAppended> {
+        let mut once_key = None;
+        if let Some((publisher, pkid)) = once {
+            let mut k = once_prefix(publisher, Some(pkid));
+            k.extend_from_slice(client_id.as_bytes());
+            if matches!(txn.get(&k), Ok(Some(_))) {
+                return Err(NotAppended::Duplicate);
+            }
+            once_key = Some(k);
+        }
+        let c = read_counter(txn, client_id, incarnation);
+        if c.messages >= max_messages || c.bytes.saturating_add(weight) > max_bytes {
+            return Err(NotAppended::Full);
+        }
+        if let Some(k) = once_key {
+            txn.insert(&k, &[]);
+        }
+        let seq = c.last_seq + 1;
+        txn.insert(&inbox_key(client_id, incarnation, seq), entry);
+        count_inbox(txn, client_id, incarnation, 1, weight as i64, seq);
+        self.inbox.inc();
+        Ok(seq)
+    }
+
+    /// Queues the news of an append for the session's listener (told once the batch is written).
+    fn event(
+        &mut self,
+        txn: &Txn<'_>,
+        client_id: Arc<str>,
+        incarnation: u64,
+        seq: u64,
+        delivery: Option<Delivery>,
+    ) {
+        let c = read_counter(txn, &client_id, incarnation);
+        self.events.push((
+            client_id,
+            InboxEvent {
+                incarnation,
+                seq,
+                count: c.messages,
+                bytes: c.bytes,
+                delivery,
+            },
+        ));
+    }
+
+    fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, PersistentIndex> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn index_read(&self) -> std::sync::RwLockReadGuard<'_, PersistentIndex> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Moves the stored session (if any) to a new incarnation, its inbox entries and counter with it.
@@ -458,6 +647,17 @@ impl BrokerMachine {
                 }
             }
         }
+        {
+            let mut index = self.index_mut();
+            index.clear();
+            for (k, v) in view.scan_prefix(SESSION_PREFIX).flatten() {
+                let id = String::from_utf8_lossy(&k[SESSION_PREFIX.len()..]).into_owned();
+                match SessionRecord::decode(&v) {
+                    Ok(r) => index.set(&id, &r),
+                    Err(e) => tracing::error!(client_id = %id, error = %e, "stored session unreadable"),
+                }
+            }
+        }
         self.retained.clear_all();
         for (k, v) in view.scan_prefix(RETAINED_PREFIX).flatten() {
             if let Some(m) = decode_record(&v) {
@@ -488,7 +688,14 @@ impl StateMachine for BrokerMachine {
     }
 
     fn restored(&mut self, view: &View) {
+        self.events.clear();
         self.load(view);
         let _ = self.owners.send(OwnerEvent::Reloaded);
+    }
+
+    fn committed(&mut self) {
+        for (client_id, e) in self.events.drain(..) {
+            self.listeners.tell(&client_id, e);
+        }
     }
 }

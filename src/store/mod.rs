@@ -22,7 +22,9 @@
 //! - this file: [`Store`], the broker's handle on the raft group.
 
 mod command;
+mod events;
 mod format;
+mod index;
 mod keys;
 mod machine;
 mod record;
@@ -31,9 +33,11 @@ mod setup;
 mod tests;
 
 pub use command::Command;
+pub use events::{InboxEvent, InboxListeners, Listener};
+pub use index::PersistentIndex;
 pub use format::{FormatError, FORMAT};
 use keys::*;
-pub use machine::{Appended, BrokerMachine, Outcome, OwnerChange, OwnerEvent};
+pub use machine::{BrokerMachine, Outcome, OwnerChange, OwnerEvent};
 use record::InboxCounter;
 pub use record::{
     decode_delivery, decode_record, encode_delivery, encode_record, put_record, unix_now,
@@ -59,6 +63,32 @@ pub struct Store {
     pub routes: Arc<std::sync::RwLock<RemoteRoutes>>,
     owners: tokio::sync::broadcast::Sender<OwnerEvent>,
     not_applied: prometheus::IntCounterVec,
+    /// The persistent sessions' subscriptions as applied here.
+    index: Arc<std::sync::RwLock<PersistentIndex>>,
+    /// This node's sessions listening for their inboxes' appends.
+    pub listeners: Arc<InboxListeners>,
+}
+
+/// What became of a [`Store::publish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Sessions that have the copy (stored now, or before: a QoS 2 resend).
+    pub stored: u32,
+    /// Sessions whose stored quota was full.
+    pub refused: u32,
+}
+
+/// What became of an [`Store::inbox_push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Stored with this seq.
+    Stored(u64),
+    /// The session has this QoS 2 message of this publisher already.
+    Duplicate,
+    /// The session's stored quota is full.
+    Full,
+    /// The session's incarnation is no longer the stored one.
+    Ignored,
 }
 
 impl Store {
@@ -90,11 +120,16 @@ impl Store {
         registry
             .register(Box::new(not_applied.clone()))
             .map_err(|e| ClusterError::Start(e.to_string()))?;
+        let index = Arc::new(std::sync::RwLock::new(PersistentIndex::default()));
+        let listeners = Arc::new(InboxListeners::default());
         let machine = BrokerMachine {
             retained: retained.clone(),
             inbox,
             routes: routes.clone(),
             owners: owners.clone(),
+            index: index.clone(),
+            listeners: listeners.clone(),
+            events: Vec::new(),
         };
         // The machine loads what was applied before this start (`restored`), then raft replays the rest:
         // entries that were committed (and acknowledged) but whose state write a kill -9 lost. The read
@@ -119,7 +154,52 @@ impl Store {
             routes,
             owners,
             not_applied,
+            index,
+            listeners,
         })
+    }
+
+    /// Whether a message on `topic` at `qos` is for any persistent session's inbox, as applied here: then it
+    /// needs a [`Store::publish`].
+    pub fn persistent_match(&self, topic: &str, qos: crate::protocol::QoS) -> bool {
+        self.index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .matches(topic, qos)
+    }
+
+    /// Fans a QoS 1/2 message out to the inboxes of the persistent sessions it matches (see
+    /// [`Command::Publish`]), within each one's quota (`max_messages`, `max_bytes`). Queued at once (a
+    /// publisher's messages commit in publish order); the future answers once applied.
+    pub fn publish(
+        &self,
+        m: &Message,
+        publisher: Option<&str>,
+        max_messages: u64,
+        max_bytes: u64,
+    ) -> impl std::future::Future<Output = Result<Published, ClusterError>> + Send + 'static {
+        let cmd = Command::Publish {
+            topic: &m.topic,
+            qos: m.qos as u8,
+            retain: m.retain,
+            publisher,
+            once: m
+                .qos2_origin
+                .as_deref()
+                .map(|o| (o.client_id.as_str(), o.pkid)),
+            weight: m.weight() as u64,
+            max_messages,
+            max_bytes,
+        };
+        let commit = self
+            .cluster
+            .submit(cmd.encode_with(|buf| record::put_record(buf, m)));
+        async move {
+            match Outcome::decode(&commit.await?) {
+                Outcome::Published { stored, refused } => Ok(Published { stored, refused }),
+                _ => Err(ClusterError::Rejected("publish not applied".into())),
+            }
+        }
     }
 
     /// Commits a retained message (set, or clear for an empty payload). The command is queued when this is
@@ -139,18 +219,21 @@ impl Store {
 
     /// Begins a new life of a persistent session; the future answers the incarnation apply assigned it, once
     /// committed.
+    /// Its inbox seqs go on after `last_seq` (0: from 1).
     pub fn create_session(
         &self,
         client_id: &str,
         creator: u64,
         record: SessionRecord,
+        last_seq: u64,
     ) -> impl std::future::Future<Output = Result<Option<u64>, ClusterError>> + Send + 'static {
         let commit = self.cluster.submit(
-            Command::CreateSessionOn {
+            Command::CreateSessionAfter {
                 client_id,
                 creator,
                 node: self.node_id,
                 record,
+                last_seq,
             }
             .encode(),
         );
@@ -200,31 +283,34 @@ impl Store {
         })
     }
 
-    /// Appends a persistent session's copy of a message to its inbox, encoding it once, straight into the
-    /// command. The command is queued at once (a session's commands commit in call order); the future says
-    /// whether it committed and applied.
-    pub fn inbox_append(
+    /// Appends one persistent session's copy to its inbox with the inbox's next seq (apply chooses it), within
+    /// the quota, encoding it once, straight into the command. Queued at once (a session's commands commit in
+    /// call order); the future answers once applied. The session hears of the copy from apply (see
+    /// [`InboxListeners`]), not from this answer.
+    pub fn inbox_push(
         &self,
         client_id: &str,
         incarnation: u64,
-        seq: u64,
         delivery: &Delivery,
         once: Option<(&str, u16)>,
-    ) -> impl std::future::Future<Output = Result<Appended, ClusterError>> + Send + 'static {
-        let cmd = Command::InboxAppend {
+        (max_messages, max_bytes): (u64, u64),
+    ) -> impl std::future::Future<Output = Result<Pushed, ClusterError>> + Send + 'static {
+        let cmd = Command::InboxPush {
             client_id,
             incarnation,
-            seq,
             once,
+            max_messages,
+            max_bytes,
         };
         let commit = self
             .cluster
             .submit(cmd.encode_with(|buf| record::put_delivery(buf, delivery)));
         async move {
             commit.await.map(|r| match Outcome::decode(&r) {
-                Outcome::Applied => Appended::Stored,
-                Outcome::Duplicate => Appended::Duplicate,
-                _ => Appended::Ignored,
+                Outcome::Pushed(seq) => Pushed::Stored(seq),
+                Outcome::Duplicate => Pushed::Duplicate,
+                Outcome::Full => Pushed::Full,
+                _ => Pushed::Ignored,
             })
         }
     }

@@ -147,6 +147,38 @@ pub(super) fn mark_released(v: &[u8], pkid: u16) -> Option<Vec<u8>> {
     Some(format::encode_with(&h, |buf| buf.extend_from_slice(tail)))
 }
 
+/// A stored message record (see [`put_record`]) split into its expiry and its PUBLISH.
+pub(super) fn split_record(record: &[u8]) -> Option<(u64, &[u8])> {
+    let (h, tail) = format::decode::<MessageHeader>(record).ok()?;
+    Some((h.expires, tail))
+}
+
+/// The message of a stored PUBLISH with its expiry (`None`: expired or unreadable).
+pub(super) fn decode_message(publish: &[u8], expires: u64) -> Option<Message> {
+    decode_publish(publish, expires, false)
+}
+
+/// An inbox entry for a copy of the stored PUBLISH `publish` (apply's fan-out writes one per session).
+pub(super) fn copy_entry(
+    expires: u64,
+    qos: QoS,
+    retain: bool,
+    sub_ids: &[u32],
+    weight: u64,
+    publish: &[u8],
+) -> Vec<u8> {
+    let header = CopyHeader {
+        released: None,
+        qos: qos as u8,
+        retain,
+        sub_ids: sub_ids.to_vec(),
+        shared: None,
+        expires,
+        weight,
+    };
+    format::encode_with(&header, |buf| buf.extend_from_slice(publish))
+}
+
 /// Bytes an inbox entry counts against its session's quota (topic and payload, as in memory), recorded when
 /// it was appended: appends and removals count alike.
 pub(super) fn stored_weight(v: &[u8]) -> u64 {

@@ -28,6 +28,7 @@ fn retained_msg(topic: &str, payload: &'static [u8]) -> Message {
         publisher: None,
         received: Instant::now(),
         qos2_origin: None,
+        stored_fanout: false,
     }
 }
 
@@ -83,14 +84,18 @@ fn record(incarnation: u64) -> SessionRecord {
     }
 }
 
-/// Appends `d` (its seq is `d.durable`) to client "dev"'s inbox, as a session does; whether it applied.
+/// No quota.
+const UNLIMITED: (u64, u64) = (u64::MAX, u64::MAX);
+
+/// Appends `d` to client "dev"'s inbox, as a session does; whether it applied.
 async fn append(store: &Store, incarnation: u64, d: &Delivery) -> bool {
-    let seq = d.durable.unwrap().seq;
-    store
-        .inbox_append("dev", incarnation, seq, d, None)
-        .await
-        .unwrap()
-        == Appended::Stored
+    matches!(
+        store
+            .inbox_push("dev", incarnation, d, None, UNLIMITED)
+            .await
+            .unwrap(),
+        Pushed::Stored(_)
+    )
 }
 
 /// Waits until every proposal made so far is applied (acks are fire-and-forget).
@@ -100,15 +105,123 @@ async fn settle(store: &Store) {
 }
 
 fn all(store: &Store, incarnation: u64) -> Vec<StoredCopy> {
+    inbox_of(store, "dev", incarnation)
+}
+
+fn inbox_of(store: &Store, client_id: &str, incarnation: u64) -> Vec<StoredCopy> {
     let page = crate::broker::session::inbox::Page {
         after: 0,
         upto: u64::MAX - 1,
         max: usize::MAX,
         max_bytes: usize::MAX,
     };
-    let (copies, complete) = store.inbox_page("dev", incarnation, page);
+    let (copies, complete) = store.inbox_page(client_id, incarnation, page);
     assert!(complete);
     copies
+}
+
+fn sub(filter: &str, qos: QoS, no_local: bool) -> (String, SubscriptionOptions, Option<u32>) {
+    let options = SubscriptionOptions {
+        qos,
+        no_local,
+        retain_as_published: false,
+        retain_handling: RetainHandling::SendAtSubscribe,
+    };
+    (filter.to_string(), options, Some(5))
+}
+
+#[tokio::test]
+async fn a_publish_fans_out_to_the_matching_persistent_sessions_with_their_own_seqs_within_the_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let fsync = cicada_cluster::Fsync::Always;
+    let store = Store::open(single(dir.path(), fsync), &prometheus::Registry::new())
+        .await
+        .unwrap();
+    let mut ra = record(0);
+    ra.subscriptions = vec![
+        sub("d/+/cmd", QoS::AtLeastOnce, false),
+        sub("d/#", QoS::ExactlyOnce, false),
+    ];
+    let a = store.create_session("a", 1, ra, 0).await.unwrap().unwrap();
+    let mut rb = record(0);
+    rb.subscriptions = vec![sub("d/1/cmd", QoS::ExactlyOnce, true)];
+    // A session created again in the same process goes on after its earlier life's seqs.
+    let b = store.create_session("b", 2, rb, 40).await.unwrap().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    store.listeners.listen(
+        "a",
+        1,
+        Box::new(move |e| {
+            let _ = tx.send(e);
+        }),
+    );
+    assert!(store.persistent_match("d/1/cmd", QoS::AtLeastOnce));
+    assert!(!store.persistent_match("d/1/cmd", QoS::AtMostOnce), "QoS 0 is never stored");
+    assert!(!store.persistent_match("e/1", QoS::ExactlyOnce));
+    let mut m = retained_msg("d/1/cmd", b"go");
+    m.retain = false;
+    m.qos = QoS::ExactlyOnce;
+    let quota = 2;
+    // b published it: No Local on b's subscription.
+    let p = store.publish(&m, Some("b"), quota, u64::MAX).await.unwrap();
+    assert_eq!(p, Published { stored: 1, refused: 0 });
+    let p = store.publish(&m, Some("x"), quota, u64::MAX).await.unwrap();
+    assert_eq!(p, Published { stored: 2, refused: 0 });
+    // a holds two copies: its quota is full; b takes its second.
+    let p = store.publish(&m, None, quota, u64::MAX).await.unwrap();
+    assert_eq!(p, Published { stored: 1, refused: 1 });
+    let copies = inbox_of(&store, "a", a);
+    assert_eq!(copies.iter().map(|c| c.seq).collect::<Vec<_>>(), [1, 2]);
+    let d = copies[0].delivery.as_ref().unwrap();
+    assert_eq!(
+        (d.qos, d.sub_ids.clone(), &d.message.payload[..]),
+        (QoS::ExactlyOnce, vec![5, 5], &b"go"[..]),
+        "one copy over both filters, the highest QoS, every identifier"
+    );
+    let seqs_b: Vec<u64> = inbox_of(&store, "b", b).iter().map(|c| c.seq).collect();
+    assert_eq!(seqs_b, [41, 42]);
+    // The listener heard of a's appends, once each, ready to send.
+    let heard: Vec<(u64, u64, Option<QoS>)> = rx
+        .try_iter()
+        .map(|e| (e.seq, e.count, e.delivery.map(|d| d.qos)))
+        .collect();
+    assert_eq!(
+        heard,
+        [(1, 1, Some(QoS::ExactlyOnce)), (2, 2, Some(QoS::ExactlyOnce))]
+    );
+    // A QoS 2 message of a persistent publisher is stored once per session until its id is released.
+    m.qos2_origin = Some(Arc::new(crate::broker::message::Qos2Origin {
+        client_id: "x".into(),
+        pkid: 3,
+    }));
+    let p = store.publish(&m, None, u64::MAX, u64::MAX).await.unwrap();
+    assert_eq!(p, Published { stored: 2, refused: 0 });
+    let p = store.publish(&m, None, u64::MAX, u64::MAX).await.unwrap();
+    assert_eq!(p, Published { stored: 2, refused: 0 }, "both have it already");
+    assert_eq!(inbox_of(&store, "a", a).len(), 3);
+    // A session whose subscriptions changed, or that ended, takes nothing more.
+    assert!(store.put_session("b", b, record(0)).await.unwrap());
+    assert!(store.delete_session("a", a).await.unwrap());
+    assert!(!store.persistent_match("d/1/cmd", QoS::AtLeastOnce));
+    let p = store.publish(&m, None, u64::MAX, u64::MAX).await.unwrap();
+    assert_eq!(p, Published { stored: 0, refused: 0 });
+    let mut rc = record(0);
+    rc.subscriptions = vec![sub("d/#", QoS::AtLeastOnce, false)];
+    let c = store.create_session("c", 3, rc, 0).await.unwrap().unwrap();
+    store.shutdown().await;
+    drop(store);
+
+    // The index is state like any other: rebuilt from the records after a restart.
+    let store = Store::open(single(dir.path(), fsync), &prometheus::Registry::new())
+        .await
+        .unwrap();
+    assert!(store.persistent_match("d/2", QoS::ExactlyOnce));
+    m.qos2_origin = None;
+    let p = store.publish(&m, None, u64::MAX, u64::MAX).await.unwrap();
+    assert_eq!(p, Published { stored: 1, refused: 0 });
+    let copies = inbox_of(&store, "c", c);
+    assert_eq!(copies[0].delivery.as_ref().unwrap().qos, QoS::AtLeastOnce);
+    store.shutdown().await;
 }
 
 #[tokio::test]
@@ -120,7 +233,7 @@ async fn inboxes_follow_their_session_incarnation_count_themselves_and_survive_a
         .unwrap();
     // Apply assigns incarnations from its own counter: the first session is 1.
     let inc = store
-        .create_session("dev", 11, record(0))
+        .create_session("dev", 11, record(0), 0)
         .await
         .unwrap()
         .unwrap();
@@ -195,29 +308,29 @@ async fn inboxes_follow_their_session_incarnation_count_themselves_and_survive_a
     // A QoS 2 message of a persistent publisher is stored once per session until the publisher releases
     // its id: a resend routed again after a crash adds nothing.
     let sensor = store
-        .create_session("sensor", 12, record(0))
+        .create_session("sensor", 12, record(0), 0)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(sensor, inc + 1);
     let q2 = delivery("cmd/q2", b"x", 4);
-    let append_once = |seq| store.inbox_append("dev", inc, seq, &q2, Some(("sensor", 9)));
-    assert_eq!(append_once(4).await.unwrap(), Appended::Stored);
-    assert_eq!(append_once(5).await.unwrap(), Appended::Duplicate);
+    let append_once = || store.inbox_push("dev", inc, &q2, Some(("sensor", 9)), UNLIMITED);
+    assert_eq!(append_once().await.unwrap(), Pushed::Stored(4));
+    assert_eq!(append_once().await.unwrap(), Pushed::Duplicate);
     assert!(store.qos2_released("sensor", sensor, 9).await.unwrap());
     assert_eq!(
-        append_once(6).await.unwrap(),
-        Appended::Stored,
+        append_once().await.unwrap(),
+        Pushed::Stored(5),
         "released: a new message"
     );
     assert_eq!(
         all(&store, inc).iter().map(|c| c.seq).collect::<Vec<_>>(),
-        [1, 3, 4, 6]
+        [1, 3, 4, 5]
     );
 
     // A new life of the session (a clean start) drops the old inbox and gets the next incarnation.
     let new = store
-        .create_session("dev", 13, record(0))
+        .create_session("dev", 13, record(0), 0)
         .await
         .unwrap()
         .unwrap();
@@ -255,7 +368,7 @@ async fn inboxes_follow_their_session_incarnation_count_themselves_and_survive_a
         .await
         .unwrap();
     let after = store
-        .create_session("dev", 7, record(0))
+        .create_session("dev", 7, record(0), 0)
         .await
         .unwrap()
         .unwrap();
@@ -398,6 +511,7 @@ fn commands_and_records_round_trip() {
         publisher: Some(3),
         received: Instant::now(),
         qos2_origin: None,
+        stored_fanout: false,
     };
     let back = decode_record(&encode_record(&m)).unwrap();
     assert_eq!(back.topic, m.topic);
@@ -471,7 +585,7 @@ async fn claims_and_takeovers_are_ordered_by_the_log_and_a_stale_one_changes_not
     .unwrap();
     // Node 1 creates "dev" and stores two messages for it.
     let inc = store
-        .create_session("dev", 7, record(0))
+        .create_session("dev", 7, record(0), 0)
         .await
         .unwrap()
         .unwrap();

@@ -14,7 +14,7 @@ use crate::broker::message::Message;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const FORWARD: u8 = 1;
 const SYNC: u8 = 2;
 const SYNCED: u8 = 3;
@@ -27,6 +27,9 @@ struct ForwardHeader<'a> {
     /// receiving node store it at most once too (see `Message::qos2_origin`).
     #[serde(borrow)]
     origin: Option<(&'a str, u16)>,
+    /// The sending node proposed the message's fan-out to persistent sessions through the store (see
+    /// `Message::stored_fanout`).
+    fanout: bool,
 }
 
 /// Why a frame was not understood.
@@ -92,6 +95,7 @@ pub fn forward(message: &Message, groups: &[GroupRef]) -> Bytes {
             .qos2_origin
             .as_ref()
             .map(|o| (o.client_id.as_str(), o.pkid)),
+        fanout: message.stored_fanout,
     };
     let taken = std::mem::take(&mut buf);
     buf = postcard::to_extend(&header, taken).expect("postcard into a BytesMut");
@@ -110,6 +114,7 @@ pub fn decode(frame: &[u8]) -> Result<Frame, FrameError> {
             } else {
                 FrameError::Malformed
             })?;
+            message.stored_fanout = h.fanout;
             message.qos2_origin = h.origin.map(|(client_id, pkid)| {
                 std::sync::Arc::new(crate::broker::message::Qos2Origin {
                     client_id: client_id.to_string(),
@@ -159,6 +164,7 @@ mod tests {
             expires_at: Some(Instant::now() + Duration::from_secs(100)),
             publisher: Some(9),
             received: Instant::now(),
+            stored_fanout: true,
             qos2_origin: Some(std::sync::Arc::new(crate::broker::message::Qos2Origin {
                 client_id: "publisher-1".into(),
                 pkid: 77,
@@ -190,6 +196,7 @@ mod tests {
             message.publisher, None,
             "a session id means nothing on another node"
         );
+        assert!(message.stored_fanout, "persistent sessions there skip it");
         let left = message.expires_at.unwrap() - Instant::now();
         assert!(
             left > Duration::from_secs(90) && left <= Duration::from_secs(101),

@@ -128,6 +128,11 @@ impl RemoteLink {
         self.store.routes.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether the cluster has more than one member (as last seen).
+    pub fn clustered(&self) -> bool {
+        self.clustered.load(Ordering::Relaxed)
+    }
+
     /// Whether a publish must look at the table: other nodes have routes.
     pub fn has_remote_routes(&self) -> bool {
         self.clustered.load(Ordering::Relaxed) && self.table().has_others()
@@ -183,8 +188,9 @@ impl RemoteLink {
         })
     }
 
-    /// Waits until every responsive peer has applied what this node has (a new route), up to `SYNC_WAIT`.
-    async fn sync_peers(&self) {
+    /// Waits until every responsive peer has applied what this node has (a new route, a persistent
+    /// session's subscription), up to `SYNC_WAIT`.
+    pub async fn sync_peers(&self) {
         let index = match self.store.cluster().view().applied() {
             Ok(i) => i,
             Err(_) => return,

@@ -2,7 +2,7 @@
 //! or queued in memory, then moved out through the window to the connection's writer; acknowledgements
 //! free the window.
 
-use super::inbox::{Admit, Pending};
+use super::inbox::Pending;
 use super::outbox::Outgoing;
 use super::SessionState;
 use crate::broker::conn::{ConnHandle, Outbound};
@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 impl SessionState {
-    pub(super) fn deliver(&mut self, mut d: Delivery, ticket: &Ticket) {
+    pub(super) fn deliver(&mut self, d: Delivery, ticket: &Ticket) {
         if !self.allowed(&d.message.topic, false) {
             self.ctx
                 .metrics
@@ -28,62 +28,17 @@ impl SessionState {
                 .inc();
             return;
         }
-        // A persistent session's QoS 1/2 copy is durable: appended to its inbox in the store, within its stored
-        // quota; the publisher's acknowledgement (and credit) wait for that commit, and the copy is sent only
-        // once committed (so a packet id derived from its seq is never reused for another message after a crash).
-        if let Some(store) = self
-            .ctx
-            .store
-            .clone()
-            .filter(|_| self.stored && d.qos != QoS::AtMostOnce)
-        {
-            let limits = &self.ctx.config.limits;
-            match self.inbox.admit(
-                d.message.weight() as u64,
-                limits.max_queued_messages,
-                limits.max_queued_bytes,
-            ) {
-                Admit::Full { log } => {
-                    self.ctx
-                        .metrics
-                        .dropped
-                        .with_label_values(&["quota_exceeded"])
-                        .inc();
-                    if let Some(g) = &ticket.gate {
-                        g.refuse_quota();
-                    }
-                    if log {
-                        tracing::warn!(
-                            client_id = %self.client_id,
-                            stored = self.inbox.count,
-                            bytes = self.inbox.bytes,
-                            "stored quota of a persistent session is full (max_queued_messages / \
-                             max_queued_bytes): new copies are refused until its client takes some"
-                        );
-                    }
+        if self.stored && d.qos != QoS::AtMostOnce {
+            if d.message.stored_fanout && d.shared.is_none() {
+                // Its publisher's node had apply fan it out to the persistent sessions' inboxes: this
+                // session's copy comes from there (or, if this subscription was not yet committed then, the
+                // message preceded it). This one is not a copy the publisher waits for.
+                if let Some(g) = &ticket.gate {
+                    g.not_a_copy();
                 }
-                Admit::Append(r) => {
-                    d.durable = Some(r);
-                    self.ctx.metrics.inbox_appended.inc();
-                    let once = d
-                        .message
-                        .qos2_origin
-                        .as_deref()
-                        .map(|o| (o.client_id.as_str(), o.pkid));
-                    let commit = Box::pin(store.inbox_append(
-                        &self.client_id,
-                        self.incarnation,
-                        r.seq,
-                        &d,
-                        once,
-                    ));
-                    let _ = self.commits().send(Pending::Append {
-                        delivery: d,
-                        ticket: ticket.clone(),
-                        commit,
-                    });
-                }
+                return;
             }
+            self.push_stored(d, ticket);
             return;
         }
         let online = self.conn.is_some();
@@ -96,6 +51,50 @@ impl SessionState {
             return;
         }
         self.flush();
+    }
+
+    /// A copy only this session stores (a retained message sent on subscribe, a shared subscription's
+    /// message, one its publisher's node did not fan out): appended to its inbox in the store, within its
+    /// stored quota. The publisher's acknowledgement (and credit) wait for that commit, and the copy comes
+    /// back from apply with its seq, to be sent only once committed (so a packet id derived from its seq is
+    /// never reused for another message after a crash).
+    pub(super) fn push_stored(&mut self, d: Delivery, ticket: &Ticket) {
+        let Some(store) = self.ctx.store.clone() else {
+            return;
+        };
+        let limits = &self.ctx.config.limits;
+        let quota = (
+            limits.max_queued_messages as u64,
+            limits.max_queued_bytes as u64,
+        );
+        let once = d
+            .message
+            .qos2_origin
+            .as_deref()
+            .map(|o| (o.client_id.as_str(), o.pkid));
+        let commit = Box::pin(store.inbox_push(&self.client_id, self.incarnation, &d, once, quota));
+        let _ = self.commits().send(Pending::Push {
+            ticket: ticket.clone(),
+            commit,
+        });
+    }
+
+    /// The store refused a copy: this session's stored quota is full.
+    pub(super) fn quota_full(&mut self) {
+        self.ctx
+            .metrics
+            .dropped
+            .with_label_values(&["quota_exceeded"])
+            .inc();
+        if self.inbox.refused() {
+            tracing::warn!(
+                client_id = %self.client_id,
+                stored = self.inbox.count,
+                bytes = self.inbox.bytes,
+                "stored quota of a persistent session is full (max_queued_messages / \
+                 max_queued_bytes): new copies are refused until its client takes some"
+            );
+        }
     }
 
     /// Moves what the window allows from the queue to the connection's writer, up to its budget.

@@ -5,6 +5,7 @@ use super::inbox::{self, Pending};
 use super::outbox::InboxChange;
 use super::SessionState;
 use crate::broker::message::{Delivery, InboxRef};
+use crate::store::InboxEvent;
 
 impl SessionState {
     /// Refills the read-ahead from the stored inbox when it runs low (online only): copies in order, QoS 2
@@ -26,9 +27,7 @@ impl SessionState {
         for copy in copies {
             match (copy.released, copy.delivery) {
                 (Some(pkid), Some(d)) => self.outbox.restore_released(pkid, d),
-                (None, Some(d)) => {
-                    let _ = self.outbox.push(d, true);
-                }
+                (None, Some(d)) => self.take_stored(d),
                 (_, None) => {
                     // Expired while it waited in the store.
                     self.ctx
@@ -52,20 +51,49 @@ impl SessionState {
         read > 0
     }
 
-    /// A durable copy is committed: into the read-ahead when it follows what is loaded, else it waits in the
-    /// store for a page.
-    pub(super) fn stored(&mut self, d: Delivery) {
-        let Some(r) = d.durable else {
+    /// Apply appended a copy to this session's inbox: into the read-ahead when it follows what is loaded,
+    /// else it waits in the store for a page.
+    pub(super) fn appended(&mut self, e: InboxEvent) {
+        if !self.stored || e.incarnation != self.incarnation {
             return;
-        };
+        }
         let online = self.conn.is_some();
-        if self
-            .inbox
-            .stored(r.seq, online, self.outbox.durable_queued())
-        {
-            let _ = self.outbox.push(d, true);
+        let loadable = online && e.delivery.is_some();
+        if self.inbox.appended(
+            e.seq,
+            (e.count, e.bytes),
+            loadable,
+            self.outbox.durable_queued(),
+        ) {
+            if let Some(d) = e.delivery {
+                self.take_stored(d);
+            }
         }
         self.flush();
+    }
+
+    /// A stored copy into the read-ahead, unless the ACL no longer lets the client read its topic (it leaves
+    /// the inbox then).
+    fn take_stored(&mut self, d: Delivery) {
+        if !self.allowed(&d.message.topic, false) {
+            let m = &self.ctx.metrics;
+            m.acl_denied.with_label_values(&["deliver"]).inc();
+            m.dropped.with_label_values(&["acl_denied"]).inc();
+            if let Some(r) = d.durable {
+                self.pending_changes.push(InboxChange::Done(r));
+            }
+            return;
+        }
+        let _ = self.outbox.push(d, true);
+    }
+
+    /// The store's inbox may hold copies applied before this session listened (a takeover, a restore):
+    /// read from there once the client is back.
+    pub(super) fn catch_up(&mut self) {
+        if let Some(store) = self.ctx.store.clone().filter(|_| self.stored) {
+            let s = store.inbox_summary(&self.client_id, self.incarnation);
+            self.inbox.caught_up(s.last_seq);
+        }
     }
 
     /// A QoS 2 copy's release was committed: its PUBREL goes (or, if it was not, the PUBLISH goes again later).

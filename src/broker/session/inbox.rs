@@ -7,9 +7,9 @@
 //! [`InboxCursor`] is the pure bookkeeping (which seqs are committed, which are in memory, the stored quota);
 //! [`spawn_commit_waiter`] turns the store's commit answers into session messages, in proposal order.
 
-use crate::broker::message::{Delivery, InboxRef};
+use crate::broker::message::InboxRef;
 use crate::broker::ticket::Ticket;
-use crate::store::{Appended, InboxSummary};
+use crate::store::{InboxSummary, Pushed};
 use cicada_cluster::ClusterError;
 use ractor::ActorRef;
 use std::future::Future;
@@ -48,15 +48,6 @@ pub struct InboxCursor {
 
 /// Unanswered removals past which the read-ahead is not refilled.
 pub const MAX_REMOVING: u64 = READ_AHEAD as u64;
-
-/// Whether a new durable copy fits the stored quota.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admit {
-    /// Append it as this seq.
-    Append(InboxRef),
-    /// The quota is full; `log` is true for the first refusal since the inbox was under it.
-    Full { log: bool },
-}
 
 /// A read of the store to refill the read-ahead: seqs in `(after, upto]`, at most `max` copies and about
 /// `max_bytes`.
@@ -105,27 +96,41 @@ impl InboxCursor {
         }
     }
 
-    /// A new durable copy of `size` bytes: its seq, or a refusal when it would pass the quota.
-    pub fn admit(&mut self, size: u64, max_messages: usize, max_bytes: usize) -> Admit {
-        if self.count >= max_messages as u64 || self.bytes + size > max_bytes as u64 {
-            let log = !self.quota_logged;
-            self.quota_logged = true;
-            return Admit::Full { log };
+    /// Apply appended `seq` (the store's inbox now holds `count` copies of `bytes`); true when the copy can
+    /// go straight into memory (`loadable`: it is at hand; it follows what is loaded, and the read-ahead has
+    /// room), false when the store keeps it until a page reads it.
+    pub fn appended(
+        &mut self,
+        seq: u64,
+        (count, bytes): (u64, u64),
+        loadable: bool,
+        read_ahead: (usize, usize),
+    ) -> bool {
+        if seq < self.first_seq {
+            return false;
         }
+        self.next_seq = self.next_seq.max(seq + 1);
+        self.count = count;
+        self.bytes = bytes;
         self.quota_logged = false;
-        let r = InboxRef {
-            seq: self.next_seq,
-            size,
-        };
-        self.next_seq += 1;
-        self.count += 1;
-        self.bytes += size;
-        Admit::Append(r)
+        self.stored(seq, loadable, read_ahead)
+    }
+
+    /// The store's inbox holds copies up to `last_seq` (read when a client attaches: appends applied before
+    /// this session listened are read from the store).
+    pub fn caught_up(&mut self, last_seq: u64) {
+        self.committed_upto = self.committed_upto.max(last_seq);
+        self.next_seq = self.next_seq.max(last_seq + 1);
+    }
+
+    /// The store refused a copy (quota full): true the first time since the inbox was under it (to log).
+    pub fn refused(&mut self) -> bool {
+        !std::mem::replace(&mut self.quota_logged, true)
     }
 
     /// The append of `seq` committed; true when the copy can go straight into memory (it follows what is
     /// loaded, and the read-ahead has room), false when the store keeps it until a page reads it.
-    pub fn stored(&mut self, seq: u64, online: bool, read_ahead: (usize, usize)) -> bool {
+    fn stored(&mut self, seq: u64, online: bool, read_ahead: (usize, usize)) -> bool {
         if seq < self.first_seq {
             return false;
         }
@@ -136,27 +141,6 @@ impl InboxCursor {
             return true;
         }
         false
-    }
-
-    /// The append of `r` has an unknown outcome (its commit timed out: it may still apply). It counts as stored
-    /// against the quota; a page reads it if it is there and skips it if it is not.
-    pub fn unknown(&mut self, r: InboxRef) {
-        if r.seq < self.first_seq {
-            return;
-        }
-        self.committed_upto = self.committed_upto.max(r.seq);
-    }
-
-    /// The append of `r` did not commit (or the store ignored it): it is not in the inbox.
-    pub fn failed(&mut self, r: InboxRef) {
-        if r.seq < self.first_seq {
-            return;
-        }
-        self.committed_upto = self.committed_upto.max(r.seq);
-        if self.loaded_upto + 1 == r.seq {
-            self.loaded_upto = r.seq;
-        }
-        self.removed(r);
     }
 
     /// `r` left the inbox (acknowledged, expired, or its append failed).
@@ -210,10 +194,10 @@ type Commit<T> = Pin<Box<dyn Future<Output = Result<T, ClusterError>> + Send>>;
 /// A store command of the session whose answer the session needs.
 pub enum Pending {
     /// A copy's append: the publisher's ticket (credit and acknowledgement gate) is held until it commits.
-    Append {
-        delivery: Delivery,
+    /// The copy itself reaches the session from apply.
+    Push {
         ticket: Ticket,
-        commit: Commit<Appended>,
+        commit: Commit<Pushed>,
     },
     /// A QoS 2 copy's release: its PUBREL waits for it.
     Release { pkid: u16, commit: Commit<bool> },
@@ -222,9 +206,9 @@ pub enum Pending {
     Remove { count: u64, commit: Commit<bool> },
 }
 
-/// Awaits the session's commits in proposal order and reports each to the session: `Stored` / `AppendFailed`,
-/// `ReleaseStored`. A failed append fails the publisher's acknowledgement; the publisher's credit returns
-/// when the append is answered, so proposals stay bounded by the publishers' credit.
+/// Awaits the session's commits in proposal order and reports each to the session: `QuotaFull`,
+/// `ReleaseStored`, `Removed`. A failed append fails the publisher's acknowledgement; the publisher's credit
+/// returns when the append is answered, so proposals stay bounded by the publishers' credit.
 ///
 /// The channel is unbounded in type only: every `Append` holds its publisher's credit (or is one of the
 /// retained messages a SUBSCRIBE matched), `Release`s are bounded by the in-flight window, and `Remove`s by
@@ -237,19 +221,19 @@ pub fn spawn_commit_waiter(
     tokio::spawn(async move {
         while let Some(p) = rx.recv().await {
             match p {
-                Pending::Append {
-                    delivery,
-                    ticket,
-                    commit,
-                } => {
-                    let outcome = commit.await;
-                    let stored = matches!(outcome, Ok(Appended::Stored));
-                    let failed = match &outcome {
-                        Ok(Appended::Stored) => false,
+                Pending::Push { ticket, commit } => {
+                    let failed = match commit.await {
                         // The session has this message already (a resend routed again after a crash): the
                         // publisher may be acknowledged; the copy stored before is the one delivered.
-                        Ok(Appended::Duplicate) => false,
-                        Ok(Appended::Ignored) => {
+                        Ok(Pushed::Stored(_) | Pushed::Duplicate) => false,
+                        Ok(Pushed::Full) => {
+                            if let Some(g) = &ticket.gate {
+                                g.refuse_quota();
+                            }
+                            let _ = session.cast(SessionMsg::QuotaFull);
+                            false
+                        }
+                        Ok(Pushed::Ignored) => {
                             tracing::warn!(
                                 "message for a replaced persistent session ignored by the store"
                             );
@@ -266,14 +250,6 @@ pub fn spawn_commit_waiter(
                             g.fail();
                         }
                     }
-                    drop(ticket);
-                    let msg = match (stored, delivery.durable, &outcome) {
-                        (true, _, _) => SessionMsg::Stored(Box::new(delivery)),
-                        (false, Some(r), Err(_)) => SessionMsg::AppendUnknown(r),
-                        (false, Some(r), _) => SessionMsg::AppendFailed(r),
-                        (false, None, _) => continue,
-                    };
-                    let _ = session.cast(msg);
                 }
                 Pending::Release { pkid, commit } => {
                     let ok = matches!(commit.await, Ok(true));
@@ -307,22 +283,21 @@ mod tests {
     #[test]
     fn a_new_life_goes_on_after_the_old_seqs_and_ignores_their_answers() {
         let mut c = InboxCursor::new();
-        for _ in 0..3 {
-            c.admit(10, 100, 1000);
+        for seq in 1..=3 {
+            c.appended(seq, (seq, seq * 10), false, (0, 0));
         }
         c.removing = 2;
         let mut n = c.next_life();
-        assert_eq!((n.count, n.bytes, n.removing), (0, 0, 2));
-        assert_eq!(n.admit(10, 100, 1000), Admit::Append(r(4)), "seqs go on");
+        assert_eq!((n.count, n.bytes, n.removing, n.next_seq), (0, 0, 2, 4), "seqs go on");
         // The old life's late answers change nothing.
-        assert!(!n.stored(2, true, (0, 0)));
-        n.failed(r(3));
+        assert!(!n.appended(2, (9, 9), true, (0, 0)));
         n.removed(r(1));
-        assert_eq!((n.count, n.loaded_upto, n.committed_upto), (1, 3, 3));
+        assert_eq!((n.count, n.loaded_upto, n.committed_upto), (0, 3, 3));
         assert!(
-            n.stored(4, true, (0, 0)),
+            n.appended(4, (1, 10), true, (0, 0)),
             "its own copy goes straight into memory"
         );
+        assert_eq!((n.count, n.bytes, n.next_seq), (1, 10, 5));
     }
 
     #[test]
@@ -344,45 +319,36 @@ mod tests {
     }
 
     #[test]
-    fn the_quota_refuses_past_its_bounds_and_logs_once_until_under_it_again() {
+    fn a_full_quota_is_logged_once_until_a_copy_is_stored_again() {
         let mut c = InboxCursor::new();
-        assert_eq!(c.admit(10, 2, 1000), Admit::Append(r(1)));
-        assert_eq!(c.admit(10, 2, 1000), Admit::Append(r(2)));
-        assert_eq!(c.admit(10, 2, 1000), Admit::Full { log: true });
-        assert_eq!(c.admit(10, 2, 1000), Admit::Full { log: false });
-        c.removed(r(1));
-        assert_eq!(c.admit(10, 2, 1000), Admit::Append(r(3)));
-        assert_eq!(c.admit(10, 2, 1000), Admit::Full { log: true });
-        // Bytes too: 25 + 10 > 30.
-        let mut c = InboxCursor::new();
-        assert_eq!(
-            c.admit(25, 100, 30),
-            Admit::Append(InboxRef { seq: 1, size: 25 })
-        );
-        assert_eq!(c.admit(10, 100, 30), Admit::Full { log: true });
-        // A failed append gives its place back.
-        c.failed(InboxRef { seq: 1, size: 25 });
-        assert_eq!((c.count, c.bytes, c.loaded_upto), (0, 0, 1));
-        // One whose commit timed out may still be stored: it keeps its place and is left for a page to find.
-        let r2 = match c.admit(10, 100, 30) {
-            Admit::Append(r) => r,
-            other => panic!("{other:?}"),
-        };
-        c.unknown(r2);
-        assert_eq!((c.count, c.loaded_upto, c.committed_upto), (1, 1, 2));
-        assert!(c.page((0, 0)).is_some());
+        assert!(c.refused());
+        assert!(!c.refused());
+        c.appended(1, (1, 10), true, (0, 0));
+        assert!(c.refused(), "under the quota in between");
+    }
+
+    #[test]
+    fn a_client_that_attaches_reads_what_was_appended_before_the_session_listened() {
+        let mut c = InboxCursor::restored(InboxSummary {
+            count: 2,
+            bytes: 20,
+            last_seq: 2,
+        });
+        c.caught_up(5);
+        assert_eq!((c.committed_upto, c.next_seq), (5, 6));
+        assert_eq!(c.page((0, 0)).map(|p| (p.after, p.upto)), Some((0, 5)));
+        c.caught_up(3);
+        assert_eq!(c.committed_upto, 5, "never back");
     }
 
     #[test]
     fn committed_copies_go_to_memory_only_in_order_online_and_with_room() {
         let mut c = InboxCursor::new();
-        for _ in 0..4 {
-            c.admit(10, 100, 10_000);
-        }
-        assert!(c.stored(1, true, (0, 0)));
-        assert!(!c.stored(2, false, (1, 10)), "offline: the store keeps it");
+        let counts = (1, 10);
+        assert!(c.appended(1, counts, true, (0, 0)));
+        assert!(!c.appended(2, counts, false, (1, 10)), "offline: the store keeps it");
         assert!(
-            !c.stored(3, true, (1, 10)),
+            !c.appended(3, counts, true, (1, 10)),
             "2 is not loaded: 3 waits for a page"
         );
         assert_eq!((c.loaded_upto, c.committed_upto), (1, 3));
@@ -399,7 +365,7 @@ mod tests {
         c.paged(page, Some(3), true);
         assert_eq!(c.loaded_upto, 3);
         assert!(c.page((3, 30)).is_none(), "everything committed is loaded");
-        assert!(!c.stored(4, true, (READ_AHEAD, 0)), "no room");
+        assert!(!c.appended(4, counts, true, (READ_AHEAD, 0)), "no room");
         // A page that stopped at a bound resumes after its last copy.
         let page = c.page((10, 100)).unwrap();
         c.paged(page, None, false);

@@ -18,7 +18,7 @@ mod subscriptions;
 
 use super::conn::ConnHandle;
 use super::inbound::InboundQos2;
-use super::message::{Delivery, InboxRef, Message, SessionId};
+use super::message::{Delivery, Message, SessionId};
 use super::registry::RegistryMsg;
 use super::shard::ShardMsg;
 use super::ticket::Ticket;
@@ -91,12 +91,10 @@ pub enum SessionMsg {
     },
     /// The connection's writer has room again.
     Drained,
-    /// A durable copy's append committed (it carries its place in the inbox).
-    Stored(Box<Delivery>),
-    /// A durable copy's append failed or was ignored: it is not in the inbox.
-    AppendFailed(InboxRef),
-    /// A durable copy's append timed out: it may or may not be in the inbox.
-    AppendUnknown(InboxRef),
+    /// Apply appended a copy to the session's stored inbox.
+    Appended(Box<crate::store::InboxEvent>),
+    /// The store refused a copy: the stored quota is full.
+    QuotaFull,
     /// The removal of this many acknowledged copies was answered: the next page may be read.
     Removed(u64),
     /// A QoS 2 copy's release was committed (`ok`) or not: its PUBREL may go.
@@ -278,15 +276,8 @@ impl Actor for Session {
             | SessionMsg::Subscribe { .. }
             | SessionMsg::Unsubscribe { .. } => {}
             SessionMsg::Drained => s.flush(),
-            SessionMsg::Stored(d) => s.stored(*d),
-            SessionMsg::AppendFailed(r) => {
-                s.inbox.failed(r);
-                s.flush();
-            }
-            SessionMsg::AppendUnknown(r) => {
-                s.inbox.unknown(r);
-                s.flush();
-            }
+            SessionMsg::Appended(e) => s.appended(*e),
+            SessionMsg::QuotaFull => s.quota_full(),
             SessionMsg::ReleaseStored { pkid, ok } => s.release_stored(pkid, ok),
             SessionMsg::Removed(count) => {
                 s.inbox.removing = s.inbox.removing.saturating_sub(count);
@@ -428,6 +419,7 @@ impl SessionState {
             .inc();
         a.conn.packet(Packet::ConnAck(connack));
         // The start of the stored inbox first: after a restart it holds the QoS 2 copies awaiting PUBREL.
+        self.catch_up();
         self.page_in();
         for out in self.outbox.resend() {
             self.send(&a.conn, out);
@@ -540,13 +532,21 @@ impl SessionState {
             publisher: Some(self.id),
             received: now,
             qos2_origin: None,
+            stored_fanout: false,
         };
         self.ctx
             .metrics
             .messages_received
             .with_label_values(&[Metrics::qos_label(w.qos)])
             .inc();
-        self.ctx.route(Arc::new(message), Ticket::default());
+        let mut message = message;
+        message.stored_fanout = self.ctx.needs_fanout(&message);
+        let message = Arc::new(message);
+        if message.stored_fanout {
+            // Nobody waits for a Will: its fan-out is committed in the background.
+            self.ctx.fan_out(&message, Some(&self.client_id), None);
+        }
+        self.ctx.route(message, Ticket::default());
     }
 
     /// Brings the queue-depth gauges and the node-wide queued-bytes count up to date.

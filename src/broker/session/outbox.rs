@@ -475,6 +475,7 @@ mod tests {
                 publisher: None,
                 received: Instant::now(),
                 qos2_origin: None,
+                stored_fanout: false,
             }),
             qos,
             retain: false,

@@ -1,7 +1,7 @@
 //! The session's record in the store: created when the session becomes persistent (apply gives it its
 //! incarnation), replaced as it changes, deleted when it stops being persistent.
 
-use super::SessionState;
+use super::{SessionMsg, SessionState};
 use crate::broker::message::SessionId;
 use std::sync::atomic::Ordering;
 
@@ -60,7 +60,11 @@ impl SessionState {
             }
             (Some(record), false) => {
                 let creator = creator_token(self.id);
-                match store.create_session(&self.client_id, creator, record).await {
+                let last_seq = self.inbox.next_seq.saturating_sub(1);
+                match store
+                    .create_session(&self.client_id, creator, record, last_seq)
+                    .await
+                {
                     Ok(Some(incarnation)) => {
                         self.incarnation = incarnation;
                         // A new life: its inbox starts empty, its seqs go on after any earlier life's.
@@ -95,12 +99,26 @@ impl SessionState {
     }
 
     /// Keeps the node-wide count of durable sessions (publishers' acknowledgements wait only while there are any).
+    /// Also listens for (or stops listening for) what apply appends to the session's stored inbox.
     pub(super) fn set_stored(&mut self, stored: bool) {
         if stored != self.stored {
             if stored {
                 self.ctx.durable_sessions.fetch_add(1, Ordering::AcqRel);
+                if let Some(store) = &self.ctx.store {
+                    let me = self.me.clone();
+                    store.listeners.listen(
+                        &self.client_id,
+                        self.id,
+                        Box::new(move |e| {
+                            let _ = me.cast(SessionMsg::Appended(Box::new(e)));
+                        }),
+                    );
+                }
             } else {
                 self.ctx.durable_sessions.fetch_sub(1, Ordering::AcqRel);
+                if let Some(store) = &self.ctx.store {
+                    store.listeners.forget(&self.client_id, self.id);
+                }
             }
             self.stored = stored;
         }

@@ -168,6 +168,13 @@ impl SessionState {
             self.refuse_unstored(&conn);
             return;
         }
+        if self.stored {
+            // Every node decides from its applied state whether a message goes to persistent sessions
+            // through the store: once this SUBACK is out, each one has applied the new subscription.
+            if let Some(link) = self.ctx.remote.as_ref().filter(|l| l.clustered()) {
+                link.sync_peers().await;
+            }
+        }
         conn.packet(Packet::SubAck(SubAck {
             pkid: packet.pkid,
             properties: Default::default(),
