@@ -192,5 +192,122 @@ async fn killing_the_owner_of_a_persistent_subscriber_loses_no_acknowledged_qos1
         .filter(|(p, n)| **n > 1 && wanted.get(*p) == Some(&QoS::ExactlyOnce))
         .map(|(p, _)| p)
         .collect();
-    assert!(twice.is_empty(), "QoS 2 delivered more than once: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "QoS 2 delivered more than once: {twice:?}"
+    );
+}
+
+/// Waits until `name` on the node with this HTTP port reads `want`.
+async fn until_metric(http_port: u16, name: &str, want: f64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = common::process::metric(http_port, name).await;
+        if v == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} stayed {v}, wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn with_will(id: &str, topic: &str, delay: Option<u32>) -> cicada::protocol::Connect {
+    let mut c = connect(id, ProtocolVersion::V5);
+    c.clean_start = true;
+    c.properties.session_expiry_interval = Some(600);
+    let properties = Properties {
+        will_delay_interval: delay,
+        ..Default::default()
+    };
+    c.will = Some(cicada::protocol::LastWill {
+        topic: topic.into(),
+        payload: "offline".into(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties,
+    });
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_will_of_a_connection_on_a_killed_node_fires_once_from_the_cluster_unless_its_client_came_back(
+) {
+    let mut c = Cluster::three("", "failure_detection_ms = 1500");
+    // A clean subscriber on node 1, and a persistent one on node 3 that is offline when the Will fires.
+    let opts = ClientOptions::new("127.0.0.1", c.port(1), "dashboard").version(ProtocolVersion::V5);
+    let (watch, mut events, _) = Client::connect(opts).await.unwrap();
+    watch.subscribe("status/#", QoS::AtLeastOnce).await.unwrap();
+    let mut archiver = Raw::connect(addr(c.port(3))).await;
+    let mut ac = connect("archiver", ProtocolVersion::V5);
+    ac.clean_start = true;
+    ac.properties.session_expiry_interval = Some(600);
+    assert_eq!(archiver.handshake(ac.clone()).await.0, ReasonCode::SUCCESS);
+    archiver.subscribe(1, "status/#", QoS::AtLeastOnce).await;
+    archiver.send(&Packet::Disconnect(Default::default())).await;
+    assert_eq!(archiver.expect_close().await, None);
+    // Two devices with Wills on node 2: dev-1 stays away after the crash; dev-2 (Will Delay 30 s) connects
+    // again on node 3 within its delay.
+    let mut d1 = Raw::connect(addr(c.port(2))).await;
+    assert_eq!(
+        d1.handshake(with_will("dev-1", "status/dev-1", None))
+            .await
+            .0,
+        ReasonCode::SUCCESS
+    );
+    let mut d2 = Raw::connect(addr(c.port(2))).await;
+    let c2 = with_will("dev-2", "status/dev-2", Some(30));
+    assert_eq!(d2.handshake(c2.clone()).await.0, ReasonCode::SUCCESS);
+    for n in [0, 2] {
+        until_metric(c.nodes[n].http_port, "cicada_cluster_wills_recorded", 2.0).await;
+    }
+
+    c.nodes[1].signal(libc::SIGKILL);
+    c.nodes[1].wait_exit();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut _d2 = loop {
+        let mut s = Raw::connect(addr(c.port(3))).await;
+        let mut again = c2.clone();
+        again.clean_start = false;
+        again.will = None;
+        let (code, present, _) = s.handshake(again).await;
+        if code == ReasonCode::SUCCESS {
+            assert!(present);
+            break s;
+        }
+        assert!(Instant::now() < deadline, "dev-2 never came back: {code:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // dev-1's Will reaches the subscriber on node 1 once the leader counts node 2 as down.
+    let m = common::next_message(&mut events, "dev-1's Will from the cluster").await;
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        ("status/dev-1", &b"offline"[..])
+    );
+    // Nothing is left to fire (dev-2's record went with its new connection, which has no Will), and it
+    // fired once.
+    for n in [0, 2] {
+        until_metric(c.nodes[n].http_port, "cicada_cluster_wills_recorded", 0.0).await;
+    }
+    let fired = common::process::metric(c.nodes[0].http_port, "cicada_cluster_wills_fired_total")
+        .await
+        + common::process::metric(c.nodes[2].http_port, "cicada_cluster_wills_fired_total").await;
+    assert_eq!(fired, 1.0, "one Will fired, once");
+    // The persistent subscriber has it in its inbox, once, wherever it resumes.
+    until_metric(c.nodes[0].http_port, "cicada_store_inbox_messages", 1.0).await;
+    let mut back = Raw::connect(addr(c.port(1))).await;
+    ac.clean_start = false;
+    let (code, present, _) = back.handshake(ac).await;
+    assert_eq!((code, present), (ReasonCode::SUCCESS, true));
+    match back.recv().await {
+        Some(Packet::Publish(m)) => {
+            assert_eq!(m.topic, "status/dev-1");
+        }
+        other => panic!("expected the Will, got {other:?}"),
+    }
+    drop(d1);
+    drop(d2);
 }

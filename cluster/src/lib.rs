@@ -184,6 +184,10 @@ pub struct NodeStatus {
     pub learners: Vec<u64>,
     /// (node, match index), known on the leader only.
     pub peers: Vec<(u64, u64)>,
+    /// (voter, milliseconds since this node last heard from it; `u64::MAX`: never since it started), for
+    /// every other voter. On the leader, which hears from every follower each heartbeat, a long silence
+    /// means that node is down or cut off.
+    pub silent_ms: Vec<(u64, u64)>,
 }
 
 /// A running node of the store.

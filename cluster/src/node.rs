@@ -765,6 +765,18 @@ impl NodeState {
             voters: cs.voters.clone(),
             learners: cs.learners.clone(),
             peers,
+            silent_ms: cs
+                .voters
+                .iter()
+                .filter(|v| **v != raft.id)
+                .map(|v| {
+                    let ms = self
+                        .last_seen
+                        .get(v)
+                        .map_or(u64::MAX, |t| t.elapsed().as_millis() as u64);
+                    (*v, ms)
+                })
+                .collect(),
         }
     }
 }

@@ -794,13 +794,13 @@ impl Reader {
                     ctx.commit_retained(store, &message, gate.clone());
                 }
             }
-            if fanout {
-                ctx.fan_out(&message, Some(&self.client_id), gate.clone());
-            }
             let ticket = Ticket {
                 credit: Some(Arc::new(permit)),
                 gate,
             };
+            if fanout {
+                ctx.fan_out(&message, Some(&self.client_id), ticket.clone());
+            }
             ctx.route_committed(message, ticket);
         }
         match qos {

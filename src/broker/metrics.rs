@@ -40,6 +40,9 @@ pub struct Metrics {
     pub inbox_appended: IntCounter,
     pub inbox_failed: IntCounter,
     pub ack_hold: Histogram,
+    /// Wills of connections on a down node that the cluster published, and that node's sessions it expired.
+    pub wills_fired_by_cluster: IntCounter,
+    pub sessions_expired_by_cluster: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -229,6 +232,16 @@ impl Metrics {
             inbox_appended: inbox.with_label_values(&["appended"]),
             inbox_failed: inbox.with_label_values(&["failed"]),
             inbox,
+            wills_fired_by_cluster: counter(
+                &r,
+                "cicada_cluster_wills_fired_total",
+                "Wills of connections on a node counted as down (or on this node before it restarted) that the cluster published.",
+            ),
+            sessions_expired_by_cluster: counter(
+                &r,
+                "cicada_cluster_sessions_expired_total",
+                "Sessions of a node counted as down whose expiry ran out while it was down.",
+            ),
             reads_paused: counter_vec(
                 &r,
                 "cicada_reads_paused_total",

@@ -13,6 +13,7 @@ pub mod acks;
 pub mod conn;
 pub mod connection;
 pub mod drain;
+pub mod failover;
 pub mod inbound;
 pub mod listener;
 pub mod message;
@@ -158,20 +159,15 @@ impl Context {
     }
 
     /// Proposes the message's fan-out to the persistent sessions' inboxes (queued now: a publisher's
-    /// messages commit in publish order) and waits for it in the background; `gate` (the publisher's
-    /// acknowledgement) is held until then: it counts the copies stored and refused, and fails when the
-    /// store cannot commit.
-    pub fn fan_out(&self, message: &Message, publisher: Option<&str>, gate: Option<Arc<AckGate>>) {
+    /// messages commit in publish order) and waits for it in the background, holding the publisher's ticket:
+    /// its credit returns once applied (so a publisher cannot outrun the store), and its gate (the
+    /// acknowledgement) counts the copies stored and refused, and fails when the store cannot commit.
+    pub fn fan_out(&self, message: &Arc<Message>, publisher: Option<&str>, ticket: Ticket) {
         let Some(store) = &self.store else {
             return;
         };
-        let limits = &self.config.limits;
-        let commit = store.publish(
-            message,
-            publisher,
-            limits.max_queued_messages as u64,
-            limits.max_queued_bytes as u64,
-        );
+        let (max_messages, max_bytes) = self.config.limits.stored_quota();
+        let commit = store.publish(message, publisher, max_messages, max_bytes);
         let (metrics, topic) = (self.metrics.clone(), message.topic.clone());
         tokio::spawn(async move {
             match commit.await {
@@ -184,7 +180,7 @@ impl Context {
                             .inc_by(u64::from(p.refused));
                         tracing::debug!(%topic, sessions = p.refused, "persistent sessions' stored quota full: message refused");
                     }
-                    if let Some(g) = gate {
+                    if let Some(g) = &ticket.gate {
                         g.add_copies((p.stored + p.refused) as usize);
                         for _ in 0..p.refused {
                             g.refuse_quota();
@@ -198,12 +194,24 @@ impl Context {
                         .with_label_values(&["store_unavailable"])
                         .inc();
                     tracing::warn!(%topic, error = %e, "message for persistent sessions not stored");
-                    if let Some(g) = gate {
+                    if let Some(g) = &ticket.gate {
                         g.fail();
                     }
                 }
             }
         });
+    }
+
+    /// A Will the cluster fired (its node is down), as this node's apply hands it over: for this node's
+    /// subscribers only (every node's apply does the same); persistent sessions have their copies from apply.
+    pub fn route_fired_will(&self, m: Arc<Message>) {
+        self.metrics
+            .messages_received
+            .with_label_values(&[metrics::Metrics::qos_label(m.qos)])
+            .inc();
+        let _ =
+            self.shard_for(&m.topic)
+                .cast(ShardMsg::Forwarded(m, Vec::new(), Ticket::default()));
     }
 
     /// Routes a message whose retained part (if any) the caller already handed to the store.
@@ -366,6 +374,31 @@ impl Broker {
         let _ = ctx.registry.set(registry.clone());
 
         let tasks = TaskTracker::new();
+        if let Some(store) = ctx.store.clone() {
+            // Wills the cluster fires: every node's apply hands them to its own subscribers.
+            let weak = Arc::downgrade(&ctx);
+            store.will_router.set(Box::new(move |m| {
+                if let Some(ctx) = weak.upgrade() {
+                    ctx.route_fired_will(m);
+                }
+            }));
+            // The Wills this node's previous process left recorded fire before any client connects here.
+            failover::fire_own_wills(&ctx, &store).await;
+            let threshold = std::time::Duration::from_millis(
+                config
+                    .cluster
+                    .as_ref()
+                    .map_or(5_000, |c| c.failure_detection_ms),
+            );
+            let shutdown = ctx.shutdown.clone();
+            let run = failover::run(ctx.clone(), store, threshold);
+            tasks.spawn(async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = run => {}
+                }
+            });
+        }
         tasks.spawn(link.clone().reconcile(ctx.shutdown.clone()));
         tasks.spawn(link.clone().receive(ctx.clone()));
         let mut mqtt_addrs = Vec::new();

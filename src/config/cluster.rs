@@ -47,6 +47,10 @@ pub struct ClusterSection {
     /// Log entries kept before the log is compacted (a follower further behind gets a snapshot).
     #[serde(default = "default_snapshot_interval")]
     pub snapshot_interval: u64,
+    /// Milliseconds the leader hears nothing from a node before it counts it as down: then the cluster fires
+    /// the Wills of that node's connections (after their Will Delay) and expires its sessions.
+    #[serde(default = "default_failure_detection_ms")]
+    pub failure_detection_ms: u64,
 }
 
 fn default_peer_bind() -> String {
@@ -60,6 +64,9 @@ fn default_tick_ms() -> u64 {
 }
 fn default_snapshot_interval() -> u64 {
     10_000
+}
+fn default_failure_detection_ms() -> u64 {
+    5_000
 }
 
 /// Why the cluster settings cannot be turned into a running node's (read at start).
@@ -144,6 +151,16 @@ impl ClusterSection {
         }
         if self.snapshot_interval == 0 {
             return Err(("snapshot_interval", "must be at least 1".into()));
+        }
+        // Below an election timeout (10 ticks) a node that is only slow would count as down.
+        if self.failure_detection_ms < self.tick_ms * 10 || self.failure_detection_ms > 3_600_000 {
+            return Err((
+                "failure_detection_ms",
+                format!(
+                    "must be between 10 raft ticks ({} ms) and 3600000",
+                    self.tick_ms * 10
+                ),
+            ));
         }
         Ok(())
     }

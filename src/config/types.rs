@@ -262,6 +262,16 @@ pub struct Limits {
     pub client_bytes_per_sec: u64,
 }
 
+impl Limits {
+    /// What a persistent session's stored inbox may hold (copies, bytes), in flight or not.
+    pub fn stored_quota(&self) -> (u64, u64) {
+        (
+            self.max_queued_messages as u64,
+            self.max_queued_bytes as u64,
+        )
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

@@ -145,6 +145,8 @@ pub enum Command<'a> {
         weight: u64,
         max_messages: u64,
         max_bytes: u64,
+        /// (proposing node, id): on that node apply takes the message from memory instead of decoding it.
+        origin: (u64, u64),
     },
     /// One session's copy (a retained message sent on subscribe, a shared subscription's message, a message
     /// whose publisher's node did not know of this session's subscription yet): appended with the inbox's
@@ -165,6 +167,33 @@ pub enum Command<'a> {
         node: u64,
         record: SessionRecord,
         last_seq: u64,
+    },
+    /// The client's connection on `node` has this Will (the tail: the message as a retained one is stored),
+    /// with its delay and the session's expiry: if the node dies, the cluster fires it. Applied only while
+    /// `node` owns the client; replaces an earlier one.
+    SetWill {
+        client_id: &'a str,
+        node: u64,
+        /// The connection (on `node`) whose Will it is.
+        conn: u64,
+        delay: u32,
+        expiry: u32,
+    },
+    /// The Will connection `conn` of `node` recorded for the client is gone (published or cancelled there).
+    ClearWill {
+        client_id: &'a str,
+        node: u64,
+        conn: u64,
+    },
+    /// `node`, the owner of the client's connection, is down: its recorded Will fires, once (the record
+    /// goes). Every node's apply hands it to its own subscribers; persistent sessions' copies are appended
+    /// as for [`Command::Publish`] within this quota. Ignored when no such record is left (the client
+    /// connected again, or it fired already).
+    FireWill {
+        client_id: &'a str,
+        node: u64,
+        max_messages: u64,
+        max_bytes: u64,
     },
 }
 

@@ -33,7 +33,8 @@ impl InboxListeners {
     /// `token` names this listener: a later one for the same client replaces it, and only its own
     /// [`InboxListeners::forget`] removes it.
     pub fn listen(&self, client_id: &str, token: u64, listener: Listener) {
-        self.write().insert(client_id.to_string(), (token, listener));
+        self.write()
+            .insert(client_id.to_string(), (token, listener));
     }
 
     pub fn forget(&self, client_id: &str, token: u64) {

@@ -194,8 +194,13 @@ mod tests {
         let c = ix.copies("t", QoS::AtLeastOnce, false, Some("a"));
         assert_eq!(c.keys().map(|k| &**k).collect::<Vec<_>>(), vec!["b"]);
         ix.remove("b");
-        assert!(ix.copies("t", QoS::AtLeastOnce, false, Some("a")).is_empty());
-        ix.set("a", &record(&[("u", opts(QoS::AtLeastOnce, false, false), None)]));
+        assert!(ix
+            .copies("t", QoS::AtLeastOnce, false, Some("a"))
+            .is_empty());
+        ix.set(
+            "a",
+            &record(&[("u", opts(QoS::AtLeastOnce, false, false), None)]),
+        );
         assert!(!ix.matches("t", QoS::AtLeastOnce));
         assert!(ix.matches("u", QoS::AtLeastOnce));
         ix.remove("a");

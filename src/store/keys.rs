@@ -1,6 +1,6 @@
 //! The keys of the broker's state in the store: `r/` retained, `s/` sessions, `i/` inboxes, `c/` inbox
 //! counters, `q/` inbound QoS 2 ids, `o/` QoS 2 copies stored at most once, `n/` counters of the whole
-//! state machine, `w/` which node owns each client id, `R/` the cluster's routes (`R/{node, 8 bytes big-endian}{filter}`).
+//! state machine, `w/` which node owns each client id, `W/` the Wills of live connections, `R/` the cluster's routes (`R/{node, 8 bytes big-endian}{filter}`).
 
 pub(super) const RETAINED_PREFIX: &[u8] = b"r/";
 pub(super) const SESSION_PREFIX: &[u8] = b"s/";
@@ -14,6 +14,8 @@ pub(super) const OWNER_PREFIX: &[u8] = b"w/";
 /// The last claim epoch apply assigned.
 pub(super) const LAST_EPOCH: &[u8] = b"n/epoch";
 pub(super) const ROUTE_PREFIX: &[u8] = b"R/";
+/// `W/{client id}`: the Will of the client's live connection, for the cluster to fire if its node dies.
+pub(super) const WILL_PREFIX: &[u8] = b"W/";
 pub(super) const LAST_INCARNATION: &[u8] = b"n/incarnation";
 
 pub(super) fn session_key(client_id: &str) -> Vec<u8> {
@@ -90,6 +92,12 @@ pub(super) fn parse_route_key(k: &[u8]) -> Option<(u64, &str)> {
 
 pub(super) fn owner_key(client_id: &str) -> Vec<u8> {
     let mut k = OWNER_PREFIX.to_vec();
+    k.extend_from_slice(client_id.as_bytes());
+    k
+}
+
+pub(super) fn will_key(client_id: &str) -> Vec<u8> {
+    let mut k = WILL_PREFIX.to_vec();
     k.extend_from_slice(client_id.as_bytes());
     k
 }

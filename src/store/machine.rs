@@ -1,18 +1,18 @@
 //! The broker's state machine: how each command changes the state, applied in log order on every node.
 
 use super::command::Command;
-use super::format;
-use super::keys::*;
 use super::events::{InboxEvent, InboxListeners};
+use super::format;
 use super::index::PersistentIndex;
+use super::keys::*;
 use super::record::{
     copy_entry, decode_message, decode_record, mark_released, split_record, stored_weight,
-    InboxCounter, OwnerRecord, SessionRecord, StoredCopy,
+    InboxCounter, OwnerRecord, SessionRecord, StoredCopy, WillRecord,
 };
 use crate::broker::message::{Delivery, InboxRef, Message};
-use crate::protocol::QoS;
 use crate::broker::remote::RemoteRoutes;
 use crate::broker::retained::{MemoryRetained, RetainedStore};
+use crate::protocol::QoS;
 use cicada_cluster::{StateMachine, Txn, View};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, RwLock};
@@ -36,7 +36,10 @@ pub enum Outcome {
         epoch: u64,
     },
     /// A fan-out ([`Command::Publish`]): copies stored, and sessions that refused theirs (quota full).
-    Published { stored: u32, refused: u32 },
+    Published {
+        stored: u32,
+        refused: u32,
+    },
     /// An [`Command::InboxPush`] stored its copy with this seq.
     Pushed(u64),
     /// The session's stored quota is full: the copy was not stored.
@@ -74,6 +77,8 @@ pub struct BrokerMachine {
     pub(super) retained: Arc<MemoryRetained>,
     /// Messages in all inboxes (`cicada_store_inbox_messages`).
     pub(super) inbox: prometheus::IntGauge,
+    /// Wills recorded for the cluster to fire (`cicada_cluster_wills_recorded`).
+    pub(super) wills_recorded: prometheus::IntGauge,
     /// The cluster's routing table, mirrored in memory for publishing.
     pub(super) routes: Arc<RwLock<RemoteRoutes>>,
     /// Committed claims, for the registries (a bounded ring: a registry that lags re-reads the owners).
@@ -84,6 +89,74 @@ pub struct BrokerMachine {
     pub(super) listeners: Arc<InboxListeners>,
     /// Appends of the batch being applied, told once it is written.
     pub(super) events: Vec<(Arc<str>, InboxEvent)>,
+    /// This node's id, and the messages it proposed for fan-out (see [`LocalMessages`]).
+    pub(super) node_id: u64,
+    pub(super) local: Arc<LocalMessages>,
+    /// Wills fired in the batch being applied, handed to this node's subscribers once it is written.
+    pub(super) wills: Vec<Arc<Message>>,
+    pub(super) will_router: Arc<WillRouter>,
+}
+
+/// How the broker of this node takes the Wills the cluster fires (set once the broker runs: Wills applied
+/// before, while the log is replayed at start, were delivered when they fired).
+#[derive(Default)]
+pub struct WillRouter {
+    route: std::sync::RwLock<Option<RouteWill>>,
+}
+
+/// What the broker does with a fired Will.
+pub type RouteWill = Box<dyn Fn(Arc<Message>) + Send + Sync>;
+
+impl WillRouter {
+    pub fn set(&self, route: RouteWill) {
+        *self.route.write().unwrap_or_else(|e| e.into_inner()) = Some(route);
+    }
+
+    fn route(&self, m: Arc<Message>) {
+        if let Some(r) = &*self.route.read().unwrap_or_else(|e| e.into_inner()) {
+            r(m);
+        }
+    }
+}
+
+/// Messages this node proposed in [`Command::Publish`], by the id the command carries: apply on this node
+/// hands the sessions the publisher's own message (its arrival time, no decoding) instead of decoding it
+/// from the log. Taken by apply, or by the proposer when its commit failed: nothing stays.
+#[derive(Default)]
+pub struct LocalMessages {
+    map: std::sync::Mutex<std::collections::HashMap<u64, Arc<Message>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl LocalMessages {
+    /// Keeps `m` until its command applies; its id for the command.
+    pub(super) fn keep(&self, m: Arc<Message>) -> u64 {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.lock().insert(id, m);
+        id
+    }
+
+    pub(super) fn take(&self, id: u64) -> Option<Arc<Message>> {
+        self.lock().remove(&id)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Arc<Message>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A message to fan out to persistent sessions (see [`Command::Publish`]).
+struct FanOut<'a> {
+    topic: &'a str,
+    qos: QoS,
+    retain: bool,
+    publisher: Option<&'a str>,
+    once: Option<(&'a str, u16)>,
+    weight: u64,
+    quota: (u64, u64),
+    /// The message's stored expiry and its PUBLISH, as a retained one is stored.
+    expires: u64,
+    publish: &'a [u8],
 }
 
 /// Why an append stored nothing.
@@ -369,48 +442,91 @@ impl BrokerMachine {
                 weight,
                 max_messages,
                 max_bytes,
+                origin,
             } => {
+                // The proposer's own message, when this node proposed it: delivered as is, not decoded.
+                let local = (origin.0 == self.node_id)
+                    .then(|| self.local.take(origin.1))
+                    .flatten();
                 let Some(qos) = QoS::from_u8(qos) else {
                     return Outcome::Ignored;
                 };
-                let copies = self.index_read().copies(topic, qos, retain, publisher);
                 let Some((expires, publish)) = split_record(tail) else {
                     return Outcome::Ignored;
                 };
-                // Decoded once, for the sessions of this node that listen.
-                let mut message: Option<Option<Arc<Message>>> = None;
-                let (mut stored, mut refused) = (0, 0);
-                for (client_id, c) in copies {
-                    let Some(incarnation) = stored_incarnation(txn, &client_id) else {
-                        continue;
-                    };
-                    let entry = copy_entry(expires, c.qos, c.retain, &c.sub_ids, weight, publish);
-                    let quota = (max_messages, max_bytes);
-                    match self.append(txn, &client_id, incarnation, once, &entry, weight, quota) {
-                        Ok(seq) => {
-                            stored += 1;
-                            if self.listeners.has(&client_id) {
-                                let m = message
-                                    .get_or_insert_with(|| {
-                                        decode_message(publish, expires).map(Arc::new)
-                                    })
-                                    .clone();
-                                let delivery = m.map(|message| Delivery {
-                                    message,
-                                    qos: c.qos,
-                                    retain: c.retain,
-                                    sub_ids: c.sub_ids.clone(),
-                                    shared: None,
-                                    durable: Some(InboxRef { seq, size: weight }),
-                                });
-                                self.event(txn, client_id, incarnation, seq, delivery);
-                            }
-                        }
-                        Err(NotAppended::Duplicate) => stored += 1,
-                        Err(NotAppended::Full) => refused += 1,
-                    }
-                }
+                let fan = FanOut {
+                    topic,
+                    qos,
+                    retain,
+                    publisher,
+                    once,
+                    weight,
+                    quota: (max_messages, max_bytes),
+                    expires,
+                    publish,
+                };
+                let (stored, refused) = self.fan_out(txn, fan, local);
                 return Outcome::Published { stored, refused };
+            }
+            Command::SetWill {
+                client_id,
+                node,
+                conn,
+                delay,
+                expiry,
+            } => {
+                if stored_owner(txn, client_id).is_none_or(|o| o.node != node) {
+                    return Outcome::Ignored;
+                }
+                let header = WillRecord {
+                    node,
+                    conn,
+                    delay,
+                    expiry,
+                };
+                let v = format::encode_with(&header, |buf| buf.extend_from_slice(tail));
+                let key = will_key(client_id);
+                if !matches!(txn.get(&key), Ok(Some(_))) {
+                    self.wills_recorded.inc();
+                }
+                txn.insert(&key, &v);
+            }
+            Command::ClearWill {
+                client_id,
+                node,
+                conn,
+            } => {
+                let key = will_key(client_id);
+                let Ok(Some(v)) = txn.get(&key) else {
+                    return Outcome::Ignored;
+                };
+                if WillRecord::decode(&v).is_some_and(|(w, _)| w.node != node || w.conn != conn) {
+                    return Outcome::Ignored;
+                }
+                txn.remove(&key);
+                self.wills_recorded.dec();
+            }
+            Command::FireWill {
+                client_id,
+                node,
+                max_messages,
+                max_bytes,
+            } => {
+                let key = will_key(client_id);
+                let Ok(Some(v)) = txn.get(&key) else {
+                    return Outcome::Ignored;
+                };
+                let Some((w, record)) = WillRecord::decode(&v) else {
+                    txn.remove(&key);
+                    self.wills_recorded.dec();
+                    return Outcome::Ignored;
+                };
+                if w.node != node {
+                    return Outcome::Ignored;
+                }
+                txn.remove(&key);
+                self.wills_recorded.dec();
+                return self.fire_will(txn, client_id, record, (max_messages, max_bytes));
             }
             Command::InboxPush {
                 client_id,
@@ -425,12 +541,12 @@ impl BrokerMachine {
                 let weight = stored_weight(tail);
                 let quota = (max_messages, max_bytes);
                 return match self.append(txn, client_id, incarnation, once, tail, weight, quota) {
-                    Ok(seq) => {
+                    Ok(counter) => {
                         if self.listeners.has(client_id) {
-                            let delivery = StoredCopy::decode(seq, tail).delivery;
-                            self.event(txn, client_id.into(), incarnation, seq, delivery);
+                            let delivery = StoredCopy::decode(counter.last_seq, tail).delivery;
+                            self.event(client_id.into(), counter, delivery);
                         }
-                        Outcome::Pushed(seq)
+                        Outcome::Pushed(counter.last_seq)
                     }
                     Err(NotAppended::Duplicate) => Outcome::Duplicate,
                     Err(NotAppended::Full) => Outcome::Full,
@@ -505,6 +621,108 @@ impl BrokerMachine {
         record.incarnation
     }
 
+    /// Appends a message's copies to the inboxes of the persistent sessions it matches (see
+    /// [`Command::Publish`]); `local`: the message itself, when this node has it. Returns (stored, refused).
+    fn fan_out(
+        &mut self,
+        txn: &mut Txn<'_>,
+        f: FanOut<'_>,
+        local: Option<Arc<Message>>,
+    ) -> (u32, u32) {
+        let copies = self
+            .index_read()
+            .copies(f.topic, f.qos, f.retain, f.publisher);
+        // Decoded once, for the sessions of this node that listen.
+        let mut message: Option<Option<Arc<Message>>> = local.map(Some);
+        let (mut stored, mut refused) = (0, 0);
+        for (client_id, c) in copies {
+            let Some(incarnation) = stored_incarnation(txn, &client_id) else {
+                continue;
+            };
+            let entry = copy_entry(f.expires, c.qos, c.retain, &c.sub_ids, f.weight, f.publish);
+            match self.append(
+                txn,
+                &client_id,
+                incarnation,
+                f.once,
+                &entry,
+                f.weight,
+                f.quota,
+            ) {
+                Ok(counter) => {
+                    stored += 1;
+                    if self.listeners.has(&client_id) {
+                        let m = message
+                            .get_or_insert_with(|| {
+                                decode_message(f.publish, f.expires).map(Arc::new)
+                            })
+                            .clone();
+                        let size = f.weight;
+                        let seq = counter.last_seq;
+                        let delivery = m.map(|message| Delivery {
+                            message,
+                            qos: c.qos,
+                            retain: c.retain,
+                            sub_ids: c.sub_ids,
+                            shared: None,
+                            durable: Some(InboxRef { seq, size }),
+                        });
+                        self.event(client_id, counter, delivery);
+                    }
+                }
+                Err(NotAppended::Duplicate) => stored += 1,
+                Err(NotAppended::Full) => refused += 1,
+            }
+        }
+        (stored, refused)
+    }
+
+    /// A recorded Will fires (its owner node is down): retained if it says so, appended for the persistent
+    /// sessions it matches, and handed to this node's other subscribers once the batch is written.
+    fn fire_will(
+        &mut self,
+        txn: &mut Txn<'_>,
+        client_id: &str,
+        record: &[u8],
+        quota: (u64, u64),
+    ) -> Outcome {
+        let Some((expires, publish)) = split_record(record) else {
+            return Outcome::Ignored;
+        };
+        let Some(mut m) = decode_message(publish, expires) else {
+            // Its Message Expiry Interval passed while the cluster waited.
+            return Outcome::Published {
+                stored: 0,
+                refused: 0,
+            };
+        };
+        if m.retain {
+            if m.payload.is_empty() {
+                txn.remove(&retained_key(&m.topic));
+                self.retained.clear(&m.topic);
+            } else {
+                txn.insert(&retained_key(&m.topic), record);
+                self.retained.set(Arc::new(m.clone()));
+            }
+        }
+        m.stored_fanout = true;
+        let m = Arc::new(m);
+        let fan = FanOut {
+            topic: &m.topic,
+            qos: m.qos,
+            retain: m.retain,
+            publisher: Some(client_id),
+            once: None,
+            weight: m.weight() as u64,
+            quota,
+            expires,
+            publish,
+        };
+        let (stored, refused) = self.fan_out(txn, fan, Some(m.clone()));
+        self.wills.push(m);
+        Outcome::Published { stored, refused }
+    }
+
     /// Removes the client's session (record, inbox, inbound QoS 2 ids, subscriptions in the index).
     fn drop_session(&mut self, txn: &mut Txn<'_>, client_id: &str) {
         self.inbox.sub(drop_session(txn, client_id));
@@ -523,7 +741,7 @@ impl BrokerMachine {
         entry: &[u8],
         weight: u64,
         (max_messages, max_bytes): (u64, u64),
-    ) -> Result<u64, NotAppended> {
+    ) -> Result<InboxCounter, NotAppended> {
         let mut once_key = None;
         if let Some((publisher, pkid)) = once {
             let mut k = once_prefix(publisher, Some(pkid));
@@ -540,28 +758,26 @@ impl BrokerMachine {
         if let Some(k) = once_key {
             txn.insert(&k, &[]);
         }
-        let seq = c.last_seq + 1;
-        txn.insert(&inbox_key(client_id, incarnation, seq), entry);
-        count_inbox(txn, client_id, incarnation, 1, weight as i64, seq);
+        let c = InboxCounter {
+            incarnation,
+            messages: c.messages + 1,
+            bytes: c.bytes.saturating_add(weight),
+            last_seq: c.last_seq + 1,
+        };
+        txn.insert(&inbox_key(client_id, incarnation, c.last_seq), entry);
+        txn.insert(&counter_key(client_id), &format::encode(&c));
         self.inbox.inc();
-        Ok(seq)
+        Ok(c)
     }
 
-    /// Queues the news of an append for the session's listener (told once the batch is written).
-    fn event(
-        &mut self,
-        txn: &Txn<'_>,
-        client_id: Arc<str>,
-        incarnation: u64,
-        seq: u64,
-        delivery: Option<Delivery>,
-    ) {
-        let c = read_counter(txn, &client_id, incarnation);
+    /// Queues the news of an append (the inbox's counter after it) for the session's listener (told once
+    /// the batch is written).
+    fn event(&mut self, client_id: Arc<str>, c: InboxCounter, delivery: Option<Delivery>) {
         self.events.push((
             client_id,
             InboxEvent {
-                incarnation,
-                seq,
+                incarnation: c.incarnation,
+                seq: c.last_seq,
                 count: c.messages,
                 bytes: c.bytes,
                 delivery,
@@ -621,6 +837,12 @@ impl BrokerMachine {
             token,
         };
         txn.insert(&owner_key(client_id), &format::encode(&owner));
+        // A new connection: the Will of the previous one is its owner's to publish, not the cluster's.
+        let will = will_key(client_id);
+        if matches!(txn.get(&will), Ok(Some(_))) {
+            txn.remove(&will);
+            self.wills_recorded.dec();
+        }
         let _ = self.owners.send(OwnerEvent::Changed(OwnerChange {
             client_id: client_id.into(),
             owner,
@@ -654,7 +876,9 @@ impl BrokerMachine {
                 let id = String::from_utf8_lossy(&k[SESSION_PREFIX.len()..]).into_owned();
                 match SessionRecord::decode(&v) {
                     Ok(r) => index.set(&id, &r),
-                    Err(e) => tracing::error!(client_id = %id, error = %e, "stored session unreadable"),
+                    Err(e) => {
+                        tracing::error!(client_id = %id, error = %e, "stored session unreadable")
+                    }
                 }
             }
         }
@@ -666,6 +890,8 @@ impl BrokerMachine {
                 tracing::debug!(key = %String::from_utf8_lossy(&k), "stored retained message expired or unreadable");
             }
         }
+        self.wills_recorded
+            .set(view.scan_prefix(WILL_PREFIX).count() as i64);
         let stored: u64 = view
             .scan_prefix(COUNTER_PREFIX)
             .flatten()
@@ -689,6 +915,7 @@ impl StateMachine for BrokerMachine {
 
     fn restored(&mut self, view: &View) {
         self.events.clear();
+        self.wills.clear();
         self.load(view);
         let _ = self.owners.send(OwnerEvent::Reloaded);
     }
@@ -696,6 +923,9 @@ impl StateMachine for BrokerMachine {
     fn committed(&mut self) {
         for (client_id, e) in self.events.drain(..) {
             self.listeners.tell(&client_id, e);
+        }
+        for m in self.wills.drain(..) {
+            self.will_router.route(m);
         }
     }
 }

@@ -34,14 +34,14 @@ mod tests;
 
 pub use command::Command;
 pub use events::{InboxEvent, InboxListeners, Listener};
-pub use index::PersistentIndex;
 pub use format::{FormatError, FORMAT};
+pub use index::PersistentIndex;
 use keys::*;
-pub use machine::{BrokerMachine, Outcome, OwnerChange, OwnerEvent};
+pub use machine::{BrokerMachine, Outcome, OwnerChange, OwnerEvent, WillRouter};
 use record::InboxCounter;
 pub use record::{
     decode_delivery, decode_record, encode_delivery, encode_record, put_record, unix_now,
-    InboxSummary, OwnerRecord, SessionRecord, StoredCopy,
+    InboxSummary, OwnerRecord, SessionRecord, StoredCopy, WillRecord,
 };
 pub use setup::cluster_config;
 
@@ -67,6 +67,9 @@ pub struct Store {
     index: Arc<std::sync::RwLock<PersistentIndex>>,
     /// This node's sessions listening for their inboxes' appends.
     pub listeners: Arc<InboxListeners>,
+    local: Arc<machine::LocalMessages>,
+    /// Where this node's apply hands the Wills the cluster fires.
+    pub will_router: Arc<WillRouter>,
 }
 
 /// What became of a [`Store::publish`].
@@ -120,9 +123,24 @@ impl Store {
         registry
             .register(Box::new(not_applied.clone()))
             .map_err(|e| ClusterError::Start(e.to_string()))?;
+        let wills_recorded = prometheus::IntGauge::new(
+            "cicada_cluster_wills_recorded",
+            "Wills of live connections recorded for the cluster to fire if their node dies.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(wills_recorded.clone()))
+            .map_err(|e| ClusterError::Start(e.to_string()))?;
         let index = Arc::new(std::sync::RwLock::new(PersistentIndex::default()));
         let listeners = Arc::new(InboxListeners::default());
+        let local = Arc::new(machine::LocalMessages::default());
+        let will_router = Arc::new(WillRouter::default());
         let machine = BrokerMachine {
+            wills_recorded,
+            wills: Vec::new(),
+            will_router: will_router.clone(),
+            node_id,
+            local: local.clone(),
             retained: retained.clone(),
             inbox,
             routes: routes.clone(),
@@ -156,7 +174,87 @@ impl Store {
             not_applied,
             index,
             listeners,
+            local,
+            will_router,
         })
+    }
+
+    /// Records the Will of connection `conn` (of this node) of the client, for the cluster to fire if this
+    /// node dies (see [`Command::SetWill`]); the future says whether it applied.
+    pub fn set_will(
+        &self,
+        client_id: &str,
+        conn: u64,
+        will: &Message,
+        delay: u32,
+        expiry: u32,
+    ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
+        let cmd = Command::SetWill {
+            client_id,
+            node: self.node_id,
+            conn,
+            delay,
+            expiry,
+        };
+        let commit = self
+            .cluster
+            .submit(cmd.encode_with(|buf| record::put_record(buf, will)));
+        async move {
+            commit
+                .await
+                .map(|r| Outcome::decode(&r) == Outcome::Applied)
+        }
+    }
+
+    /// The Will recorded for connection `conn` of this node is published or cancelled here.
+    pub fn clear_will(
+        &self,
+        client_id: &str,
+        conn: u64,
+    ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
+        self.submit_applied(Command::ClearWill {
+            client_id,
+            node: self.node_id,
+            conn,
+        })
+    }
+
+    /// Fires the Will `node` recorded for the client (that node is down): `None` when there was none left.
+    pub fn fire_will(
+        &self,
+        client_id: &str,
+        node: u64,
+        (max_messages, max_bytes): (u64, u64),
+    ) -> impl std::future::Future<Output = Result<Option<Published>, ClusterError>> + Send + 'static
+    {
+        let commit = self.cluster.submit(
+            Command::FireWill {
+                client_id,
+                node,
+                max_messages,
+                max_bytes,
+            }
+            .encode(),
+        );
+        async move {
+            Ok(match Outcome::decode(&commit.await?) {
+                Outcome::Published { stored, refused } => Some(Published { stored, refused }),
+                _ => None,
+            })
+        }
+    }
+
+    /// The recorded Wills (client id, record), as applied here.
+    pub fn wills(&self) -> Vec<(String, WillRecord)> {
+        self.cluster
+            .view()
+            .scan_prefix(WILL_PREFIX)
+            .flatten()
+            .filter_map(|(k, v)| {
+                let id = String::from_utf8(k[WILL_PREFIX.len()..].to_vec()).ok()?;
+                Some((id, WillRecord::decode(&v)?.0))
+            })
+            .collect()
     }
 
     /// Whether a message on `topic` at `qos` is for any persistent session's inbox, as applied here: then it
@@ -173,11 +271,12 @@ impl Store {
     /// publisher's messages commit in publish order); the future answers once applied.
     pub fn publish(
         &self,
-        m: &Message,
+        m: &Arc<Message>,
         publisher: Option<&str>,
         max_messages: u64,
         max_bytes: u64,
     ) -> impl std::future::Future<Output = Result<Published, ClusterError>> + Send + 'static {
+        let id = self.local.keep(m.clone());
         let cmd = Command::Publish {
             topic: &m.topic,
             qos: m.qos as u8,
@@ -190,12 +289,17 @@ impl Store {
             weight: m.weight() as u64,
             max_messages,
             max_bytes,
+            origin: (self.node_id, id),
         };
         let commit = self
             .cluster
             .submit(cmd.encode_with(|buf| record::put_record(buf, m)));
+        let local = self.local.clone();
         async move {
-            match Outcome::decode(&commit.await?) {
+            let outcome = commit.await;
+            // Applied (apply took it) or not: it must not stay.
+            local.take(id);
+            match Outcome::decode(&outcome?) {
                 Outcome::Published { stored, refused } => Ok(Published { stored, refused }),
                 _ => Err(ClusterError::Rejected("publish not applied".into())),
             }

@@ -367,6 +367,26 @@ impl InboxCounter {
     }
 }
 
+/// The header of a recorded Will (`W/`); the tail is the Will as a stored message record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WillRecord {
+    /// The node whose connection has it, and that connection.
+    pub node: u64,
+    pub conn: u64,
+    /// Will Delay Interval and the session's expiry, seconds: the cluster fires it after the smaller.
+    pub delay: u32,
+    pub expiry: u32,
+}
+
+impl WillRecord {
+    /// The header and the message record after it.
+    pub fn decode(v: &[u8]) -> Option<(WillRecord, &[u8])> {
+        format::decode(v)
+            .map_err(|e| tracing::error!(error = %e, "stored Will unreadable"))
+            .ok()
+    }
+}
+
 /// Which node holds a client's connection (`w/`), set by apply from claims in log order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnerRecord {

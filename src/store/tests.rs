@@ -131,7 +131,8 @@ fn sub(filter: &str, qos: QoS, no_local: bool) -> (String, SubscriptionOptions, 
 }
 
 #[tokio::test]
-async fn a_publish_fans_out_to_the_matching_persistent_sessions_with_their_own_seqs_within_the_quota() {
+async fn a_publish_fans_out_to_the_matching_persistent_sessions_with_their_own_seqs_within_the_quota(
+) {
     let dir = tempfile::tempdir().unwrap();
     let fsync = cicada_cluster::Fsync::Always;
     let store = Store::open(single(dir.path(), fsync), &prometheus::Registry::new())
@@ -156,20 +157,50 @@ async fn a_publish_fans_out_to_the_matching_persistent_sessions_with_their_own_s
         }),
     );
     assert!(store.persistent_match("d/1/cmd", QoS::AtLeastOnce));
-    assert!(!store.persistent_match("d/1/cmd", QoS::AtMostOnce), "QoS 0 is never stored");
+    assert!(
+        !store.persistent_match("d/1/cmd", QoS::AtMostOnce),
+        "QoS 0 is never stored"
+    );
     assert!(!store.persistent_match("e/1", QoS::ExactlyOnce));
     let mut m = retained_msg("d/1/cmd", b"go");
     m.retain = false;
     m.qos = QoS::ExactlyOnce;
     let quota = 2;
     // b published it: No Local on b's subscription.
-    let p = store.publish(&m, Some("b"), quota, u64::MAX).await.unwrap();
-    assert_eq!(p, Published { stored: 1, refused: 0 });
-    let p = store.publish(&m, Some("x"), quota, u64::MAX).await.unwrap();
-    assert_eq!(p, Published { stored: 2, refused: 0 });
+    let p = store
+        .publish(&Arc::new(m.clone()), Some("b"), quota, u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        p,
+        Published {
+            stored: 1,
+            refused: 0
+        }
+    );
+    let p = store
+        .publish(&Arc::new(m.clone()), Some("x"), quota, u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        p,
+        Published {
+            stored: 2,
+            refused: 0
+        }
+    );
     // a holds two copies: its quota is full; b takes its second.
-    let p = store.publish(&m, None, quota, u64::MAX).await.unwrap();
-    assert_eq!(p, Published { stored: 1, refused: 1 });
+    let p = store
+        .publish(&Arc::new(m.clone()), None, quota, u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        p,
+        Published {
+            stored: 1,
+            refused: 1
+        }
+    );
     let copies = inbox_of(&store, "a", a);
     assert_eq!(copies.iter().map(|c| c.seq).collect::<Vec<_>>(), [1, 2]);
     let d = copies[0].delivery.as_ref().unwrap();
@@ -187,24 +218,55 @@ async fn a_publish_fans_out_to_the_matching_persistent_sessions_with_their_own_s
         .collect();
     assert_eq!(
         heard,
-        [(1, 1, Some(QoS::ExactlyOnce)), (2, 2, Some(QoS::ExactlyOnce))]
+        [
+            (1, 1, Some(QoS::ExactlyOnce)),
+            (2, 2, Some(QoS::ExactlyOnce))
+        ]
     );
     // A QoS 2 message of a persistent publisher is stored once per session until its id is released.
     m.qos2_origin = Some(Arc::new(crate::broker::message::Qos2Origin {
         client_id: "x".into(),
         pkid: 3,
     }));
-    let p = store.publish(&m, None, u64::MAX, u64::MAX).await.unwrap();
-    assert_eq!(p, Published { stored: 2, refused: 0 });
-    let p = store.publish(&m, None, u64::MAX, u64::MAX).await.unwrap();
-    assert_eq!(p, Published { stored: 2, refused: 0 }, "both have it already");
+    let p = store
+        .publish(&Arc::new(m.clone()), None, u64::MAX, u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        p,
+        Published {
+            stored: 2,
+            refused: 0
+        }
+    );
+    let p = store
+        .publish(&Arc::new(m.clone()), None, u64::MAX, u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        p,
+        Published {
+            stored: 2,
+            refused: 0
+        },
+        "both have it already"
+    );
     assert_eq!(inbox_of(&store, "a", a).len(), 3);
     // A session whose subscriptions changed, or that ended, takes nothing more.
     assert!(store.put_session("b", b, record(0)).await.unwrap());
     assert!(store.delete_session("a", a).await.unwrap());
     assert!(!store.persistent_match("d/1/cmd", QoS::AtLeastOnce));
-    let p = store.publish(&m, None, u64::MAX, u64::MAX).await.unwrap();
-    assert_eq!(p, Published { stored: 0, refused: 0 });
+    let p = store
+        .publish(&Arc::new(m.clone()), None, u64::MAX, u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        p,
+        Published {
+            stored: 0,
+            refused: 0
+        }
+    );
     let mut rc = record(0);
     rc.subscriptions = vec![sub("d/#", QoS::AtLeastOnce, false)];
     let c = store.create_session("c", 3, rc, 0).await.unwrap().unwrap();
@@ -217,8 +279,17 @@ async fn a_publish_fans_out_to_the_matching_persistent_sessions_with_their_own_s
         .unwrap();
     assert!(store.persistent_match("d/2", QoS::ExactlyOnce));
     m.qos2_origin = None;
-    let p = store.publish(&m, None, u64::MAX, u64::MAX).await.unwrap();
-    assert_eq!(p, Published { stored: 1, refused: 0 });
+    let p = store
+        .publish(&Arc::new(m.clone()), None, u64::MAX, u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        p,
+        Published {
+            stored: 1,
+            refused: 0
+        }
+    );
     let copies = inbox_of(&store, "c", c);
     assert_eq!(copies[0].delivery.as_ref().unwrap().qos, QoS::AtLeastOnce);
     store.shutdown().await;

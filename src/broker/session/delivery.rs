@@ -62,11 +62,7 @@ impl SessionState {
         let Some(store) = self.ctx.store.clone() else {
             return;
         };
-        let limits = &self.ctx.config.limits;
-        let quota = (
-            limits.max_queued_messages as u64,
-            limits.max_queued_bytes as u64,
-        );
+        let quota = self.ctx.config.limits.stored_quota();
         let once = d
             .message
             .qos2_origin

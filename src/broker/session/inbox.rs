@@ -288,7 +288,11 @@ mod tests {
         }
         c.removing = 2;
         let mut n = c.next_life();
-        assert_eq!((n.count, n.bytes, n.removing, n.next_seq), (0, 0, 2, 4), "seqs go on");
+        assert_eq!(
+            (n.count, n.bytes, n.removing, n.next_seq),
+            (0, 0, 2, 4),
+            "seqs go on"
+        );
         // The old life's late answers change nothing.
         assert!(!n.appended(2, (9, 9), true, (0, 0)));
         n.removed(r(1));
@@ -346,7 +350,10 @@ mod tests {
         let mut c = InboxCursor::new();
         let counts = (1, 10);
         assert!(c.appended(1, counts, true, (0, 0)));
-        assert!(!c.appended(2, counts, false, (1, 10)), "offline: the store keeps it");
+        assert!(
+            !c.appended(2, counts, false, (1, 10)),
+            "offline: the store keeps it"
+        );
         assert!(
             !c.appended(3, counts, true, (1, 10)),
             "2 is not loaded: 3 waits for a page"

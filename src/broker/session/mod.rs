@@ -15,10 +15,11 @@ pub mod outbox;
 pub mod state;
 mod stored;
 mod subscriptions;
+mod will;
 
 use super::conn::ConnHandle;
 use super::inbound::InboundQos2;
-use super::message::{Delivery, Message, SessionId};
+use super::message::{Delivery, SessionId};
 use super::registry::RegistryMsg;
 use super::shard::ShardMsg;
 use super::ticket::Ticket;
@@ -33,7 +34,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use state::{Effect, Lifecycle, Timer};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 pub use subscriptions::SubRecord;
 
 /// A connection asks to become the session's connection.
@@ -163,6 +163,10 @@ pub struct SessionState {
     pending_changes: Vec<InboxChange>,
     /// Last values added to the node-wide gauges, to report changes as deltas.
     reported: (i64, i64, i64),
+    /// The connection whose Will the lifecycle holds, and the one whose Will the store has recorded (in a
+    /// cluster: see [`will`]).
+    will_conn: u64,
+    will_recorded: Option<u64>,
 }
 
 impl Actor for Session {
@@ -198,6 +202,8 @@ impl Actor for Session {
             commits: None,
             pending_changes: Vec::new(),
             reported: (0, 0, 0),
+            will_conn: 0,
+            will_recorded: None,
             ctx: a.ctx,
         };
         if let Some(r) = restored {
@@ -307,6 +313,7 @@ impl Actor for Session {
             }
         }
         s.sync_inbox();
+        s.sync_will();
         s.report();
         Ok(())
     }
@@ -370,6 +377,9 @@ impl SessionState {
                 m.sessions_offline.dec();
             }
             m.sessions_online.inc();
+        }
+        if a.will.is_some() {
+            self.will_conn = a.conn.id;
         }
         let attached = self
             .lifecycle
@@ -515,36 +525,20 @@ impl SessionState {
             return;
         }
         tracing::debug!(client_id = %self.client_id, topic = %w.topic, "publishing Will");
-        let mut properties = w.properties;
-        properties.will_delay_interval = None;
-        let now = Instant::now();
-        let expires_at = properties
-            .message_expiry_interval
-            .take()
-            .map(|s| now + Duration::from_secs(u64::from(s)));
-        let message = Message {
-            topic: w.topic,
-            payload: w.payload,
-            qos: w.qos,
-            retain: w.retain,
-            properties,
-            expires_at,
-            publisher: Some(self.id),
-            received: now,
-            qos2_origin: None,
-            stored_fanout: false,
-        };
+        let qos = w.qos;
+        let message = self.will_message(w);
         self.ctx
             .metrics
             .messages_received
-            .with_label_values(&[Metrics::qos_label(w.qos)])
+            .with_label_values(&[Metrics::qos_label(qos)])
             .inc();
         let mut message = message;
         message.stored_fanout = self.ctx.needs_fanout(&message);
         let message = Arc::new(message);
         if message.stored_fanout {
             // Nobody waits for a Will: its fan-out is committed in the background.
-            self.ctx.fan_out(&message, Some(&self.client_id), None);
+            self.ctx
+                .fan_out(&message, Some(&self.client_id), Ticket::default());
         }
         self.ctx.route(message, Ticket::default());
     }

@@ -90,6 +90,11 @@ impl Lifecycle {
         self.expiry
     }
 
+    /// The Will of the current (or last) connection, until it is published or cancelled.
+    pub fn will(&self) -> Option<&LastWill> {
+        self.will.as_ref()
+    }
+
     pub fn is_online(&self) -> bool {
         self.conn.is_some()
     }

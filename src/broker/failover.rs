@@ -1,0 +1,302 @@
+//! What the cluster does for the clients of a node that died: the raft leader, which hears from every
+//! follower each heartbeat, counts a node silent for `failure_detection_ms` as down; then each Will that
+//! node's connections had recorded fires (once: apply removes the record) after its Will Delay, and each
+//! session it owned ends once its expiry ran out. A node that comes back fires the Wills it still has
+//! recorded itself (the connections they belonged to died with its previous process).
+//!
+//! [`Failover`] is the pure decision, from the leader's view of its peers and the recorded state, with an
+//! injected clock; [`run`] executes it.
+
+use crate::store::{OwnerRecord, SessionRecord, Store, WillRecord};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The failure detector and its decisions.
+#[derive(Debug)]
+pub struct Failover {
+    threshold: Duration,
+    /// Nodes counted as down, and when they were last heard from.
+    down: HashMap<u64, Instant>,
+}
+
+/// A session of a down node whose expiry ran out.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Expired {
+    pub client_id: String,
+    pub incarnation: u64,
+}
+
+impl Failover {
+    pub fn new(threshold: Duration) -> Failover {
+        Failover {
+            threshold,
+            down: HashMap::new(),
+        }
+    }
+
+    /// The leader's view at `now`: (node, milliseconds since last heard). Returns the nodes that went down
+    /// now (for the log). Not the leader (`silent` is `None`): nobody is counted down here.
+    pub fn observe(&mut self, now: Instant, silent: Option<&[(u64, u64)]>) -> Vec<u64> {
+        let Some(silent) = silent else {
+            self.down.clear();
+            return Vec::new();
+        };
+        let mut went_down = Vec::new();
+        let mut down = HashMap::new();
+        for &(node, ms) in silent {
+            let ms = Duration::from_millis(ms);
+            if ms < self.threshold {
+                continue;
+            }
+            // Never heard since this node started (`u64::MAX`): counted from now.
+            let last = now.checked_sub(ms).unwrap_or(now);
+            let since = self.down.get(&node).copied().unwrap_or(last);
+            if !self.down.contains_key(&node) {
+                went_down.push(node);
+            }
+            down.insert(node, since);
+        }
+        self.down = down;
+        went_down
+    }
+
+    pub fn any_down(&self) -> bool {
+        !self.down.is_empty()
+    }
+
+    /// The recorded Wills to fire now: their node is down, and the smaller of their Will Delay and their
+    /// session's expiry has passed since it was last heard (never before it counts as down).
+    pub fn wills_due(&self, now: Instant, wills: &[(String, WillRecord)]) -> Vec<(String, u64)> {
+        wills
+            .iter()
+            .filter(|(_, w)| {
+                self.down.get(&w.node).is_some_and(|last| {
+                    let wait = Duration::from_secs(u64::from(w.delay.min(w.expiry)));
+                    now >= *last + wait.max(self.threshold)
+                })
+            })
+            .map(|(c, w)| (c.clone(), w.node))
+            .collect()
+    }
+
+    /// The sessions owned by a down node whose expiry ran out: counted from when they went offline (unix
+    /// seconds in the record) or, if they were online, from when their node was last heard.
+    pub fn sessions_due(
+        &self,
+        now: Instant,
+        unix_now: u64,
+        sessions: &[(String, SessionRecord, Option<OwnerRecord>)],
+    ) -> Vec<Expired> {
+        sessions
+            .iter()
+            .filter(|(_, r, owner)| {
+                let Some(last) = owner.and_then(|o| self.down.get(&o.node)) else {
+                    return false;
+                };
+                if r.expiry == u32::MAX {
+                    return false;
+                }
+                if r.offline_since > 0 {
+                    return unix_now >= r.offline_since.saturating_add(u64::from(r.expiry));
+                }
+                now >= *last + Duration::from_secs(u64::from(r.expiry)).max(self.threshold)
+            })
+            .map(|(c, r, _)| Expired {
+                client_id: c.clone(),
+                incarnation: r.incarnation,
+            })
+            .collect()
+    }
+}
+
+/// Runs the failure detector on this node until shutdown: every 250 ms while it leads, it checks its
+/// peers and fires what is due.
+pub async fn run(ctx: Arc<super::Context>, store: Arc<Store>, threshold: Duration) {
+    let mut failover = Failover::new(threshold);
+    let mut proposed: HashSet<String> = HashSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let leading = store.cluster().leader() == store.node_id();
+        let status = if leading {
+            store.status().await.ok()
+        } else {
+            None
+        };
+        let now = Instant::now();
+        for node in failover.observe(now, status.as_ref().map(|s| s.silent_ms.as_slice())) {
+            tracing::warn!(node, after_ms = threshold.as_millis() as u64, "node counted as down: the cluster fires its connections' Wills and expires its sessions");
+        }
+        if !failover.any_down() {
+            proposed.clear();
+            continue;
+        }
+        let quota = ctx.config.limits.stored_quota();
+        for (client_id, node) in failover.wills_due(now, &store.wills()) {
+            if !proposed.insert(format!("w{client_id}")) {
+                continue;
+            }
+            fire(&ctx, &store, &client_id, node, quota).await;
+        }
+        let sessions: Vec<_> = store
+            .sessions()
+            .into_iter()
+            .map(|(c, r)| {
+                let owner = store.owner(&c);
+                (c, r, owner)
+            })
+            .collect();
+        for e in failover.sessions_due(now, crate::store::unix_now(), &sessions) {
+            if !proposed.insert(format!("s{}", e.client_id)) {
+                continue;
+            }
+            match store.delete_session(&e.client_id, e.incarnation).await {
+                Ok(true) => {
+                    ctx.metrics.sessions_expired_by_cluster.inc();
+                    tracing::info!(client_id = %e.client_id, "session of a down node expired");
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    proposed.remove(&format!("s{}", e.client_id));
+                    tracing::warn!(client_id = %e.client_id, error = %err, "expiring a down node's session failed");
+                }
+            }
+        }
+    }
+}
+
+async fn fire(ctx: &super::Context, store: &Store, client_id: &str, node: u64, quota: (u64, u64)) {
+    match store.fire_will(client_id, node, quota).await {
+        Ok(Some(_)) => {
+            ctx.metrics.wills_fired_by_cluster.inc();
+            tracing::info!(
+                client_id,
+                node,
+                "Will of a connection on a down node published"
+            );
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(client_id, error = %e, "firing a Will failed"),
+    }
+}
+
+/// Fires the Wills this node recorded before it (re)started: their connections are gone. Called before
+/// the listeners open (a Will recorded after would be a live connection's).
+pub async fn fire_own_wills(ctx: &super::Context, store: &Store) {
+    let me = store.node_id();
+    let quota = ctx.config.limits.stored_quota();
+    for (client_id, w) in store.wills() {
+        if w.node == me {
+            fire(ctx, store, &client_id, me, quota).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn will(node: u64, delay: u32, expiry: u32) -> WillRecord {
+        WillRecord {
+            node,
+            conn: 1,
+            delay,
+            expiry,
+        }
+    }
+
+    #[test]
+    fn a_node_counts_as_down_only_past_the_threshold_and_only_on_the_leader() {
+        let t0 = Instant::now() + Duration::from_secs(100);
+        let mut f = Failover::new(Duration::from_secs(5));
+        assert_eq!(
+            f.observe(t0, Some(&[(2, 4_999), (3, 100)])),
+            Vec::<u64>::new()
+        );
+        assert!(!f.any_down());
+        assert_eq!(f.observe(t0, Some(&[(2, 5_000), (3, 100)])), vec![2]);
+        assert_eq!(
+            f.observe(t0 + Duration::from_secs(1), Some(&[(2, 6_000)])),
+            Vec::<u64>::new(),
+            "reported once"
+        );
+        assert!(f.any_down());
+        // Heard again: up.
+        f.observe(t0 + Duration::from_secs(2), Some(&[(2, 10)]));
+        assert!(!f.any_down());
+        f.observe(t0, Some(&[(2, 9_000)]));
+        assert!(f.any_down());
+        f.observe(t0, None);
+        assert!(!f.any_down(), "a follower decides nothing");
+    }
+
+    #[test]
+    fn wills_fire_after_the_detection_and_their_delay_bounded_by_the_session_expiry() {
+        let t0 = Instant::now() + Duration::from_secs(100);
+        let mut f = Failover::new(Duration::from_secs(5));
+        // Node 2 last heard at t0 - 5 s.
+        f.observe(t0, Some(&[(2, 5_000)]));
+        let wills = vec![
+            ("no-delay".to_string(), will(2, 0, 0)),
+            ("delay-30".to_string(), will(2, 30, 600)),
+            ("delay-30-expiry-10".to_string(), will(2, 30, 10)),
+            ("elsewhere".to_string(), will(3, 0, 0)),
+        ];
+        let due = |at: Instant| -> Vec<String> {
+            f.wills_due(at, &wills)
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect()
+        };
+        assert_eq!(due(t0), ["no-delay"]);
+        assert_eq!(
+            due(t0 + Duration::from_secs(5)),
+            ["no-delay", "delay-30-expiry-10"]
+        );
+        assert_eq!(
+            due(t0 + Duration::from_secs(25)),
+            ["no-delay", "delay-30", "delay-30-expiry-10"]
+        );
+    }
+
+    #[test]
+    fn a_down_nodes_sessions_expire_from_when_they_went_offline_or_their_node_was_last_heard() {
+        let t0 = Instant::now() + Duration::from_secs(100);
+        let mut f = Failover::new(Duration::from_secs(5));
+        f.observe(t0, Some(&[(2, 5_000)]));
+        let owner = |node| {
+            Some(OwnerRecord {
+                node,
+                epoch: 1,
+                token: 0,
+            })
+        };
+        let rec = |expiry, offline_since| SessionRecord {
+            incarnation: 7,
+            creator: 0,
+            expiry,
+            offline_since,
+            subscriptions: Vec::new(),
+        };
+        let sessions = vec![
+            ("online-60".to_string(), rec(60, 0), owner(2)),
+            ("offline-long-ago".to_string(), rec(60, 1_000), owner(2)),
+            ("never".to_string(), rec(u32::MAX, 0), owner(2)),
+            ("other-node".to_string(), rec(1, 1_000), owner(3)),
+            ("no-owner".to_string(), rec(1, 1_000), None),
+        ];
+        let due = |at: Instant| -> Vec<String> {
+            f.sessions_due(at, 1_100, &sessions)
+                .into_iter()
+                .map(|e| e.client_id)
+                .collect()
+        };
+        assert_eq!(due(t0), ["offline-long-ago"]);
+        assert_eq!(
+            due(t0 + Duration::from_secs(55)),
+            ["online-60", "offline-long-ago"]
+        );
+    }
+}
