@@ -2,7 +2,8 @@
 //! session owned by another is in that session's replicated inbox before its publisher is acknowledged, so
 //! killing the owner with SIGKILL loses nothing acknowledged: the client resumes on a third node and gets
 //! every acknowledged message, each QoS 2 message once, including those acknowledged while the owner was
-//! frozen and could not have received them.
+//! frozen and could not have received them. The Will of a connection on a killed node fires once, from the
+//! cluster. A rolling restart of all three nodes (SIGTERM drains) under load loses no acknowledged message.
 
 mod common;
 
@@ -310,4 +311,189 @@ async fn the_will_of_a_connection_on_a_killed_node_fires_once_from_the_cluster_u
     }
     drop(d1);
     drop(d2);
+}
+
+/// Publishes QoS 1 messages until `stop`, each on the next node that takes it (a draining or restarting
+/// node refuses or closes: the same message is then tried, with a new payload, on the next node). Returns
+/// the payloads acknowledged with success.
+async fn rolling_publisher(
+    ports: Vec<u16>,
+    name: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    acked: Arc<AtomicUsize>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut client: Option<(Client, Events)> = None;
+    let (mut i, mut attempt) = (0usize, 0usize);
+    while !stop.load(Ordering::Relaxed) {
+        if client.is_none() {
+            let port = ports[attempt % ports.len()];
+            let opts = ClientOptions::new("127.0.0.1", port, format!("{name}-{attempt}"))
+                .version(ProtocolVersion::V5);
+            match tokio::time::timeout(WAIT, Client::connect(opts)).await {
+                Ok(Ok((c, events, _))) => client = Some((c, events)),
+                _ => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            }
+        }
+        let payload = format!("{name}-{i}-{attempt}");
+        let sent = client.as_ref().unwrap().0.publish(
+            "fleet/data",
+            QoS::AtLeastOnce,
+            false,
+            payload.clone(),
+        );
+        match tokio::time::timeout(WAIT, sent).await {
+            Ok(Ok(rc)) if rc.0 < 0x80 => {
+                out.push(payload);
+                acked.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+                // Paced: a load, not a flood.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            _ => {
+                client = None;
+                attempt += 1;
+            }
+        }
+    }
+    out
+}
+
+/// A persistent QoS 1 subscriber that follows its session from node to node: whenever its connection
+/// ends (its node drains: DISCONNECT 0x8B), it resumes on the next node. Acknowledges everything; stops
+/// once it has every payload in `want` (or at its deadline).
+async fn roaming_subscriber(
+    ports: Vec<u16>,
+    got: Arc<std::sync::Mutex<BTreeSet<String>>>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut n = 0usize;
+    let mut conn = connect("fleet-archiver", ProtocolVersion::V5);
+    conn.clean_start = false;
+    conn.properties.session_expiry_interval = Some(600);
+    while !done.load(Ordering::Relaxed) {
+        let port = ports[n % ports.len()];
+        n += 1;
+        let Ok(Ok(stream)) =
+            tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr(port))).await
+        else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let mut s = Raw::from_stream(stream);
+        s.decoder.version = ProtocolVersion::V5;
+        s.send(&Packet::Connect(Box::new(conn.clone()))).await;
+        loop {
+            if done.load(Ordering::Relaxed) {
+                return;
+            }
+            let p = match tokio::time::timeout(Duration::from_millis(200), s.recv_or_close()).await
+            {
+                Ok(p) => p,
+                Err(_) => continue,
+            };
+            match p {
+                Some(Packet::ConnAck(a)) if a.reason != ReasonCode::SUCCESS => break,
+                Some(Packet::Publish(m)) => {
+                    got.lock()
+                        .unwrap()
+                        .insert(String::from_utf8(m.payload.to_vec()).unwrap());
+                    s.send(&Packet::PubAck(PubAck::new(m.pkid))).await;
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_all_three_nodes_under_load_loses_no_acknowledged_message() {
+    let mut c = Cluster::three("", "");
+    let ports: Vec<u16> = (1..=3).map(|n| c.port(n)).collect();
+    // The subscriber's session exists before the load starts.
+    let mut first = Raw::connect(addr(ports[0])).await;
+    let mut sc = connect("fleet-archiver", ProtocolVersion::V5);
+    sc.clean_start = true;
+    sc.properties.session_expiry_interval = Some(600);
+    assert_eq!(first.handshake(sc).await.0, ReasonCode::SUCCESS);
+    first.subscribe(1, "fleet/#", QoS::AtLeastOnce).await;
+    first.send(&Packet::Disconnect(Default::default())).await;
+    let got = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sub = tokio::spawn(roaming_subscriber(ports.clone(), got.clone(), done.clone()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let pubs: Vec<_> = (0..2)
+        .map(|k| {
+            let mut order = ports.clone();
+            order.rotate_left(k + 1);
+            tokio::spawn(rolling_publisher(
+                order,
+                format!("pub{k}"),
+                stop.clone(),
+                acked.clone(),
+            ))
+        })
+        .collect();
+    // Each node in turn: drained with SIGTERM (exit 0), started again, ready before the next one goes.
+    for n in 0..3 {
+        let before = acked.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while acked.load(Ordering::Relaxed) < before + 100 {
+            assert!(
+                Instant::now() < deadline,
+                "the load stalled before node {}",
+                n + 1
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        c.nodes[n].signal(libc::SIGTERM);
+        assert!(c.nodes[n].wait_exit().success(), "a drain exits 0");
+        c.nodes[n].kill9_and_spawn_after_exit();
+        c.nodes[n].wait_listening();
+        common::cluster::wait_ready(c.nodes[n].http_port);
+    }
+    let before = acked.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.load(Ordering::Relaxed) < before + 100 {
+        assert!(
+            Instant::now() < deadline,
+            "the load stalled after the restarts"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut published = Vec::new();
+    for p in pubs {
+        published.extend(p.await.expect("publisher"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let missing: Vec<String> = {
+            let got = got.lock().unwrap();
+            published
+                .iter()
+                .filter(|p| !got.contains(*p))
+                .take(10)
+                .cloned()
+                .collect()
+        };
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged and never delivered (of {}): {missing:?}",
+            published.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    done.store(true, Ordering::Relaxed);
+    let _ = sub.await;
 }

@@ -8,7 +8,7 @@
 //! injected clock; [`run`] executes it.
 
 use crate::store::{OwnerRecord, SessionRecord, Store, WillRecord};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,9 @@ pub struct Failover {
     threshold: Duration,
     /// Nodes counted as down, and when they were last heard from.
     down: HashMap<u64, Instant>,
+    /// Since when this node leads (as observed): a new leader has not heard from followers before, so their
+    /// silence counts from here.
+    leading_since: Option<Instant>,
 }
 
 /// A session of a down node whose expiry ran out.
@@ -32,6 +35,7 @@ impl Failover {
         Failover {
             threshold,
             down: HashMap::new(),
+            leading_since: None,
         }
     }
 
@@ -40,17 +44,19 @@ impl Failover {
     pub fn observe(&mut self, now: Instant, silent: Option<&[(u64, u64)]>) -> Vec<u64> {
         let Some(silent) = silent else {
             self.down.clear();
+            self.leading_since = None;
             return Vec::new();
         };
+        let leading_since = *self.leading_since.get_or_insert(now);
+        let leading = now.saturating_duration_since(leading_since);
         let mut went_down = Vec::new();
         let mut down = HashMap::new();
         for &(node, ms) in silent {
-            let ms = Duration::from_millis(ms);
+            let ms = Duration::from_millis(ms).min(leading);
             if ms < self.threshold {
                 continue;
             }
-            // Never heard since this node started (`u64::MAX`): counted from now.
-            let last = now.checked_sub(ms).unwrap_or(now);
+            let last = now.checked_sub(ms).unwrap_or(leading_since);
             let since = self.down.get(&node).copied().unwrap_or(last);
             if !self.down.contains_key(&node) {
                 went_down.push(node);
@@ -80,8 +86,10 @@ impl Failover {
             .collect()
     }
 
-    /// The sessions owned by a down node whose expiry ran out: counted from when they went offline (unix
-    /// seconds in the record) or, if they were online, from when their node was last heard.
+    /// The offline sessions owned by a down node whose expiry ran out (counted from when they went offline,
+    /// unix seconds in the record). A session that was online when its node went silent is left alone: the
+    /// node may only be cut off with its client still connected; it expires once its client resumes it
+    /// elsewhere and leaves, or once its node is back.
     pub fn sessions_due(
         &self,
         now: Instant,
@@ -94,13 +102,12 @@ impl Failover {
                 let Some(last) = owner.and_then(|o| self.down.get(&o.node)) else {
                     return false;
                 };
-                if r.expiry == u32::MAX {
+                if r.expiry == u32::MAX || r.offline_since == 0 {
                     return false;
                 }
-                if r.offline_since > 0 {
-                    return unix_now >= r.offline_since.saturating_add(u64::from(r.expiry));
-                }
-                now >= *last + Duration::from_secs(u64::from(r.expiry)).max(self.threshold)
+                // Never before the node counts as down.
+                now >= *last + self.threshold
+                    && unix_now >= r.offline_since.saturating_add(u64::from(r.expiry))
             })
             .map(|(c, r, _)| Expired {
                 client_id: c.clone(),
@@ -114,7 +121,6 @@ impl Failover {
 /// peers and fires what is due.
 pub async fn run(ctx: Arc<super::Context>, store: Arc<Store>, threshold: Duration) {
     let mut failover = Failover::new(threshold);
-    let mut proposed: HashSet<String> = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -130,14 +136,11 @@ pub async fn run(ctx: Arc<super::Context>, store: Arc<Store>, threshold: Duratio
             tracing::warn!(node, after_ms = threshold.as_millis() as u64, "node counted as down: the cluster fires its connections' Wills and expires its sessions");
         }
         if !failover.any_down() {
-            proposed.clear();
             continue;
         }
+        // Each proposal is awaited: once applied, what it handled is gone from the next scan.
         let quota = ctx.config.limits.stored_quota();
         for (client_id, node) in failover.wills_due(now, &store.wills()) {
-            if !proposed.insert(format!("w{client_id}")) {
-                continue;
-            }
             fire(&ctx, &store, &client_id, node, quota).await;
         }
         let sessions: Vec<_> = store
@@ -149,9 +152,6 @@ pub async fn run(ctx: Arc<super::Context>, store: Arc<Store>, threshold: Duratio
             })
             .collect();
         for e in failover.sessions_due(now, crate::store::unix_now(), &sessions) {
-            if !proposed.insert(format!("s{}", e.client_id)) {
-                continue;
-            }
             match store.delete_session(&e.client_id, e.incarnation).await {
                 Ok(true) => {
                     ctx.metrics.sessions_expired_by_cluster.inc();
@@ -159,7 +159,6 @@ pub async fn run(ctx: Arc<super::Context>, store: Arc<Store>, threshold: Duratio
                 }
                 Ok(false) => {}
                 Err(err) => {
-                    proposed.remove(&format!("s{}", e.client_id));
                     tracing::warn!(client_id = %e.client_id, error = %err, "expiring a down node's session failed");
                 }
             }
@@ -204,38 +203,41 @@ mod tests {
             conn: 1,
             delay,
             expiry,
+            message_expiry: None,
         }
     }
 
     #[test]
     fn a_node_counts_as_down_only_past_the_threshold_and_only_on_the_leader() {
         let t0 = Instant::now() + Duration::from_secs(100);
-        let mut f = Failover::new(Duration::from_secs(5));
-        assert_eq!(
-            f.observe(t0, Some(&[(2, 4_999), (3, 100)])),
-            Vec::<u64>::new()
-        );
+        let secs = Duration::from_secs;
+        let mut f = Failover::new(secs(5));
+        // A new leader has heard from nobody yet: silence counts from when it began to lead.
+        assert!(f.observe(t0 - secs(10), Some(&[(2, u64::MAX)])).is_empty());
+        assert!(f.observe(t0 - secs(6), Some(&[(2, 3_600_000)])).is_empty());
+        assert_eq!(f.observe(t0 - secs(5), Some(&[(2, u64::MAX)])), vec![2]);
+        f.observe(t0, None);
+        assert!(!f.any_down(), "a follower decides nothing");
+        // Leading for a while.
+        f.observe(t0 - secs(20), Some(&[]));
+        assert!(f.observe(t0, Some(&[(2, 4_999), (3, 100)])).is_empty());
         assert!(!f.any_down());
         assert_eq!(f.observe(t0, Some(&[(2, 5_000), (3, 100)])), vec![2]);
-        assert_eq!(
-            f.observe(t0 + Duration::from_secs(1), Some(&[(2, 6_000)])),
-            Vec::<u64>::new(),
+        assert!(
+            f.observe(t0 + secs(1), Some(&[(2, 6_000)])).is_empty(),
             "reported once"
         );
         assert!(f.any_down());
         // Heard again: up.
-        f.observe(t0 + Duration::from_secs(2), Some(&[(2, 10)]));
+        f.observe(t0 + secs(2), Some(&[(2, 10)]));
         assert!(!f.any_down());
-        f.observe(t0, Some(&[(2, 9_000)]));
-        assert!(f.any_down());
-        f.observe(t0, None);
-        assert!(!f.any_down(), "a follower decides nothing");
     }
 
     #[test]
     fn wills_fire_after_the_detection_and_their_delay_bounded_by_the_session_expiry() {
         let t0 = Instant::now() + Duration::from_secs(100);
         let mut f = Failover::new(Duration::from_secs(5));
+        f.observe(t0 - Duration::from_secs(60), Some(&[]));
         // Node 2 last heard at t0 - 5 s.
         f.observe(t0, Some(&[(2, 5_000)]));
         let wills = vec![
@@ -262,9 +264,10 @@ mod tests {
     }
 
     #[test]
-    fn a_down_nodes_sessions_expire_from_when_they_went_offline_or_their_node_was_last_heard() {
+    fn a_down_nodes_offline_sessions_expire_and_its_online_ones_wait_for_their_client_or_node() {
         let t0 = Instant::now() + Duration::from_secs(100);
         let mut f = Failover::new(Duration::from_secs(5));
+        f.observe(t0 - Duration::from_secs(60), Some(&[]));
         f.observe(t0, Some(&[(2, 5_000)]));
         let owner = |node| {
             Some(OwnerRecord {
@@ -295,8 +298,9 @@ mod tests {
         };
         assert_eq!(due(t0), ["offline-long-ago"]);
         assert_eq!(
-            due(t0 + Duration::from_secs(55)),
-            ["online-60", "offline-long-ago"]
+            due(t0 + Duration::from_secs(3_600)),
+            ["offline-long-ago"],
+            "an online session of a silent node may still have its client"
         );
     }
 }

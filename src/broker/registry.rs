@@ -48,6 +48,8 @@ pub enum RegistryMsg {
     ClaimFailed { client_id: String, token: u64 },
     /// The local sessions: (client id, whether a connection is attached), for the admin API.
     List(RpcReplyPort<Vec<(String, bool)>>),
+    /// The cluster fired the Will of this node's connection `conn` of the client.
+    WillFired { client_id: Arc<str>, conn: u64 },
 }
 
 /// A local session and its claim.
@@ -206,6 +208,9 @@ impl Actor for Registry {
                 loop {
                     let msg = match changes.recv().await {
                         Ok(OwnerEvent::Changed(change)) => RegistryMsg::Owner(change),
+                        Ok(OwnerEvent::WillFired { client_id, conn }) => {
+                            RegistryMsg::WillFired { client_id, conn }
+                        }
                         Ok(OwnerEvent::Reloaded) | Err(RecvError::Lagged(_)) => {
                             RegistryMsg::Recheck
                         }
@@ -289,6 +294,11 @@ impl Actor for Registry {
                 let _ = done.send(());
             }
             RegistryMsg::Owner(change) => s.owner_changed(&change).await,
+            RegistryMsg::WillFired { client_id, conn } => {
+                if let Some(l) = s.sessions.get(&*client_id) {
+                    let _ = l.session.cast(SessionMsg::WillFired(conn));
+                }
+            }
             RegistryMsg::Recheck => {
                 let Some(store) = s.ctx.store.clone() else {
                     return Ok(());

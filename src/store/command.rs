@@ -178,6 +178,8 @@ pub enum Command<'a> {
         conn: u64,
         delay: u32,
         expiry: u32,
+        /// The Will's Message Expiry Interval: counted from when it fires (the tail's message has none).
+        message_expiry: Option<u32>,
     },
     /// The Will connection `conn` of `node` recorded for the client is gone (published or cancelled there).
     ClearWill {
@@ -194,6 +196,9 @@ pub enum Command<'a> {
         node: u64,
         max_messages: u64,
         max_bytes: u64,
+        /// When the proposer fired it (unix seconds): the Will's Message Expiry counts from here, the same on
+        /// every node.
+        now: u64,
     },
 }
 

@@ -6,8 +6,8 @@ use super::format;
 use super::index::PersistentIndex;
 use super::keys::*;
 use super::record::{
-    copy_entry, decode_message, decode_record, mark_released, split_record, stored_weight,
-    InboxCounter, OwnerRecord, SessionRecord, StoredCopy, WillRecord,
+    copy_entry, decode_message, decode_record, mark_released, record_with_expiry, split_record,
+    stored_weight, InboxCounter, OwnerRecord, SessionRecord, StoredCopy, WillRecord,
 };
 use crate::broker::message::{Delivery, InboxRef, Message};
 use crate::broker::remote::RemoteRoutes;
@@ -59,6 +59,12 @@ pub enum OwnerEvent {
     Changed(OwnerChange),
     /// A snapshot replaced the whole state: compare every local session with the stored owners.
     Reloaded,
+    /// The cluster fired the Will of this node's connection `conn` of the client (this node was counted as
+    /// down while it was only paused or cut off): that connection must not publish it again.
+    WillFired {
+        client_id: Arc<str>,
+        conn: u64,
+    },
 }
 
 impl Outcome {
@@ -122,10 +128,23 @@ impl WillRouter {
 /// Messages this node proposed in [`Command::Publish`], by the id the command carries: apply on this node
 /// hands the sessions the publisher's own message (its arrival time, no decoding) instead of decoding it
 /// from the log. Taken by apply, or by the proposer when its commit failed: nothing stays.
-#[derive(Default)]
 pub struct LocalMessages {
     map: std::sync::Mutex<std::collections::HashMap<u64, Arc<Message>>>,
     next: std::sync::atomic::AtomicU64,
+}
+
+impl Default for LocalMessages {
+    /// Ids start at a per-process random value: a command an earlier process of this node proposed, applied
+    /// after a restart, names an id no message of this process has.
+    fn default() -> LocalMessages {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(std::process::id().into());
+        LocalMessages {
+            map: Default::default(),
+            next: std::sync::atomic::AtomicU64::new(h.finish() >> 1),
+        }
+    }
 }
 
 impl LocalMessages {
@@ -447,7 +466,8 @@ impl BrokerMachine {
                 // The proposer's own message, when this node proposed it: delivered as is, not decoded.
                 let local = (origin.0 == self.node_id)
                     .then(|| self.local.take(origin.1))
-                    .flatten();
+                    .flatten()
+                    .filter(|m| m.topic == topic && m.qos as u8 == qos);
                 let Some(qos) = QoS::from_u8(qos) else {
                     return Outcome::Ignored;
                 };
@@ -474,6 +494,7 @@ impl BrokerMachine {
                 conn,
                 delay,
                 expiry,
+                message_expiry,
             } => {
                 if stored_owner(txn, client_id).is_none_or(|o| o.node != node) {
                     return Outcome::Ignored;
@@ -483,6 +504,7 @@ impl BrokerMachine {
                     conn,
                     delay,
                     expiry,
+                    message_expiry,
                 };
                 let v = format::encode_with(&header, |buf| buf.extend_from_slice(tail));
                 let key = will_key(client_id);
@@ -511,6 +533,7 @@ impl BrokerMachine {
                 node,
                 max_messages,
                 max_bytes,
+                now,
             } => {
                 let key = will_key(client_id);
                 let Ok(Some(v)) = txn.get(&key) else {
@@ -526,7 +549,16 @@ impl BrokerMachine {
                 }
                 txn.remove(&key);
                 self.wills_recorded.dec();
-                return self.fire_will(txn, client_id, record, (max_messages, max_bytes));
+                if node == self.node_id {
+                    // This node was only counted as down (paused, cut off): its connection must not publish
+                    // the Will again.
+                    let _ = self.owners.send(OwnerEvent::WillFired {
+                        client_id: client_id.into(),
+                        conn: w.conn,
+                    });
+                }
+                let expires = w.message_expiry.map_or(0, |i| now + u64::from(i));
+                return self.fire_will(txn, client_id, record, expires, (max_messages, max_bytes));
             }
             Command::InboxPush {
                 client_id,
@@ -679,31 +711,40 @@ impl BrokerMachine {
 
     /// A recorded Will fires (its owner node is down): retained if it says so, appended for the persistent
     /// sessions it matches, and handed to this node's other subscribers once the batch is written.
+    /// `expires`: its expiry (unix seconds, 0 for none), as the proposer fixed it.
     fn fire_will(
         &mut self,
         txn: &mut Txn<'_>,
         client_id: &str,
         record: &[u8],
+        expires: u64,
         quota: (u64, u64),
     ) -> Outcome {
-        let Some((expires, publish)) = split_record(record) else {
+        let Some((_, publish)) = split_record(record) else {
             return Outcome::Ignored;
         };
-        let Some(mut m) = decode_message(publish, expires) else {
-            // Its Message Expiry Interval passed while the cluster waited.
-            return Outcome::Published {
-                stored: 0,
-                refused: 0,
-            };
+        // Read without expiry: what apply stores must not depend on when each node applies it.
+        let Some(mut m) = decode_message(publish, 0) else {
+            return Outcome::Ignored;
         };
         if m.retain {
             if m.payload.is_empty() {
                 txn.remove(&retained_key(&m.topic));
                 self.retained.clear(&m.topic);
             } else {
-                txn.insert(&retained_key(&m.topic), record);
-                self.retained.set(Arc::new(m.clone()));
+                let stored = record_with_expiry(expires, publish);
+                txn.insert(&retained_key(&m.topic), &stored);
+                if let Some(r) = decode_record(&stored) {
+                    self.retained.set(Arc::new(r));
+                }
             }
+        }
+        // The copy this node hands out carries the expiry as this node's clock sees it.
+        if expires != 0 {
+            m.expires_at = match decode_message(publish, expires) {
+                Some(live) => live.expires_at,
+                None => Some(std::time::Instant::now()),
+            };
         }
         m.stored_fanout = true;
         let m = Arc::new(m);
@@ -837,11 +878,14 @@ impl BrokerMachine {
             token,
         };
         txn.insert(&owner_key(client_id), &format::encode(&owner));
-        // A new connection: the Will of the previous one is its owner's to publish, not the cluster's.
+        // A connection on another node: the Will of the previous one is its owner's to publish, not the
+        // cluster's. (One on the same node replaces or clears it itself, per connection.)
         let will = will_key(client_id);
-        if matches!(txn.get(&will), Ok(Some(_))) {
-            txn.remove(&will);
-            self.wills_recorded.dec();
+        if let Ok(Some(v)) = txn.get(&will) {
+            if WillRecord::decode(&v).is_none_or(|(w, _)| w.node != node) {
+                txn.remove(&will);
+                self.wills_recorded.dec();
+            }
         }
         let _ = self.owners.send(OwnerEvent::Changed(OwnerChange {
             client_id: client_id.into(),

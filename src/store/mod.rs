@@ -186,6 +186,7 @@ impl Store {
         client_id: &str,
         conn: u64,
         will: &Message,
+        message_expiry: Option<u32>,
         delay: u32,
         expiry: u32,
     ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
@@ -195,6 +196,7 @@ impl Store {
             conn,
             delay,
             expiry,
+            message_expiry,
         };
         let commit = self
             .cluster
@@ -233,6 +235,7 @@ impl Store {
                 node,
                 max_messages,
                 max_bytes,
+                now: unix_now(),
             }
             .encode(),
         );

@@ -153,6 +153,13 @@ pub(super) fn split_record(record: &[u8]) -> Option<(u64, &[u8])> {
     Some((h.expires, tail))
 }
 
+/// A stored message record (see [`put_record`]) of the PUBLISH `publish` with the expiry `expires`.
+pub(super) fn record_with_expiry(expires: u64, publish: &[u8]) -> Vec<u8> {
+    format::encode_with(&MessageHeader { expires }, |buf| {
+        buf.extend_from_slice(publish)
+    })
+}
+
 /// The message of a stored PUBLISH with its expiry (`None`: expired or unreadable).
 pub(super) fn decode_message(publish: &[u8], expires: u64) -> Option<Message> {
     decode_publish(publish, expires, false)
@@ -376,6 +383,8 @@ pub struct WillRecord {
     /// Will Delay Interval and the session's expiry, seconds: the cluster fires it after the smaller.
     pub delay: u32,
     pub expiry: u32,
+    /// Its Message Expiry Interval, counted from when it fires (the stored message has no expiry).
+    pub message_expiry: Option<u32>,
 }
 
 impl WillRecord {

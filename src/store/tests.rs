@@ -744,3 +744,84 @@ async fn claims_and_takeovers_are_ordered_by_the_log_and_a_stale_one_changes_not
     ));
     assert_eq!(store.owner("dev").unwrap().node, 1);
 }
+
+#[tokio::test]
+async fn a_recorded_will_is_replaced_cleared_or_fired_once_and_a_claim_elsewhere_drops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        single(dir.path(), cicada_cluster::Fsync::Always),
+        &prometheus::Registry::new(),
+    )
+    .await
+    .unwrap();
+    let me = store.node_id();
+    let claim = |node: u64, token: u64| Command::Claim {
+        client_id: "dev",
+        node,
+        token,
+        seen: u64::MAX,
+    };
+    assert!(matches!(
+        propose(&store, claim(me, 1)).await,
+        Outcome::Claimed(_)
+    ));
+    let mut will = retained_msg("status/dev", b"offline");
+    will.retain = true;
+    // Recorded for connection 5; another connection's clear changes nothing.
+    assert!(store
+        .set_will("dev", 5, &will, Some(30), 0, 600)
+        .await
+        .unwrap());
+    let wills = store.wills();
+    assert_eq!(wills.len(), 1);
+    assert_eq!((wills[0].1.conn, wills[0].1.message_expiry), (5, Some(30)));
+    assert!(!store.clear_will("dev", 6).await.unwrap());
+    assert!(store.clear_will("dev", 5).await.unwrap());
+    assert!(store.wills().is_empty());
+    // Fired once: retained, with its Message Expiry counted from the firing.
+    assert!(store
+        .set_will("dev", 7, &will, Some(30), 0, 600)
+        .await
+        .unwrap());
+    let quota = (u64::MAX, u64::MAX);
+    assert_eq!(
+        store.fire_will("dev", me, quota).await.unwrap(),
+        Some(Published {
+            stored: 0,
+            refused: 0
+        })
+    );
+    assert_eq!(
+        store.fire_will("dev", me, quota).await.unwrap(),
+        None,
+        "once"
+    );
+    let retained = store
+        .retained
+        .matching("status/dev", Instant::now())
+        .pop()
+        .expect("the retained Will");
+    let left = retained.expires_at.unwrap() - Instant::now();
+    assert!(
+        left > Duration::from_secs(25) && left <= Duration::from_secs(31),
+        "{left:?}"
+    );
+    // A new connection on another node drops the record (its owner publishes or cancels that Will); one on
+    // the same node leaves it to the connections to replace or clear.
+    assert!(store.set_will("dev", 8, &will, None, 0, 600).await.unwrap());
+    assert!(matches!(
+        propose(&store, claim(me, 2)).await,
+        Outcome::Claimed(_)
+    ));
+    assert_eq!(store.wills().len(), 1);
+    assert!(matches!(
+        propose(&store, claim(me + 1, 3)).await,
+        Outcome::Claimed(_)
+    ));
+    assert!(store.wills().is_empty());
+    assert!(
+        !store.set_will("dev", 9, &will, None, 0, 600).await.unwrap(),
+        "only the owner records a Will"
+    );
+    store.shutdown().await;
+}

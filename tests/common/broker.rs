@@ -161,6 +161,11 @@ impl Raw {
             .expect("a packet or a close in time")
     }
 
+    /// The next packet, or `None` when the broker closed the connection; no time limit (the caller bounds it).
+    pub async fn recv_or_close(&mut self) -> Option<Packet> {
+        self.recv_inner().await
+    }
+
     async fn recv_inner(&mut self) -> Option<Packet> {
         loop {
             if let Some(p) = self

@@ -111,6 +111,8 @@ pub enum SessionMsg {
     Shutdown(ReasonCode, RpcReplyPort<()>),
     /// Whether a connection is attached (admin API).
     IsOnline(RpcReplyPort<bool>),
+    /// The cluster published the Will of this connection (this node was counted as down).
+    WillFired(u64),
 }
 
 pub struct Session;
@@ -311,6 +313,7 @@ impl Actor for Session {
             SessionMsg::IsOnline(reply) => {
                 let _ = reply.send(s.conn.is_some());
             }
+            SessionMsg::WillFired(conn) => s.will_fired(conn),
         }
         s.sync_inbox();
         s.sync_will();
@@ -394,7 +397,7 @@ impl SessionState {
         let mut connack = a.connack;
         // The record this CONNACK reports (a new persistent session, or a resumed one now online) is
         // committed first: a crash after the CONNACK cannot lose the session it announced.
-        if !self.persist().await {
+        if !self.persist(true).await {
             connack.reason = ReasonCode::SERVER_UNAVAILABLE;
             connack.session_present = false;
             m.connack

@@ -95,6 +95,11 @@ impl Lifecycle {
         self.will.as_ref()
     }
 
+    /// The Will was published elsewhere (by the cluster): it is not published again.
+    pub fn forget_will(&mut self) {
+        self.will = None;
+    }
+
     pub fn is_online(&self) -> bool {
         self.conn.is_some()
     }

@@ -41,12 +41,17 @@ impl SessionState {
     /// stored one is replaced, and one that stopped being persistent (expiry set to 0) is forgotten. False
     /// when the store did not take it (failed, timed out, or ignored: the incarnation is no longer the stored
     /// one).
-    pub(super) async fn persist(&mut self) -> bool {
+    ///
+    /// Only a connect (`may_create`) begins a new life of the session: a SUBSCRIBE that a connection sent
+    /// after another node took its session over (the store ignored this incarnation's record) must not
+    /// create one, which would drop the inbox the other node just took.
+    pub(super) async fn persist(&mut self, may_create: bool) -> bool {
         let Some(store) = self.ctx.store.clone() else {
             return true;
         };
         let outcome = match (self.record(), self.stored) {
             (None, false) => return true,
+            (Some(_), false) if !may_create => return false,
             (None, true) => {
                 self.set_stored(false);
                 store

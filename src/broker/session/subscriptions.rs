@@ -164,7 +164,7 @@ impl SessionState {
             r.await;
         }
         // A persistent session's SUBACK reports subscriptions that survive a crash: it waits for the commit.
-        if !self.persist().await {
+        if !self.persist(false).await {
             self.refuse_unstored(&conn);
             return;
         }
@@ -210,7 +210,7 @@ impl SessionState {
                 None => reasons.push(ReasonCode::NO_SUBSCRIPTION_EXISTED),
             }
         }
-        if !self.persist().await {
+        if !self.persist(false).await {
             self.refuse_unstored(&conn);
             return;
         }

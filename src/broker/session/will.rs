@@ -42,10 +42,16 @@ impl SessionState {
             return;
         }
         if let Some(old) = self.will_recorded.take() {
-            if want.is_none() {
+            // A new connection's Will replaces it (SetWill below), unless that one is not recorded.
+            let replaced = want.is_some()
+                && self.ctx.remote.as_ref().is_some_and(|l| l.clustered())
+                && self
+                    .lifecycle
+                    .will()
+                    .is_some_and(|w| self.allowed(&w.topic, true));
+            if !replaced {
                 let commit = store.clear_will(&self.client_id, old);
                 store.in_background("clear_will", &self.client_id, commit);
-                return;
             }
         }
         let clustered = self.ctx.remote.as_ref().is_some_and(|l| l.clustered());
@@ -57,15 +63,31 @@ impl SessionState {
             return;
         }
         let delay = w.properties.will_delay_interval.unwrap_or(0);
-        let message = self.will_message(w.clone());
+        let message_expiry = w.properties.message_expiry_interval;
+        // Stored without expiry: it counts from when the Will fires.
+        let mut message = self.will_message(w.clone());
+        message.expires_at = None;
         let commit = store.set_will(
             &self.client_id,
             conn,
             &message,
+            message_expiry,
             delay,
             self.lifecycle.expiry(),
         );
         store.in_background("set_will", &self.client_id, commit);
         self.will_recorded = Some(conn);
+    }
+}
+
+impl SessionState {
+    /// The cluster published connection `conn`'s Will (this node was counted as down): it goes from the
+    /// lifecycle, so it is not published a second time.
+    pub(super) fn will_fired(&mut self, conn: u64) {
+        if self.will_conn == conn && self.lifecycle.will().is_some() {
+            tracing::warn!(client_id = %self.client_id, "the cluster published this connection's Will while this node was counted as down: it is not published again");
+            self.lifecycle.forget_will();
+            self.will_recorded = None;
+        }
     }
 }
