@@ -27,7 +27,7 @@ async fn leader(c: &Cluster) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_leader_hands_leadership_over_disconnects_with_0x8b_and_exits_0() {
-    let mut c = Cluster::three("", "");
+    let mut c = Cluster::three("[mqtt]\nserver_reference = \"mqtt.example.com:1883\"\n", "");
     let l = leader(&c).await;
     let mut client = Raw::connect(format!("127.0.0.1:{}", c.nodes[l].port).parse().unwrap()).await;
     assert_eq!(
@@ -42,10 +42,17 @@ async fn a_drained_leader_hands_leadership_over_disconnects_with_0x8b_and_exits_
     let mut reason = None;
     while let Some(p) = client.recv().await {
         if let Packet::Disconnect(d) = p {
-            reason = Some(d.reason);
+            reason = Some((d.reason, d.properties.server_reference));
         }
     }
-    assert_eq!(reason, Some(ReasonCode::SERVER_SHUTTING_DOWN));
+    assert_eq!(
+        reason,
+        Some((
+            ReasonCode::SERVER_SHUTTING_DOWN,
+            Some("mqtt.example.com:1883".to_string())
+        )),
+        "0x8B with the configured Server Reference"
+    );
     assert!(c.nodes[l].wait_exit().success(), "a drain exits 0");
     // Another node leads at once: the handover does not wait for an election timeout.
     let next = leader(&c).await;

@@ -497,3 +497,54 @@ async fn a_rolling_restart_of_all_three_nodes_under_load_loses_no_acknowledged_m
     done.store(true, Ordering::Relaxed);
     let _ = sub.await;
 }
+
+/// Figures for the notes, not a check (`cargo test --release --test cluster_durable -- --ignored
+/// --nocapture`): kill -9 of the leader, which owns a persistent session, until that session connects
+/// again (session present) on another node; ten runs, median and max.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn failover_time_figures() {
+    let mut times = Vec::new();
+    for run in 0..10 {
+        let mut c = Cluster::three("", "");
+        let leader = loop {
+            let l = common::process::metric(c.nodes[0].http_port, "cicada_raft_leader").await;
+            if l > 0.0 {
+                break l as usize;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut s = Raw::connect(addr(c.port(leader))).await;
+        let mut conn = connect(&format!("failover-{run}"), ProtocolVersion::V5);
+        conn.clean_start = true;
+        conn.properties.session_expiry_interval = Some(600);
+        assert_eq!(s.handshake(conn.clone()).await.0, ReasonCode::SUCCESS);
+        s.subscribe(1, "f/#", QoS::AtLeastOnce).await;
+        c.nodes[leader - 1].signal(libc::SIGKILL);
+        let t0 = Instant::now();
+        c.nodes[leader - 1].wait_exit();
+        conn.clean_start = false;
+        let others: Vec<usize> = (1..=3).filter(|n| *n != leader).collect();
+        let mut k = 0;
+        loop {
+            let node = others[k % 2];
+            k += 1;
+            let mut s = Raw::connect(addr(c.port(node))).await;
+            let (code, present, _) = s.handshake(conn.clone()).await;
+            if code == ReasonCode::SUCCESS {
+                assert!(present);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        println!("run {run}: leader {leader} killed, session back after {ms:.0} ms");
+        times.push(ms);
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "failover: median {:.0} ms, max {:.0} ms (10 runs, tick 100 ms)",
+        (times[4] + times[5]) / 2.0,
+        times[9]
+    );
+}

@@ -104,6 +104,20 @@ impl ConnHandle {
         self.end(d);
     }
 
+    /// Like [`ConnHandle::close`], with a Server Reference telling an MQTT 5 client where to go instead.
+    pub fn close_with_reference(&self, reason: ReasonCode, reference: Option<String>) {
+        let d = self.version.is_v5().then(|| {
+            Box::new(Disconnect {
+                reason,
+                properties: crate::protocol::Properties {
+                    server_reference: reference,
+                    ..Default::default()
+                },
+            })
+        });
+        self.end(d);
+    }
+
     fn end(&self, d: Option<Box<Disconnect>>) {
         self.send(Outbound::Close(d));
         // A client that does not read would keep the writer (and this connection) forever: give it a grace

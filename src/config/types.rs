@@ -312,6 +312,9 @@ pub struct MqttConfig {
     /// Prefix of the Response Information sent to v5 clients that request it (the client id is appended);
     /// empty: none is sent.
     pub response_information: String,
+    /// Sent as Server Reference with the DISCONNECT 0x8B (Server shutting down) of a drain or stop (MQTT 5):
+    /// where clients should connect instead, e.g. the load balancer (`host:port`).
+    pub server_reference: Option<String>,
 }
 
 impl Default for MqttConfig {
@@ -326,6 +329,7 @@ impl Default for MqttConfig {
             sys_interval: DEFAULT_SYS_INTERVAL,
             shards: 0,
             response_information: String::new(),
+            server_reference: None,
         }
     }
 }

@@ -306,7 +306,8 @@ impl Actor for Session {
             }
             SessionMsg::Shutdown(reason, done) => {
                 if let Some(c) = &s.conn {
-                    c.close(reason);
+                    let reference = s.ctx.config.mqtt.server_reference.clone();
+                    c.close_with_reference(reason, reference);
                 }
                 let _ = done.send(());
             }
