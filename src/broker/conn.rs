@@ -92,29 +92,31 @@ impl ConnHandle {
     /// Like [`ConnHandle::close`], with a Reason String saying why (allowed in DISCONNECT whatever the client's
     /// Request Problem Information, spec 3.1.2.11.7).
     pub fn close_with(&self, reason: ReasonCode, why: Option<String>) {
-        let d = self.version.is_v5().then(|| {
-            Box::new(Disconnect {
-                reason,
-                properties: crate::protocol::Properties {
-                    reason_string: why,
-                    ..Default::default()
-                },
-            })
-        });
-        self.end(d);
+        self.close_with_properties(
+            reason,
+            crate::protocol::Properties {
+                reason_string: why,
+                ..Default::default()
+            },
+        );
     }
 
     /// Like [`ConnHandle::close`], with a Server Reference telling an MQTT 5 client where to go instead.
     pub fn close_with_reference(&self, reason: ReasonCode, reference: Option<String>) {
-        let d = self.version.is_v5().then(|| {
-            Box::new(Disconnect {
-                reason,
-                properties: crate::protocol::Properties {
-                    server_reference: reference,
-                    ..Default::default()
-                },
-            })
-        });
+        self.close_with_properties(
+            reason,
+            crate::protocol::Properties {
+                server_reference: reference,
+                ..Default::default()
+            },
+        );
+    }
+
+    fn close_with_properties(&self, reason: ReasonCode, properties: crate::protocol::Properties) {
+        let d = self
+            .version
+            .is_v5()
+            .then(|| Box::new(Disconnect { reason, properties }));
         self.end(d);
     }
 

@@ -1,4 +1,9 @@
 //! The broker's state machine: how each command changes the state, applied in log order on every node.
+//! [`fanout`]: appending a message's copies to persistent sessions' inboxes; [`wills`]: the Wills the
+//! cluster records and fires.
+
+mod fanout;
+mod wills;
 
 use super::command::Command;
 use super::events::{InboxEvent, InboxListeners};
@@ -14,8 +19,11 @@ use crate::broker::remote::RemoteRoutes;
 use crate::broker::retained::{MemoryRetained, RetainedStore};
 use crate::protocol::QoS;
 use cicada_cluster::{StateMachine, Txn, View};
+pub use fanout::LocalMessages;
+use fanout::{FanOut, NotAppended};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, RwLock};
+pub use wills::WillRouter;
 
 /// What apply answers to a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,89 +109,6 @@ pub struct BrokerMachine {
     /// Wills fired in the batch being applied, handed to this node's subscribers once it is written.
     pub(super) wills: Vec<Arc<Message>>,
     pub(super) will_router: Arc<WillRouter>,
-}
-
-/// How the broker of this node takes the Wills the cluster fires (set once the broker runs: Wills applied
-/// before, while the log is replayed at start, were delivered when they fired).
-#[derive(Default)]
-pub struct WillRouter {
-    route: std::sync::RwLock<Option<RouteWill>>,
-}
-
-/// What the broker does with a fired Will.
-pub type RouteWill = Box<dyn Fn(Arc<Message>) + Send + Sync>;
-
-impl WillRouter {
-    pub fn set(&self, route: RouteWill) {
-        *self.route.write().unwrap_or_else(|e| e.into_inner()) = Some(route);
-    }
-
-    fn route(&self, m: Arc<Message>) {
-        if let Some(r) = &*self.route.read().unwrap_or_else(|e| e.into_inner()) {
-            r(m);
-        }
-    }
-}
-
-/// Messages this node proposed in [`Command::Publish`], by the id the command carries: apply on this node
-/// hands the sessions the publisher's own message (its arrival time, no decoding) instead of decoding it
-/// from the log. Taken by apply, or by the proposer when its commit failed: nothing stays.
-pub struct LocalMessages {
-    map: std::sync::Mutex<std::collections::HashMap<u64, Arc<Message>>>,
-    next: std::sync::atomic::AtomicU64,
-}
-
-impl Default for LocalMessages {
-    /// Ids start at a per-process random value: a command an earlier process of this node proposed, applied
-    /// after a restart, names an id no message of this process has.
-    fn default() -> LocalMessages {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(std::process::id().into());
-        LocalMessages {
-            map: Default::default(),
-            next: std::sync::atomic::AtomicU64::new(h.finish() >> 1),
-        }
-    }
-}
-
-impl LocalMessages {
-    /// Keeps `m` until its command applies; its id for the command.
-    pub(super) fn keep(&self, m: Arc<Message>) -> u64 {
-        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        self.lock().insert(id, m);
-        id
-    }
-
-    pub(super) fn take(&self, id: u64) -> Option<Arc<Message>> {
-        self.lock().remove(&id)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Arc<Message>>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// A message to fan out to persistent sessions (see [`Command::Publish`]).
-struct FanOut<'a> {
-    topic: &'a str,
-    qos: QoS,
-    retain: bool,
-    publisher: Option<&'a str>,
-    once: Option<(&'a str, u16)>,
-    weight: u64,
-    quota: (u64, u64),
-    /// The message's stored expiry and its PUBLISH, as a retained one is stored.
-    expires: u64,
-    publish: &'a [u8],
-}
-
-/// Why an append stored nothing.
-enum NotAppended {
-    /// The session has this QoS 2 message of this publisher already.
-    Duplicate,
-    /// Its stored quota is full.
-    Full,
 }
 
 /// The inbox counter of `incarnation` (another incarnation's counts start over).
@@ -496,9 +421,6 @@ impl BrokerMachine {
                 expiry,
                 message_expiry,
             } => {
-                if stored_owner(txn, client_id).is_none_or(|o| o.node != node) {
-                    return Outcome::Ignored;
-                }
                 let header = WillRecord {
                     node,
                     conn,
@@ -506,28 +428,13 @@ impl BrokerMachine {
                     expiry,
                     message_expiry,
                 };
-                let v = format::encode_with(&header, |buf| buf.extend_from_slice(tail));
-                let key = will_key(client_id);
-                if !matches!(txn.get(&key), Ok(Some(_))) {
-                    self.wills_recorded.inc();
-                }
-                txn.insert(&key, &v);
+                return self.set_will(txn, client_id, header, tail);
             }
             Command::ClearWill {
                 client_id,
                 node,
                 conn,
-            } => {
-                let key = will_key(client_id);
-                let Ok(Some(v)) = txn.get(&key) else {
-                    return Outcome::Ignored;
-                };
-                if WillRecord::decode(&v).is_some_and(|(w, _)| w.node != node || w.conn != conn) {
-                    return Outcome::Ignored;
-                }
-                txn.remove(&key);
-                self.wills_recorded.dec();
-            }
+            } => return self.clear_will(txn, client_id, node, conn),
             Command::FireWill {
                 client_id,
                 node,
@@ -535,30 +442,13 @@ impl BrokerMachine {
                 max_bytes,
                 now,
             } => {
-                let key = will_key(client_id);
-                let Ok(Some(v)) = txn.get(&key) else {
-                    return Outcome::Ignored;
-                };
-                let Some((w, record)) = WillRecord::decode(&v) else {
-                    txn.remove(&key);
-                    self.wills_recorded.dec();
-                    return Outcome::Ignored;
-                };
-                if w.node != node {
-                    return Outcome::Ignored;
-                }
-                txn.remove(&key);
-                self.wills_recorded.dec();
-                if node == self.node_id {
-                    // This node was only counted as down (paused, cut off): its connection must not publish
-                    // the Will again.
-                    let _ = self.owners.send(OwnerEvent::WillFired {
-                        client_id: client_id.into(),
-                        conn: w.conn,
-                    });
-                }
-                let expires = w.message_expiry.map_or(0, |i| now + u64::from(i));
-                return self.fire_will(txn, client_id, record, expires, (max_messages, max_bytes));
+                return self.fire_recorded_will(
+                    txn,
+                    client_id,
+                    node,
+                    (max_messages, max_bytes),
+                    now,
+                )
             }
             Command::InboxPush {
                 client_id,
@@ -653,177 +543,10 @@ impl BrokerMachine {
         record.incarnation
     }
 
-    /// Appends a message's copies to the inboxes of the persistent sessions it matches (see
-    /// [`Command::Publish`]); `local`: the message itself, when this node has it. Returns (stored, refused).
-    fn fan_out(
-        &mut self,
-        txn: &mut Txn<'_>,
-        f: FanOut<'_>,
-        local: Option<Arc<Message>>,
-    ) -> (u32, u32) {
-        let copies = self
-            .index_read()
-            .copies(f.topic, f.qos, f.retain, f.publisher);
-        // Decoded once, for the sessions of this node that listen.
-        let mut message: Option<Option<Arc<Message>>> = local.map(Some);
-        let (mut stored, mut refused) = (0, 0);
-        for (client_id, c) in copies {
-            let Some(incarnation) = stored_incarnation(txn, &client_id) else {
-                continue;
-            };
-            let entry = copy_entry(f.expires, c.qos, c.retain, &c.sub_ids, f.weight, f.publish);
-            match self.append(
-                txn,
-                &client_id,
-                incarnation,
-                f.once,
-                &entry,
-                f.weight,
-                f.quota,
-            ) {
-                Ok(counter) => {
-                    stored += 1;
-                    if self.listeners.has(&client_id) {
-                        let m = message
-                            .get_or_insert_with(|| {
-                                decode_message(f.publish, f.expires).map(Arc::new)
-                            })
-                            .clone();
-                        let size = f.weight;
-                        let seq = counter.last_seq;
-                        let delivery = m.map(|message| Delivery {
-                            message,
-                            qos: c.qos,
-                            retain: c.retain,
-                            sub_ids: c.sub_ids,
-                            shared: None,
-                            durable: Some(InboxRef { seq, size }),
-                        });
-                        self.event(client_id, counter, delivery);
-                    }
-                }
-                Err(NotAppended::Duplicate) => stored += 1,
-                Err(NotAppended::Full) => refused += 1,
-            }
-        }
-        (stored, refused)
-    }
-
-    /// A recorded Will fires (its owner node is down): retained if it says so, appended for the persistent
-    /// sessions it matches, and handed to this node's other subscribers once the batch is written.
-    /// `expires`: its expiry (unix seconds, 0 for none), as the proposer fixed it.
-    fn fire_will(
-        &mut self,
-        txn: &mut Txn<'_>,
-        client_id: &str,
-        record: &[u8],
-        expires: u64,
-        quota: (u64, u64),
-    ) -> Outcome {
-        let Some((_, publish)) = split_record(record) else {
-            return Outcome::Ignored;
-        };
-        // Read without expiry: what apply stores must not depend on when each node applies it.
-        let Some(mut m) = decode_message(publish, 0) else {
-            return Outcome::Ignored;
-        };
-        if m.retain {
-            if m.payload.is_empty() {
-                txn.remove(&retained_key(&m.topic));
-                self.retained.clear(&m.topic);
-            } else {
-                let stored = record_with_expiry(expires, publish);
-                txn.insert(&retained_key(&m.topic), &stored);
-                if let Some(r) = decode_record(&stored) {
-                    self.retained.set(Arc::new(r));
-                }
-            }
-        }
-        // The copy this node hands out carries the expiry as this node's clock sees it.
-        if expires != 0 {
-            m.expires_at = match decode_message(publish, expires) {
-                Some(live) => live.expires_at,
-                None => Some(std::time::Instant::now()),
-            };
-        }
-        m.stored_fanout = true;
-        let m = Arc::new(m);
-        let fan = FanOut {
-            topic: &m.topic,
-            qos: m.qos,
-            retain: m.retain,
-            publisher: Some(client_id),
-            once: None,
-            weight: m.weight() as u64,
-            quota,
-            expires,
-            publish,
-        };
-        let (stored, refused) = self.fan_out(txn, fan, Some(m.clone()));
-        self.wills.push(m);
-        Outcome::Published { stored, refused }
-    }
-
     /// Removes the client's session (record, inbox, inbound QoS 2 ids, subscriptions in the index).
     fn drop_session(&mut self, txn: &mut Txn<'_>, client_id: &str) {
         self.inbox.sub(drop_session(txn, client_id));
         self.index_mut().remove(client_id);
-    }
-
-    /// Appends a copy (its inbox entry `entry`, counting `weight` bytes) with the inbox's next seq, unless
-    /// the session has it already (`once`) or its quota (messages, bytes) is full.
-    #[allow(clippy::too_many_arguments)]
-    fn append(
-        &mut self,
-        txn: &mut Txn<'_>,
-        client_id: &str,
-        incarnation: u64,
-        once: Option<(&str, u16)>,
-        entry: &[u8],
-        weight: u64,
-        (max_messages, max_bytes): (u64, u64),
-    ) -> Result<InboxCounter, NotAppended> {
-        let mut once_key = None;
-        if let Some((publisher, pkid)) = once {
-            let mut k = once_prefix(publisher, Some(pkid));
-            k.extend_from_slice(client_id.as_bytes());
-            if matches!(txn.get(&k), Ok(Some(_))) {
-                return Err(NotAppended::Duplicate);
-            }
-            once_key = Some(k);
-        }
-        let c = read_counter(txn, client_id, incarnation);
-        if c.messages >= max_messages || c.bytes.saturating_add(weight) > max_bytes {
-            return Err(NotAppended::Full);
-        }
-        if let Some(k) = once_key {
-            txn.insert(&k, &[]);
-        }
-        let c = InboxCounter {
-            incarnation,
-            messages: c.messages + 1,
-            bytes: c.bytes.saturating_add(weight),
-            last_seq: c.last_seq + 1,
-        };
-        txn.insert(&inbox_key(client_id, incarnation, c.last_seq), entry);
-        txn.insert(&counter_key(client_id), &format::encode(&c));
-        self.inbox.inc();
-        Ok(c)
-    }
-
-    /// Queues the news of an append (the inbox's counter after it) for the session's listener (told once
-    /// the batch is written).
-    fn event(&mut self, client_id: Arc<str>, c: InboxCounter, delivery: Option<Delivery>) {
-        self.events.push((
-            client_id,
-            InboxEvent {
-                incarnation: c.incarnation,
-                seq: c.last_seq,
-                count: c.messages,
-                bytes: c.bytes,
-                delivery,
-            },
-        ));
     }
 
     fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, PersistentIndex> {
