@@ -367,3 +367,19 @@ async fn listener_connection_rate_makes_new_connections_wait() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn by_default_a_filter_of_200_levels_is_taken_and_one_of_201_refused() {
+    let broker = TestBroker::start().await;
+    let mut raw = broker.raw().await;
+    raw.handshake(connect("deep", ProtocolVersion::V5)).await;
+    let deep = |n: usize| vec!["l"; n].join("/");
+    assert_eq!(
+        raw.subscribe(1, &deep(200), QoS::AtLeastOnce).await,
+        vec![ReasonCode(1)]
+    );
+    assert_eq!(
+        raw.subscribe(2, &deep(201), QoS::AtLeastOnce).await,
+        vec![ReasonCode::TOPIC_FILTER_INVALID]
+    );
+}

@@ -35,7 +35,7 @@ pub const DEFAULT_MAX_QUEUED_MESSAGES: usize = 1000;
 /// Bytes queued per session: 16 MiB lets a burst of large messages through without a slow client pinning more.
 pub const DEFAULT_MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
 /// Topic levels accepted in a name or filter: deep enough for any sane hierarchy, bounds trie depth.
-pub const DEFAULT_MAX_TOPIC_LEVELS: usize = 128;
+pub const DEFAULT_MAX_TOPIC_LEVELS: usize = 200;
 /// Topic aliases accepted per MQTT 5 connection.
 pub const DEFAULT_TOPIC_ALIAS_MAXIMUM: u16 = 64;
 /// Node-wide bytes queued in all sessions above which reads pause on every connection (0 = no watermark).
