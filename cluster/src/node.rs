@@ -685,6 +685,13 @@ impl NodeState {
                 let _ = reply.send(Ok(()));
             }
         }
+        // The log never starts at index 1 once that entry is applied: the voters a cluster was bootstrapped
+        // with are in no entry, only in the stored conf state, so a node that joins later must get them
+        // from a snapshot, never by replaying the log from its start (it would count itself the only voter).
+        if self.a.raw.store().snap_index() == 0 && last >= 1 {
+            self.a.db.flush().map_err(storage_err)?;
+            self.a.raw.mut_store().compact(1).map_err(storage_err)?;
+        }
         let interval = self.a.snapshot_interval;
         if self.a.raw.store().len() >= interval
             && last.saturating_sub(self.compaction_checked) >= (interval / 4).max(1)
@@ -762,8 +769,8 @@ impl NodeState {
             applied: raft.raft_log.applied,
             first_index: raft::Storage::first_index(self.a.raw.store()).unwrap_or(0),
             last_index: raft::Storage::last_index(self.a.raw.store()).unwrap_or(0),
-            voters: cs.voters.clone(),
-            learners: cs.learners.clone(),
+            voters: sorted(&cs.voters),
+            learners: sorted(&cs.learners),
             peers,
             silent_ms: cs
                 .voters
@@ -779,6 +786,12 @@ impl NodeState {
                 .collect(),
         }
     }
+}
+
+fn sorted(ids: &[u64]) -> Vec<u64> {
+    let mut v = ids.to_vec();
+    v.sort_unstable();
+    v
 }
 
 #[cfg(test)]

@@ -117,6 +117,18 @@ impl Failover {
     }
 }
 
+/// The leader's silence list with the nodes that left the cluster (`cicada ctl leave`) added as never heard
+/// from: they are down for good, whatever raft still says of them.
+pub fn with_departed(silent: &[(u64, u64)], departed: &[u64]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = silent
+        .iter()
+        .filter(|(n, _)| !departed.contains(n))
+        .copied()
+        .collect();
+    out.extend(departed.iter().map(|&n| (n, u64::MAX)));
+    out
+}
+
 /// Runs the failure detector on this node until shutdown: every 250 ms while it leads, it checks its
 /// peers and fires what is due.
 pub async fn run(ctx: Arc<super::Context>, store: Arc<Store>, threshold: Duration) {
@@ -131,8 +143,11 @@ pub async fn run(ctx: Arc<super::Context>, store: Arc<Store>, threshold: Duratio
         } else {
             None
         };
+        let silent = status
+            .as_ref()
+            .map(|s| with_departed(&s.silent_ms, &store.departed()));
         let now = Instant::now();
-        for node in failover.observe(now, status.as_ref().map(|s| s.silent_ms.as_slice())) {
+        for node in failover.observe(now, silent.as_deref()) {
             tracing::warn!(node, after_ms = threshold.as_millis() as u64, "node counted as down: the cluster fires its connections' Wills and expires its sessions");
         }
         if !failover.any_down() {
@@ -231,6 +246,20 @@ mod tests {
         // Heard again: up.
         f.observe(t0 + secs(2), Some(&[(2, 10)]));
         assert!(!f.any_down());
+    }
+
+    #[test]
+    fn a_node_that_left_counts_as_down_even_if_raft_still_hears_it() {
+        let t0 = Instant::now() + Duration::from_secs(100);
+        let mut f = Failover::new(Duration::from_secs(5));
+        f.observe(t0 - Duration::from_secs(60), Some(&[]));
+        let silent = with_departed(&[(2, 10), (3, 20)], &[3, 4]);
+        assert_eq!(silent, [(2, 10), (3, u64::MAX), (4, u64::MAX)]);
+        let mut down = f.observe(t0, Some(&silent));
+        down.sort();
+        assert_eq!(down, [3, 4]);
+        let wills = vec![("gone".to_string(), will(4, 0, 0))];
+        assert_eq!(f.wills_due(t0, &wills), [("gone".to_string(), 4)]);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `cicada ctl`: operate a running cluster through a node's admin API (`/api/v1`, see `http::admin`).
 //!
 //! `status` prints one line per node given with `--url` (repeat it for each node), plus the membership as
-//! the first node sees it; `session ID`, `clients`, `transfer-leader NODE` and `drain` ask one node. The token is
+//! the first node sees it; `session ID`, `clients`, `transfer-leader NODE` and `drain` ask one node; `join NODE ADDR` and
+//! `leave NODE` ask each `--url` in turn until the leader answers. The token is
 //! `--token` or `--token-file` (a `CICADA_` variable would be read by `serve` as configuration).
 //! Exit codes: 0 success, 1 the node refused or failed (its message is printed), 2 bad usage.
 
@@ -41,10 +42,26 @@ pub enum CtlCommand {
     Clients,
     /// Hand raft leadership to another member (ask the leader).
     TransferLeader { node: u64 },
+    /// Add a node to the cluster (started with `[cluster] join = true`): it catches up as a learner, then
+    /// votes. Asked of whichever `--url` leads.
+    Join {
+        node: u64,
+        /// Its peer address, host:port (its `[cluster] advertise`).
+        addr: String,
+    },
+    /// Remove a node from the cluster (drain it first if it runs): its routes go, its connections' Wills
+    /// fire and its clients resume their sessions on other nodes. Asked of whichever `--url` leads.
+    Leave { node: u64 },
     /// Drain the node: /ready turns 503, leadership goes to another node, clients are disconnected (v5:
     /// 0x8B), the node exits 0.
     Drain,
 }
+
+/// How long a node may take to answer.
+const ANSWER: Duration = Duration::from_secs(10);
+
+/// How long a join may take (the node answers 504 after its catch-up wait).
+const JOIN_ANSWER: Duration = Duration::from_secs(40);
 
 /// The largest answer read (a cluster status of thousands of routes fits easily).
 const MAX_ANSWER: u64 = 16 << 20;
@@ -67,6 +84,7 @@ async fn request(
     method: &str,
     path: &str,
     token: Option<&str>,
+    wait: Duration,
 ) -> Result<(u16, Value), CliError> {
     let host = parse_url(url)?;
     let io = async {
@@ -83,9 +101,9 @@ async fn request(
         s.take(MAX_ANSWER + 1).read_to_end(&mut out).await?;
         Ok::<_, std::io::Error>(out)
     };
-    let raw = tokio::time::timeout(Duration::from_secs(10), io)
+    let raw = tokio::time::timeout(wait, io)
         .await
-        .map_err(|_| CliError::failure(format!("{url}: no answer in 10 s")))?
+        .map_err(|_| CliError::failure(format!("{url}: no answer in {} s", wait.as_secs())))?
         .map_err(|e| CliError::failure(format!("{url}: {e}")))?;
     if raw.len() as u64 > MAX_ANSWER {
         return Err(CliError::failure(format!(
@@ -148,7 +166,7 @@ pub async fn run(args: CtlArgs) -> Result<(), CliError> {
             let mut rows = Vec::new();
             let mut failed = false;
             for url in &args.url {
-                match request(url, "GET", "/api/v1/cluster", token)
+                match request(url, "GET", "/api/v1/cluster", token, ANSWER)
                     .await
                     .and_then(|r| ok(url, r))
                 {
@@ -173,14 +191,14 @@ pub async fn run(args: CtlArgs) -> Result<(), CliError> {
         }
         CtlCommand::Session { client_id } => {
             let path = format!("/api/v1/sessions/{}", encode_segment(&client_id));
-            let v = ok(&first, request(&first, "GET", &path, token).await?)?;
+            let v = ok(&first, request(&first, "GET", &path, token, ANSWER).await?)?;
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             Ok(())
         }
         CtlCommand::Clients => {
             let v = ok(
                 &first,
-                request(&first, "GET", "/api/v1/clients", token).await?,
+                request(&first, "GET", "/api/v1/clients", token, ANSWER).await?,
             )?;
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             Ok(())
@@ -188,18 +206,60 @@ pub async fn run(args: CtlArgs) -> Result<(), CliError> {
         CtlCommand::Drain => {
             ok(
                 &first,
-                request(&first, "POST", "/api/v1/drain", token).await?,
+                request(&first, "POST", "/api/v1/drain", token, ANSWER).await?,
             )?;
             println!("{first}: draining");
             Ok(())
         }
+        CtlCommand::Join { node, addr } => {
+            let path = format!(
+                "/api/v1/cluster/join?node={node}&addr={}",
+                encode_segment(&addr)
+            );
+            let (url, v) = on_leader(&args.url, &path, token, JOIN_ANSWER).await?;
+            println!("{url}: node {node} joined; voters {}", v["voters"]);
+            Ok(())
+        }
+        CtlCommand::Leave { node } => {
+            let path = format!("/api/v1/cluster/leave?node={node}");
+            let (url, v) = on_leader(&args.url, &path, token, ANSWER).await?;
+            println!("{url}: node {node} left; voters {}", v["voters"]);
+            Ok(())
+        }
         CtlCommand::TransferLeader { node } => {
             let path = format!("/api/v1/cluster/transfer-leader?to={node}");
-            ok(&first, request(&first, "POST", &path, token).await?)?;
+            ok(&first, request(&first, "POST", &path, token, ANSWER).await?)?;
             println!("leadership is moving to node {node}");
             Ok(())
         }
     }
+}
+
+/// POSTs to each node in turn until the leader answers (a follower answers 409 naming the leader).
+async fn on_leader(
+    urls: &[String],
+    path: &str,
+    token: Option<&str>,
+    wait: Duration,
+) -> Result<(String, Value), CliError> {
+    let mut last = None;
+    for url in urls {
+        match request(url, "POST", path, token, wait).await {
+            Ok((409, body))
+                if body["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("not the leader")) =>
+            {
+                last = ok(url, (409, body)).err();
+            }
+            Ok(answer) => return ok(url, answer).map(|v| (url.clone(), v)),
+            Err(e) => {
+                eprintln!("{e}");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| CliError::usage("give the nodes with --url")))
 }
 
 fn encode_segment(s: &str) -> String {

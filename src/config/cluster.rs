@@ -140,6 +140,12 @@ impl ClusterSection {
             }
         }
         let others = seen.keys().any(|id| *id != self.node_id);
+        if self.join && !others {
+            return Err((
+                "peers",
+                "a node with join = true lists the running members it joins (\"ID@host:port\"): only they may link to it".into(),
+            ));
+        }
         if (others || self.join) && self.secret.is_none() && self.secret_file.is_none() {
             return Err((
                 "secret",

@@ -239,6 +239,12 @@ fn the_cluster_section_is_checked_and_names_its_keys() {
         ),
         ("tick_ms = 1\n", 5, "tick_ms", "between 10 and 10000"),
         (
+            "join = true\nsecret = \"0123456789abcdef\"\n",
+            3,
+            "peers",
+            "lists the running members it joins",
+        ),
+        (
             "secret = \"0123456789abcdef\"\nsecret_file = \"s\"\n",
             5,
             "secret",

@@ -10,6 +10,8 @@
 //! - `GET /api/v1/sessions/{client_id}`: the client's stored session (owner, incarnation, expiry,
 //!   subscriptions, inbox) and whether it is on this node.
 //! - `POST /api/v1/cluster/transfer-leader?to=ID`: hands raft leadership to a member (asked of the leader).
+//! - `POST /api/v1/cluster/join?node=ID&addr=HOST:PORT`, `POST /api/v1/cluster/leave?node=ID`: membership
+//!   changes, asked of the leader (see [`super::members`]).
 //! - `POST /api/v1/drain`: the node drains and exits 0, as on SIGTERM (see `broker::drain`).
 
 use super::text;
@@ -24,13 +26,15 @@ use std::collections::BTreeMap;
 
 const JSON: &str = "application/json";
 
-fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+pub(super) type Body = Response<Full<Bytes>>;
+
+pub(super) fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
     let mut s = serde_json::to_string_pretty(&body).unwrap_or_else(|_| "{}".into());
     s.push('\n');
     text(status, JSON, s)
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>> {
+pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>> {
     reply(status, json!({ "error": message.into() }))
 }
 
@@ -39,14 +43,14 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// `key=value` pairs of the query string.
+/// `key=value` pairs of the query string, values percent-decoded (one that is not valid is left out).
 fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
     req.uri()
         .query()
         .unwrap_or("")
         .split('&')
         .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .filter_map(|(k, v)| Some((k.to_string(), decode_segment(v)?)))
         .collect()
 }
 
@@ -112,6 +116,8 @@ pub async fn respond(
             }
         }
         (Method::POST, "/api/v1/cluster/transfer-leader") => transfer(ctx, &query(&req)).await,
+        (Method::POST, "/api/v1/cluster/join") => super::members::join(ctx, &query(&req)).await,
+        (Method::POST, "/api/v1/cluster/leave") => super::members::leave(ctx, &query(&req)).await,
         (Method::POST, "/api/v1/drain") => {
             // `cicada serve` drains and exits 0, as on SIGTERM.
             ctx.draining
@@ -124,6 +130,8 @@ pub async fn respond(
             p @ ("/api/v1/cluster"
             | "/api/v1/clients"
             | "/api/v1/cluster/transfer-leader"
+            | "/api/v1/cluster/join"
+            | "/api/v1/cluster/leave"
             | "/api/v1/drain"),
         ) => error(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -3,6 +3,7 @@
 //! ([`admin`]). Anything else gets a 4xx with a message.
 
 pub mod admin;
+pub mod members;
 
 use crate::broker::Context;
 use bytes::Bytes;

@@ -200,6 +200,17 @@ pub enum Command<'a> {
         /// every node.
         now: u64,
     },
+    /// `node` left the cluster (`cicada ctl leave`, proposed after its removal from the raft group): its
+    /// routes go, its sessions that were online count as offline from `now` (unix seconds, the proposer's),
+    /// and it is recorded as departed, which the failure detector counts as down for good.
+    DropNode {
+        node: u64,
+        now: u64,
+    },
+    /// `node` joins (again): it no longer counts as departed. Proposed before it is added to the raft group.
+    AdmitNode {
+        node: u64,
+    },
 }
 
 impl<'a> Command<'a> {

@@ -258,3 +258,69 @@ async fn a_recorded_will_is_replaced_cleared_or_fired_once_and_a_claim_elsewhere
     );
     store.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_node_that_leaves_loses_its_routes_its_online_sessions_go_offline_and_it_can_join_again()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        single(dir.path(), cicada_cluster::Fsync::Always),
+        &prometheus::Registry::new(),
+    )
+    .await
+    .unwrap();
+    let me = store.node_id();
+    let other = me + 1;
+    for (node, filter) in [(other, "d/+/cmd"), (other, "$share/g/d/#"), (me, "e/#")] {
+        let cmd = Command::AddRoute { node, filter };
+        assert_eq!(propose(&store, cmd).await, Outcome::Applied);
+    }
+    let take = |client_id, node: u64, token: u64| Command::TakeSession {
+        client_id,
+        node,
+        token,
+        seen: u64::MAX,
+    };
+    // "online" is connected on the node that leaves, "offline" left it an hour ago, "mine" is elsewhere.
+    for (client_id, node, offline_since) in [
+        ("online", other, 0),
+        ("offline", other, 77),
+        ("mine", me, 0),
+    ] {
+        let mut r = record(0);
+        r.offline_since = offline_since;
+        store
+            .create_session(client_id, 1, r, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            propose(&store, take(client_id, node, 2)).await,
+            Outcome::Taken { .. }
+        ));
+    }
+    assert!(store.departed().is_empty());
+    assert!(store.drop_node(other).await.unwrap());
+    let routes = store.routes.read().unwrap().nodes();
+    assert_eq!(routes.into_iter().collect::<Vec<_>>(), [(me, 1)]);
+    assert_eq!(store.departed(), [other]);
+    assert!(store.is_departed(other) && !store.is_departed(me));
+    let since = store.session("online").unwrap().offline_since;
+    assert!(since >= crate::store::unix_now() - 5, "{since}");
+    assert_eq!(store.session("offline").unwrap().offline_since, 77);
+    assert_eq!(store.session("mine").unwrap().offline_since, 0);
+    // The departed mark and the route table survive a restart (the table is rebuilt from the store).
+    store.shutdown().await;
+    drop(store);
+    let store = Store::open(
+        single(dir.path(), cicada_cluster::Fsync::Always),
+        &prometheus::Registry::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.departed(), [other]);
+    assert_eq!(store.routes.read().unwrap().nodes().len(), 1);
+    assert!(store.admit_node(other).await.unwrap());
+    assert!(store.departed().is_empty());
+    store.shutdown().await;
+}

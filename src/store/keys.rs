@@ -1,6 +1,7 @@
 //! The keys of the broker's state in the store: `r/` retained, `s/` sessions, `i/` inboxes, `c/` inbox
 //! counters, `q/` inbound QoS 2 ids, `o/` QoS 2 copies stored at most once, `n/` counters of the whole
-//! state machine, `w/` which node owns each client id, `W/` the Wills of live connections, `R/` the cluster's routes (`R/{node, 8 bytes big-endian}{filter}`).
+//! state machine, `w/` which node owns each client id, `W/` the Wills of live connections, `R/` the cluster's routes (`R/{node, 8 bytes big-endian}{filter}`), `D/` nodes removed from the
+//! cluster (`D/{node, 8 bytes big-endian}`).
 
 pub(super) const RETAINED_PREFIX: &[u8] = b"r/";
 pub(super) const SESSION_PREFIX: &[u8] = b"s/";
@@ -17,6 +18,15 @@ pub(super) const ROUTE_PREFIX: &[u8] = b"R/";
 /// `W/{client id}`: the Will of the client's live connection, for the cluster to fire if its node dies.
 pub(super) const WILL_PREFIX: &[u8] = b"W/";
 pub(super) const LAST_INCARNATION: &[u8] = b"n/incarnation";
+/// `D/{node}`: a node removed from the cluster (`cicada ctl leave`): it counts as down for good, so the
+/// Wills its connections left fire and its sessions expire.
+pub(super) const DEPARTED_PREFIX: &[u8] = b"D/";
+
+pub(super) fn departed_key(node: u64) -> Vec<u8> {
+    let mut k = DEPARTED_PREFIX.to_vec();
+    k.extend_from_slice(&node.to_be_bytes());
+    k
+}
 
 pub(super) fn session_key(client_id: &str) -> Vec<u8> {
     let mut k = SESSION_PREFIX.to_vec();

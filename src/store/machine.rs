@@ -3,6 +3,7 @@
 //! cluster records and fires.
 
 mod fanout;
+mod members;
 mod wills;
 
 use super::command::Command;
@@ -450,6 +451,8 @@ impl BrokerMachine {
                     now,
                 )
             }
+            Command::DropNode { node, now } => return self.drop_node(txn, node, now),
+            Command::AdmitNode { node } => return self.admit_node(txn, node),
             Command::InboxPush {
                 client_id,
                 incarnation,

@@ -27,6 +27,7 @@ mod format;
 mod index;
 mod keys;
 mod machine;
+mod members;
 mod record;
 mod setup;
 #[cfg(test)]
