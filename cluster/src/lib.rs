@@ -20,6 +20,7 @@ pub mod view;
 
 pub use crash::{CrashAt, CrashPoint};
 pub use machine::{StateMachine, Txn};
+pub use transport::PeerTls;
 pub use view::{Peers, View};
 
 use bytes::Bytes;
@@ -88,6 +89,8 @@ pub struct ClusterConfig {
     pub max_frame_bytes: usize,
     /// A peer link silent this long is dropped and redialled (idle links send pings).
     pub peer_timeout: Duration,
+    /// Mutual TLS on peer links (`None`: plain TCP, the cluster secret still proven in the handshake).
+    pub tls: Option<transport::PeerTls>,
     /// Test hook for the multi-process crash tests: abort right after a given write. `None` in production.
     pub crash_at: Option<CrashAt>,
 }
@@ -120,6 +123,7 @@ impl ClusterConfig {
             secret: None,
             max_frame_bytes: transport::MAX_FRAME,
             peer_timeout: Duration::from_secs(5),
+            tls: None,
             crash_at: None,
         }
     }
@@ -295,6 +299,7 @@ impl Cluster {
                 secret: config.secret.as_deref().map(transport::Secret::new),
                 max_frame: config.max_frame_bytes.max(1 << 20),
                 peer_timeout: config.peer_timeout.max(Duration::from_millis(300)),
+                tls: config.tls.clone(),
             },
             listener,
             &peers,

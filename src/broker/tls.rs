@@ -87,6 +87,35 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// Mutual TLS for the cluster's peer links: this node's certificate both ways, the cluster's CA required of
+/// every peer (see `[cluster.tls]`).
+pub fn peer_tls(cfg: &crate::config::PeerTlsSection) -> Result<cicada_cluster::PeerTls, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let roots = Arc::new(roots(&cfg.ca)?);
+    let server = server_config(&TlsConfig {
+        cert: cfg.cert.clone(),
+        key: cfg.key.clone(),
+        ca: Some(cfg.ca.clone()),
+        require_certificate: true,
+        use_identity_as_username: false,
+    })?;
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs(&cfg.cert)?, private_key(&cfg.key)?)
+        .map_err(|e| {
+            file_err(
+                &cfg.key,
+                format!("the key does not fit the certificate: {e}"),
+            )
+        })?;
+    Ok(cicada_cluster::PeerTls {
+        server,
+        client: Arc::new(client),
+    })
+}
+
 /// The acceptor of one listener; `reload` swaps in freshly read files for new connections.
 pub struct Tls {
     pub config: TlsConfig,

@@ -165,6 +165,13 @@ impl Config {
             fix(&mut config.http.token_file);
             if let Some(c) = config.cluster.as_mut() {
                 fix(&mut c.secret_file);
+                if let Some(t) = c.tls.as_mut() {
+                    for p in [&mut t.cert, &mut t.key, &mut t.ca] {
+                        if p.is_relative() {
+                            *p = dir.join(&*p);
+                        }
+                    }
+                }
             }
         }
         Ok(config)

@@ -19,6 +19,9 @@ pub fn cluster_config(config: &Config) -> Result<ClusterConfig, ClusterConfigErr
         c.secret = s.secret_bytes()?;
         c.tick = s.tick();
         c.snapshot_interval = s.snapshot_interval;
+        if let Some(t) = &s.tls {
+            c.tls = Some(crate::broker::tls::peer_tls(t)?);
+        }
     }
     Ok(c)
 }

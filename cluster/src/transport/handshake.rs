@@ -83,6 +83,10 @@ pub enum HandshakeError {
     Node { got: u64, expected: u64 },
     #[error("node {0} did not prove the cluster secret")]
     Auth(u64),
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
+    #[error("{0:?} is not a TLS server name (the host of a peer address)")]
+    ServerName(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -95,6 +99,7 @@ impl HandshakeError {
             HandshakeError::Cluster { .. } => "cluster",
             HandshakeError::Node { .. } => "node",
             HandshakeError::Auth(_) => "auth",
+            HandshakeError::Tls(_) | HandshakeError::ServerName(_) => "tls",
             HandshakeError::Io(_) => "io",
         }
     }

@@ -13,6 +13,7 @@
 //! a connection that stays silent for all of it; TCP keepalive covers a peer whose host vanished.
 
 pub mod handshake;
+mod stream;
 
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshots;
@@ -28,6 +29,8 @@ use raft::eraftpb::Message;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use stream::Halves;
+pub use stream::PeerTls;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -62,6 +65,8 @@ pub struct Options {
     pub max_frame: usize,
     /// A link silent this long is dropped (pings keep a healthy idle link talking).
     pub peer_timeout: Duration,
+    /// Mutual TLS on every peer link (`None`: plain TCP).
+    pub tls: Option<PeerTls>,
 }
 
 /// Why an application frame was not queued.
@@ -79,7 +84,7 @@ struct Peer {
     raft: mpsc::Sender<Message>,
     app: mpsc::Sender<Bytes>,
     snap: mpsc::Sender<(u8, Bytes)>,
-    accepted: [mpsc::Sender<TcpStream>; 3],
+    accepted: [mpsc::Sender<Halves>; 3],
     tasks: [tokio::task::JoinHandle<()>; 3],
 }
 
@@ -430,8 +435,9 @@ impl Transport {
     }
 
     /// The acceptor's half of the handshake.
-    async fn accept(&self, mut stream: TcpStream) -> Result<(Hello, TcpStream), HandshakeError> {
-        let d = Hello::decode(read_handshake(&mut stream, KIND_HELLO).await?)?;
+    async fn accept(&self, stream: TcpStream) -> Result<(Hello, Halves), HandshakeError> {
+        let mut stream = stream::accept(stream, self.inner.opts.tls.as_ref()).await?;
+        let d = Hello::decode(read_handshake(&mut stream.rd, KIND_HELLO).await?)?;
         if d.cluster != self.inner.opts.cluster_id {
             return Err(HandshakeError::Cluster {
                 node: d.node,
@@ -457,9 +463,9 @@ impl Transport {
         if let Some(s) = &self.inner.opts.secret {
             a.proof = s.acceptor_proof(&d, &a);
         }
-        stream.write_all(&a.encode()).await?;
+        stream.wr.write_all(&a.encode()).await?;
         if let Some(s) = &self.inner.opts.secret {
-            let proof = read_handshake(&mut stream, KIND_AUTH)
+            let proof = read_handshake(&mut stream.rd, KIND_AUTH)
                 .await
                 .map_err(|e| match e {
                     HandshakeError::Malformed(_) => HandshakeError::Auth(d.node),
@@ -473,14 +479,15 @@ impl Transport {
     }
 
     /// The dialer's half of the handshake.
-    async fn dial(&self, id: u64, addr: &str, lane: Lane) -> Result<TcpStream, HandshakeError> {
-        let mut s = tokio::time::timeout(handshake::HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+    async fn dial(&self, id: u64, addr: &str, lane: Lane) -> Result<Halves, HandshakeError> {
+        let s = tokio::time::timeout(handshake::HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| HandshakeError::Timeout)??;
         keepalive(&s, self.inner.opts.peer_timeout);
+        let mut s = stream::dial(s, addr, self.inner.opts.tls.as_ref()).await?;
         let d = self.hello(lane);
-        s.write_all(&d.encode()).await?;
-        let a = Hello::decode(read_handshake(&mut s, KIND_HELLO).await?)?;
+        s.wr.write_all(&d.encode()).await?;
+        let a = Hello::decode(read_handshake(&mut s.rd, KIND_HELLO).await?)?;
         if a.cluster != self.inner.opts.cluster_id {
             return Err(HandshakeError::Cluster {
                 node: a.node,
@@ -499,7 +506,7 @@ impl Transport {
             }
             let mut out = BytesMut::new();
             frame(KIND_AUTH, &secret.dialer_proof(&d, &a), &mut out);
-            s.write_all(&out).await?;
+            s.wr.write_all(&out).await?;
         }
         Ok(s)
     }
@@ -510,7 +517,7 @@ impl Transport {
         addr: String,
         lane: Lane,
         mut queue: Queue,
-        mut accepted: mpsc::Receiver<TcpStream>,
+        mut accepted: mpsc::Receiver<Halves>,
     ) {
         let peer = id.to_string();
         let labels = [peer.as_str(), lane.label()];
@@ -542,7 +549,7 @@ impl Transport {
             backoff = BACKOFF_MIN;
             m.peer_up.with_label_values(&labels).set(1);
             tracing::info!(peer = id, lane = lane.label(), "peer link up");
-            let (mut rd, mut wr) = stream.into_split();
+            let Halves { mut rd, mut wr } = stream;
             let inbound = self.inner.inbound.clone();
             let app_in = self.inner.app_in.clone();
             let snapshots = self.inner.snapshots.clone();
