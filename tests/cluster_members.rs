@@ -1,7 +1,8 @@
 //! Membership through `cicada ctl` against real processes (issue 12): a fourth node started with
 //! `[cluster] join = true` joins a running three-node cluster (`ctl join`), catches up and votes, and routes
-//! messages both ways; killed with SIGKILL and removed (`ctl leave`), its routes are gone from every node,
-//! its connection's Will fires from the cluster, and its persistent client resumes on another node with
+//! messages both ways; while it runs it is not removed; killed with SIGKILL and removed (`ctl leave`), its
+//! routes are gone from every node, its connection's Will fires once from the cluster (because it left: the
+//! failure detection is set to 10 minutes), and its persistent client resumes on another node with
 //! every message acknowledged meanwhile. Bad requests get a clear refusal.
 
 mod common;
@@ -64,7 +65,8 @@ fn persistent(id: &str) -> cicada::protocol::Connect {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joins_a_running_cluster_and_leaves_it_with_its_clients_resuming_elsewhere() {
-    let c = Cluster::three("", "failure_detection_ms = 1500");
+    // Detection so slow that only the departure can fire the Will below.
+    let c = Cluster::three("", "failure_detection_ms = 600000");
     let http: Vec<u16> = c.nodes.iter().map(|n| n.http_port).collect();
     let p4 = free_port();
     // The new node lists the running members: only they may link to it.
@@ -75,7 +77,7 @@ async fn a_node_joins_a_running_cluster_and_leaves_it_with_its_clients_resuming_
         .map(|(i, p)| format!("\"{}@127.0.0.1:{p}\"", i + 1))
         .collect();
     let mut n4 = CicadaProcess::spawn(
-        &format!("[store]\nfsync = \"interval\"\n[cluster]\nnode_id = 4\npeer_bind = \"127.0.0.1:{p4}\"\npeers = [{}]\njoin = true\nsecret = \"a-test-cluster-secret\"\ntick_ms = 100\nfailure_detection_ms = 1500\n", members.join(", ")),
+        &format!("[store]\nfsync = \"interval\"\n[cluster]\nnode_id = 4\npeer_bind = \"127.0.0.1:{p4}\"\npeers = [{}]\njoin = true\nsecret = \"a-test-cluster-secret\"\ntick_ms = 100\nfailure_detection_ms = 600000\n", members.join(", ")),
         "warn",
     );
 
@@ -138,17 +140,20 @@ async fn a_node_joins_a_running_cluster_and_leaves_it_with_its_clients_resuming_
     assert_eq!(dev.handshake(dc).await.0, ReasonCode::SUCCESS);
     dev.subscribe(1, "cmd/dev-4", QoS::AtLeastOnce).await;
 
-    // Node 4 dies and is removed.
+    // A running node is not removed: it would keep its clients.
+    let (ok, _, err) = ctl(&http, &["leave", "4"]);
+    assert!(!ok && err.contains("drain it first"), "{err}");
+    // Node 4 dies and is removed (at once, with --force: the detection would take 10 minutes).
     n4.signal(libc::SIGKILL);
     n4.wait_exit();
     drop(dev);
-    let (ok, out, err) = ctl(&http, &["leave", "4"]);
+    let (ok, out, err) = ctl(&http, &["leave", "4", "--force"]);
     assert!(ok, "leave failed: {out} {err}");
     until_status(&http, "three voters, no route to node 4", |v| {
         v["voters"].as_array().map(Vec::len) == Some(3) && v["routes_per_node"].get("4").is_none()
     })
     .await;
-    let (ok, _, err) = ctl(&http, &["leave", "4"]);
+    let (ok, _, err) = ctl(&http, &["leave", "4", "--force"]);
     assert!(ok, "asked again: {err}");
 
     // Its connection's Will fires from the cluster.
@@ -157,6 +162,11 @@ async fn a_node_joins_a_running_cluster_and_leaves_it_with_its_clients_resuming_
         (m.topic.as_str(), &m.payload[..]),
         ("status/dev-4", &b"offline"[..])
     );
+    let mut fired = 0.0;
+    for &p in &http {
+        fired += common::process::metric(p, "cicada_cluster_wills_fired_total").await;
+    }
+    assert_eq!(fired, 1.0, "the Will fired once");
     // A command for dev-4 is acknowledged, and dev-4 resumes its session on node 2 and gets it.
     pub1.publish("cmd/dev-4", QoS::AtLeastOnce, false, "reboot")
         .await

@@ -4,6 +4,7 @@
 //!
 //! A single node is a group of one; the same code runs three or five.
 
+pub mod contact;
 pub mod counter;
 pub mod crash;
 mod entry;
@@ -188,8 +189,8 @@ pub struct NodeStatus {
     pub learners: Vec<u64>,
     /// (node, match index), known on the leader only.
     pub peers: Vec<(u64, u64)>,
-    /// (voter, milliseconds since this node last heard from it; `u64::MAX`: never since it started), for
-    /// every other voter. On the leader, which hears from every follower each heartbeat, a long silence
+    /// (member, milliseconds since this node last heard from it; `u64::MAX`: never since it started), for
+    /// every other voter and learner. On the leader, which hears from every follower each heartbeat, a long silence
     /// means that node is down or cut off.
     pub silent_ms: Vec<(u64, u64)>,
 }
@@ -206,6 +207,7 @@ pub struct Cluster {
     timeout: Duration,
     /// The node's view of the leader (the `cicada_raft_leader` gauge), readable without a call.
     leader: prometheus::IntGauge,
+    freshness: Arc<contact::Freshness>,
 }
 
 impl Cluster {
@@ -312,6 +314,7 @@ impl Cluster {
         // The machine builds its in-memory index from the stored state before raft replays anything after it.
         let mut machine = machine;
         machine.restored(&view);
+        let freshness = Arc::new(contact::Freshness::default());
         let args = NodeArgs {
             raw,
             db,
@@ -328,6 +331,8 @@ impl Cluster {
             incarnation: node::incarnation()?,
             crash: crash::Crasher::new(config.crash_at),
             snapshots,
+            contact_window: config.tick * config.election_ticks as u32,
+            freshness: freshness.clone(),
             snapshot_interval: config.snapshot_interval.max(1),
             log_retention: config.log_retention,
             max_log_bytes: config.max_log_bytes,
@@ -347,6 +352,7 @@ impl Cluster {
             peer_addr,
             timeout: config.propose_timeout + Duration::from_secs(1),
             leader,
+            freshness,
         })
     }
 
@@ -401,6 +407,14 @@ impl Cluster {
     /// The applied state (local reads).
     pub fn view(&self) -> &View {
         &self.view
+    }
+
+    /// Whether this node's applied state may be decided on without asking the leader: it has been in contact
+    /// with the cluster within an election timeout (a leader with a quorum, a follower with its leader and
+    /// nothing committed left to apply) and has not stalled since its last read barrier. Otherwise a
+    /// [`Cluster::read_index`] first. Without waiting for the actor.
+    pub fn fresh(&self) -> bool {
+        self.freshness.fresh()
     }
 
     /// The leader this node knows of (0: none), without waiting for the actor.

@@ -1,6 +1,7 @@
 //! The one actor that owns the `RawNode`: ticks, proposals (batched into entries), the Ready / LightReady
 //! loop, applying committed entries in order, snapshots, compaction, membership changes and read index.
 
+use crate::contact::{Contact, Freshness};
 use crate::crash::{CrashPoint, Crasher};
 use crate::entry::{context, decode_batch, encode_batch, parse_context, peers_after, read_context};
 use crate::machine::{StateMachine, Txn};
@@ -84,6 +85,10 @@ pub struct NodeArgs {
     pub incarnation: u64,
     pub crash: Crasher,
     pub snapshots: Arc<crate::snapshot::Snapshots>,
+    /// How long contact with the cluster keeps the applied state fresh (an election timeout).
+    pub contact_window: Duration,
+    /// Published for `Cluster::fresh`.
+    pub freshness: Arc<Freshness>,
 }
 
 /// Whether a Ready's writes are flushed before anything that depends on them.
@@ -141,6 +146,7 @@ pub struct NodeState {
     compaction_checked: u64,
     /// When each peer was last heard from (raft messages), for log retention.
     last_seen: HashMap<u64, Instant>,
+    contact: Contact,
 }
 
 pub struct Node;
@@ -173,7 +179,6 @@ impl Actor for Node {
         me.send_interval(a.tick, || NodeMsg::Tick);
         a.snapshots.set_node(me.clone());
         Ok(NodeState {
-            a,
             queued: Vec::new(),
             flush_scheduled: false,
             process_scheduled: false,
@@ -186,6 +191,8 @@ impl Actor for Node {
             compaction_checked: 0,
             staged_permit: None,
             last_seen: HashMap::new(),
+            contact: Contact::new(a.contact_window),
+            a,
         })
     }
 
@@ -200,6 +207,21 @@ impl Actor for Node {
     }
 
     async fn handle(
+        &self,
+        me: ActorRef<NodeMsg>,
+        msg: NodeMsg,
+        s: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = Instant::now();
+        let r = self.handle_msg(me, msg, s).await;
+        let fresh = s.contact.event(now, s.standing());
+        s.a.freshness.set(fresh);
+        r
+    }
+}
+
+impl Node {
+    async fn handle_msg(
         &self,
         me: ActorRef<NodeMsg>,
         msg: NodeMsg,
@@ -337,6 +359,13 @@ impl NodeState {
     }
 
     fn propose_change(&mut self, change: Membership, reply: Reply<()>) {
+        // raft-rs would turn a second change into an empty entry while one is pending: nobody would answer.
+        if self.a.raw.raft.has_pending_conf() {
+            let _ = reply.send(Err(ClusterError::Rejected(
+                "another membership change is still being applied; try again".into(),
+            )));
+            return;
+        }
         // The entry carries every member's address after the change, so every node (and a node that replays
         // the log from its start) records the same map.
         let mut peers = match self.a.view.peers() {
@@ -570,6 +599,11 @@ impl NodeState {
             .into_iter()
             .partition(|(i, _)| *i <= applied);
         self.ready_reads = waiting;
+        if !done.is_empty() {
+            // A read barrier completed: the applied state is as fresh as the leader's commit was.
+            let until = self.contact.confirmed(Instant::now());
+            self.a.freshness.set(Some(until));
+        }
         for (i, r) in done {
             let _ = r.send(Ok(i));
         }
@@ -745,54 +779,10 @@ impl NodeState {
         );
         m.log_entries.set(self.a.raw.store().len() as i64);
     }
-
-    fn status(&self) -> NodeStatus {
-        let raft = &self.a.raw.raft;
-        let cs = self.a.raw.store().conf_state();
-        let peers = if raft.state == StateRole::Leader {
-            let mut p: Vec<(u64, u64)> = raft
-                .prs()
-                .iter()
-                .map(|(id, pr)| (*id, pr.matched))
-                .collect();
-            p.sort_unstable();
-            p
-        } else {
-            Vec::new()
-        };
-        NodeStatus {
-            id: raft.id,
-            role: format!("{:?}", raft.state),
-            term: raft.term,
-            leader: raft.leader_id,
-            commit: raft.raft_log.committed,
-            applied: raft.raft_log.applied,
-            first_index: raft::Storage::first_index(self.a.raw.store()).unwrap_or(0),
-            last_index: raft::Storage::last_index(self.a.raw.store()).unwrap_or(0),
-            voters: sorted(&cs.voters),
-            learners: sorted(&cs.learners),
-            peers,
-            silent_ms: cs
-                .voters
-                .iter()
-                .filter(|v| **v != raft.id)
-                .map(|v| {
-                    let ms = self
-                        .last_seen
-                        .get(v)
-                        .map_or(u64::MAX, |t| t.elapsed().as_millis() as u64);
-                    (*v, ms)
-                })
-                .collect(),
-        }
-    }
 }
 
-fn sorted(ids: &[u64]) -> Vec<u64> {
-    let mut v = ids.to_vec();
-    v.sort_unstable();
-    v
-}
+#[path = "node_status.rs"]
+mod status;
 
 #[cfg(test)]
 #[path = "node_tests.rs"]

@@ -710,6 +710,11 @@ impl Reader {
             ctx.metrics.dropped.with_label_values(&["sys_topic"]).inc();
             route = false;
         }
+        if route && qos != QoS::AtMostOnce {
+            if let Some(end) = self.ensure_fresh().await {
+                return Some(end);
+            }
+        }
         if route {
             let Some(permit) = self.wait_for_credit().await else {
                 return Some(End::ClosedByServer);

@@ -43,6 +43,8 @@ pub struct Metrics {
     /// Wills of connections on a down node that the cluster published, and that node's sessions it expired.
     pub wills_fired_by_cluster: IntCounter,
     pub sessions_expired_by_cluster: IntCounter,
+    /// Read barriers a QoS 1/2 publish waited for because this node's state was not fresh, by outcome.
+    pub read_barriers: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -232,6 +234,12 @@ impl Metrics {
             inbox_appended: inbox.with_label_values(&["appended"]),
             inbox_failed: inbox.with_label_values(&["failed"]),
             inbox,
+            read_barriers: counter_vec(
+                &r,
+                "cicada_cluster_read_barriers_total",
+                "QoS 1/2 publishes that waited for a read barrier (this node had stalled or lost contact with the leader) before matching persistent sessions, by outcome (ok, refused).",
+                &["outcome"],
+            ),
             wills_fired_by_cluster: counter(
                 &r,
                 "cicada_cluster_wills_fired_total",

@@ -302,6 +302,8 @@ impl Broker {
             });
         }
         let all_tls: Vec<Arc<tls::Tls>> = listener_tls.iter().flatten().cloned().collect();
+        // The cluster's secret and peer certificates are read before any port is bound.
+        let cluster_config = crate::store::cluster_config(&config)?;
         // HTTP first: once an MQTT port accepts, `/health` and `/metrics` do too (tests and health checks
         // that wait for the MQTT port rely on it).
         let http = tokio::net::TcpListener::bind(&config.http.bind)
@@ -321,7 +323,6 @@ impl Broker {
             listeners.push((sock, l.clone()));
         }
         let metrics = Arc::new(Metrics::new());
-        let cluster_config = crate::store::cluster_config(&config)?;
         let admin_token: Option<Arc<str>> = config
             .http
             .admin_token()

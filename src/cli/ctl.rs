@@ -51,7 +51,13 @@ pub enum CtlCommand {
     },
     /// Remove a node from the cluster (drain it first if it runs): its routes go, its connections' Wills
     /// fire and its clients resume their sessions on other nodes. Asked of whichever `--url` leads.
-    Leave { node: u64 },
+    Leave {
+        node: u64,
+        /// Remove it even though the leader heard from it recently (it must be stopped: a node removed
+        /// while it runs keeps its clients).
+        #[arg(long)]
+        force: bool,
+    },
     /// Drain the node: /ready turns 503, leadership goes to another node, clients are disconnected (v5:
     /// 0x8B), the node exits 0.
     Drain,
@@ -60,8 +66,11 @@ pub enum CtlCommand {
 /// How long a node may take to answer.
 const ANSWER: Duration = Duration::from_secs(10);
 
-/// How long a join may take (the node answers 504 after its catch-up wait).
-const JOIN_ANSWER: Duration = Duration::from_secs(40);
+/// How long a join may take: its catch-up wait (then 504) and up to five store commits.
+const JOIN_ANSWER: Duration = Duration::from_secs(60);
+
+/// How long a leave may take: up to three store commits.
+const LEAVE_ANSWER: Duration = Duration::from_secs(30);
 
 /// The largest answer read (a cluster status of thousands of routes fits easily).
 const MAX_ANSWER: u64 = 16 << 20;
@@ -220,9 +229,9 @@ pub async fn run(args: CtlArgs) -> Result<(), CliError> {
             println!("{url}: node {node} joined; voters {}", v["voters"]);
             Ok(())
         }
-        CtlCommand::Leave { node } => {
-            let path = format!("/api/v1/cluster/leave?node={node}");
-            let (url, v) = on_leader(&args.url, &path, token, ANSWER).await?;
+        CtlCommand::Leave { node, force } => {
+            let path = format!("/api/v1/cluster/leave?node={node}&force={force}");
+            let (url, v) = on_leader(&args.url, &path, token, LEAVE_ANSWER).await?;
             println!("{url}: node {node} left; voters {}", v["voters"]);
             Ok(())
         }

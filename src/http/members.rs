@@ -3,9 +3,10 @@
 //! - `POST /api/v1/cluster/join?node=ID&addr=HOST:PORT`: the node (started with `[cluster] join = true`)
 //!   is added as a learner, given the log until it has caught up, then made a voter. 504 if it has not caught
 //!   up within [`CATCH_UP`] (it stays a learner: asking again finishes the join).
-//! - `POST /api/v1/cluster/leave?node=ID`: the node is removed from the raft group, then its routes go and
-//!   it counts as down for good (its connections' Wills fire, its sessions expire; clients resume them on
-//!   other nodes). Drain it first (`cicada ctl drain`) when it still runs.
+//! - `POST /api/v1/cluster/leave?node=ID[&force=true]`: the node is removed from the raft group, then its
+//!   routes go and it counts as down for good (its connections' Wills fire, its sessions expire; clients
+//!   resume them on other nodes). A node heard from within `failure_detection_ms` is refused (409: drain it
+//!   first) unless `force=true`.
 
 use super::admin::{error, reply, Body};
 use crate::broker::Context;
@@ -115,7 +116,12 @@ async fn try_join(ctx: &Context, q: &BTreeMap<String, String>) -> Result<Body, R
             format!("node {node} is a learner at {known}, not {addr}: remove it first (cicada ctl leave {node})"),
         ));
     }
-    store.admit_node(node).await.map_err(store_failed)?;
+    if !store.admit_node(node).await.map_err(store_failed)? {
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the store did not apply the admission: ask again",
+        ));
+    }
     if !status.learners.contains(&node) {
         let add = Membership::AddLearner {
             id: node,
@@ -188,6 +194,27 @@ async fn try_leave(ctx: &Context, q: &BTreeMap<String, String>) -> Result<Body, 
         ));
     }
     let member = status.voters.contains(&node) || status.learners.contains(&node);
+    let force = q.get("force").is_some_and(|f| f == "true");
+    if member && !force {
+        // A node removed while it runs keeps its clients, never told: two live connections for a client id
+        // once the cluster counts it as gone. It must be drained (or dead) first.
+        let silent = status
+            .silent_ms
+            .iter()
+            .find(|(n, _)| *n == node)
+            .map_or(u64::MAX, |(_, ms)| *ms);
+        let threshold = ctx
+            .config
+            .cluster
+            .as_ref()
+            .map_or(u64::MAX, |c| c.failure_detection_ms);
+        if silent < threshold {
+            return Err(Refusal::new(
+                StatusCode::CONFLICT,
+                format!("node {node} is running (heard from {silent} ms ago): drain it first (cicada ctl --url http://NODE drain), or leave it with --force once it is stopped"),
+            ));
+        }
+    }
     if !member {
         if store.is_departed(node) {
             return Ok(reply(
@@ -214,12 +241,18 @@ async fn try_leave(ctx: &Context, q: &BTreeMap<String, String>) -> Result<Body, 
             .map_err(change_failed)?;
         tracing::info!(node, "node removed from the raft group");
     }
-    store.drop_node(node).await.map_err(|e| {
+    let recorded = store.drop_node(node).await.map_err(|e| {
         Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("node {node} is out of the raft group, but recording its departure failed ({e}): ask again"),
         )
     })?;
+    if !recorded {
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("node {node} is out of the raft group, but the store did not apply its departure: ask again"),
+        ));
+    }
     tracing::info!(node, "node left the cluster");
     let voters = store.status().await.map(|s| s.voters).unwrap_or_default();
     Ok(reply(

@@ -1,10 +1,16 @@
-//! Membership as the broker's state sees it: nodes that left the cluster (`cicada ctl leave`) and joined it.
+//! Membership as the broker's state sees it: nodes that left the cluster (`cicada ctl leave`) and joined it,
+//! and whether this node's state is fresh enough to decide on.
 
 use super::command::Command;
 use super::keys::{departed_key, DEPARTED_PREFIX};
 use super::record::unix_now;
 use super::Store;
 use cicada_cluster::ClusterError;
+use std::time::Duration;
+
+/// How long a node that is not fresh tries to reach a leader before it refuses.
+pub const FRESH_WAIT: Duration = Duration::from_secs(3);
+const RETRY: Duration = Duration::from_millis(50);
 
 impl Store {
     /// Proposes that `node`, removed from the raft group, left: its routes go and it counts as down for good
@@ -25,6 +31,29 @@ impl Store {
         node: u64,
     ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
         self.submit_applied(Command::AdmitNode { node })
+    }
+
+    /// Before a decision on state other nodes change (which persistent sessions a message is for): at once
+    /// while this node is fresh ([`cicada_cluster::Cluster::fresh`]), else after a read barrier through the
+    /// leader. A node that just woke may be between leaders: it asks again until [`FRESH_WAIT`], then `Err`.
+    pub async fn ensure_fresh(&self) -> Result<(), ClusterError> {
+        if self.cluster.fresh() {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + FRESH_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let e = match tokio::time::timeout(left, self.cluster.read_index()).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e @ (ClusterError::NoLeader | ClusterError::Timeout))) => e,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => ClusterError::Timeout,
+            };
+            if tokio::time::Instant::now() + RETRY >= deadline {
+                return Err(e);
+            }
+            tokio::time::sleep(RETRY).await;
+        }
     }
 
     /// The nodes that left the cluster, as applied here.

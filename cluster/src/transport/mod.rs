@@ -464,6 +464,7 @@ impl Transport {
             a.proof = s.acceptor_proof(&d, &a);
         }
         stream.wr.write_all(&a.encode()).await?;
+        stream.wr.flush().await?;
         if let Some(s) = &self.inner.opts.secret {
             let proof = read_handshake(&mut stream.rd, KIND_AUTH)
                 .await
@@ -487,6 +488,7 @@ impl Transport {
         let mut s = stream::dial(s, addr, self.inner.opts.tls.as_ref()).await?;
         let d = self.hello(lane);
         s.wr.write_all(&d.encode()).await?;
+        s.wr.flush().await?;
         let a = Hello::decode(read_handshake(&mut s.rd, KIND_HELLO).await?)?;
         if a.cluster != self.inner.opts.cluster_id {
             return Err(HandshakeError::Cluster {
@@ -507,6 +509,7 @@ impl Transport {
             let mut out = BytesMut::new();
             frame(KIND_AUTH, &secret.dialer_proof(&d, &a), &mut out);
             s.wr.write_all(&out).await?;
+            s.wr.flush().await?;
         }
         Ok(s)
     }
@@ -621,7 +624,11 @@ impl Transport {
                 let failed = tokio::select! {
                     biased;
                     r = &mut reader.0 => Some(r.unwrap_or_else(|e| ("error", e.to_string()))),
-                    w = tokio::time::timeout(write_limit, wr.write_all(&out)) => match w {
+                    // TLS holds what the socket did not take until a flush (a no-op on plain TCP).
+                    w = tokio::time::timeout(write_limit, async {
+                        wr.write_all(&out).await?;
+                        wr.flush().await
+                    }) => match w {
                         Ok(Ok(())) => None,
                         Ok(Err(e)) => Some(("closed", e.to_string())),
                         Err(_) => Some(("timeout", format!("a write did not complete in {timeout:?}"))),

@@ -140,4 +140,34 @@ impl Reader {
             }
         }
     }
+
+    /// A QoS 1/2 publish is matched against the persistent sessions as this node applied them: if the node
+    /// stalled or lost contact with the leader (it may not have applied a subscription whose SUBACK did not
+    /// wait for it), it reads through the leader first. Without a leader the message is refused, never
+    /// acknowledged and lost: v5 DISCONNECT 0x80 with a reason string, 3.x a close.
+    pub(super) async fn ensure_fresh(&self) -> Option<End> {
+        let store = self.ctx.store.as_ref()?;
+        if store.cluster().fresh() {
+            return None;
+        }
+        let m = &self.ctx.metrics.read_barriers;
+        let checked = tokio::select! {
+            r = store.ensure_fresh() => r,
+            _ = self.handle.cancel.cancelled() => return Some(End::ClosedByServer),
+        };
+        match checked {
+            Ok(()) => {
+                m.with_label_values(&["ok"]).inc();
+                None
+            }
+            Err(e) => {
+                m.with_label_values(&["refused"]).inc();
+                // 0x88 is not a DISCONNECT reason [MQTT-3.14.2.1]: 0x80 with the reason string.
+                Some(End::Error(
+                    ReasonCode::UNSPECIFIED_ERROR,
+                    format!("this node cannot check its state with a raft leader ({e}): QoS 1/2 messages are refused until it can"),
+                ))
+            }
+        }
+    }
 }

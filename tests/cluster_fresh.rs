@@ -1,0 +1,130 @@
+//! A node decides which persistent sessions a QoS 1/2 message is for from its own applied state: one that
+//! stalled (SIGSTOP) while a persistent subscription was made elsewhere — its SUBACK stopped waiting for the
+//! frozen node — reads through the leader before the first publish it handles after waking, so the message
+//! reaches the subscription (issue 12: once a client has its SUBACK, any PUBLISH received afterwards by any
+//! node with a leader reaches it). A node without a leader refuses QoS 1/2 instead of acknowledging what it
+//! cannot check.
+
+mod common;
+
+use bytes::Bytes;
+use cicada::protocol::{Packet, ProtocolVersion, Publish, QoS, ReasonCode};
+use common::broker::{connect, Raw};
+use common::cluster::{http_status, Cluster};
+use common::process::metric;
+use common::WAIT;
+use std::time::{Duration, Instant};
+
+fn addr(port: u16) -> std::net::SocketAddr {
+    format!("127.0.0.1:{port}").parse().unwrap()
+}
+
+fn publish(topic: &str, pkid: u16, payload: &'static [u8]) -> Packet {
+    Packet::Publish(Publish {
+        topic: topic.into(),
+        qos: QoS::AtLeastOnce,
+        pkid,
+        payload: Bytes::from_static(payload),
+        ..Publish::default()
+    })
+}
+
+fn persistent(id: &str) -> cicada::protocol::Connect {
+    let mut c = connect(id, ProtocolVersion::V5);
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(600);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stalled_checks_with_the_leader_before_matching_a_qos1_publish() {
+    let c = Cluster::three("", "");
+    // The publisher is connected to node 3 before it freezes.
+    let mut publisher = Raw::connect(addr(c.port(3))).await;
+    assert_eq!(
+        publisher
+            .handshake(connect("pub", ProtocolVersion::V5))
+            .await
+            .0,
+        ReasonCode::SUCCESS
+    );
+    c.nodes[2].signal(libc::SIGSTOP);
+    // While node 3 is frozen, a persistent subscriber on node 1 subscribes (its SUBACK gives up waiting for
+    // node 3) and goes offline.
+    let mut sub = Raw::connect(addr(c.port(1))).await;
+    assert_eq!(
+        sub.handshake(persistent("archiver")).await.0,
+        ReasonCode::SUCCESS
+    );
+    assert_eq!(
+        sub.subscribe(1, "fence/#", QoS::AtLeastOnce).await,
+        [ReasonCode::GRANTED_QOS_1]
+    );
+    sub.send(&Packet::Disconnect(Default::default())).await;
+    assert_eq!(sub.expect_close().await, None);
+    // The PUBLISH waits in node 3's socket; node 3 handles it as soon as it wakes.
+    publisher
+        .send(&publish("fence/1", 1, b"after the SUBACK"))
+        .await;
+    c.nodes[2].signal(libc::SIGCONT);
+    match publisher.recv().await {
+        Some(Packet::PubAck(a)) => assert_eq!(a.reason, ReasonCode::SUCCESS),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    assert!(
+        metric(
+            c.nodes[2].http_port,
+            "cicada_cluster_read_barriers_total{outcome=\"ok\"}"
+        )
+        .await
+            >= 1.0
+    );
+    // The subscriber resumes and has it.
+    let mut back = Raw::connect(addr(c.port(1))).await;
+    let (code, present, _) = back.handshake(persistent("archiver")).await;
+    assert_eq!((code, present), (ReasonCode::SUCCESS, true));
+    match back.recv().await {
+        Some(Packet::Publish(p)) => assert_eq!(&p.payload[..], b"after the SUBACK"),
+        other => panic!("expected the message published after the SUBACK, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_leader_refuses_qos1_publishes_and_keeps_qos0() {
+    let mut c = Cluster::three("", "");
+    for n in &mut c.nodes[1..] {
+        n.signal(libc::SIGKILL);
+        n.wait_exit();
+    }
+    let http = c.nodes[0].http_port;
+    let deadline = Instant::now() + WAIT;
+    while http_status(http, "/ready") != Some(503) {
+        assert!(Instant::now() < deadline, "/ready never said 503");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut p = Raw::connect(addr(c.port(1))).await;
+    assert_eq!(
+        p.handshake(connect("lonely", ProtocolVersion::V5)).await.0,
+        ReasonCode::SUCCESS
+    );
+    p.send(&Packet::Publish(Publish {
+        topic: "x".into(),
+        qos: QoS::AtMostOnce,
+        payload: Bytes::from_static(b"q0"),
+        ..Publish::default()
+    }))
+    .await;
+    let started = Instant::now();
+    p.send(&publish("x", 1, b"q1")).await;
+    // Never acknowledged: DISCONNECT 0x80 (0x88 is a CONNACK code only), in bounded time.
+    assert_eq!(p.expect_close().await, Some(ReasonCode::UNSPECIFIED_ERROR));
+    assert!(started.elapsed() < WAIT);
+    assert!(
+        metric(
+            http,
+            "cicada_cluster_read_barriers_total{outcome=\"refused\"}"
+        )
+        .await
+            >= 1.0
+    );
+}
