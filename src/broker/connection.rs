@@ -543,17 +543,25 @@ impl Reader {
                     packet: p,
                 });
             }
+            // In effect before the next packet is read [MQTT-3.8.4-3]: a PUBLISH right behind a SUBSCRIBE
+            // (request/response clients) is matched against it.
             Packet::Subscribe(s) => {
+                let (installed, done) = tokio::sync::oneshot::channel();
                 let _ = self.session.cast(SessionMsg::Subscribe {
                     conn: self.conn_id,
                     packet: s,
+                    installed,
                 });
+                return self.until_installed(done).await;
             }
             Packet::Unsubscribe(u) => {
+                let (installed, done) = tokio::sync::oneshot::channel();
                 let _ = self.session.cast(SessionMsg::Unsubscribe {
                     conn: self.conn_id,
                     packet: u,
+                    installed,
                 });
+                return self.until_installed(done).await;
             }
             Packet::PingReq => {
                 self.handle.packet(Packet::PingResp);

@@ -170,4 +170,16 @@ impl Reader {
             }
         }
     }
+
+    /// Waits until the session has queued a SUBSCRIBE's or UNSUBSCRIBE's change on the shards (an answer
+    /// dropped unsent: the session is gone or no longer this connection's, nothing to wait for).
+    pub(super) async fn until_installed(
+        &self,
+        done: tokio::sync::oneshot::Receiver<()>,
+    ) -> Option<End> {
+        tokio::select! {
+            _ = done => None,
+            _ = self.handle.cancel.cancelled() => Some(End::ClosedByServer),
+        }
+    }
 }

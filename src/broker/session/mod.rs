@@ -81,13 +81,17 @@ pub enum SessionMsg {
         conn: u64,
         packet: Packet,
     },
+    /// `installed` is answered once the shards have the change queued (before its SUBACK, which also waits
+    /// for the store): the connection reads its next packet only then, so that packet sees it.
     Subscribe {
         conn: u64,
         packet: Subscribe,
+        installed: tokio::sync::oneshot::Sender<()>,
     },
     Unsubscribe {
         conn: u64,
         packet: Unsubscribe,
+        installed: tokio::sync::oneshot::Sender<()>,
     },
     /// The connection's writer has room again.
     Drained,
@@ -274,12 +278,16 @@ impl Actor for Session {
                 drop(ticket);
             }
             SessionMsg::Ack { conn, packet } if s.is_current(conn) => s.ack(packet),
-            SessionMsg::Subscribe { conn, packet } if s.is_current(conn) => {
-                s.subscribe(&me, packet).await
-            }
-            SessionMsg::Unsubscribe { conn, packet } if s.is_current(conn) => {
-                s.unsubscribe(packet).await
-            }
+            SessionMsg::Subscribe {
+                conn,
+                packet,
+                installed,
+            } if s.is_current(conn) => s.subscribe(&me, packet, installed).await,
+            SessionMsg::Unsubscribe {
+                conn,
+                packet,
+                installed,
+            } if s.is_current(conn) => s.unsubscribe(packet, installed).await,
             SessionMsg::Ack { .. }
             | SessionMsg::Subscribe { .. }
             | SessionMsg::Unsubscribe { .. } => {}

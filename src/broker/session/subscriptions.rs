@@ -106,7 +106,12 @@ impl SessionState {
         Ok(())
     }
 
-    pub(super) async fn subscribe(&mut self, me: &ActorRef<SessionMsg>, packet: Subscribe) {
+    pub(super) async fn subscribe(
+        &mut self,
+        me: &ActorRef<SessionMsg>,
+        packet: Subscribe,
+        installed: tokio::sync::oneshot::Sender<()>,
+    ) {
         let Some(conn) = self.conn.clone() else {
             return;
         };
@@ -160,6 +165,9 @@ impl SessionState {
                 }
             }
         }
+        // Every shard has the new subscriptions queued ahead of anything the connection sends next; this actor
+        // handles nothing else (no live copy) until the SUBACK and the retained messages are out.
+        let _ = installed.send(());
         for r in routes {
             r.await;
         }
@@ -195,7 +203,11 @@ impl SessionState {
         );
     }
 
-    pub(super) async fn unsubscribe(&mut self, packet: Unsubscribe) {
+    pub(super) async fn unsubscribe(
+        &mut self,
+        packet: Unsubscribe,
+        installed: tokio::sync::oneshot::Sender<()>,
+    ) {
         let Some(conn) = self.conn.clone() else {
             return;
         };
@@ -210,6 +222,7 @@ impl SessionState {
                 None => reasons.push(ReasonCode::NO_SUBSCRIPTION_EXISTED),
             }
         }
+        let _ = installed.send(());
         if !self.persist(false).await {
             self.refuse_unstored(&conn);
             return;
