@@ -245,3 +245,58 @@ async fn server_disconnects_carry_a_reason_string() {
         other => panic!("{other:?}"),
     }
 }
+
+/// [MQTT-3.1.2-24]: the CONNACK fits the client's Maximum Packet Size (optional properties dropped); when
+/// even the bare one (5 bytes) does not, the connection closes without one.
+#[tokio::test]
+async fn the_connack_respects_the_clients_maximum_packet_size() {
+    use tokio::io::AsyncReadExt;
+    let b = TestBroker::start().await;
+    for (max, limit) in [
+        (2u32, None),
+        (4, None),
+        (5, Some(5usize)),
+        (10, Some(10)),
+        (1 << 20, Some(1 << 20)),
+    ] {
+        let mut raw = b.raw().await;
+        let mut c = connect(&format!("mps-{max}"), ProtocolVersion::V5);
+        c.properties.maximum_packet_size = Some(max);
+        raw.decoder.version = ProtocolVersion::V5;
+        raw.send(&Packet::Connect(Box::new(c))).await;
+        // Read one packet (its remaining length fits one byte here), or up to the close.
+        let mut got = Vec::new();
+        let closed = loop {
+            if got.len() >= 2 && got.len() >= 2 + got[1] as usize {
+                break false;
+            }
+            let mut chunk = [0u8; 256];
+            let n = tokio::time::timeout(common::WAIT, raw.stream.read(&mut chunk))
+                .await
+                .expect("an answer or a close")
+                .unwrap_or(0);
+            if n == 0 {
+                break true;
+            }
+            got.extend_from_slice(&chunk[..n]);
+        };
+        match limit {
+            None => assert!(
+                closed && got.is_empty(),
+                "max {max}: nothing sent, got {got:?}"
+            ),
+            Some(limit) => {
+                assert!(!closed, "max {max}: accepted");
+                assert!(
+                    got.len() <= limit,
+                    "max {max}: {} bytes: {got:?}",
+                    got.len()
+                );
+                assert_eq!((got[0], got[3]), (0x20, 0), "a successful CONNACK");
+                if max == 1 << 20 {
+                    assert!(got.len() > 10, "with room, every property: {got:?}");
+                }
+            }
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! reading while its messages are still on their way through the router (credit) or the node is over its
 //! memory watermark. Everything stateful goes to the Session; the socket's write half belongs to [`Writer`].
 
+mod fit;
 mod flow;
 mod handshake;
 
@@ -107,6 +108,17 @@ pub async fn serve<S>(
             }
             Ok(mut accepted) => {
                 tracing::Span::current().record("client_id", accepted.client_id.as_str());
+                if let Some(max) = accepted
+                    .connect
+                    .properties
+                    .maximum_packet_size
+                    .filter(|_| accepted.connect.protocol.is_v5())
+                {
+                    if !fit::fit_connack(&mut accepted.connack, max) {
+                        tracing::info!(max, "connection closed: even the smallest CONNACK exceeds the client's Maximum Packet Size [MQTT-3.1.2-24]");
+                        return;
+                    }
+                }
                 let checked = match identity {
                     Identity::None => {
                         let c = &accepted.connect;
