@@ -139,3 +139,56 @@ async fn garbage_instead_of_connect_is_closed_and_the_broker_keeps_serving() {
     let (c, _e) = b.client("still-fine", ProtocolVersion::V311).await;
     c.publish("x", QoS::AtLeastOnce, false, "ok").await.unwrap();
 }
+
+/// A client still sending when the broker disconnects it reads the DISCONNECT and its reason, and the
+/// connection ends cleanly: the broker shuts its write side down and reads and discards until the client
+/// closes (up to 2 s), instead of closing with unread bytes, which resets the connection and fails the
+/// client's next write (issue 14; the Paho `test_flow_control2` client got a broken pipe instead of its
+/// DISCONNECT).
+#[tokio::test]
+async fn a_client_still_sending_reads_the_disconnect_reason_and_is_not_reset() {
+    use cicada::protocol::{encode, Decoder, Packet};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = TestBroker::start().await;
+    for round in 0..5 {
+        let mut stream = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+        let mut out = bytes::BytesMut::new();
+        let c = connect(&format!("noisy-{round}"), ProtocolVersion::V5);
+        encode(&Packet::Connect(Box::new(c)), ProtocolVersion::V5, &mut out).unwrap();
+        // A packet of reserved type 0 (malformed), then more the broker will not process.
+        out.extend_from_slice(&[0x00, 0x00]);
+        for _ in 0..1_000 {
+            out.extend_from_slice(&[0xC0, 0x00]);
+        }
+        stream.write_all(&out).await.unwrap();
+        let mut decoder = Decoder::new(ProtocolVersion::V5, 1 << 20);
+        let mut buf = bytes::BytesMut::new();
+        let mut packets = Vec::new();
+        loop {
+            while let Some(p) = decoder.decode(&mut buf).unwrap() {
+                packets.push(p);
+            }
+            let n = tokio::time::timeout(common::WAIT, stream.read_buf(&mut buf))
+                .await
+                .expect("an answer or a close")
+                .unwrap_or_else(|e| {
+                    panic!("round {round}: reset before the DISCONNECT was read: {e}")
+                });
+            if n == 0 {
+                break;
+            }
+        }
+        match packets.last() {
+            Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::MALFORMED_PACKET),
+            other => panic!("round {round}: expected DISCONNECT 0x81 last, got {other:?}"),
+        }
+        // The client had more to send: it goes through, and its close ends the connection without a reset.
+        stream.write_all(&[0xC0, 0x00]).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut rest = [0u8; 16];
+        let r = tokio::time::timeout(common::WAIT, stream.read(&mut rest))
+            .await
+            .unwrap();
+        assert!(matches!(r, Ok(0)), "round {round}: {r:?}");
+    }
+}

@@ -6,6 +6,7 @@
 mod fit;
 mod flow;
 mod handshake;
+mod linger;
 
 use super::acks::AckQueue;
 use super::conn::{ConnHandle, ConnShared, Outbound};
@@ -94,6 +95,7 @@ pub async fn serve<S>(
             Ok(Err(Refusal::Connack(code, version, why))) => {
                 refuse(&mut wr, version, code, &ctx).await;
                 tracing::info!(why, reason = code.name(), "connection refused");
+                linger::discard_until_closed(&mut rd).await;
                 return;
             }
             Err(_) => {
@@ -105,6 +107,7 @@ pub async fn serve<S>(
             Err((code, version, why)) => {
                 refuse(&mut wr, version, code, &ctx).await;
                 tracing::info!(why, reason = code.name(), "connection refused");
+                linger::discard_until_closed(&mut rd).await;
             }
             Ok(mut accepted) => {
                 tracing::Span::current().record("client_id", accepted.client_id.as_str());
@@ -145,6 +148,7 @@ pub async fn serve<S>(
                         _ = ctx.shutdown.cancelled() => {}
                     }
                     refuse(&mut wr, c.protocol, refused.reason_code(), &ctx).await;
+                    linger::discard_until_closed(&mut rd).await;
                     return;
                     }
                 };
@@ -354,9 +358,10 @@ async fn run<R, W>(
         let left = t.duration_since(SystemTime::now()).unwrap_or_default();
         tokio::time::Instant::now() + left
     });
+    let mut rd = input.rd;
     let end = reader
         .read_loop(
-            input.rd,
+            &mut rd,
             input.buf,
             input.decoder,
             keep_alive,
@@ -364,6 +369,8 @@ async fn run<R, W>(
             &cancel,
         )
         .await;
+    // The broker ends the connection with a reason the client should read: see `linger`.
+    let linger = matches!(end, End::Error(..) | End::ClosedByServer);
     let (publish_will, expiry, why) = match end {
         End::Normal { will, expiry } => {
             handle.send(Outbound::Close(None));
@@ -399,6 +406,9 @@ async fn run<R, W>(
         .is_err()
     {
         abort.abort();
+    }
+    if linger {
+        linger::discard_until_closed(&mut rd).await;
     }
 }
 
@@ -456,7 +466,7 @@ struct Reader {
 impl Reader {
     async fn read_loop<R: AsyncRead + Unpin>(
         &mut self,
-        mut rd: R,
+        rd: &mut R,
         mut buf: BytesMut,
         mut decoder: Decoder,
         keep_alive: u16,
