@@ -197,3 +197,85 @@ async fn takeover_resumes_the_same_session() {
         Bytes::from("to the new one")
     );
 }
+
+/// A session with expiry 0 (3.1.1 Clean Session 1, v5 Session Expiry 0) ends with its connection, even when
+/// a new connection for the client arrives while the old one is still open or just ending: the newcomer
+/// (Clean Start 0) gets Session Present 0 and none of the old subscriptions [MQTT-3.1.2-6], [MQTT-3.2.2-2]
+/// (issue 14, Mosquitto's test suite found Session Present 1 and the old subscription still delivering).
+#[tokio::test]
+async fn a_clean_session_is_not_resumed_by_a_later_connection() {
+    use cicada::protocol::{Publish, Subscribe, SubscribeFilter, SubscriptionOptions};
+    let b = TestBroker::start().await;
+    let publish = |topic: &str| {
+        Packet::Publish(Publish {
+            topic: topic.into(),
+            qos: QoS::AtMostOnce,
+            payload: Bytes::from_static(b"x"),
+            ..Publish::default()
+        })
+    };
+    let mut publisher = b.raw().await;
+    publisher
+        .handshake(connect("pub", ProtocolVersion::V5))
+        .await;
+    for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+        let id = format!("x-{version:?}");
+        // (a) The clean connection is still open.
+        let mut old = b.raw().await;
+        old.handshake(connect(&id, version)).await;
+        old.subscribe(1, "to/own", QoS::AtMostOnce).await;
+        let mut resume = connect(&id, version);
+        resume.clean_start = false;
+        resume.properties.session_expiry_interval = version.is_v5().then_some(60);
+        let mut new = b.raw().await;
+        let (code, present, _) = new.handshake(resume.clone()).await;
+        assert_eq!((code, present), (ReasonCode::SUCCESS, false), "{version:?}");
+        if version.is_v5() {
+            assert_eq!(
+                old.expect_close().await,
+                Some(ReasonCode::SESSION_TAKEN_OVER)
+            );
+        }
+        new.send(&Packet::Subscribe(Subscribe {
+            pkid: 2,
+            properties: Default::default(),
+            filters: vec![SubscribeFilter {
+                filter: "marker".into(),
+                options: SubscriptionOptions::default(),
+            }],
+        }))
+        .await;
+        match new.recv().await {
+            Some(Packet::SubAck(_)) => {}
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+        publisher.send(&publish("to/own")).await;
+        publisher.send(&publish("marker")).await;
+        match new.recv().await {
+            Some(Packet::Publish(p)) => assert_eq!(
+                p.topic, "marker",
+                "{version:?}: the old subscription delivered"
+            ),
+            other => panic!("expected the marker, got {other:?}"),
+        }
+        // (b) A clean client that leaves and comes back at once, without Clean Start: a new session each
+        // time, never an error before its CONNACK.
+        for i in 0..20 {
+            let id = format!("b-{version:?}-{i}");
+            let mut first = b.raw().await;
+            first.handshake(connect(&id, version)).await;
+            first.subscribe(1, "to/own", QoS::AtMostOnce).await;
+            first.send(&Packet::Disconnect(Disconnect::default())).await;
+            let mut again = connect(&id, version);
+            again.clean_start = false;
+            again.properties.session_expiry_interval = version.is_v5().then_some(60);
+            let mut second = b.raw().await;
+            let (code, present, _) = second.handshake(again).await;
+            assert_eq!(
+                (code, present),
+                (ReasonCode::SUCCESS, false),
+                "{version:?} try {i}"
+            );
+        }
+    }
+}

@@ -392,10 +392,25 @@ impl RegistryState {
             let still_owner = store.as_ref().is_none_or(|st| {
                 l.pending || st.owner(&client_id).is_none_or(|o| o.node == st.node_id())
             });
-            if !clean_start && still_owner {
+            // A session with expiry 0 ends with its connection [MQTT-3.1.2-6]: even while that connection is
+            // still open, or its end is still on the way, it is not resumed (session present 0, no
+            // subscriptions) but replaced, as on a clean start.
+            let (session, id) = (l.session.clone(), l.id);
+            let ends = !clean_start
+                && still_owner
+                && matches!(
+                    session
+                        .call(
+                            SessionMsg::EndsWithConnection,
+                            Some(std::time::Duration::from_secs(5))
+                        )
+                        .await,
+                    Ok(ractor::rpc::CallResult::Success(true))
+                );
+            if !clean_start && still_owner && !ends {
                 return Ok(Opened {
-                    session: l.session.clone(),
-                    id: l.id,
+                    session,
+                    id,
                     claimed: None,
                 });
             }
@@ -403,7 +418,7 @@ impl RegistryState {
             // starts only once it has ended: whatever it still had to propose (a create its own connect asked
             // for, its delete) is in the log before the successor's create, so apply, which ignores commands
             // of any incarnation but the stored one, never lets the old life undo the new.
-            end_taken_over(&l.session).await;
+            end_taken_over(&session).await;
             self.sessions.remove(&client_id);
         }
         let (mut token, mut pending, mut restored, mut epoch) = (0, false, None, 0);

@@ -115,6 +115,9 @@ pub enum SessionMsg {
     Shutdown(ReasonCode, RpcReplyPort<()>),
     /// Whether a connection is attached (admin API).
     IsOnline(RpcReplyPort<bool>),
+    /// Whether the session ends with its connection (expiry 0: a clean session, or one whose client set
+    /// expiry 0): a new connection for the client then starts a new session, whatever its Clean Start.
+    EndsWithConnection(RpcReplyPort<bool>),
     /// The cluster published the Will of this connection (this node was counted as down).
     WillFired(u64),
 }
@@ -321,6 +324,9 @@ impl Actor for Session {
             }
             SessionMsg::IsOnline(reply) => {
                 let _ = reply.send(s.conn.is_some());
+            }
+            SessionMsg::EndsWithConnection(reply) => {
+                let _ = reply.send(s.lifecycle.expiry() == 0);
             }
             SessionMsg::WillFired(conn) => s.will_fired(conn),
         }
