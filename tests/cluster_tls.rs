@@ -1,51 +1,31 @@
 //! Mutual TLS on peer links (`[cluster.tls]`, issue 12): three real nodes whose links are TLS with the
 //! cluster's own CA route messages across nodes; a peer connection in plain TCP, or with a certificate of
 //! another CA, is refused before the handshake reads anything (`cicada_peer_refused_total{reason="tls"}`),
-//! and a node with a certificate of another CA never gets a leader.
+//! and a node whose certificate names another host than the address it is dialed at cannot join.
 
 mod common;
 
 use cicada::client::{Client, ClientOptions};
 use cicada::protocol::{ProtocolVersion, QoS};
+use common::certs::{leaf, new_ca, Ca};
 use common::cluster::Cluster;
 use common::process::{metric, CicadaProcess};
 use common::{free_port, WAIT};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-fn new_ca(name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    let pem = p.self_signed(&key).unwrap().pem();
-    Ca {
-        issuer: Issuer::new(p, key),
-        pem,
-    }
-}
-
-/// Writes `{name}.crt`, `{name}.key` (a node certificate for 127.0.0.1 signed by `ca`) and `{name}-ca.crt`.
-fn node_files(dir: &Path, ca: &Ca, name: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    p.distinguished_name.push(DnType::CommonName, name);
-    let cert = p.signed_by(&key, &ca.issuer).unwrap().pem();
+/// Writes `{name}.crt`, `{name}.key` (a node certificate for `host` signed by `ca`) and `{name}-ca.crt`.
+fn node_files(dir: &Path, ca: &Ca, name: &str, host: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let (cert, key) = leaf(ca, name, &[host], false);
     let files = (
         dir.join(format!("{name}.crt")),
         dir.join(format!("{name}.key")),
         dir.join(format!("{name}-ca.crt")),
     );
     std::fs::write(&files.0, cert).unwrap();
-    std::fs::write(&files.1, key.serialize_pem()).unwrap();
+    std::fs::write(&files.1, key).unwrap();
     std::fs::write(&files.2, &ca.pem).unwrap();
     files
 }
@@ -73,7 +53,7 @@ async fn until_metric_at_least(http_port: u16, name: &str, want: f64) {
 async fn peer_links_are_mutual_tls_and_refuse_other_certificates() {
     let dir = tempfile::tempdir().unwrap();
     let ca = new_ca("cicada cluster CA");
-    let good = node_files(dir.path(), &ca, "node");
+    let good = node_files(dir.path(), &ca, "node", "127.0.0.1");
     let c = Cluster::three("", &tls_table(&good));
 
     // Cross-node delivery over the TLS links.
@@ -112,7 +92,7 @@ async fn peer_links_are_mutual_tls_and_refuse_other_certificates() {
 
     // A certificate of another CA: refused too.
     let rogue_ca = new_ca("someone else");
-    let rogue = node_files(dir.path(), &rogue_ca, "rogue");
+    let rogue = node_files(dir.path(), &rogue_ca, "rogue", "127.0.0.1");
     let roots = {
         let mut r = rustls::RootCertStore::empty();
         for c in rustls_pki_types::CertificateDer::pem_file_iter(&good.2).unwrap() {
@@ -148,8 +128,9 @@ async fn peer_links_are_mutual_tls_and_refuse_other_certificates() {
     }
     until_metric_at_least(c.nodes[2].http_port, tls_refused, 2.0).await;
 
-    // A node whose certificate is of another CA cannot join: the members refuse its links, it never has a
-    // leader and never serves.
+    // A node whose certificate is the cluster CA's but for another host cannot join: the members dialing
+    // 127.0.0.1 refuse a certificate for 127.0.0.2, it never has a leader and never serves.
+    let wrong_host = node_files(dir.path(), &ca, "elsewhere", "127.0.0.2");
     let members: Vec<String> = c
         .peer_ports
         .iter()
@@ -161,7 +142,7 @@ async fn peer_links_are_mutual_tls_and_refuse_other_certificates() {
         &format!(
             "[store]\nfsync = \"interval\"\n[cluster]\nnode_id = 4\npeer_bind = \"127.0.0.1:{p4}\"\npeers = [{}]\njoin = true\nsecret = \"a-test-cluster-secret\"\ntick_ms = 100\n{}",
             members.join(", "),
-            tls_table(&rogue)
+            tls_table(&wrong_host)
         ),
         "warn",
     );

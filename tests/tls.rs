@@ -7,43 +7,10 @@ mod common;
 use cicada::config::{ListenerConfig, TlsConfig};
 use cicada::protocol::{ProtocolVersion, QoS};
 use common::broker::TestBroker;
+use common::certs::{leaf, new_ca, Ca};
 use common::next_message;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-fn new_ca(name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    let pem = p.self_signed(&key).unwrap().pem();
-    Ca {
-        issuer: Issuer::new(p, key),
-        pem,
-    }
-}
-
-/// A certificate and key signed by `ca`: (cert PEM, key PEM).
-fn leaf(ca: &Ca, cn: &str, sans: &[&str], expired: bool) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let mut p =
-        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    if expired {
-        p.not_before = rcgen::date_time_ymd(2019, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2020, 1, 1);
-    }
-    (
-        p.signed_by(&key, &ca.issuer).unwrap().pem(),
-        key.serialize_pem(),
-    )
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod certs;
 pub mod cluster;
 pub mod process;
 
