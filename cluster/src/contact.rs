@@ -1,75 +1,75 @@
 //! Whether this node's applied state is recent enough to decide on by itself, or must first be checked with
-//! the leader (a read barrier). The broker asks before a decision that depends on state other nodes change —
-//! which persistent sessions a QoS 1/2 message is for: a node that was paused, starved or cut off may not
+//! the leader. The broker asks before a decision that depends on state other nodes change — which
+//! persistent sessions a QoS 1/2 message is for: a node that was paused, starved, cut off or behind may not
 //! have applied a subscription whose SUBACK did not wait for it.
 //!
-//! [`Contact`] is the pure decision, from the node actor's events with an injected clock; [`Freshness`]
-//! publishes its answer to other tasks without a call into the actor.
+//! The answer is a lease: a read barrier (raft's read index) requested at `t` and answered once this node
+//! has applied up to what the leader had committed at `t` makes the node fresh until `t + window`. The node
+//! actor asks for one in the background every half window, so a healthy node stays fresh; a stall, a
+//! partition, a lagging apply or a leader change lets the lease run out, and the next decision waits for a
+//! barrier of its own. Nothing here trusts what a heartbeat implies.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// What the node knows of its contact with the cluster at an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Standing {
-    /// Leader, having heard from a quorum of voters within the window.
-    LeaderWithQuorum,
-    /// Follower or learner that heard from its leader within the window and has applied all it knows
-    /// committed.
-    FollowerCaughtUp,
-    /// Anything else: no leader, a leader not heard from, entries committed but not applied yet.
-    Unsure,
-}
-
-/// The contact decision.
+/// The background barrier's schedule (pure: the actor passes the time).
 #[derive(Debug)]
-pub struct Contact {
+pub struct Lease {
     window: Duration,
-    last_event: Option<Instant>,
-    /// The node stalled (no event for longer than the window): whatever it hears next, only a read barrier
-    /// makes it fresh again.
-    suspect: bool,
+    /// The background barrier in flight: (read id, when it was asked).
+    asked: Option<(u64, Instant)>,
+    /// Its answer, waiting for this node to apply up to the index: (index, when it was asked).
+    answered: Option<(u64, Instant)>,
 }
 
-impl Contact {
-    pub fn new(window: Duration) -> Contact {
-        Contact {
+impl Lease {
+    pub fn new(window: Duration) -> Lease {
+        Lease {
             window,
-            last_event: None,
-            suspect: false,
+            asked: None,
+            answered: None,
         }
     }
 
-    /// An event of the node actor at `now` (ticks come every raft tick, so a long gap means the process or
-    /// its runtime stalled). Returns until when the node counts as fresh, `None` for not fresh.
-    pub fn event(&mut self, now: Instant, standing: Standing) -> Option<Instant> {
-        if self
-            .last_event
-            .is_some_and(|last| now.saturating_duration_since(last) > self.window)
-        {
-            self.suspect = true;
+    /// At a tick: whether to ask for a new background barrier now with read id `id` (none in flight, or
+    /// the one in flight older than a tick's worth of retries: raft drops reads without a leader).
+    pub fn tick(&mut self, now: Instant, id: u64) -> bool {
+        let stale = |t: Instant| now.saturating_duration_since(t) >= self.window / 2;
+        if self.asked.is_some_and(|(_, t)| !stale(t)) || self.answered.is_some() {
+            return false;
         }
-        self.last_event = Some(now);
-        if self.suspect || standing == Standing::Unsure {
+        self.asked = Some((id, now));
+        true
+    }
+
+    /// A read state for read `id` with index `index`: `true` when it was the background barrier's.
+    pub fn answered(&mut self, id: u64, index: u64) -> bool {
+        match self.asked {
+            Some((asked, t)) if asked == id => {
+                self.asked = None;
+                self.answered = Some((index, t));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// This node applied up to `applied`: until when it is fresh, if the background barrier completed.
+    pub fn applied(&mut self, applied: u64) -> Option<Instant> {
+        let (index, t) = self.answered?;
+        if index > applied {
             return None;
         }
-        Some(now + self.window)
+        self.answered = None;
+        Some(t + self.window)
     }
 
-    /// Whether a stall was seen and no read barrier has completed since.
-    pub fn suspect(&self) -> bool {
-        self.suspect
-    }
-
-    /// A read barrier completed at `now`: the applied state has what the leader had committed when asked.
-    pub fn confirmed(&mut self, now: Instant) -> Instant {
-        self.suspect = false;
-        self.last_event = Some(now);
-        now + self.window
+    pub fn window(&self) -> Duration {
+        self.window
     }
 }
 
-/// [`Contact`]'s answer, readable from any task.
+/// Until when the node is fresh, readable from any task without a call into the actor.
 #[derive(Debug)]
 pub struct Freshness {
     base: Instant,
@@ -87,11 +87,10 @@ impl Default for Freshness {
 }
 
 impl Freshness {
-    pub fn set(&self, until: Option<Instant>) {
-        let ms = until.map_or(0, |u| {
-            u.saturating_duration_since(self.base).as_millis() as u64
-        });
-        self.until_ms.store(ms, Ordering::Release);
+    /// A completed barrier: fresh until `until` (a later lease already held stays).
+    pub fn extend(&self, until: Instant) {
+        let ms = until.saturating_duration_since(self.base).as_millis() as u64;
+        self.until_ms.fetch_max(ms, Ordering::AcqRel);
     }
 
     pub fn fresh(&self) -> bool {
@@ -104,44 +103,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fresh_while_in_contact_and_only_a_read_barrier_clears_a_stall() {
+    fn a_background_barrier_every_half_window_keeps_a_lease_counted_from_when_it_was_asked() {
         let ms = Duration::from_millis;
         let t0 = Instant::now();
-        let mut c = Contact::new(ms(1000));
-        use Standing::*;
-        // Ticks every 100 ms with a leader heard: fresh for a window after each.
-        assert_eq!(c.event(t0, FollowerCaughtUp), Some(t0 + ms(1000)));
-        assert_eq!(c.event(t0 + ms(100), LeaderWithQuorum), Some(t0 + ms(1100)));
-        // Contact lost: not fresh at once.
-        assert_eq!(c.event(t0 + ms(200), Unsure), None);
-        assert_eq!(c.event(t0 + ms(300), FollowerCaughtUp), Some(t0 + ms(1300)));
-        // A stall (SIGSTOP, a starved runtime): the heartbeat heard right after it does not make it fresh.
-        assert_eq!(c.event(t0 + ms(5000), FollowerCaughtUp), None);
-        assert!(c.suspect());
-        assert_eq!(c.event(t0 + ms(5100), FollowerCaughtUp), None);
-        // A read barrier does.
-        assert_eq!(c.confirmed(t0 + ms(5200)), t0 + ms(6200));
-        assert!(!c.suspect());
-        assert_eq!(
-            c.event(t0 + ms(5300), FollowerCaughtUp),
-            Some(t0 + ms(6300))
+        let mut l = Lease::new(ms(500));
+        assert!(l.tick(t0, 1), "the first tick asks");
+        assert!(!l.tick(t0 + ms(100), 2), "one in flight");
+        assert!(!l.answered(7, 40), "another read's answer");
+        assert!(l.answered(1, 40));
+        assert!(!l.tick(t0 + ms(300), 3), "answered, waiting for the apply");
+        assert_eq!(l.applied(39), None, "not applied that far yet");
+        // Fresh until the asking time plus the window: what the leader had committed then is applied.
+        assert_eq!(l.applied(40), Some(t0 + ms(500)));
+        assert!(l.tick(t0 + ms(300), 4));
+        // No answer (no leader, a partition): asked again after half a window, counted from the new ask.
+        assert!(!l.tick(t0 + ms(400), 5));
+        assert!(l.tick(t0 + ms(550), 6));
+        assert!(
+            !l.answered(4, 50),
+            "the dropped ask's late answer counts for nothing"
         );
-        // Exactly the window is not a stall.
-        assert_eq!(
-            c.event(t0 + ms(6300), LeaderWithQuorum),
-            Some(t0 + ms(7300))
-        );
+        assert!(l.answered(6, 50));
+        assert_eq!(l.applied(60), Some(t0 + ms(1050)));
     }
 
     #[test]
-    fn freshness_reads_what_was_set() {
+    fn a_barrier_asked_before_a_stall_gives_no_lease_after_it() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut l = Lease::new(ms(500));
+        assert!(l.tick(t0, 1));
+        // SIGSTOP for 5 s: the answer is read after waking.
+        assert!(l.answered(1, 10));
+        let until = l.applied(10).unwrap();
+        let f = Freshness::default();
+        f.extend(until);
+        assert!(until < t0 + ms(5000), "the lease ran out during the stall");
+    }
+
+    #[test]
+    fn freshness_keeps_the_latest_lease() {
         let f = Freshness::default();
         assert!(!f.fresh());
-        f.set(Some(Instant::now() + Duration::from_secs(60)));
+        f.extend(Instant::now() + Duration::from_secs(60));
         assert!(f.fresh());
-        f.set(Some(Instant::now() - Duration::from_millis(1)));
-        assert!(!f.fresh());
-        f.set(None);
-        assert!(!f.fresh());
+        f.extend(Instant::now() - Duration::from_millis(1));
+        assert!(f.fresh(), "an older lease does not shorten a later one");
+        let g = Freshness::default();
+        g.extend(Instant::now() - Duration::from_millis(1));
+        assert!(!g.fresh());
     }
 }

@@ -331,7 +331,9 @@ impl Cluster {
             incarnation: node::incarnation()?,
             crash: crash::Crasher::new(config.crash_at),
             snapshots,
-            contact_window: config.tick * config.election_ticks as u32,
+            // Half an election timeout: heartbeats go every `heartbeat_ticks`, and freshness runs out well before
+            // a follower that lost its leader could see another one elected.
+            contact_window: config.tick * (config.election_ticks as u32 / 2).max(1),
             freshness: freshness.clone(),
             snapshot_interval: config.snapshot_interval.max(1),
             log_retention: config.log_retention,
@@ -409,10 +411,9 @@ impl Cluster {
         &self.view
     }
 
-    /// Whether this node's applied state may be decided on without asking the leader: it has been in contact
-    /// with the cluster within an election timeout (a leader with a quorum, a follower with its leader and
-    /// nothing committed left to apply) and has not stalled since its last read barrier. Otherwise a
-    /// [`Cluster::read_index`] first. Without waiting for the actor.
+    /// Whether this node's applied state may be decided on without asking the leader: a read barrier asked
+    /// within the last half election timeout completed (the node actor asks for one in the background every
+    /// quarter; see [`contact`]). Otherwise a [`Cluster::read_index`] first. Without waiting for the actor.
     pub fn fresh(&self) -> bool {
         self.freshness.fresh()
     }

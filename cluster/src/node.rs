@@ -1,7 +1,7 @@
 //! The one actor that owns the `RawNode`: ticks, proposals (batched into entries), the Ready / LightReady
 //! loop, applying committed entries in order, snapshots, compaction, membership changes and read index.
 
-use crate::contact::{Contact, Freshness};
+use crate::contact::{Freshness, Lease};
 use crate::crash::{CrashPoint, Crasher};
 use crate::entry::{context, decode_batch, encode_batch, parse_context, peers_after, read_context};
 use crate::machine::{StateMachine, Txn};
@@ -85,7 +85,7 @@ pub struct NodeArgs {
     pub incarnation: u64,
     pub crash: Crasher,
     pub snapshots: Arc<crate::snapshot::Snapshots>,
-    /// How long contact with the cluster keeps the applied state fresh (an election timeout).
+    /// How long contact with the cluster keeps the applied state fresh (half an election timeout).
     pub contact_window: Duration,
     /// Published for `Cluster::fresh`.
     pub freshness: Arc<Freshness>,
@@ -139,14 +139,15 @@ pub struct NodeState {
     changes: HashMap<u64, (Instant, Reply<()>)>,
     reads: HashMap<u64, (Instant, Reply<u64>)>,
     /// Read index answers waiting for the applied index to reach them.
-    ready_reads: Vec<(u64, Reply<u64>)>,
+    ready_reads: Vec<(u64, Instant, Reply<u64>)>,
     leader: u64,
     staged_permit: Option<tokio::sync::OwnedSemaphorePermit>,
     /// The applied index at the last compaction check.
     compaction_checked: u64,
     /// When each peer was last heard from (raft messages), for log retention.
     last_seen: HashMap<u64, Instant>,
-    contact: Contact,
+    /// The background read barrier that keeps this node's applied state fresh.
+    lease: Lease,
 }
 
 pub struct Node;
@@ -191,7 +192,7 @@ impl Actor for Node {
             compaction_checked: 0,
             staged_permit: None,
             last_seen: HashMap::new(),
-            contact: Contact::new(a.contact_window),
+            lease: Lease::new(a.contact_window),
             a,
         })
     }
@@ -212,11 +213,7 @@ impl Actor for Node {
         msg: NodeMsg,
         s: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
-        let now = Instant::now();
-        let r = self.handle_msg(me, msg, s).await;
-        let fresh = s.contact.event(now, s.standing());
-        s.a.freshness.set(fresh);
-        r
+        self.handle_msg(me, msg, s).await
     }
 }
 
@@ -230,6 +227,11 @@ impl Node {
         match msg {
             NodeMsg::Tick => {
                 s.a.raw.tick();
+                let id = s.next_id;
+                if s.lease.tick(Instant::now(), id) {
+                    s.next_id += 1;
+                    s.a.raw.read_index(read_context(s.a.incarnation, id));
+                }
                 s.expire();
                 s.a.view.freezer().release_idle(FREEZE_IDLE);
                 // raft-rs drops a read index asked before the leader committed in its term (or with no
@@ -568,8 +570,11 @@ impl NodeState {
             let id = (rs.request_ctx.len() == 16
                 && rs.request_ctx[..8] == self.a.incarnation.to_be_bytes())
             .then(|| u64::from_be_bytes(rs.request_ctx[8..].try_into().expect("8 bytes")));
-            if let Some((_, reply)) = id.and_then(|id| self.reads.remove(&id)) {
-                self.ready_reads.push((rs.index, reply));
+            if id.is_some_and(|id| self.lease.answered(id, rs.index)) {
+                continue;
+            }
+            if let Some((asked, reply)) = id.and_then(|id| self.reads.remove(&id)) {
+                self.ready_reads.push((rs.index, asked, reply));
             }
         }
         // Group commit: one flush covers every entry of this Ready.
@@ -597,14 +602,15 @@ impl NodeState {
         let applied = self.a.raw.raft.raft_log.applied;
         let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ready_reads)
             .into_iter()
-            .partition(|(i, _)| *i <= applied);
+            .partition(|(i, _, _)| *i <= applied);
         self.ready_reads = waiting;
-        if !done.is_empty() {
-            // A read barrier completed: the applied state is as fresh as the leader's commit was.
-            let until = self.contact.confirmed(Instant::now());
-            self.a.freshness.set(Some(until));
+        // A completed barrier: the applied state holds what the leader had committed when it was asked.
+        let window = self.lease.window();
+        if let Some(until) = self.lease.applied(applied) {
+            self.a.freshness.extend(until);
         }
-        for (i, r) in done {
+        for (i, asked, r) in done {
+            self.a.freshness.extend(asked + window);
             let _ = r.send(Ok(i));
         }
     }

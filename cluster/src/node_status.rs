@@ -1,8 +1,6 @@
-//! What the node actor reports of itself: its status for `Cluster::status`, and its standing for the
-//! freshness of its applied state ([`crate::contact`]).
+//! What the node actor reports of itself: its status for `Cluster::status`.
 
 use super::NodeState;
-use crate::contact::Standing;
 use crate::NodeStatus;
 use raft::StateRole;
 
@@ -46,37 +44,6 @@ impl NodeState {
                     (*v, ms)
                 })
                 .collect(),
-        }
-    }
-
-    /// This node's contact with the cluster now, for [`crate::contact::Contact`]: a leader needs a quorum
-    /// of voters heard from within the window, a follower its leader and nothing committed left to apply.
-    pub(super) fn standing(&self) -> Standing {
-        let raft = &self.a.raw.raft;
-        let window = self.a.contact_window;
-        let heard = |id: &u64| {
-            self.last_seen
-                .get(id)
-                .is_some_and(|t| t.elapsed() <= window)
-        };
-        match raft.state {
-            StateRole::Leader => {
-                let voters = &self.a.raw.store().conf_state().voters;
-                let recent = voters.iter().filter(|v| **v == raft.id || heard(v)).count();
-                if recent * 2 > voters.len() {
-                    Standing::LeaderWithQuorum
-                } else {
-                    Standing::Unsure
-                }
-            }
-            StateRole::Follower
-                if raft.leader_id != 0
-                    && heard(&raft.leader_id)
-                    && raft.raft_log.applied >= raft.raft_log.committed =>
-            {
-                Standing::FollowerCaughtUp
-            }
-            _ => Standing::Unsure,
         }
     }
 }
