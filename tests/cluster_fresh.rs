@@ -90,7 +90,7 @@ async fn a_node_that_stalled_checks_with_the_leader_before_matching_a_qos1_publi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_without_a_leader_refuses_qos1_publishes_and_keeps_qos0() {
+async fn a_node_without_a_leader_refuses_a_qos1_publish_after_taking_qos0() {
     let mut c = Cluster::three("", "");
     for n in &mut c.nodes[1..] {
         n.signal(libc::SIGKILL);

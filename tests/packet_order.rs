@@ -181,3 +181,38 @@ async fn retained_messages_on_subscribe_come_before_later_live_ones() {
         );
     }
 }
+
+/// The same for a persistent session, whose QoS 1/2 messages are matched through the store when another
+/// persistent session wants the topic too (the fan-out is applied from the stored subscriptions): its own
+/// message right behind its SUBSCRIBE still comes back.
+#[tokio::test]
+async fn a_persistent_session_gets_its_own_message_right_behind_its_subscribe() {
+    let b = TestBroker::start().await;
+    // Another persistent session on the same topics makes every QoS 1/2 publish a stored fan-out.
+    let mut other = b.raw().await;
+    let mut oc = connect("other-archiver", ProtocolVersion::V5);
+    oc.clean_start = false;
+    oc.properties.session_expiry_interval = Some(600);
+    other.handshake(oc).await;
+    other.subscribe(1, "req/#", QoS::AtLeastOnce).await;
+    for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        for i in 0..TRIES {
+            let mut raw = b.raw().await;
+            let mut c = connect(&format!("durable-{qos:?}-{i}"), ProtocolVersion::V5);
+            c.clean_start = true;
+            c.properties.session_expiry_interval = Some(600);
+            raw.handshake(c).await;
+            let topic = format!("req/{i}");
+            one_write(
+                &mut raw,
+                &[
+                    subscribe(1, "req/+", qos),
+                    publish(&topic, qos, 2, b"mine", false),
+                ],
+            )
+            .await;
+            let got = publishes_until(&mut raw, &topic).await;
+            assert_eq!(got.len(), 1, "{qos:?}: {got:?}");
+        }
+    }
+}

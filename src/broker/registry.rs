@@ -63,6 +63,8 @@ struct Local {
     /// The epoch of this node's latest applied claim for the client: a claim at or below it is older than
     /// this session and changes nothing.
     epoch: u64,
+    /// Set by the session: it ends with its connection (see `SessionArgs::ends_with_connection`).
+    ends: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub struct Registry;
@@ -235,11 +237,13 @@ impl Actor for Registry {
                     continue;
                 };
                 let id = ctx.next_session_id.fetch_add(1, Ordering::Relaxed);
+                let ends = Arc::new(std::sync::atomic::AtomicBool::new(false));
                 let args = SessionArgs {
                     ctx: ctx.clone(),
                     client_id: client_id.clone(),
                     id,
                     restored: Some(r),
+                    ends_with_connection: ends.clone(),
                 };
                 let (session, _) = Actor::spawn_linked(None, Session, args, me.get_cell()).await?;
                 sessions.insert(
@@ -250,6 +254,7 @@ impl Actor for Registry {
                         token: owner.map_or(0, |o| o.token),
                         pending: false,
                         epoch: owner.map_or(0, |o| o.epoch),
+                        ends,
                     },
                 );
                 restored += 1;
@@ -396,17 +401,7 @@ impl RegistryState {
             // still open, or its end is still on the way, it is not resumed (session present 0, no
             // subscriptions) but replaced, as on a clean start.
             let (session, id) = (l.session.clone(), l.id);
-            let ends = !clean_start
-                && still_owner
-                && matches!(
-                    session
-                        .call(
-                            SessionMsg::EndsWithConnection,
-                            Some(std::time::Duration::from_secs(5))
-                        )
-                        .await,
-                    Ok(ractor::rpc::CallResult::Success(true))
-                );
+            let ends = l.ends.load(Ordering::Acquire);
             if !clean_start && still_owner && !ends {
                 return Ok(Opened {
                     session,
@@ -467,11 +462,13 @@ impl RegistryState {
             }
         }
         let id = self.ctx.next_session_id.fetch_add(1, Ordering::Relaxed);
+        let ends = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let args = SessionArgs {
             ctx: self.ctx.clone(),
             client_id: client_id.clone(),
             id,
             restored,
+            ends_with_connection: ends.clone(),
         };
         match Actor::spawn_linked(None, Session, args, me.get_cell()).await {
             Ok((session, _)) => {
@@ -483,6 +480,7 @@ impl RegistryState {
                         token,
                         pending,
                         epoch,
+                        ends,
                     },
                 );
                 Ok(Opened {

@@ -1,25 +1,29 @@
 //! The CONNACK within the client's Maximum Packet Size [MQTT-3.1.2-24]: the server never sends a packet
-//! larger than the client accepts. Announcements the client can do without go first; what it must know to
-//! keep talking (its assigned id, a changed keep-alive or session expiry) stays, and a CONNACK that does not
-//! fit even so is not sent: the connection closes without one.
+//! larger than the client accepts. What the client can do without goes first: Reason String and User
+//! Properties (which the spec says to leave out rather than exceed the limit), Response Information and
+//! Server Reference, Topic Alias Maximum (without it the client sends no aliases), and properties whose
+//! value is the default anyway. Restrictions the client must know (Maximum QoS, Receive Maximum, Maximum
+//! Packet Size, a feature not available) and what it must know to keep talking (its assigned id, a changed
+//! keep-alive or session expiry) stay; a CONNACK that does not fit even so is not sent: the connection closes
+//! without one.
 
 use crate::protocol::{encode, ConnAck, Packet, Properties, ProtocolVersion};
 use bytes::BytesMut;
 
-/// The optional properties, in the order they are dropped (the least useful to the client first).
+/// The properties the client can do without, in the order they are dropped.
 const OPTIONAL: &[fn(&mut Properties)] = &[
     |p| p.reason_string = None,
     |p| p.user_properties.clear(),
     |p| p.response_information = None,
     |p| p.server_reference = None,
-    |p| p.shared_subscription_available = None,
-    |p| p.subscription_identifier_available = None,
-    |p| p.wildcard_subscription_available = None,
-    |p| p.retain_available = None,
     |p| p.topic_alias_maximum = None,
-    |p| p.maximum_packet_size = None,
-    |p| p.maximum_qos = None,
-    |p| p.receive_maximum = None,
+    // Values that are the default when absent.
+    |p| p.receive_maximum = p.receive_maximum.filter(|m| *m != u16::MAX),
+    |p| p.maximum_qos = p.maximum_qos.filter(|q| *q != 2),
+    |p| p.retain_available = p.retain_available.filter(|a| !*a),
+    |p| p.wildcard_subscription_available = p.wildcard_subscription_available.filter(|a| !*a),
+    |p| p.subscription_identifier_available = p.subscription_identifier_available.filter(|a| !*a),
+    |p| p.shared_subscription_available = p.shared_subscription_available.filter(|a| !*a),
 ];
 
 fn size(ack: &ConnAck) -> usize {
@@ -69,14 +73,14 @@ mod tests {
             // Room for everything: unchanged.
             (u32::MAX, true, whole),
             (whole as u32, true, whole),
-            // Response information goes, then the announcements.
+            // Response Information goes, then Topic Alias Maximum.
             (whole as u32 - 1, true, whole - 9),
-            // 8 bytes: Receive Maximum (3 bytes), the last to go, still fits.
-            (8, true, 8),
-            (7, true, 5),
-            (5, true, 5),
-            // Not even the bare CONNACK (5 bytes).
-            (4, false, 0),
+            (whole as u32 - 9, true, whole - 9),
+            (whole as u32 - 10, true, whole - 12),
+            // Receive Maximum 100 and Maximum Packet Size are restrictions: 13 bytes at least.
+            (13, true, 13),
+            (12, false, 0),
+            (5, false, 0),
             (2, false, 0),
         ] {
             let mut ack = full();
@@ -86,6 +90,21 @@ mod tests {
                 assert!(size(&ack) <= max as usize);
             }
         }
+    }
+
+    #[test]
+    fn defaults_go_and_restrictions_stay() {
+        let mut ack = full();
+        ack.properties.receive_maximum = Some(u16::MAX);
+        ack.properties.retain_available = Some(false);
+        assert!(fit_connack(&mut ack, 12));
+        assert_eq!(ack.properties.receive_maximum, None, "65535 is the default");
+        assert_eq!(
+            ack.properties.retain_available,
+            Some(false),
+            "a restriction stays"
+        );
+        assert_eq!(ack.properties.maximum_packet_size, Some(1 << 20));
     }
 
     #[test]

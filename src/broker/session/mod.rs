@@ -115,9 +115,7 @@ pub enum SessionMsg {
     Shutdown(ReasonCode, RpcReplyPort<()>),
     /// Whether a connection is attached (admin API).
     IsOnline(RpcReplyPort<bool>),
-    /// Whether the session ends with its connection (expiry 0: a clean session, or one whose client set
-    /// expiry 0): a new connection for the client then starts a new session, whatever its Clean Start.
-    EndsWithConnection(RpcReplyPort<bool>),
+
     /// The cluster published the Will of this connection (this node was counted as down).
     WillFired(u64),
 }
@@ -130,6 +128,9 @@ pub struct SessionArgs {
     pub id: SessionId,
     /// A persistent session read back from the store at start: offline, with its subscriptions.
     pub restored: Option<Restored>,
+    /// Kept by the session for the registry: whether it ends with its connection (a client attached and
+    /// the expiry is 0). A connect without Clean Start for the client then replaces it.
+    pub ends_with_connection: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the store kept of a persistent session.
@@ -147,6 +148,7 @@ pub struct Restored {
 
 pub struct SessionState {
     ctx: Arc<Context>,
+    ends_with_connection: Arc<std::sync::atomic::AtomicBool>,
     me: ActorRef<SessionMsg>,
     client_id: String,
     id: SessionId,
@@ -195,6 +197,7 @@ impl Actor for Session {
         let window = a.ctx.config.limits.max_inflight;
         let restored = a.restored;
         let mut s = SessionState {
+            ends_with_connection: a.ends_with_connection.clone(),
             me: me.clone(),
             client_id: a.client_id,
             id: a.id,
@@ -325,9 +328,7 @@ impl Actor for Session {
             SessionMsg::IsOnline(reply) => {
                 let _ = reply.send(s.conn.is_some());
             }
-            SessionMsg::EndsWithConnection(reply) => {
-                let _ = reply.send(s.lifecycle.expiry() == 0);
-            }
+
             SessionMsg::WillFired(conn) => s.will_fired(conn),
         }
         s.sync_inbox();
@@ -402,6 +403,7 @@ impl SessionState {
         let attached = self
             .lifecycle
             .attach(a.conn.id, a.clean_start, a.expiry, a.will);
+        self.report_ending();
         // The old connection's Will (if any) is checked against the ACL it connected with.
         self.execute(me, attached.effects, old);
         self.perms = Some(a.perms);
@@ -476,6 +478,7 @@ impl SessionState {
             return;
         }
         let effects = self.lifecycle.detach(d.conn, d.publish_will, d.expiry);
+        self.report_ending();
         self.conn = None;
         self.ctx.metrics.sessions_online.dec();
         self.ctx.metrics.sessions_offline.inc();
@@ -559,6 +562,13 @@ impl SessionState {
                 .fan_out(&message, Some(&self.client_id), Ticket::default());
         }
         self.ctx.route(message, Ticket::default());
+    }
+
+    /// Tells the registry whether this session ends with its connection (see [`SessionArgs`]).
+    fn report_ending(&self) {
+        let ends = self.lifecycle.attached_before() && self.lifecycle.expiry() == 0;
+        self.ends_with_connection
+            .store(ends, std::sync::atomic::Ordering::Release);
     }
 
     /// Brings the queue-depth gauges and the node-wide queued-bytes count up to date.

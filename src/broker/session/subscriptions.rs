@@ -166,8 +166,10 @@ impl SessionState {
             }
         }
         // Every shard has the new subscriptions queued ahead of anything the connection sends next; this actor
-        // handles nothing else (no live copy) until the SUBACK and the retained messages are out.
-        let _ = installed.send(());
+        // handles nothing else (no live copy) until the SUBACK and the retained messages are out. A stored
+        // session's QoS 1/2 messages are matched through the store's index instead (apply fans them out): its
+        // next packet waits until the record is applied here.
+        let installed = self.installed_now(installed);
         for r in routes {
             r.await;
         }
@@ -175,6 +177,9 @@ impl SessionState {
         if !self.persist(false).await {
             self.refuse_unstored(&conn);
             return;
+        }
+        if let Some(i) = installed {
+            let _ = i.send(());
         }
         if self.stored {
             // Every node decides from its applied state whether a message goes to persistent sessions
@@ -191,6 +196,20 @@ impl SessionState {
         for d in retained {
             self.deliver(d, &super::Ticket::default());
         }
+    }
+
+    /// Answers a SUBSCRIBE's or UNSUBSCRIBE's `installed` now when the shards alone match this session;
+    /// a stored session's answer waits for its record (returned to send after `persist`).
+    fn installed_now(
+        &self,
+        installed: tokio::sync::oneshot::Sender<()>,
+    ) -> Option<tokio::sync::oneshot::Sender<()>> {
+        // Persistent (expiry > 0) with a store: the record is what matches it.
+        if self.ctx.store.is_some() && (self.stored || self.lifecycle.expiry() > 0) {
+            return Some(installed);
+        }
+        let _ = installed.send(());
+        None
     }
 
     /// The store did not take the session's record: the packet that depended on it gets no acknowledgement,
@@ -222,10 +241,13 @@ impl SessionState {
                 None => reasons.push(ReasonCode::NO_SUBSCRIPTION_EXISTED),
             }
         }
-        let _ = installed.send(());
+        let installed = self.installed_now(installed);
         if !self.persist(false).await {
             self.refuse_unstored(&conn);
             return;
+        }
+        if let Some(i) = installed {
+            let _ = i.send(());
         }
         conn.packet(Packet::UnsubAck(UnsubAck {
             pkid: packet.pkid,
