@@ -70,14 +70,8 @@ async fn a_node_joins_a_running_cluster_and_leaves_it_with_its_clients_resuming_
     let http: Vec<u16> = c.nodes.iter().map(|n| n.http_port).collect();
     let p4 = free_port();
     // The new node lists the running members: only they may link to it.
-    let members: Vec<String> = c
-        .peer_ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("\"{}@127.0.0.1:{p}\"", i + 1))
-        .collect();
     let mut n4 = CicadaProcess::spawn(
-        &format!("[store]\nfsync = \"interval\"\n[cluster]\nnode_id = 4\npeer_bind = \"127.0.0.1:{p4}\"\npeers = [{}]\njoin = true\nsecret = \"a-test-cluster-secret\"\ntick_ms = 100\nfailure_detection_ms = 600000\n", members.join(", ")),
+        &c.joining_toml(4, p4, "failure_detection_ms = 600000"),
         "warn",
     );
 

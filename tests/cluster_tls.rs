@@ -131,21 +131,8 @@ async fn peer_links_are_mutual_tls_and_refuse_other_certificates() {
     // A node whose certificate is the cluster CA's but for another host cannot join: the members dialing
     // 127.0.0.1 refuse a certificate for 127.0.0.2, it never has a leader and never serves.
     let wrong_host = node_files(dir.path(), &ca, "elsewhere", "127.0.0.2");
-    let members: Vec<String> = c
-        .peer_ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("\"{}@127.0.0.1:{p}\"", i + 1))
-        .collect();
     let p4 = free_port();
-    let n4 = CicadaProcess::spawn(
-        &format!(
-            "[store]\nfsync = \"interval\"\n[cluster]\nnode_id = 4\npeer_bind = \"127.0.0.1:{p4}\"\npeers = [{}]\njoin = true\nsecret = \"a-test-cluster-secret\"\ntick_ms = 100\n{}",
-            members.join(", "),
-            tls_table(&wrong_host)
-        ),
-        "warn",
-    );
+    let n4 = CicadaProcess::spawn(&c.joining_toml(4, p4, &tls_table(&wrong_host)), "warn");
     let (ok, _, err) = {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_cicada"))
             .args(["ctl", "--url"])

@@ -38,11 +38,7 @@ impl Drop for Slot {
 
 /// The `[cluster]` table of node `id` (1-based) of a cluster on these peer ports.
 pub fn cluster_toml(id: usize, peer_ports: &[u16], extra: &str) -> String {
-    let peers: Vec<String> = peer_ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("\"{}@127.0.0.1:{p}\"", i + 1))
-        .collect();
+    let peers = members(peer_ports);
     format!(
         "[store]\nfsync = \"interval\"\n[cluster]\nnode_id = {id}\npeer_bind = \"127.0.0.1:{port}\"\npeers = [{peers}]\nsecret = \"a-test-cluster-secret\"\ntick_ms = 100\n{extra}\n",
         port = peer_ports[id - 1],
@@ -50,7 +46,41 @@ pub fn cluster_toml(id: usize, peer_ports: &[u16], extra: &str) -> String {
     )
 }
 
+/// The `peers` entries of a cluster on these peer ports: `"ID@127.0.0.1:PORT"`.
+fn members(peer_ports: &[u16]) -> Vec<String> {
+    peer_ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("\"{}@127.0.0.1:{p}\"", i + 1))
+        .collect()
+}
+
 impl Cluster {
+    /// The configuration of node `id` that joins this cluster (`join = true`) with its peer link on
+    /// `peer_port`, listing the running members; `extra` goes into `[cluster]` (or after it).
+    pub fn joining_toml(&self, id: usize, peer_port: u16, extra: &str) -> String {
+        format!(
+            "[store]\nfsync = \"interval\"\n[cluster]\nnode_id = {id}\npeer_bind = \"127.0.0.1:{peer_port}\"\npeers = [{}]\njoin = true\nsecret = \"a-test-cluster-secret\"\ntick_ms = 100\n{extra}\n",
+            members(&self.peer_ports).join(", ")
+        )
+    }
+
+    /// Kills nodes 2 and 3 with SIGKILL and waits until node 1, alone, answers `/ready` 503 (no leader).
+    pub fn leave_node_1_alone(&mut self) {
+        for n in &mut self.nodes[1..] {
+            n.signal(libc::SIGKILL);
+            n.wait_exit();
+        }
+        let deadline = Instant::now() + WAIT;
+        while http_status(self.nodes[0].http_port, "/ready") != Some(503) {
+            assert!(
+                Instant::now() < deadline,
+                "/ready never said 503 without a quorum"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Three nodes; `extra` goes into each node's configuration before `[cluster]`; `cluster_extra` into it.
     pub fn three(extra: &str, cluster_extra: &str) -> Cluster {
         Self::three_each(|_| extra.to_string(), cluster_extra)
