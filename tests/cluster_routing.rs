@@ -146,6 +146,51 @@ async fn a_retained_message_set_on_node_1_is_served_on_node_3() {
             ),
         }
     }
+    // On every node, a SUBSCRIBE right behind a retained QoS 0 PUBLISH in one write gets it: the
+    // connection's next packet waits until the retained change is applied on its node [MQTT-3.3.1-5].
+    // Before, the SUBSCRIBE read the index ahead of the commit (a round trip to a majority).
+    for node in 1..=3 {
+        for i in 0..5 {
+            let mut raw = Raw::connect(addr(c.port(node))).await;
+            raw.handshake(connect(&format!("rq0-{node}-{i}"), ProtocolVersion::V5))
+                .await;
+            let topic = format!("fresh/{node}/{i}");
+            let mut out = bytes::BytesMut::new();
+            for p in [
+                Packet::Publish(cicada::protocol::Publish {
+                    topic: topic.clone(),
+                    retain: true,
+                    payload: Bytes::from_static(b"set"),
+                    ..Default::default()
+                }),
+                subscribe_packet(&topic),
+            ] {
+                cicada::protocol::encode(&p, ProtocolVersion::V5, &mut out).unwrap();
+            }
+            raw.send_bytes(&out).await;
+            loop {
+                match raw.recv().await {
+                    Some(Packet::Publish(p)) => {
+                        assert_eq!((p.topic.as_str(), p.retain), (topic.as_str(), true));
+                        break;
+                    }
+                    Some(Packet::SubAck(_)) => {}
+                    other => panic!("node {node} try {i}: {other:?} before the retained message"),
+                }
+            }
+        }
+    }
+}
+
+fn subscribe_packet(filter: &str) -> Packet {
+    Packet::Subscribe(cicada::protocol::Subscribe {
+        pkid: 1,
+        properties: Properties::default(),
+        filters: vec![cicada::protocol::SubscribeFilter {
+            filter: filter.into(),
+            options: Default::default(),
+        }],
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

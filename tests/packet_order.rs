@@ -216,3 +216,79 @@ async fn a_persistent_session_gets_its_own_message_right_behind_its_subscribe() 
         }
     }
 }
+
+/// Mosquitto's test/broker 04-retain-qos0-fresh: two retained QoS 0 PUBLISHes then, in the same write, a
+/// SUBSCRIBE to the second topic. The retained message is in the index before anything after it is handled
+/// [MQTT-3.3.1-5]; before, the SUBSCRIBE read the index ahead of the store's apply (0 of 10 tries got it).
+#[tokio::test]
+async fn a_subscribe_right_behind_a_retained_publish_gets_it() {
+    let b = TestBroker::start().await;
+    for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+        for i in 0..TRIES {
+            let mut raw = b.raw().await;
+            raw.handshake(connect(&format!("rq0-{version:?}-{i}"), version))
+                .await;
+            let (old, new) = (
+                format!("rq0/{version:?}/{i}/x"),
+                format!("rq0/{version:?}/{i}/new"),
+            );
+            one_write(
+                &mut raw,
+                &[
+                    publish(&old, QoS::AtMostOnce, 0, b"old", true),
+                    publish(&new, QoS::AtMostOnce, 0, b"fresh", true),
+                    subscribe(1, &new, QoS::AtMostOnce),
+                ],
+            )
+            .await;
+            let got = publishes_until(&mut raw, &new).await;
+            assert_eq!(
+                got,
+                vec![(new.clone(), Bytes::from_static(b"fresh"), true)],
+                "{version:?} try {i}: the retained message on subscribe"
+            );
+        }
+    }
+}
+
+/// Once a live copy of a retained message has arrived anywhere, the index holds it: a subscriber that got
+/// the live copy and subscribes again receives it retained. Before, the live copy could overtake the
+/// store's apply (about half the tries missed the retained copy).
+#[tokio::test]
+async fn a_live_copy_of_a_retained_message_never_overtakes_the_index() {
+    let b = TestBroker::start().await;
+    let mut sub = b.raw().await;
+    sub.handshake(connect("rl-sub", ProtocolVersion::V5)).await;
+    sub.subscribe(1, "rl/#", QoS::AtMostOnce).await;
+    let mut publisher = b.raw().await;
+    publisher
+        .handshake(connect("rl-pub", ProtocolVersion::V5))
+        .await;
+    let mut pkid = 1;
+    for i in 0..TRIES {
+        let topic = format!("rl/{i}");
+        publisher
+            .send(&publish(&topic, QoS::AtMostOnce, 0, b"flag", true))
+            .await;
+        let live = publishes_until(&mut sub, &topic).await;
+        assert_eq!(
+            live,
+            vec![(topic.clone(), Bytes::from_static(b"flag"), false)]
+        );
+        pkid += 1;
+        sub.send(&Packet::Unsubscribe(Unsubscribe {
+            pkid,
+            properties: Default::default(),
+            filters: vec![topic.clone()],
+        }))
+        .await;
+        pkid += 1;
+        one_write(&mut sub, &[subscribe(pkid, &topic, QoS::AtMostOnce)]).await;
+        let again = publishes_until(&mut sub, &topic).await;
+        assert_eq!(
+            again,
+            vec![(topic.clone(), Bytes::from_static(b"flag"), true)],
+            "try {i}: the retained copy after the live one"
+        );
+    }
+}

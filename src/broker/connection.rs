@@ -352,6 +352,7 @@ async fn run<R, W>(
             forget_qos2,
         ),
         incarnation,
+        routing: None,
     };
     let keep_alive = a.keep_alive;
     // The token's expiry as a timer: the connection ends then with 0x87 [issue: JWT].
@@ -462,6 +463,8 @@ struct Reader {
     byte_rate: Option<TokenBucket>,
     /// PUBACK / PUBREC in order, some waiting for the store.
     acks: AckQueue,
+    /// The last message routed after a retained change in flight; later ones queue behind it.
+    routing: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Reader {
@@ -569,6 +572,7 @@ impl Reader {
             // In effect before the next packet is read [MQTT-3.8.4-3]: a PUBLISH right behind a SUBSCRIBE
             // (request/response clients) is matched against it.
             Packet::Subscribe(s) => {
+                self.routed().await;
                 let (installed, done) = tokio::sync::oneshot::channel();
                 let _ = self.session.cast(SessionMsg::Subscribe {
                     conn: self.conn_id,

@@ -103,17 +103,26 @@ impl Context {
     }
 
     /// Routes a message: the retained store first (set, or clear on an empty payload), then the shard of its
-    /// topic. The ticket's credit returns to the publisher's connection once every copy is queued.
-    pub fn route(&self, message: Arc<Message>, ticket: Ticket) {
+    /// topic. A retained message is routed once its change is applied here, so no subscriber gets a live
+    /// copy while the index still misses it [MQTT-3.3.1-5]. The ticket's credit returns to the publisher's
+    /// connection once every copy is queued.
+    pub fn route(self: &Arc<Self>, message: Arc<Message>, ticket: Ticket) {
         if message.retain {
             match self
                 .store
                 .as_ref()
                 .filter(|_| !message.topic.starts_with("$SYS"))
             {
-                // The broker's own retained messages (Wills, ...): committed in the background; the
-                // store's apply updates the index.
-                Some(store) => self.commit_retained(store, &message, None),
+                // The broker's own retained messages (Wills, ...): committed, then routed, in the background.
+                Some(store) => {
+                    let commit = self.commit_retained(store, &message, None);
+                    let ctx = self.clone();
+                    tokio::spawn(async move {
+                        commit.await;
+                        ctx.route_committed(message, ticket);
+                    });
+                    return;
+                }
                 None => {
                     if message.payload.is_empty() {
                         self.retained.clear(&message.topic);
@@ -126,17 +135,19 @@ impl Context {
         self.route_committed(message, ticket);
     }
 
-    /// Queues a retained message's commit (commits keep call order) and waits for it in the background; `gate`
-    /// (a publisher's acknowledgement) is held until then and failed when the store cannot commit.
+    /// Queues a retained message's change (commits keep call order); the future ends once it is applied on
+    /// this node, or has failed: then `gate` (a publisher's acknowledgement) fails, and the live copies still
+    /// go. Nothing is committed unless the future is polled or dropped after this call: the proposal is queued
+    /// here.
     pub fn commit_retained(
         &self,
         store: &Store,
         message: &Arc<Message>,
         gate: Option<Arc<AckGate>>,
-    ) {
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let commit = store.retain(message);
         let (m, metrics) = (message.clone(), self.metrics.clone());
-        tokio::spawn(async move {
+        async move {
             if let Err(e) = commit.await {
                 metrics
                     .dropped
@@ -147,7 +158,7 @@ impl Context {
                     g.fail();
                 }
             }
-        });
+        }
     }
 
     /// Whether a message needs its fan-out to persistent sessions through the store (see

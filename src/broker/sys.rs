@@ -93,7 +93,7 @@ pub async fn run(ctx: Arc<Context>) {
     }
 }
 
-fn publish(ctx: &Context) {
+fn publish(ctx: &Arc<Context>) {
     let now = Instant::now();
     for (topic, value) in snapshot(ctx) {
         ctx.route(

@@ -206,6 +206,7 @@ impl Reader {
                 });
                 wait = Some(rx);
             }
+            let mut retained = None;
             if message.retain {
                 if let Some(g) = &gate {
                     // The retained store is one more place the message goes, and it never refuses it.
@@ -213,7 +214,7 @@ impl Reader {
                 }
                 if let Some(store) = &ctx.store {
                     // Queued now, so retained changes from this connection commit in publish order.
-                    ctx.commit_retained(store, &message, gate.clone());
+                    retained = Some(ctx.commit_retained(store, &message, gate.clone()));
                 }
             }
             let ticket = Ticket {
@@ -223,7 +224,7 @@ impl Reader {
             if fanout {
                 ctx.fan_out(&message, Some(&self.client_id), ticket.clone());
             }
-            ctx.route_committed(message, ticket);
+            self.route_in_order(message, ticket, retained);
         }
         match qos {
             QoS::AtMostOnce => {}
@@ -239,5 +240,40 @@ impl Reader {
             }
         }
         None
+    }
+
+    /// Routes a message once its retained change (if any) is applied here, and after every message this
+    /// connection routed before it: a subscriber never gets the live copy of a retained message the index
+    /// does not hold yet [MQTT-3.3.1-5], and this connection's messages keep their order [MQTT-4.6.0-5]. Only
+    /// while a retained change is in flight does routing leave the reader for a task.
+    fn route_in_order(
+        &mut self,
+        message: Arc<Message>,
+        ticket: Ticket,
+        retained: Option<impl std::future::Future<Output = ()> + Send + 'static>,
+    ) {
+        let before = self.routing.take().filter(|r| !r.is_finished());
+        if retained.is_none() && before.is_none() {
+            self.ctx.route_committed(message, ticket);
+            return;
+        }
+        let ctx = self.ctx.clone();
+        self.routing = Some(tokio::spawn(async move {
+            if let Some(before) = before {
+                let _ = before.await;
+            }
+            if let Some(retained) = retained {
+                retained.await;
+            }
+            ctx.route_committed(message, ticket);
+        }));
+    }
+
+    /// Waits until every message this connection published is routed and its retained change applied: a
+    /// SUBSCRIBE after a retained PUBLISH finds it in the index.
+    pub(super) async fn routed(&mut self) {
+        if let Some(r) = self.routing.take() {
+            let _ = r.await;
+        }
     }
 }
