@@ -168,3 +168,52 @@ async fn retain_not_available_disconnects_a_retained_publish_with_0x9a() {
         Some(cicada::protocol::ReasonCode::RETAIN_NOT_SUPPORTED)
     );
 }
+
+/// Mosquitto's test/broker 04-retain-qos1-expiry: a retained QoS 1 message with Message Expiry Interval 4,
+/// read 10 ms later, still says 4 on the live copy, the retained copy and a persistent session's queued
+/// copy. Before, the stored record rounded to whole Unix seconds twice and delivery floored again: the
+/// retained copy said 2 and the live one 3 [MQTT-3.3.2-6].
+#[tokio::test]
+async fn message_expiry_loses_only_the_time_waited() {
+    let b = TestBroker::start().await;
+    let (live, mut live_events) = b.client("rx-live", ProtocolVersion::V5).await;
+    live.subscribe("rx/#", QoS::AtLeastOnce).await.unwrap();
+    // A persistent session, offline when the message comes: it is queued in the store.
+    let opts = || {
+        b.options("rx-queued", ProtocolVersion::V5)
+            .clean_start(false)
+            .session_expiry(600)
+    };
+    let (q, _qe, _) = cicada::client::Client::connect(opts()).await.unwrap();
+    q.subscribe("rx/#", QoS::AtLeastOnce).await.unwrap();
+    q.disconnect().await.unwrap();
+    let (p, _pe) = b.client("rx-pub", ProtocolVersion::V5).await;
+    let mut m = Publish {
+        topic: "rx/flag".into(),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        payload: Bytes::from_static(b"on"),
+        ..Publish::default()
+    };
+    m.properties.message_expiry_interval = Some(4);
+    p.publish_message(m).await.unwrap();
+    let got = next_message(&mut live_events, "the live copy").await;
+    assert_eq!(got.properties.message_expiry_interval, Some(4), "live copy");
+    let (s, mut events) = b.client("rx-sub", ProtocolVersion::V5).await;
+    s.subscribe("rx/flag", QoS::AtLeastOnce).await.unwrap();
+    let got = next_message(&mut events, "the retained copy").await;
+    assert!(got.retain);
+    assert_eq!(
+        got.properties.message_expiry_interval,
+        Some(4),
+        "retained copy"
+    );
+    let (_q, mut qe, present) = cicada::client::Client::connect(opts()).await.unwrap();
+    assert!(present.session_present, "the session was kept");
+    let got = next_message(&mut qe, "the queued copy").await;
+    assert_eq!(
+        got.properties.message_expiry_interval,
+        Some(4),
+        "queued copy"
+    );
+}

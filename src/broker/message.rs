@@ -115,8 +115,9 @@ impl Delivery {
             if left.is_zero() {
                 return None;
             }
-            properties.message_expiry_interval =
-                Some(left.as_secs().max(1).min(u64::from(u32::MAX)) as u32);
+            // To the nearest second: a message that waited 10 ms of its 4 s still says 4.
+            let secs = (left.as_millis() + 500) / 1000;
+            properties.message_expiry_interval = Some(secs.clamp(1, u128::from(u32::MAX)) as u32);
         }
         properties.subscription_identifiers = self.sub_ids.clone();
         Some(Publish {
@@ -162,6 +163,24 @@ mod tests {
         };
         let out = d.to_publish(0, false, t0 + Duration::from_secs(4)).unwrap();
         assert_eq!(out.properties.message_expiry_interval, Some(6));
+        // Only the time waited is taken off, to the nearest second, never down to 0 while pending.
+        for (waited_ms, left) in [
+            (10, 10),
+            (499, 10),
+            (501, 9),
+            (3_600, 6),
+            (9_400, 1),
+            (9_990, 1),
+        ] {
+            let out = d
+                .to_publish(0, false, t0 + Duration::from_millis(waited_ms))
+                .unwrap();
+            assert_eq!(
+                out.properties.message_expiry_interval,
+                Some(left),
+                "{waited_ms} ms"
+            );
+        }
         assert_eq!(out.properties.subscription_identifiers, vec![4]);
         assert_eq!(out.qos, QoS::AtMostOnce);
         assert!(d

@@ -9,7 +9,8 @@
 use serde::{Deserialize, Serialize};
 
 /// The format this build writes and reads.
-pub const FORMAT: u8 = 1;
+/// 2: stored message expiry in unix milliseconds (1: seconds).
+pub const FORMAT: u8 = 2;
 
 /// Why stored bytes could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

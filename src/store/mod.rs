@@ -42,7 +42,7 @@ pub use machine::{BrokerMachine, Outcome, OwnerChange, OwnerEvent, WillRouter};
 use record::InboxCounter;
 pub use record::{
     decode_delivery, decode_record, encode_delivery, encode_record, put_record, unix_now,
-    InboxSummary, OwnerRecord, SessionRecord, StoredCopy, WillRecord,
+    unix_now_ms, InboxSummary, OwnerRecord, SessionRecord, StoredCopy, WillRecord,
 };
 pub use setup::cluster_config;
 

@@ -18,10 +18,19 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Unix time in milliseconds: stored message expiry keeps sub-second precision, so a message read back
+/// loses only the time it waited [MQTT-3.3.2-6].
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The header of a stored retained message; the tail is the message as an MQTT 5 PUBLISH.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct MessageHeader {
-    /// Wall-clock expiry in unix seconds, 0 for none (expiry may use clocks; nothing orders by it).
+    /// Wall-clock expiry in unix milliseconds, 0 for none (expiry may use clocks; nothing orders by it).
     pub(super) expires: u64,
 }
 
@@ -41,10 +50,11 @@ struct CopyHeader<'a> {
     weight: u64,
 }
 
-fn expiry_secs(m: &Message) -> u64 {
+/// The message's expiry as unix milliseconds (0: none); one still pending stays pending for at least 1 ms.
+fn expiry_ms(m: &Message) -> u64 {
     let now = Instant::now();
     m.expires_at
-        .map(|t| unix_now() + t.saturating_duration_since(now).as_secs().max(1))
+        .map(|t| unix_now_ms() + (t.saturating_duration_since(now).as_millis() as u64).max(1))
         .unwrap_or(0)
 }
 
@@ -68,7 +78,7 @@ fn put_publish(buf: &mut BytesMut, m: &Message) {
 /// Writes the stored form of a retained message into `buf` (after a command's header).
 pub fn put_record(buf: &mut BytesMut, m: &Message) {
     let header = MessageHeader {
-        expires: expiry_secs(m),
+        expires: expiry_ms(m),
     };
     format::encode_into_bytes(buf, &header);
     put_publish(buf, m);
@@ -95,8 +105,8 @@ fn decode_publish(tail: &[u8], expires: u64, keep_expired: bool) -> Option<Messa
     let now = Instant::now();
     let expires_at = match expires {
         0 => None,
-        t => match t.checked_sub(unix_now()).filter(|&l| l > 0) {
-            Some(left) => Some(now + Duration::from_secs(left)),
+        t => match t.checked_sub(unix_now_ms()).filter(|&l| l > 0) {
+            Some(left) => Some(now + Duration::from_millis(left)),
             None if keep_expired => Some(now),
             None => return None,
         },
@@ -121,7 +131,7 @@ pub(super) fn put_delivery(buf: &mut BytesMut, d: &Delivery) {
         retain: d.retain,
         sub_ids: d.sub_ids.clone(),
         shared: d.shared.as_deref(),
-        expires: expiry_secs(&d.message),
+        expires: expiry_ms(&d.message),
         weight: d.message.weight() as u64,
     };
     format::encode_into_bytes(buf, &header);

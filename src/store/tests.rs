@@ -458,7 +458,7 @@ fn commands_and_records_round_trip() {
     // An expired message does not come back.
     let expired = format::encode_with(
         &MessageHeader {
-            expires: unix_now() - 1,
+            expires: unix_now_ms() - 1,
         },
         |buf| buf.extend_from_slice(&encode_record(&m)[2..]),
     );

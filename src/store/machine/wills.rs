@@ -96,13 +96,16 @@ impl BrokerMachine {
                 conn: w.conn,
             });
         }
-        let expires = w.message_expiry.map_or(0, |i| now + u64::from(i));
+        // Unix milliseconds, as stored records keep expiry; `now` is the proposer's, in seconds.
+        let expires = w
+            .message_expiry
+            .map_or(0, |i| now.saturating_add(u64::from(i)).saturating_mul(1000));
         self.fire_will(txn, client_id, record, expires, quota)
     }
 
     /// A recorded Will fires (its owner node is down): retained if it says so, appended for the persistent
     /// sessions it matches, and handed to this node's other subscribers once the batch is written.
-    /// `expires`: its expiry (unix seconds, 0 for none), as the proposer fixed it.
+    /// `expires`: its expiry (unix milliseconds, 0 for none), as the proposer fixed it.
     pub(super) fn fire_will(
         &mut self,
         txn: &mut Txn<'_>,
