@@ -2,7 +2,7 @@
 //! pending in it so the session never lets that queue grow past a budget, and a token to close it.
 
 use crate::protocol::{Disconnect, Packet, ProtocolVersion, Publish, ReasonCode};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,22 @@ pub struct ConnShared {
     pub session_waiting: AtomicBool,
     /// Woken by the writer each time it takes packets from the queue (a paused reader waits for it).
     pub drained: tokio::sync::Notify,
+    /// Set (and the reader woken) when another connection takes the session over: the reader settles what
+    /// the client sent before (see `Reader::settle`) and ends.
+    taken_over: AtomicBool,
+    wake_reader: tokio::sync::Notify,
+    /// How the reader ended ([`ReadEnd`] as a byte, 0 while it runs), for a takeover waiting on it.
+    read_end: AtomicU8,
+    read_ended: tokio::sync::Notify,
+}
+
+/// How a connection's reading ended, as far as its session's Will is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadEnd {
+    /// A normal DISCONNECT: the Will is discarded [MQTT-3.1.2-10].
+    WithoutWill = 1,
+    /// Anything else (including DISCONNECT 0x04).
+    WithWill = 2,
 }
 
 /// A session's handle on one connection.
@@ -54,7 +70,53 @@ pub struct ConnHandle {
     pub max_packet_size: usize,
 }
 
+impl ConnShared {
+    /// Whether another connection took the session over: the reader stops handling new requests.
+    pub fn taken_over(&self) -> bool {
+        self.taken_over.load(Ordering::Acquire)
+    }
+
+    /// Resolves once [`ConnHandle::take_over`] was called (at once if it was).
+    pub async fn until_taken_over(&self) {
+        loop {
+            let woken = self.wake_reader.notified();
+            if self.taken_over() {
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    /// The reader ended: a takeover waiting in [`ConnHandle::read_ended`] learns how.
+    pub fn report_read_end(&self, end: ReadEnd) {
+        self.read_end.store(end as u8, Ordering::Release);
+        self.read_ended.notify_waiters();
+    }
+}
+
 impl ConnHandle {
+    /// Another connection takes the session over: this one is closed with `reason` and its reader settles
+    /// what the client sent before, so a DISCONNECT already on its way decides the Will.
+    pub fn take_over(&self, reason: ReasonCode) {
+        self.shared.taken_over.store(true, Ordering::Release);
+        self.shared.wake_reader.notify_one();
+        self.close(reason);
+    }
+
+    /// How the reader ended, once it has.
+    pub async fn read_ended(&self) -> ReadEnd {
+        loop {
+            let woken = self.shared.read_ended.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            match self.shared.read_end.load(Ordering::Acquire) {
+                1 => return ReadEnd::WithoutWill,
+                2 => return ReadEnd::WithWill,
+                _ => woken.await,
+            }
+        }
+    }
+
     /// Whether the writer queue has room under the budget.
     pub fn has_room(&self) -> bool {
         self.shared.pending.load(Ordering::Acquire) < WRITER_BUDGET

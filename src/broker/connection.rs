@@ -8,9 +8,10 @@ mod flow;
 mod handshake;
 mod linger;
 mod publish;
+mod settle;
 
 use super::acks::AckQueue;
-use super::conn::{ConnHandle, ConnShared, Outbound};
+use super::conn::{ConnHandle, ConnShared, Outbound, ReadEnd};
 use super::inbound::{InboundQos2, Qos2Id};
 use super::message::{Message, Qos2Origin, SessionId};
 use super::metrics::Metrics;
@@ -371,6 +372,11 @@ async fn run<R, W>(
             &cancel,
         )
         .await;
+    // A takeover waits for this to decide the Will: a DISCONNECT read here (or by `settle`) discards it.
+    handle.shared.report_read_end(match end {
+        End::Normal { will: false, .. } => ReadEnd::WithoutWill,
+        _ => ReadEnd::WithWill,
+    });
     // The broker ends the connection with a reason the client should read: see `linger`.
     let linger = matches!(end, End::Error(..) | End::ClosedByServer);
     let (publish_will, expiry, why) = match end {
@@ -477,6 +483,32 @@ impl Reader {
         token_deadline: Option<tokio::time::Instant>,
         cancel: &CancellationToken,
     ) -> End {
+        let end = self
+            .read_packets(
+                rd,
+                &mut buf,
+                &mut decoder,
+                keep_alive,
+                token_deadline,
+                cancel,
+            )
+            .await;
+        // Taken over (the close may have cut a wait short): what the client sent before is settled first.
+        if matches!(end, End::ClosedByServer) && self.handle.shared.taken_over() {
+            return self.settle(rd, &mut buf, &mut decoder).await;
+        }
+        end
+    }
+
+    async fn read_packets<R: AsyncRead + Unpin>(
+        &mut self,
+        rd: &mut R,
+        buf: &mut BytesMut,
+        decoder: &mut Decoder,
+        keep_alive: u16,
+        token_deadline: Option<tokio::time::Instant>,
+        cancel: &CancellationToken,
+    ) -> End {
         let token_expired = async {
             match token_deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -489,7 +521,10 @@ impl Reader {
         let mut deadline = grace.map(|g| tokio::time::Instant::now() + g);
         loop {
             loop {
-                match decoder.decode(&mut buf) {
+                if self.handle.shared.taken_over() {
+                    return End::ClosedByServer;
+                }
+                match decoder.decode(buf) {
                     Ok(Some(packet)) => {
                         if let Some(g) = grace {
                             deadline = Some(tokio::time::Instant::now() + g);
@@ -512,8 +547,8 @@ impl Reader {
             }
             let read = async {
                 match deadline {
-                    Some(d) => tokio::time::timeout_at(d, rd.read_buf(&mut buf)).await.ok(),
-                    None => Some(rd.read_buf(&mut buf).await),
+                    Some(d) => tokio::time::timeout_at(d, rd.read_buf(buf)).await.ok(),
+                    None => Some(rd.read_buf(buf).await),
                 }
             };
             tokio::select! {
@@ -529,6 +564,7 @@ impl Reader {
                     Some(Err(_)) => return End::Closed("connection lost: read error"),
                 },
                 _ = cancel.cancelled() => return End::ClosedByServer,
+                _ = self.handle.shared.until_taken_over() => return End::ClosedByServer,
                 _ = &mut token_expired => {
                     self.ctx.metrics.jwt_expired_disconnects.inc();
                     return End::Error(ReasonCode::NOT_AUTHORIZED, "token expired".into());

@@ -17,7 +17,7 @@ mod stored;
 mod subscriptions;
 mod will;
 
-use super::conn::ConnHandle;
+use super::conn::{ConnHandle, ReadEnd};
 use super::inbound::InboundQos2;
 use super::message::{Delivery, SessionId};
 use super::registry::RegistryMsg;
@@ -34,6 +34,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use state::{Effect, Lifecycle, Timer};
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// How long a takeover waits for the connection it replaces to end (its reader only settles what is
+/// already buffered: normally well under a millisecond).
+const TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 pub use subscriptions::SubRecord;
 
 /// A connection asks to become the session's connection.
@@ -313,6 +317,9 @@ impl Actor for Session {
                 s.execute(&me, effects, None);
             }
             SessionMsg::Discard(reason, done) => {
+                if reason == ReasonCode::SESSION_TAKEN_OVER {
+                    s.settle_current(reason).await;
+                }
                 s.discard(&me, reason);
                 if let Some(done) = done {
                     let _ = done.send(());
@@ -385,6 +392,7 @@ impl SessionState {
     }
 
     async fn attach(&mut self, me: &ActorRef<SessionMsg>, a: Attach) -> Option<AttachReply> {
+        self.settle_current(ReasonCode::SESSION_TAKEN_OVER).await;
         let ctx = self.ctx.clone();
         let m = &ctx.metrics;
         let old = self.conn.take();
@@ -460,6 +468,25 @@ impl SessionState {
             inbound_qos2: self.inbound_qos2.clone(),
             incarnation: self.stored.then_some(self.incarnation),
         })
+    }
+
+    /// A new connection takes the session over (or a clean start replaces it): the current connection is
+    /// closed with `reason` and has its end settled first, so a DISCONNECT its client sent just before
+    /// reconnecting discards the Will as it should [MQTT-3.1.2-10], and whatever it read is handled before
+    /// the new connection reads anything (its inbound QoS 2 ids included). Bounded: a connection that does
+    /// not end in [`TAKEOVER_WAIT`] is left to end by itself, its Will decided as a lost connection's.
+    async fn settle_current(&mut self, reason: ReasonCode) {
+        let Some(old) = self.conn.clone() else {
+            return;
+        };
+        old.take_over(reason);
+        match tokio::time::timeout(TAKEOVER_WAIT, old.read_ended()).await {
+            Ok(ReadEnd::WithoutWill) => self.lifecycle.forget_will(),
+            Ok(ReadEnd::WithWill) => {}
+            Err(_) => {
+                tracing::warn!(client_id = %self.client_id, "the connection taken over did not end in time");
+            }
+        }
     }
 
     /// Ends the session at once (a clean-start connect replaced it, or it could not be stored).

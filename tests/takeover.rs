@@ -1,0 +1,207 @@
+//! A client that reconnects at once: the old connection's end is settled before the new one is answered
+//! (issue 14, found by Mosquitto's test suite). A DISCONNECT the old connection had not read yet when the
+//! new CONNECT came still discards the Will [MQTT-3.1.2-10]; a connection lost without one still has its
+//! Will published; a QoS 2 PUBLISH resent with DUP on the new connection while the old one was still
+//! reading it is delivered once [MQTT-4.3.3-9].
+//!
+//! The old connection is slowed with a message rate limit, so the new CONNECT always comes while the old
+//! reader still has the DISCONNECT (or the PUBLISH) ahead of it: before, the takeover published the Will
+//! in every try.
+
+mod common;
+
+use bytes::{Bytes, BytesMut};
+use cicada::protocol::{
+    encode, Connect, Disconnect, LastWill, Packet, Properties, ProtocolVersion, PubAck, Publish,
+    QoS, ReasonCode,
+};
+use common::broker::{connect, Raw, TestBroker};
+
+/// Messages per second each connection may publish: the first 20 pass at once, then one every 50 ms.
+const RATE: u64 = 20;
+
+fn persistent(id: &str, version: ProtocolVersion, will: bool) -> Connect {
+    let mut c = connect(id, version);
+    c.clean_start = false;
+    c.properties.session_expiry_interval = version.is_v5().then_some(60);
+    c.will = will.then(|| LastWill {
+        topic: format!("will/{id}"),
+        payload: Bytes::from_static(b"offline"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Properties::default(),
+    });
+    c
+}
+
+fn publish(topic: &str, qos: QoS, pkid: u16, payload: Bytes) -> Packet {
+    Packet::Publish(Publish {
+        topic: topic.into(),
+        qos,
+        pkid,
+        payload,
+        ..Publish::default()
+    })
+}
+
+/// `count` QoS 0 messages (more than the rate's burst: the reader takes a while), then `last`, in one write.
+async fn flood_then(raw: &mut Raw, count: usize, last: Option<Packet>) {
+    let mut out = BytesMut::new();
+    for i in 0..count {
+        let p = publish("noise", QoS::AtMostOnce, 0, Bytes::from(i.to_string()));
+        encode(&p, raw.decoder.version, &mut out).unwrap();
+    }
+    if let Some(last) = last {
+        encode(&last, raw.decoder.version, &mut out).unwrap();
+    }
+    raw.send_bytes(&out).await;
+}
+
+/// The payloads `watcher` receives on `topic` until `marker` (excluded).
+async fn payloads_until(watcher: &mut Raw, marker: &str) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    loop {
+        match watcher.recv().await {
+            Some(Packet::Publish(p)) if p.payload == marker.as_bytes() => return out,
+            Some(Packet::Publish(p)) => out.push(p.payload),
+            Some(_) => {}
+            None => panic!("the watcher was closed"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_the_old_connection_had_not_read_yet_still_discards_the_will() {
+    let b = TestBroker::with(|c| c.limits.client_messages_per_sec = RATE).await;
+    let mut marker = b.raw().await;
+    marker
+        .handshake(connect("marker", ProtocolVersion::V5))
+        .await;
+    for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+        for clean_reconnect in [false, true] {
+            for disconnect in [true, false] {
+                let id = format!("dev-{version:?}-{clean_reconnect}-{disconnect}");
+                let mut watcher = b.raw().await;
+                watcher
+                    .handshake(connect(&format!("w-{id}"), ProtocolVersion::V5))
+                    .await;
+                watcher
+                    .subscribe(1, &format!("will/{id}"), QoS::AtMostOnce)
+                    .await;
+                let mut old = b.raw().await;
+                old.handshake(persistent(&id, version, true)).await;
+                let last = disconnect.then(|| {
+                    Packet::Disconnect(Disconnect {
+                        reason: ReasonCode::SUCCESS,
+                        properties: Properties::default(),
+                    })
+                });
+                flood_then(&mut old, 30, last).await;
+                if !disconnect {
+                    // Lost: the client closes without DISCONNECT.
+                    drop(old);
+                }
+                let mut again = persistent(&id, version, false);
+                again.clean_start = clean_reconnect;
+                let mut new = b.raw().await;
+                let (code, ..) = new.handshake(again).await;
+                assert_eq!(code, ReasonCode::SUCCESS);
+                marker
+                    .send(&publish(
+                        &format!("will/{id}"),
+                        QoS::AtMostOnce,
+                        0,
+                        Bytes::from_static(b"marker"),
+                    ))
+                    .await;
+                let wills = payloads_until(&mut watcher, "marker").await;
+                let expected: Vec<Bytes> = if disconnect {
+                    vec![]
+                } else {
+                    vec![Bytes::from_static(b"offline")]
+                };
+                assert_eq!(
+                    wills, expected,
+                    "{id}: DISCONNECT sent: {disconnect}, reconnect clean: {clean_reconnect}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_publish_resent_on_a_new_connection_at_once_is_delivered_once() {
+    for rate in [0, RATE] {
+        let b = TestBroker::with(|c| c.limits.client_messages_per_sec = rate).await;
+        let mut sub = b.raw().await;
+        sub.handshake(connect("q2-sub", ProtocolVersion::V5)).await;
+        sub.subscribe(1, "q2/t", QoS::ExactlyOnce).await;
+        let mut marker = b.raw().await;
+        marker
+            .handshake(connect("q2-marker", ProtocolVersion::V5))
+            .await;
+        for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+            for i in 0..8u16 {
+                let id = format!("q2-pub-{version:?}");
+                let payload = Bytes::from(format!("m-{rate}-{version:?}-{i}"));
+                let mut old = b.raw().await;
+                old.handshake(persistent(&id, version, false)).await;
+                let pkid = 100 + i;
+                let first = publish("q2/t", QoS::ExactlyOnce, pkid, payload.clone());
+                flood_then(&mut old, if rate > 0 { 30 } else { 0 }, Some(first)).await;
+                // At once, without waiting for PUBREC: a new connection resends it with DUP.
+                let mut new = b.raw().await;
+                let (code, present, _) = new.handshake(persistent(&id, version, false)).await;
+                assert_eq!((code, present), (ReasonCode::SUCCESS, true));
+                let Packet::Publish(mut again) =
+                    publish("q2/t", QoS::ExactlyOnce, pkid, payload.clone())
+                else {
+                    unreachable!()
+                };
+                again.dup = true;
+                new.send(&Packet::Publish(again)).await;
+                loop {
+                    match new.recv().await {
+                        Some(Packet::PubRec(r)) if r.pkid == pkid => break,
+                        Some(_) => {}
+                        None => panic!("closed before PUBREC"),
+                    }
+                }
+                new.send(&Packet::PubRel(PubAck::new(pkid))).await;
+                loop {
+                    match new.recv().await {
+                        Some(Packet::PubComp(c)) if c.pkid == pkid => break,
+                        Some(_) => {}
+                        None => panic!("closed before PUBCOMP"),
+                    }
+                }
+                marker
+                    .send(&publish(
+                        "q2/t",
+                        QoS::AtMostOnce,
+                        0,
+                        Bytes::from_static(b"marker"),
+                    ))
+                    .await;
+                let mut got = Vec::new();
+                loop {
+                    match sub.recv().await {
+                        Some(Packet::Publish(p)) if p.payload == "marker" => break,
+                        Some(Packet::Publish(p)) => {
+                            if p.qos == QoS::ExactlyOnce {
+                                sub.send(&Packet::PubRec(PubAck::new(p.pkid))).await;
+                            }
+                            got.push(p.payload);
+                        }
+                        Some(Packet::PubRel(r)) => {
+                            sub.send(&Packet::PubComp(PubAck::new(r.pkid))).await;
+                        }
+                        Some(_) => {}
+                        None => panic!("the subscriber was closed"),
+                    }
+                }
+                assert_eq!(got, vec![payload], "rate {rate}, {version:?}, try {i}");
+            }
+        }
+    }
+}
