@@ -32,13 +32,11 @@ pub async fn check(args: &[&str]) -> (bool, String, String) {
         .await
         .unwrap_or_else(|_| panic!("mqttjs_check.js {args:?} did not finish"))
         .unwrap_or_else(|e| panic!("node must be installed (bash .ci/install): {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.trim().is_empty() || out.status.success(),
-        "mqttjs_check.js {args:?}: {stdout}{stderr}"
-    );
-    (out.status.success(), stdout)
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// The full round trip (see mqttjs_check.js) must pass, with the lines it prints.
