@@ -389,10 +389,7 @@ impl Draft {
                 };
                 // `none` clears the types given before it, as in Mosquitto.
                 let cur = self.log_level.take().and_then(|(lv, _)| lv);
-                let next = match level {
-                    None => None,
-                    Some(lv) => Some(cur.map_or(lv, |c| c.max(lv))),
-                };
+                let next = level.map(|lv| cur.map_or(lv, |c| c.max(lv)));
                 self.log_level = Some((next, origin));
             }
             "tls_version" => match l.one("a TLS version")? {
