@@ -97,6 +97,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
     }
 }
 
+/// The listener `path` that accepts every path (Mosquitto's WebSocket listeners do not look at it).
+pub const ANY_PATH: &str = "*";
+
 /// Frame and message limits: one MQTT packet plus framing, never more (never trust a length from the wire).
 pub fn config(max_packet_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
@@ -104,7 +107,8 @@ pub fn config(max_packet_size: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_packet_size + 1024))
 }
 
-/// The server handshake: the path must match and, if the client lists subprotocols, one must be MQTT's.
+/// The server handshake: the path must match (`*`: any path, as Mosquitto) and, if the client lists
+/// subprotocols, one must be MQTT's.
 // The callback's error type is tungstenite's HTTP response, as its `Callback` trait requires.
 #[allow(clippy::result_large_err)]
 pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
@@ -118,7 +122,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             *r.status_mut() = status;
             Err(r)
         };
-        if req.uri().path() != path {
+        if path != ANY_PATH && req.uri().path() != path {
             return refuse(
                 StatusCode::NOT_FOUND,
                 format!("MQTT over WebSocket is served at {path}\n"),

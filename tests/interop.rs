@@ -1,5 +1,5 @@
-//! Cicada driven by clients no one here wrote: mosquitto_pub / mosquitto_sub (3.1.1 and 5) and Python
-//! paho-mqtt 2.x (3.1.1 and 5).
+//! Cicada driven by clients no one here wrote: mosquitto_pub / mosquitto_sub (3.1.1 and 5), Python
+//! paho-mqtt 2.x (3.1.1 and 5) and MQTT.js 5.x under Node (3.1.1 and 5, over TCP and WebSocket).
 
 mod common;
 
@@ -202,5 +202,31 @@ async fn paho_mqtt_publishes_and_receives_qos2_in_both_versions() {
             "paho {v}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
+    }
+}
+
+/// MQTT.js: connect, subscribe QoS 1, publish QoS 0/1/2 and receive them, a retained message for a later
+/// subscriber, and in MQTT 5 a user property round trip; 3.1.1 (protocolVersion 4) and 5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqttjs_over_tcp_in_both_versions() {
+    let b = TestBroker::start().await;
+    let url = format!("mqtt://127.0.0.1:{}", b.port());
+    for v in [4, 5] {
+        common::mqttjs::roundtrip(&url, v, None).await;
+    }
+}
+
+/// The same over a ws listener at its default path, as a browser connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqttjs_over_websocket_in_both_versions() {
+    let b = TestBroker::with(|c| {
+        c.listeners
+            .push(cicada::config::ListenerConfig::new("ws", "127.0.0.1:0"))
+    })
+    .await;
+    let port = b.broker.as_ref().unwrap().mqtt_addrs[1].port();
+    let url = format!("ws://127.0.0.1:{port}/mqtt");
+    for v in [4, 5] {
+        common::mqttjs::roundtrip(&url, v, None).await;
     }
 }

@@ -1,10 +1,11 @@
-//! Command-line tools: `cicada serve` (the broker) and, built on the client, `cicada pub`, `cicada sub` and
+//! Command-line tools: `cicada serve` (the broker), `cicada config import` and, built on the client, `cicada pub`, `cicada sub` and
 //! `cicada bench`.
 //!
 //! Exit codes a script can rely on: 0 success, 1 connection or protocol failure (the message says which,
 //! with the server's reason code when there is one), 2 bad usage, 27 `sub -W` timed out (as mosquitto_sub).
 
 pub mod bench;
+pub mod config;
 pub mod connect;
 pub mod ctl;
 pub mod passwd;

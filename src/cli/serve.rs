@@ -4,6 +4,7 @@
 
 use super::CliError;
 use crate::broker::{Broker, StartError};
+use crate::config::mosquitto::{self, Ignored};
 use crate::config::{Config, Overrides};
 use clap::Args;
 use std::path::PathBuf;
@@ -11,8 +12,12 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Configuration file (TOML; see config/cicada.toml). Without it the embedded defaults apply.
-    #[arg(short = 'c', long)]
+    #[arg(short = 'c', long, conflicts_with = "mosquitto_conf")]
     pub config: Option<PathBuf>,
+    /// A Mosquitto configuration file, read as Mosquitto 2.0 reads it (`cicada config import FILE` shows the
+    /// equivalent cicada.toml). Options with no meaning here are reported with their line and ignored.
+    #[arg(long = "mosquitto-conf", value_name = "FILE")]
+    pub mosquitto_conf: Option<PathBuf>,
     /// Port of the plain TCP MQTT listener (overrides the file).
     #[arg(long)]
     pub port: Option<u16>,
@@ -25,15 +30,30 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The validated configuration: file (or defaults), then `CICADA_...` environment variables, then flags.
-    pub fn load(&self) -> Result<Config, CliError> {
+    /// The validated configuration: file (or defaults), then `CICADA_...` environment variables, then flags;
+    /// with `--mosquitto-conf`, also the options it ignored.
+    pub fn load(&self) -> Result<(Config, Vec<Ignored>), CliError> {
         // vars_os: a variable that is not UTF-8 (none of ours can be) must not stop the broker.
         let env: Vec<(String, String)> = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect();
-        let mut config = match &self.config {
-            Some(path) => Config::load_with_env(path, &env),
-            None => {
+        let mut ignored = Vec::new();
+        let mut config = match (&self.config, &self.mosquitto_conf) {
+            (_, Some(path)) => mosquitto::load(path, None).and_then(|imported| {
+                ignored = imported.ignored.clone();
+                let config = imported.to_config()?;
+                if env
+                    .iter()
+                    .any(|(k, _)| k.starts_with(crate::config::ENV_PREFIX))
+                {
+                    // The variables go over the translated document, as over a cicada.toml.
+                    Config::parse_with_env(&imported.to_toml(), &path.display().to_string(), &env)
+                } else {
+                    Ok(config)
+                }
+            }),
+            (Some(path), None) => Config::load_with_env(path, &env),
+            (None, None) => {
                 Config::parse_with_env(crate::config::DEFAULT_TOML, "<embedded cicada.toml>", &env)
             }
         }
@@ -43,7 +63,7 @@ impl ServeArgs {
             http_port: self.http_port,
             data_dir: self.data_dir.clone(),
         });
-        Ok(config)
+        Ok((config, ignored))
     }
 }
 

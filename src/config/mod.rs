@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 mod cluster;
+pub mod mosquitto;
 #[cfg(test)]
 mod tests;
 mod types;
@@ -70,6 +71,9 @@ pub enum ConfigError {
     },
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
+    /// A `mosquitto.conf` line Cicada cannot use.
+    #[error(transparent)]
+    Mosquitto(#[from] mosquitto::MosquittoError),
 }
 
 /// Environment variables with this prefix override keys of the file: `CICADA_DATA_DIR`,
@@ -163,6 +167,7 @@ impl Config {
                 fix(&mut t.ca);
             }
             fix(&mut config.http.token_file);
+            fix(&mut config.log.file);
             if let Some(c) = config.cluster.as_mut() {
                 fix(&mut c.secret_file);
                 if let Some(t) = c.tls.as_mut() {

@@ -145,7 +145,7 @@ pub struct ListenerConfig {
     /// Certificates for `tls` and `wss` listeners.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
-    /// The HTTP path of `ws` and `wss` listeners.
+    /// The HTTP path of `ws` and `wss` listeners; `"*"` accepts any path (as Mosquitto does).
     #[serde(default = "default_ws_path")]
     pub path: String,
     /// Every connection starts with a PROXY protocol v1 or v2 header (HAProxy `send-proxy[-v2]`); its source
@@ -334,18 +334,27 @@ impl Default for MqttConfig {
     }
 }
 
-/// Logging.
+/// Logging: a level and where the lines go (any of stderr, stdout and a file).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A tracing filter (`info`, `cicada=debug`, ...); `RUST_LOG` wins when set.
     pub level: String,
+    /// Write to stderr (coloured when it is a terminal).
+    pub stderr: bool,
+    /// Write to stdout.
+    pub stdout: bool,
+    /// Also append to this file (created if missing, never coloured); relative to the config file.
+    pub file: Option<PathBuf>,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
+            stderr: true,
+            stdout: false,
+            file: None,
         }
     }
 }

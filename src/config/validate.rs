@@ -34,11 +34,11 @@ impl Config {
                     ))
                 }
             }
-            if !l.path.starts_with('/') {
+            if !l.path.starts_with('/') && l.path != crate::ws::ANY_PATH {
                 return Err((
                     "listener",
                     "path",
-                    format!("{:?} must start with /", l.path),
+                    format!("{:?} must start with / (or be \"*\": any path)", l.path),
                 ));
             }
             l.bind.parse::<SocketAddr>().map_err(|e| {

@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod certs;
 pub mod cluster;
+pub mod mqttjs;
 pub mod process;
 
 use cicada::client::{Client, ClientOptions, Event, Events};
