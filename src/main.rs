@@ -4,7 +4,7 @@ use cicada::cli::{
     self, bench::BenchCommand, config::ConfigCommand, passwd::PasswdArgs, publish::PubArgs,
     serve::ServeArgs, subscribe::SubArgs,
 };
-use cicada::config::LogConfig;
+use cicada::config::{LogConfig, LogFormat};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -136,10 +136,12 @@ fn init_tracing(default: String, log: Option<&LogConfig>) -> anyhow::Result<()> 
     // Colour only for a person at a terminal: a file, a pipe or a log shipper gets plain text.
     let ansi =
         stderr && !stdout && file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(ansi)
-        .init();
+        .with_writer(writer);
+    match log.map_or(LogFormat::Text, |l| l.format) {
+        LogFormat::Text => fmt.with_ansi(ansi).init(),
+        LogFormat::Json => fmt.json().with_current_span(true).init(),
+    }
     Ok(())
 }

@@ -81,3 +81,31 @@ async fn the_header_address_is_the_one_logged() {
     // stderr is a pipe here: plain text, no colour codes.
     assert!(!line.contains('\x1b'), "{line:?}");
 }
+
+/// `[log] format = "json"`: one JSON object per line, for log shippers, with the message and its fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_message_and_its_fields() {
+    let mut broker =
+        common::process::CicadaProcess::start_with_log("[log]\nformat = \"json\"\n", "info");
+    let stderr = broker.child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let ours = line.contains("client connected") && line.contains("json-logged");
+            if ours && tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut raw = common::broker::Raw::connect(([127, 0, 0, 1], broker.port).into()).await;
+    raw.handshake(connect("json-logged", ProtocolVersion::V311))
+        .await;
+    let line = rx.recv_timeout(common::WAIT).expect("a connect log line");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON object per line");
+    assert_eq!(v["level"], "INFO", "{line}");
+    assert_eq!(v["fields"]["message"], "client connected", "{line}");
+    assert!(v["timestamp"].is_string(), "{line}");
+    // The connection's span (client id, peer) goes with every line.
+    assert!(line.contains("json-logged"), "{line}");
+    assert!(!line.contains('\x1b'), "{line:?}");
+}

@@ -346,6 +346,19 @@ pub struct LogConfig {
     pub stdout: bool,
     /// Also append to this file (created if missing, never coloured); relative to the config file.
     pub file: Option<PathBuf>,
+    /// `text` (for people) or `json` (one object per line, for log shippers).
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `2026-12-05T14:40:56Z  INFO cicada::broker: message key=value`, coloured only on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields` (with `message`), `spans`.
+    Json,
 }
 
 impl Default for LogConfig {
@@ -355,6 +368,7 @@ impl Default for LogConfig {
             stderr: true,
             stdout: false,
             file: None,
+            format: LogFormat::Text,
         }
     }
 }
