@@ -3,6 +3,7 @@
 //! reading while its messages are still on their way through the router (credit) or the node is over its
 //! memory watermark. Everything stateful goes to the Session; the socket's write half belongs to [`Writer`].
 
+mod connect;
 mod fit;
 mod flow;
 mod handshake;
@@ -26,7 +27,8 @@ use crate::auth::{Auth, Permissions};
 use crate::config::ListenerConfig;
 use crate::protocol::{Decoder, Packet, ProtocolVersion, PubAck, Publish, QoS, ReasonCode};
 use bytes::BytesMut;
-use handshake::{accept, read_connect, refuse, Accepted, Refusal};
+use connect::Accepted;
+use handshake::{read_connect, refuse, Refusal};
 use ractor::rpc::CallResult;
 use ractor::ActorRef;
 use std::collections::HashMap;
@@ -105,10 +107,17 @@ pub async fn serve<S>(
                 return;
             }
         };
-        match accept(*connect, &listener, &ctx) {
-            Err((code, version, why)) => {
+        let version = connect.protocol;
+        let open = ctx.connections.load(Ordering::Acquire);
+        let assign_id = || {
+            let n = ctx.next_conn_id.fetch_add(1, Ordering::Relaxed);
+            format!("cicada-{:016x}", n ^ handshake::rand_seed())
+        };
+        match connect::negotiate(*connect, &ctx.config, &listener, open, assign_id) {
+            Err(refusal) => {
+                let code = refusal.reason_code();
                 refuse(&mut wr, version, code, &ctx).await;
-                tracing::info!(why, reason = code.name(), "connection refused");
+                tracing::info!(why = %refusal, reason = code.name(), "connection refused");
                 linger::discard_until_closed(&mut rd).await;
             }
             Ok(mut accepted) => {
