@@ -10,6 +10,7 @@ mod handshake;
 mod linger;
 mod publish;
 mod settle;
+mod violation;
 
 use super::acks::AckQueue;
 use super::conn::{ConnHandle, ConnShared, Outbound, ReadEnd};
@@ -40,6 +41,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use violation::Violation;
 
 /// Time a new socket has to send CONNECT.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,8 +52,8 @@ const WRITER_GRACE: Duration = Duration::from_secs(5);
 enum End {
     /// DISCONNECT from the client.
     Normal { will: bool, expiry: Option<u32> },
-    /// A violation or limit: the reason goes to a v5 client in DISCONNECT.
-    Error(ReasonCode, String),
+    /// A violation or limit: its reason goes to a v5 client in DISCONNECT.
+    Violation(Violation),
     /// The socket closed or failed.
     Closed(&'static str),
     /// The session or the server closed it (takeover, shutdown, write failure).
@@ -387,15 +389,23 @@ async fn run<R, W>(
         _ => ReadEnd::WithWill,
     });
     // The broker ends the connection with a reason the client should read: see `linger`.
-    let linger = matches!(end, End::Error(..) | End::ClosedByServer);
+    let linger = matches!(end, End::Violation(_) | End::ClosedByServer);
+    // A bounded label for the disconnect metric: a reason code's name at most.
+    let label = match &end {
+        End::Normal { .. } => "client disconnected",
+        End::Violation(v) => v.reason_code().name(),
+        End::Closed(_) => "connection lost",
+        End::ClosedByServer => "closed by the server",
+    };
     let (publish_will, expiry, why) = match end {
         End::Normal { will, expiry } => {
             handle.send(Outbound::Close(None));
             (will, expiry, "client disconnected".to_string())
         }
-        End::Error(code, why) => {
-            handle.close_with(code, Some(why.clone()));
-            (true, None, format!("{} ({why})", code.name()))
+        End::Violation(v) => {
+            let code = v.reason_code();
+            handle.close_with(code, Some(v.to_string()));
+            (true, None, format!("{} ({v})", code.name()))
         }
         End::Closed(why) => {
             handle.send(Outbound::Close(None));
@@ -403,10 +413,7 @@ async fn run<R, W>(
         }
         End::ClosedByServer => (true, None, "closed by the server".to_string()),
     };
-    ctx.metrics
-        .disconnects
-        .with_label_values(&[reason_label(&why)])
-        .inc();
+    ctx.metrics.disconnects.with_label_values(&[label]).inc();
     tracing::info!(reason = %why, will = publish_will, "client disconnected");
     let _ = session.cast(SessionMsg::Detach(Box::new(Detach {
         conn: conn_id,
@@ -427,30 +434,6 @@ async fn run<R, W>(
     if linger {
         linger::discard_until_closed(&mut rd).await;
     }
-}
-
-/// A bounded label for the disconnect metric.
-fn reason_label(why: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "client disconnected",
-        "closed by the server",
-        "Keep Alive timeout",
-        "Malformed Packet",
-        "Protocol Error",
-        "Packet too large",
-        "Topic Alias invalid",
-        "Receive Maximum exceeded",
-        "QoS not supported",
-        "Retain not supported",
-        "Topic Name invalid",
-        "Quota exceeded",
-        "Not authorized",
-    ];
-    KNOWN
-        .iter()
-        .find(|k| why.starts_with(**k))
-        .copied()
-        .unwrap_or("connection lost")
 }
 
 struct Reader {
@@ -548,7 +531,7 @@ impl Reader {
                         }
                     }
                     Ok(None) => break,
-                    Err(e) => return End::Error(e.reason_code(), e.to_string()),
+                    Err(e) => return End::Violation(e.into()),
                 }
             }
             if buf.capacity() == buf.len() {
@@ -562,7 +545,7 @@ impl Reader {
             };
             tokio::select! {
                 r = read => match r {
-                    None => return End::Error(ReasonCode::KEEP_ALIVE_TIMEOUT, format!("no packet in {}s", keep_alive as f32 * 1.5)),
+                    None => return End::Violation(Violation::KeepAlive(keep_alive)),
                     Some(Ok(0)) => return End::Closed("connection lost: closed by the client"),
                     Some(Ok(n)) => {
                         self.ctx.metrics.bytes_received.inc_by(n as u64);
@@ -576,7 +559,7 @@ impl Reader {
                 _ = self.handle.shared.until_taken_over() => return End::ClosedByServer,
                 _ = &mut token_expired => {
                     self.ctx.metrics.jwt_expired_disconnects.inc();
-                    return End::Error(ReasonCode::NOT_AUTHORIZED, "token expired".into());
+                    return End::Violation(Violation::TokenExpired);
                 }
             }
         }
@@ -641,11 +624,7 @@ impl Reader {
             Packet::Disconnect(d) => {
                 let expiry = d.properties.session_expiry_interval;
                 if expiry.is_some_and(|e| e != 0) && self.connect_expiry == 0 {
-                    return Some(End::Error(
-                        ReasonCode::PROTOCOL_ERROR,
-                        "session expiry set at DISCONNECT after 0 at CONNECT [MQTT-3.14.2-2]"
-                            .into(),
-                    ));
+                    return Some(End::Violation(Violation::ExpiryAfterZero));
                 }
                 return Some(End::Normal {
                     will: d.reason == ReasonCode::DISCONNECT_WITH_WILL,
@@ -653,16 +632,10 @@ impl Reader {
                 });
             }
             Packet::Connect(_) => {
-                return Some(End::Error(
-                    ReasonCode::PROTOCOL_ERROR,
-                    "second CONNECT [MQTT-3.1.0-2]".into(),
-                ));
+                return Some(End::Violation(Violation::SecondConnect));
             }
             other => {
-                return Some(End::Error(
-                    ReasonCode::PROTOCOL_ERROR,
-                    format!("{:?} is not sent by clients", other.kind()),
-                ));
+                return Some(End::Violation(Violation::ServerPacket(other.kind())));
             }
         }
         None

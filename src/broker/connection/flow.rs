@@ -2,8 +2,7 @@
 //! writer queue or the acknowledgements waiting for commits back up, when it passes Receive Maximum (3.x),
 //! a rate limit, its credit in the router, or the node's memory watermark.
 
-use super::{End, Reader};
-use crate::protocol::ReasonCode;
+use super::{End, Reader, Violation};
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -52,11 +51,7 @@ impl Reader {
             return None;
         }
         if self.handle.version.is_v5() {
-            return Some(End::Error(
-                ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
-                "more unacknowledged QoS 1 and 2 messages than Receive Maximum [MQTT-3.3.4-7]"
-                    .into(),
-            ));
+            return Some(End::Violation(Violation::ReceiveMaximum));
         }
         self.ctx
             .metrics
@@ -162,11 +157,7 @@ impl Reader {
             }
             Err(e) => {
                 m.with_label_values(&["refused"]).inc();
-                // 0x88 is not a DISCONNECT reason [MQTT-3.14.2.1]: 0x80 with the reason string.
-                Some(End::Error(
-                    ReasonCode::UNSPECIFIED_ERROR,
-                    format!("this node cannot check its state with a raft leader ({e}): QoS 1/2 messages are refused until it can"),
-                ))
+                Some(End::Violation(Violation::NoLeader(e)))
             }
         }
     }

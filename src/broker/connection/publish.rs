@@ -17,43 +17,26 @@ impl Reader {
             .with_label_values(&[Metrics::qos_label(p.qos)])
             .inc();
         if p.qos > self.max_qos {
-            return Some(End::Error(
-                ReasonCode::QOS_NOT_SUPPORTED,
-                "QoS above Maximum QoS [MQTT-3.2.2-11]".into(),
-            ));
+            return Some(End::Violation(Violation::QosAboveMaximum));
         }
         if p.retain && !cfg.mqtt.retain_available {
-            return Some(End::Error(
-                ReasonCode::RETAIN_NOT_SUPPORTED,
-                "RETAIN without retain support [MQTT-3.2.2-14]".into(),
-            ));
+            return Some(End::Violation(Violation::RetainNotAvailable));
         }
         if let Some(alias) = p.properties.topic_alias {
             if alias == 0 || alias > cfg.limits.topic_alias_maximum {
-                return Some(End::Error(
-                    ReasonCode::TOPIC_ALIAS_INVALID,
-                    format!("topic alias {alias} [MQTT-3.3.2-9]"),
-                ));
+                return Some(End::Violation(Violation::TopicAliasOutOfRange(alias)));
             }
             if p.topic.is_empty() {
                 match self.aliases.get(&alias) {
                     Some(t) => p.topic = t.clone(),
-                    None => {
-                        return Some(End::Error(
-                            ReasonCode::PROTOCOL_ERROR,
-                            format!("unknown topic alias {alias}"),
-                        ))
-                    }
+                    None => return Some(End::Violation(Violation::UnknownTopicAlias(alias))),
                 }
             } else {
                 self.aliases.insert(alias, p.topic.clone());
             }
         }
         if p.topic.split('/').count() > cfg.limits.max_topic_levels {
-            return Some(End::Error(
-                ReasonCode::TOPIC_NAME_INVALID,
-                "too many topic levels".into(),
-            ));
+            return Some(End::Violation(Violation::TopicLevels));
         }
         let pkid = p.pkid;
         let qos = p.qos;
@@ -75,10 +58,7 @@ impl Reader {
                 None if self.inbound_qos2.len() + self.acks.qos1_waiting()
                     >= usize::from(cfg.limits.max_inflight) =>
                 {
-                    return Some(End::Error(
-                        ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
-                        "too many QoS 2 messages in flight [MQTT-3.3.4-7]".into(),
-                    ));
+                    return Some(End::Violation(Violation::Qos2InFlight));
                 }
                 None => {}
             }
