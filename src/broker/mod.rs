@@ -307,8 +307,8 @@ impl Broker {
         }
         let mut listener_tls = Vec::new();
         for l in &config.listeners {
-            listener_tls.push(match (&l.kind[..], &l.tls) {
-                ("tls" | "wss", Some(t)) => Some(Arc::new(tls::Tls::load(t.clone())?)),
+            listener_tls.push(match (l.kind.is_tls(), &l.tls) {
+                (true, Some(t)) => Some(Arc::new(tls::Tls::load(t.clone())?)),
                 _ => None,
             });
         }

@@ -139,7 +139,7 @@ pub(super) fn accept(
             "MQTT 3.1 client ids have at most 23 characters",
         );
     }
-    let max_qos = QoS::from_u8(cfg.mqtt.max_qos).unwrap_or(QoS::ExactlyOnce);
+    let max_qos = cfg.mqtt.max_qos;
     if let Some(w) = &c.will {
         if w.qos > max_qos {
             return refuse(ReasonCode::QOS_NOT_SUPPORTED, "Will QoS above the maximum");
