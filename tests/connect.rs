@@ -2,7 +2,7 @@
 
 mod common;
 
-use cicada::protocol::{Packet, Properties, ProtocolVersion, ReasonCode};
+use cicada::protocol::{Packet, Properties, ProtocolVersion, QoS, ReasonCode};
 use common::broker::{connect, TestBroker};
 
 #[tokio::test]
@@ -77,7 +77,7 @@ async fn mqtt_3_2_2_16_empty_client_id_is_assigned_in_v5() {
 #[tokio::test]
 async fn connack_announces_the_configured_limits_and_features() {
     let b = TestBroker::with(|c| {
-        c.mqtt.max_qos = 1;
+        c.mqtt.max_qos = QoS::AtLeastOnce;
         c.mqtt.retain_available = false;
         c.mqtt.shared_subscription_available = false;
         c.limits.max_inflight = 7;

@@ -220,8 +220,10 @@ async fn mqttjs_over_tcp_in_both_versions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqttjs_over_websocket_in_both_versions() {
     let b = TestBroker::with(|c| {
-        c.listeners
-            .push(cicada::config::ListenerConfig::new("ws", "127.0.0.1:0"))
+        c.listeners.push(cicada::config::ListenerConfig::new(
+            cicada::config::ListenerKind::Ws,
+            "127.0.0.1:0",
+        ))
     })
     .await;
     let port = b.broker.as_ref().unwrap().mqtt_addrs[1].port();

@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use cicada::config::JwtConfig;
+use cicada::config::{JwtAlgorithm, JwtConfig};
 use cicada::protocol::{Packet, ProtocolVersion, Publish, QoS, ReasonCode};
 use common::broker::{connect, TestBroker};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -22,9 +22,9 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn jwt_config(algorithm: &str) -> JwtConfig {
+fn jwt_config(algorithm: JwtAlgorithm) -> JwtConfig {
     JwtConfig {
-        algorithm: algorithm.into(),
+        algorithm,
         secret: None,
         secret_file: None,
         public_key: None,
@@ -51,7 +51,7 @@ async fn hs256_broker(dir: &Path) -> TestBroker {
         c.auth.allow_anonymous = false;
         c.auth.jwt = Some(JwtConfig {
             secret_file: Some(secret.clone()),
-            ..jwt_config("HS256")
+            ..jwt_config(JwtAlgorithm::HS256)
         });
     })
     .await
@@ -213,7 +213,7 @@ async fn password_file_users_and_token_clients_share_a_listener() {
         c.auth.password_file = Some(pw.clone());
         c.auth.jwt = Some(JwtConfig {
             secret: Some(SECRET.into()),
-            ..jwt_config("HS256")
+            ..jwt_config(JwtAlgorithm::HS256)
         });
     })
     .await;
@@ -308,7 +308,7 @@ async fn rs256_and_es256_tokens_verified_with_public_keys_including_from_mosquit
         c.auth.allow_anonymous = false;
         c.auth.jwt = Some(JwtConfig {
             public_key: Some(rsa_public.clone()),
-            ..jwt_config("RS256")
+            ..jwt_config(JwtAlgorithm::RS256)
         });
     })
     .await;
@@ -316,7 +316,7 @@ async fn rs256_and_es256_tokens_verified_with_public_keys_including_from_mosquit
         c.auth.allow_anonymous = false;
         c.auth.jwt = Some(JwtConfig {
             public_key: Some(ec_public.clone()),
-            ..jwt_config("ES256")
+            ..jwt_config(JwtAlgorithm::ES256)
         });
     })
     .await;

@@ -6,6 +6,7 @@
 
 mod common;
 
+use cicada::config::ListenerKind;
 use common::{answers_connect, free_port, mqttjs, WAIT};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -214,16 +215,16 @@ fn config_import_prints_the_equivalent_cicada_toml() {
     let toml = String::from_utf8(o.stdout).unwrap();
     let c = cicada::config::Config::parse(&toml, "imported.toml")
         .unwrap_or_else(|e| panic!("{e}\n{toml}"));
-    let listeners: Vec<(&str, String)> = c
+    let listeners: Vec<(ListenerKind, String)> = c
         .listeners
         .iter()
-        .map(|l| (l.kind.as_str(), l.bind.clone()))
+        .map(|l| (l.kind, l.bind.clone()))
         .collect();
     assert_eq!(
         listeners,
         vec![
-            ("tcp", format!("0.0.0.0:{}", s.mqtt)),
-            ("ws", format!("0.0.0.0:{}", s.ws))
+            (ListenerKind::Tcp, format!("0.0.0.0:{}", s.mqtt)),
+            (ListenerKind::Ws, format!("0.0.0.0:{}", s.ws))
         ]
     );
     assert!(!c.auth.allow_anonymous);

@@ -352,7 +352,7 @@ async fn no_local_and_retain_as_published_options() {
 #[tokio::test]
 async fn subscribe_reason_codes_per_filter() {
     let b = TestBroker::with(|c| {
-        c.mqtt.max_qos = 1;
+        c.mqtt.max_qos = QoS::AtLeastOnce;
         c.mqtt.wildcard_subscription_available = false;
     })
     .await;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use cicada::config::{ListenerConfig, TlsConfig};
+use cicada::config::{ListenerConfig, ListenerKind, TlsConfig};
 use cicada::protocol::{ProtocolVersion, QoS};
 use common::broker::TestBroker;
 use common::certs::{leaf, new_ca, Ca};
@@ -36,7 +36,7 @@ async fn broker(
     tls(&mut t);
     let acl_file = acl.map(|a| write(dir, "acl", a));
     let b = TestBroker::with(move |c| {
-        let mut l = ListenerConfig::new("tls", "127.0.0.1:0");
+        let mut l = ListenerConfig::new(ListenerKind::Tls, "127.0.0.1:0");
         l.tls = Some(t);
         c.listeners.push(l);
         c.auth.acl_file = acl_file;

@@ -6,7 +6,7 @@ mod common;
 use bytes::{Bytes, BytesMut};
 use cicada::client::transport::WsConnector;
 use cicada::client::Client;
-use cicada::config::ListenerConfig;
+use cicada::config::{ListenerConfig, ListenerKind};
 use cicada::protocol::{encode, Packet, ProtocolVersion, Publish, QoS};
 use common::broker::{connect, TestBroker};
 use common::next_message;
@@ -16,13 +16,13 @@ use std::sync::Arc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-fn listener(kind: &str) -> ListenerConfig {
+fn listener(kind: ListenerKind) -> ListenerConfig {
     ListenerConfig::new(kind, "127.0.0.1:0")
 }
 
 /// A broker with a plain listener (0) and a ws listener (1).
 async fn ws_broker() -> (TestBroker, u16) {
-    let b = TestBroker::with(|c| c.listeners.push(listener("ws"))).await;
+    let b = TestBroker::with(|c| c.listeners.push(listener(ListenerKind::Ws))).await;
     let port = b.broker.as_ref().unwrap().mqtt_addrs[1].port();
     (b, port)
 }
@@ -217,8 +217,8 @@ async fn paho_over_ws_and_wss_in_both_versions() {
     std::fs::write(&key_file, key.serialize_pem()).unwrap();
     std::fs::write(&ca_file, ca_pem).unwrap();
     let b = TestBroker::with(|c| {
-        c.listeners.push(listener("ws"));
-        let mut wss = listener("wss");
+        c.listeners.push(listener(ListenerKind::Ws));
+        let mut wss = listener(ListenerKind::Wss);
         wss.tls = Some(cicada::config::TlsConfig {
             cert: cert_file.clone(),
             key: key_file.clone(),

@@ -8,6 +8,7 @@ pub mod contact;
 pub mod counter;
 pub mod crash;
 mod entry;
+mod error;
 pub mod freeze;
 mod legacy;
 pub mod logger;
@@ -20,6 +21,7 @@ pub mod transport;
 pub mod view;
 
 pub use crash::{CrashAt, CrashPoint};
+pub use error::{ChangeRefused, ClusterError, StartError, StorageError};
 pub use machine::{StateMachine, Txn};
 pub use transport::PeerTls;
 pub use view::{Peers, View};
@@ -130,26 +132,6 @@ impl ClusterConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ClusterError {
-    #[error("no raft leader (proposal dropped)")]
-    NoLeader,
-    #[error("timed out waiting for the raft group")]
-    Timeout,
-    #[error("the raft node has stopped")]
-    Stopped,
-    #[error("membership change refused: {0}")]
-    Rejected(String),
-    #[error("raft storage: {0}")]
-    Storage(String),
-    #[error("too many uncommitted proposals; retry later")]
-    Busy,
-    #[error("a command of {0} bytes is larger than a raft entry may be")]
-    TooLarge(usize),
-    #[error("{0}")]
-    Start(String),
-}
-
 /// A committed command, as applied on this node.
 #[derive(Debug, Clone)]
 pub struct Applied {
@@ -218,12 +200,24 @@ impl Cluster {
         machine: impl StateMachine,
         registry: &prometheus::Registry,
     ) -> Result<Cluster, ClusterError> {
-        let start_err = |what: &str, e: &dyn std::fmt::Display| {
-            ClusterError::Start(format!("{}: {what}: {e}", config.data_dir.display()))
+        let dir = &config.data_dir;
+        let storage_err = |what: &'static str| {
+            move |source| StartError::Storage {
+                dir: dir.clone(),
+                what,
+                source,
+            }
+        };
+        let raft_err = |what: &'static str| {
+            move |source| StartError::Raft {
+                dir: dir.clone(),
+                what,
+                source: Arc::new(source),
+            }
         };
         let db = open_db(&config.data_dir, config.cache_capacity)
             .await
-            .map_err(|e| start_err("cannot open its database", &e))?;
+            .map_err(storage_err("cannot open its database"))?;
         let mut voters: Vec<u64> = if config.join {
             Vec::new()
         } else {
@@ -239,19 +233,19 @@ impl Cluster {
                 .collect(),
         };
         let (mut storage, view) = storage::SledStorage::open(&db, &bootstrap)
-            .map_err(|e| start_err("cannot open the raft log", &e))?;
+            .map_err(storage_err("cannot open the raft log"))?;
         storage.set_snapshot_source(view::source(&view));
         // Members added at run time are known from the replicated state; the configuration names the rest and
         // wins where both name a node (it says where the node is now).
         let mut peers = view
             .peers()
-            .map_err(|e| start_err("cannot read the peer addresses", &e))?;
+            .map_err(storage_err("cannot read the peer addresses"))?;
         for (id, addr) in &config.peers {
             peers.insert(*id, addr.clone());
         }
         let applied = view
             .applied()
-            .map_err(|e| start_err("cannot read the applied index", &e))?;
+            .map_err(storage_err("cannot read the applied index"))?;
         let raft_config = raft::Config {
             id: config.node_id,
             election_tick: config.election_ticks,
@@ -266,20 +260,22 @@ impl Cluster {
         };
         raft_config
             .validate()
-            .map_err(|e| start_err("raft configuration", &e))?;
+            .map_err(raft_err("raft configuration"))?;
         let mut raw = raft::RawNode::new(&raft_config, storage, &logger::logger(config.node_id))
-            .map_err(|e| start_err("raft", &e))?;
+            .map_err(raft_err("raft"))?;
         // The only voter need not wait an election timeout: it is the leader at once, so a single node
         // accepts proposals as soon as it has started.
         if raw.store().conf_state().voters == [config.node_id] {
-            raw.campaign().map_err(|e| start_err("raft campaign", &e))?;
+            raw.campaign().map_err(raft_err("raft campaign"))?;
         }
+        let listen_err = |source| StartError::Listen {
+            addr: config.listen.clone(),
+            source: Arc::new(source),
+        };
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
-            .map_err(|e| ClusterError::Start(format!("peer listen {}: {e}", config.listen)))?;
-        let peer_addr = listener
-            .local_addr()
-            .map_err(|e| ClusterError::Start(e.to_string()))?;
+            .map_err(listen_err)?;
+        let peer_addr = listener.local_addr().map_err(listen_err)?;
         let advertise = config
             .advertise
             .clone()
@@ -342,7 +338,7 @@ impl Cluster {
         };
         let (node, handle) = Actor::spawn(None, Node, args)
             .await
-            .map_err(|e| ClusterError::Start(e.to_string()))?;
+            .map_err(|e| StartError::Actor(Arc::new(e)))?;
         let _ = ref_tx.send(node.clone());
         Ok(Cluster {
             node,

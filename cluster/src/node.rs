@@ -9,7 +9,9 @@ use crate::metrics::Metrics;
 use crate::storage::SledStorage;
 use crate::transport::{Inbound, Transport};
 use crate::view::{encode_peers, Peers, View};
-use crate::{Applied, ClusterError, Fsync, Membership, NodeStatus};
+use crate::{
+    Applied, ChangeRefused, ClusterError, Fsync, Membership, NodeStatus, StartError, StorageError,
+};
 use bytes::Bytes;
 use protobuf::Message as _;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -106,11 +108,10 @@ fn needs_flush(fsync: Fsync, must_sync: bool) -> bool {
 }
 
 /// A random incarnation (never 0, which marks contexts written before incarnations existed).
-pub fn incarnation() -> Result<u64, ClusterError> {
+pub fn incarnation() -> Result<u64, StartError> {
     let mut b = [0u8; 8];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).map_err(|_| {
-        ClusterError::Start("no system randomness for the process incarnation".into())
-    })?;
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .map_err(|_| StartError::NoRandomness)?;
     Ok(u64::from_be_bytes(b).max(1))
 }
 
@@ -163,8 +164,8 @@ pub fn max_command(max_frame: usize) -> usize {
     max_frame.saturating_sub(FRAME_MARGIN).max(1)
 }
 
-fn storage_err(e: impl std::fmt::Display) -> ClusterError {
-    ClusterError::Storage(e.to_string())
+fn storage_err(e: sled::Error) -> ClusterError {
+    ClusterError::Storage(StorageError::Sled(e))
 }
 
 impl Actor for Node {
@@ -363,9 +364,7 @@ impl NodeState {
     fn propose_change(&mut self, change: Membership, reply: Reply<()>) {
         // raft-rs would turn a second change into an empty entry while one is pending: nobody would answer.
         if self.a.raw.raft.has_pending_conf() {
-            let _ = reply.send(Err(ClusterError::Rejected(
-                "another membership change is still being applied; try again".into(),
-            )));
+            let _ = reply.send(Err(ClusterError::Rejected(ChangeRefused::Pending)));
             return;
         }
         // The entry carries every member's address after the change, so every node (and a node that replays
@@ -409,7 +408,7 @@ impl NodeState {
             }
             Err(e) => {
                 let why = if self.a.raw.raft.state == StateRole::Leader {
-                    ClusterError::Rejected(e.to_string())
+                    ClusterError::Rejected(ChangeRefused::Raft(std::sync::Arc::new(e)))
                 } else {
                     ClusterError::NoLeader
                 };
@@ -479,19 +478,15 @@ impl NodeState {
     fn install(&mut self, snap: &raft::eraftpb::Snapshot) -> Result<(), ClusterError> {
         let m = snap.get_metadata();
         // Streamed snapshots are restored off this actor before raft-rs sees them.
-        let staged = crate::snapshot::staged(&snap.data).ok_or_else(|| {
-            ClusterError::Storage(format!("the snapshot at {} names no staged state", m.index))
-        })?;
+        let staged = crate::snapshot::staged(&snap.data)
+            .ok_or(StorageError::SnapshotNotStaged { index: m.index })?;
         if !self
             .a
             .view
             .is_staged(staged, m.index)
             .map_err(storage_err)?
         {
-            return Err(ClusterError::Storage(format!(
-                "the snapshot at {} is no longer staged",
-                m.index
-            )));
+            return Err(StorageError::SnapshotNoLongerStaged { index: m.index }.into());
         }
         let to = staged.tree;
         self.a.crash.reached(CrashPoint::Staged, &self.a.db);

@@ -502,14 +502,10 @@ async fn calls_that_expire_say_timeout_and_a_flood_of_large_commands_is_refused_
     let alone = Cluster::start(c, Counter, &prometheus::Registry::new())
         .await
         .unwrap();
-    assert_eq!(alone.read_index().await, Err(ClusterError::Timeout));
-    assert_eq!(
-        alone
-            .change_membership(Membership::Promote { id: 2 })
-            .await
-            .err(),
-        Some(ClusterError::NoLeader)
-    );
+    let r = alone.read_index().await;
+    assert!(matches!(r, Err(ClusterError::Timeout)), "{r:?}");
+    let r = alone.change_membership(Membership::Promote { id: 2 }).await;
+    assert!(matches!(r, Err(ClusterError::NoLeader)), "{r:?}");
     alone.shutdown().await;
 
     let registry = prometheus::Registry::new();
@@ -540,9 +536,10 @@ async fn calls_that_expire_say_timeout_and_a_flood_of_large_commands_is_refused_
         .await
         .unwrap();
     let cmd = vec![b'x'; (1 << 20) + 1];
-    assert_eq!(
-        small.propose(cmd).await,
-        Err(ClusterError::TooLarge((1 << 20) + 1))
+    let r = small.propose(cmd).await;
+    assert!(
+        matches!(r, Err(ClusterError::TooLarge(n)) if n == (1 << 20) + 1),
+        "{r:?}"
     );
     assert!(small.propose(vec![b'y'; 1 << 20]).await.is_ok());
     small.shutdown().await;

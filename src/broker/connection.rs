@@ -351,7 +351,7 @@ async fn run<R, W>(
         aliases: HashMap::new(),
         credit: Arc::new(Semaphore::new(ctx.config.limits.inbound_credit)),
         connect_expiry: a.expiry,
-        max_qos: QoS::from_u8(ctx.config.mqtt.max_qos).unwrap_or(QoS::ExactlyOnce),
+        max_qos: ctx.config.mqtt.max_qos,
         perms,
         username: a.connect.username.clone(),
         client_id: a.client_id.clone(),

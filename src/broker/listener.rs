@@ -4,7 +4,7 @@ use super::connection::{self, Identity};
 use super::tls::{self, Tls};
 use super::Context;
 use crate::auth::Auth;
-use crate::config::ListenerConfig;
+use crate::config::{ListenerConfig, ListenerKind};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -44,7 +44,7 @@ pub async fn run(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                if config.kind == "tcp" && !config.proxy_protocol {
+                if config.kind == ListenerKind::Tcp && !config.proxy_protocol {
                     let serve = connection::serve(
                         stream,
                         peer,
@@ -122,9 +122,11 @@ async fn upgrade(
         );
         tracing::debug!(%peer, %via, "PROXY header");
     }
-    match (config.kind.as_str(), tls) {
-        ("tcp", _) => connection::serve(stream, peer, config, auth, Identity::None, ctx).await,
-        ("ws", _) => {
+    match (config.kind, tls) {
+        (ListenerKind::Tcp, _) => {
+            connection::serve(stream, peer, config, auth, Identity::None, ctx).await
+        }
+        (ListenerKind::Ws, _) => {
             let ws = step!(
                 "WebSocket",
                 crate::ws::accept(stream, &config.path, max),
@@ -132,7 +134,7 @@ async fn upgrade(
             );
             connection::serve(ws, peer, config, auth, Identity::None, ctx).await;
         }
-        ("tls", Some(tls)) => {
+        (ListenerKind::Tls, Some(tls)) => {
             let s = step!(
                 "TLS",
                 tls.acceptor().accept(stream),
@@ -141,7 +143,7 @@ async fn upgrade(
             let identity = identity_of(&tls, s.get_ref().1);
             connection::serve(s, peer, config, auth, identity, ctx).await;
         }
-        ("wss", Some(tls)) => {
+        (ListenerKind::Wss, Some(tls)) => {
             let s = step!(
                 "TLS",
                 tls.acceptor().accept(stream),
@@ -155,7 +157,9 @@ async fn upgrade(
             );
             connection::serve(ws, peer, config, auth, identity, ctx).await;
         }
-        (kind, _) => tracing::error!(kind, "listener kind without its TLS configuration"),
+        (kind @ (ListenerKind::Tls | ListenerKind::Wss), None) => {
+            tracing::error!(%kind, "listener kind without its TLS configuration")
+        }
     }
 }
 

@@ -260,9 +260,15 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("cannot open the store: {0}")]
-    Store(String),
-    #[error("cannot start the actors: {0}")]
-    Actors(String),
+    Store(#[from] crate::store::OpenError),
+    /// The cluster link's metrics could not be registered.
+    #[error("cannot register the cluster link's metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("cannot start the {actor} actor: {source}")]
+    Actor {
+        actor: &'static str,
+        source: ractor::SpawnErr,
+    },
     #[error(transparent)]
     Cluster(#[from] crate::config::ClusterConfigError),
     #[error("http.token_file {path}: cannot read: {source}")]
@@ -307,8 +313,8 @@ impl Broker {
         }
         let mut listener_tls = Vec::new();
         for l in &config.listeners {
-            listener_tls.push(match (&l.kind[..], &l.tls) {
-                ("tls" | "wss", Some(t)) => Some(Arc::new(tls::Tls::load(t.clone())?)),
+            listener_tls.push(match (l.kind.is_tls(), &l.tls) {
+                (true, Some(t)) => Some(Arc::new(tls::Tls::load(t.clone())?)),
                 _ => None,
             });
         }
@@ -342,21 +348,19 @@ impl Broker {
                 source,
             })?
             .map(Into::into);
-        let store = Arc::new(
-            Store::open(cluster_config, &metrics.registry)
-                .await
-                .map_err(|e| StartError::Store(e.to_string()))?,
-        );
+        let store = Arc::new(Store::open(cluster_config, &metrics.registry).await?);
         metrics.retained.set(store.retained.len() as i64);
-        let link = remote::RemoteLink::new(store.clone(), &metrics.registry)
-            .map_err(|e| StartError::Actors(e.to_string()))?;
+        let link = remote::RemoteLink::new(store.clone(), &metrics.registry)?;
         let shutdown = CancellationToken::new();
         // Shards only count drops: they start before the context that holds them.
         let mut shards = Vec::new();
         for _ in 0..config.shard_count() {
             let (shard, _) = Actor::spawn(None, TopicShard, (metrics.clone(), Some(link.clone())))
                 .await
-                .map_err(|e| StartError::Actors(e.to_string()))?;
+                .map_err(|source| StartError::Actor {
+                    actor: "topic shard",
+                    source,
+                })?;
             shards.push(shard);
         }
         let ctx = Arc::new(Context {
@@ -382,7 +386,10 @@ impl Broker {
         });
         let (registry, _) = Actor::spawn(None, Registry, ctx.clone())
             .await
-            .map_err(|e| StartError::Actors(e.to_string()))?;
+            .map_err(|source| StartError::Actor {
+                actor: "registry",
+                source,
+            })?;
         let _ = ctx.registry.set(registry.clone());
 
         let tasks = TaskTracker::new();

@@ -136,7 +136,7 @@ async fn claim_until_decided(
     token: u64,
     first: tokio::sync::oneshot::Sender<Option<RegistryMsg>>,
 ) {
-    use cicada_cluster::ClusterError;
+    use crate::store::CommitError;
     let mut first = Some(first);
     let mut seen = None;
     for attempt in 0..CLAIM_ATTEMPTS {
@@ -163,7 +163,7 @@ async fn claim_until_decided(
                 return;
             }
             // Stale: a newer claim won. The connection (or this task, once it is gone) tells the registry.
-            Err(ClusterError::Rejected(_)) => {
+            Err(CommitError::ClaimSuperseded) => {
                 let msg = match first.take() {
                     Some(f) => f.send(Some(failed())).err().flatten(),
                     None => Some(failed()),

@@ -16,8 +16,12 @@ use tokio_rustls::TlsAcceptor;
 pub enum TlsError {
     #[error("{file}: {message}")]
     File { file: String, message: String },
+    /// rustls refused the protocol versions or the provider.
     #[error("TLS configuration: {0}")]
-    Config(String),
+    Config(#[from] rustls::Error),
+    /// The client certificate verifier could not be built from the CA certificates.
+    #[error("TLS client certificate verifier: {0}")]
+    ClientVerifier(#[from] rustls::server::VerifierBuilderError),
 }
 
 fn file_err(p: &Path, message: impl std::fmt::Display) -> TlsError {
@@ -62,8 +66,7 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = certs(&cfg.cert)?;
     let key = private_key(&cfg.key)?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     let builder = match &cfg.ca {
         Some(ca) => {
             let verifier =
@@ -72,8 +75,7 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
                 verifier.build()
             } else {
                 verifier.allow_unauthenticated().build()
-            }
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+            }?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -100,8 +102,7 @@ pub fn peer_tls(cfg: &crate::config::PeerTlsSection) -> Result<cicada_cluster::P
         use_identity_as_username: false,
     })?;
     let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_root_certificates(roots)
         .with_client_auth_cert(certs(&cfg.cert)?, private_key(&cfg.key)?)
         .map_err(|e| {

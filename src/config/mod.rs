@@ -269,10 +269,23 @@ impl Config {
 
     /// Parses and validates TOML text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            file: file.to_string(),
-            line: e.span().map(|s| line_of(text, s.start)).unwrap_or(1),
-            message: e.message().trim().to_string(),
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (file, line) = (file.to_string(), e.span().map(|s| line_of(text, s.start)));
+            let message = e.message().trim().to_string();
+            match key_of(&e) {
+                // A value serde refused (an unknown enum variant, a QoS of 3): the key it was for.
+                Some(key) => ConfigError::Invalid {
+                    file,
+                    line: line.unwrap_or(1),
+                    key,
+                    message,
+                },
+                None => ConfigError::Parse {
+                    file,
+                    line: line.unwrap_or(1),
+                    message,
+                },
+            }
         })?;
         config
             .validate()
@@ -292,11 +305,16 @@ impl Config {
     /// Applies command-line flags.
     pub fn apply(&mut self, o: &Overrides) {
         if let Some(port) = o.port {
-            match self.listeners.iter_mut().find(|l| l.kind == "tcp") {
+            match self
+                .listeners
+                .iter_mut()
+                .find(|l| l.kind == ListenerKind::Tcp)
+            {
                 Some(l) => l.bind = with_port(&l.bind, port),
-                None => self
-                    .listeners
-                    .push(ListenerConfig::new("tcp", &format!("0.0.0.0:{port}"))),
+                None => self.listeners.push(ListenerConfig::new(
+                    ListenerKind::Tcp,
+                    &format!("0.0.0.0:{port}"),
+                )),
             }
         }
         if let Some(port) = o.http_port {
@@ -325,6 +343,20 @@ fn with_port(bind: &str, port: u16) -> String {
         }
         Err(_) => format!("0.0.0.0:{port}"),
     }
+}
+
+/// The dotted key a deserialization error is about (`listener.kind`); `None` for a TOML syntax error. toml
+/// keeps the path private and writes it only in the error's text without its input: `in `a.b``.
+fn key_of(e: &toml::de::Error) -> Option<String> {
+    let mut bare = e.clone();
+    bare.set_input(None);
+    let text = bare.to_string();
+    let key = text
+        .lines()
+        .last()?
+        .strip_prefix("in `")?
+        .strip_suffix('`')?;
+    Some(key.to_string())
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

@@ -1,6 +1,7 @@
 //! Configuration parsing, validation and environment overrides.
 
 use super::*;
+use crate::protocol::QoS;
 
 #[test]
 fn embedded_defaults_parse_and_match_the_constants() {
@@ -58,15 +59,75 @@ fn a_tls_listener_needs_its_certificates() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("key `listener.tls.ca`"), "{e}");
+}
+
+#[test]
+fn listener_kinds_load_and_an_unknown_one_names_file_line_and_key() {
+    let mut text = String::new();
+    for (i, kind) in ["tcp", "tls", "ws", "wss"].iter().enumerate() {
+        text += &format!(
+            "[[listener]]\nkind = \"{kind}\"\nbind = \"0.0.0.0:{}\"\n",
+            1000 + i
+        );
+        text += "[listener.tls]\ncert = \"c\"\nkey = \"k\"\n";
+    }
+    text += "[[listener]]\nbind = \"0.0.0.0:1999\"\n";
+    let kinds: Vec<ListenerKind> = Config::parse(&text, "k.toml")
+        .unwrap()
+        .listeners
+        .iter()
+        .map(|l| l.kind)
+        .collect();
+    use ListenerKind::*;
+    assert_eq!(kinds, [Tcp, Tls, Ws, Wss, Tcp], "without `kind`: tcp");
     let e = Config::parse(
-        "[[listener]]\nkind = \"quic\"\nbind = \"0.0.0.0:8083\"\n",
-        "t.toml",
+        "[[listener]]\nbind = \"0.0.0.0:1883\"\n\n[[listener]]\nkind = \"udp\"\nbind = \"0.0.0.0:1884\"\n",
+        "k.toml",
     )
     .unwrap_err();
-    assert!(
-        e.to_string().contains("unsupported listener kind \"quic\""),
-        "{e}"
+    assert_eq!(
+        e.to_string(),
+        "k.toml:5: key `listener.kind`: unknown variant `udp`, expected one of `tcp`, `tls`, `ws`, `wss`"
     );
+}
+
+#[test]
+fn max_qos_is_a_qos_number() {
+    for (n, qos) in [
+        (0, QoS::AtMostOnce),
+        (1, QoS::AtLeastOnce),
+        (2, QoS::ExactlyOnce),
+    ] {
+        let c = Config::parse(&format!("[mqtt]\nmax_qos = {n}\n"), "q.toml").unwrap();
+        assert_eq!(c.mqtt.max_qos, qos);
+    }
+    assert_eq!(Config::default().mqtt.max_qos, QoS::ExactlyOnce);
+    for (value, wanted) in [
+        ("3", "must be 0, 1 or 2, not 3"),
+        ("-1", "must be 0, 1 or 2, not -1"),
+        ("256", "must be 0, 1 or 2, not 256"),
+        ("\"1\"", "invalid type: string \"1\", expected 0, 1 or 2"),
+    ] {
+        let e = Config::parse(&format!("[mqtt]\n\nmax_qos = {value}\n"), "q.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("q.toml:3: key `mqtt.max_qos`: {wanted}")
+        );
+    }
+    let c = Config::parse_with_env(
+        DEFAULT_TOML,
+        "d.toml",
+        &env(&[("CICADA_MQTT__MAX_QOS", "1")]),
+    )
+    .unwrap();
+    assert_eq!(c.mqtt.max_qos, QoS::AtLeastOnce);
+    let e = Config::parse_with_env(
+        DEFAULT_TOML,
+        "d.toml",
+        &env(&[("CICADA_MQTT__MAX_QOS", "5")]),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("must be 0, 1 or 2, not 5"), "{e}");
 }
 
 #[test]
@@ -87,10 +148,21 @@ fn jwt_settings_are_checked_per_algorithm() {
             .contains("key `auth.jwt.public_key`: RS256 needs"),
         "{e}"
     );
-    let e = Config::parse(&format!("{base}algorithm = \"none\"\n"), "j.toml").unwrap_err();
+    for bad in ["none", "hs256", "HS512"] {
+        let e = Config::parse(&format!("{base}algorithm = \"{bad}\"\n"), "j.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("j.toml:4: key `auth.jwt.algorithm`: unknown variant `{bad}`, expected one of `HS256`, `RS256`, `ES256`")
+        );
+    }
+    let e = Config::parse(
+        "[[listener]]\nbind = \"0.0.0.0:1883\"\n[listener.auth.jwt]\nalgorithm = \"none\"\n",
+        "j.toml",
+    )
+    .unwrap_err();
     assert!(
         e.to_string()
-            .starts_with("j.toml:4: key `auth.jwt.algorithm`"),
+            .starts_with("j.toml:4: key `listener.auth.jwt.algorithm`: unknown variant `none`"),
         "{e}"
     );
     let ok = Config::parse(
@@ -98,7 +170,20 @@ fn jwt_settings_are_checked_per_algorithm() {
         "j.toml",
     )
     .unwrap();
-    assert_eq!(ok.auth.jwt.unwrap().username_claim, "sub");
+    let jwt = ok.auth.jwt.unwrap();
+    assert_eq!(jwt.algorithm, JwtAlgorithm::ES256);
+    assert_eq!(jwt.username_claim, "sub");
+    for (name, alg) in [
+        ("HS256", JwtAlgorithm::HS256),
+        ("RS256", JwtAlgorithm::RS256),
+    ] {
+        let c = Config::parse(
+            &format!("{base}algorithm = \"{name}\"\nsecret_file = \"s\"\npublic_key = \"k.pem\"\n"),
+            "j.toml",
+        )
+        .unwrap();
+        assert_eq!(c.auth.jwt.unwrap().algorithm, alg);
+    }
 }
 
 #[test]
@@ -110,9 +195,9 @@ fn store_settings_are_checked() {
         "s.toml:4: key `store.cache_mb`: must be at least 1"
     );
     let e = Config::parse(&format!("{base}fsync = \"sometimes\"\n"), "s.toml").unwrap_err();
-    assert!(
-        e.to_string() == "s.toml:4: unknown variant `sometimes`, expected `always` or `interval`",
-        "{e}"
+    assert_eq!(
+        e.to_string(),
+        "s.toml:4: key `store.fsync`: unknown variant `sometimes`, expected `always` or `interval`"
     );
     let ok = Config::parse(&format!("{base}cache_mb = 512\n"), "s.toml").unwrap();
     assert_eq!(ok.store.cache_mb, 512);

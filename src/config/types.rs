@@ -1,7 +1,8 @@
 //! The sections of the configuration, with their documented defaults.
 
 use super::*;
-use serde::Deserialize;
+use crate::protocol::QoS;
+use serde::{Deserialize, Deserializer};
 use std::path::PathBuf;
 
 /// The whole configuration.
@@ -91,8 +92,8 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
-    /// `HS256`, `RS256` or `ES256`; a token signed with anything else is refused.
-    pub algorithm: String,
+    /// A token signed with any other algorithm is refused.
+    pub algorithm: JwtAlgorithm,
     /// The HS256 secret, inline; prefer `secret_file` so the config can be shared.
     pub secret: Option<String>,
     /// A file holding the HS256 secret (trailing newline ignored); relative to the config file.
@@ -107,6 +108,27 @@ pub struct JwtConfig {
     /// and becomes the user name for ACLs when CONNECT has none.
     #[serde(default = "default_username_claim")]
     pub username_claim: String,
+}
+
+/// The signature algorithm of `[auth.jwt]` (written as in a token's `alg` header).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with a shared secret.
+    HS256,
+    /// RSA PKCS#1 v1.5 with SHA-256, verified with an RSA public key.
+    RS256,
+    /// ECDSA P-256 with SHA-256, verified with a P-256 public key.
+    ES256,
+}
+
+impl std::fmt::Display for JwtAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JwtAlgorithm::HS256 => "HS256",
+            JwtAlgorithm::RS256 => "RS256",
+            JwtAlgorithm::ES256 => "ES256",
+        })
+    }
 }
 
 fn default_username_claim() -> String {
@@ -129,9 +151,8 @@ impl Default for AuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
-    /// `tcp`, `tls`, `ws` or `wss`.
-    #[serde(default = "default_kind")]
-    pub kind: String,
+    #[serde(default)]
+    pub kind: ListenerKind,
     pub bind: String,
     /// Connections this listener accepts at once (0 = only the node-wide limit).
     #[serde(default)]
@@ -154,15 +175,48 @@ pub struct ListenerConfig {
     pub proxy_protocol: bool,
 }
 
+/// What a listener speaks on its socket.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// MQTT on plain TCP (the default).
+    #[default]
+    Tcp,
+    /// MQTT over TLS (needs `[listener.tls]`).
+    Tls,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS (needs `[listener.tls]`).
+    Wss,
+}
+
+impl ListenerKind {
+    /// Whether the listener terminates TLS (and so needs `[listener.tls]`).
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerKind::Tls | ListenerKind::Wss)
+    }
+}
+
+impl std::fmt::Display for ListenerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ListenerKind::Tcp => "tcp",
+            ListenerKind::Tls => "tls",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
+        })
+    }
+}
+
 fn default_ws_path() -> String {
     "/mqtt".into()
 }
 
 impl ListenerConfig {
     /// A listener of `kind` on `bind` with every other setting at its default.
-    pub fn new(kind: &str, bind: &str) -> ListenerConfig {
+    pub fn new(kind: ListenerKind, bind: &str) -> ListenerConfig {
         ListenerConfig {
-            kind: kind.into(),
+            kind,
             bind: bind.into(),
             max_connections: 0,
             max_connection_rate: 0,
@@ -298,7 +352,9 @@ impl Default for Limits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    pub max_qos: u8,
+    /// The highest QoS clients may publish and subscribe with (TOML: `0`, `1` or `2`).
+    #[serde(deserialize_with = "qos_from_number")]
+    pub max_qos: QoS,
     pub retain_available: bool,
     pub wildcard_subscription_available: bool,
     pub subscription_identifier_available: bool,
@@ -317,10 +373,34 @@ pub struct MqttConfig {
     pub server_reference: Option<String>,
 }
 
+/// A QoS written as its number; anything but 0, 1 or 2 is refused at load.
+fn qos_from_number<'de, D: Deserializer<'de>>(d: D) -> Result<QoS, D::Error> {
+    struct Number;
+    impl serde::de::Visitor<'_> for Number {
+        type Value = QoS;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("0, 1 or 2")
+        }
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<QoS, E> {
+            qos(n)
+        }
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<QoS, E> {
+            qos(n)
+        }
+    }
+    fn qos<E: serde::de::Error, N: Copy + std::fmt::Display + TryInto<u8>>(n: N) -> Result<QoS, E> {
+        n.try_into()
+            .ok()
+            .and_then(QoS::from_u8)
+            .ok_or_else(|| E::custom(format!("must be 0, 1 or 2, not {n}")))
+    }
+    d.deserialize_any(Number)
+}
+
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
-            max_qos: 2,
+            max_qos: QoS::ExactlyOnce,
             retain_available: true,
             wildcard_subscription_available: true,
             subscription_identifier_available: true,
@@ -377,10 +457,7 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from("./data")
 }
 fn default_listeners() -> Vec<ListenerConfig> {
-    vec![ListenerConfig::new(&default_kind(), DEFAULT_MQTT_BIND)]
-}
-fn default_kind() -> String {
-    "tcp".into()
+    vec![ListenerConfig::new(ListenerKind::Tcp, DEFAULT_MQTT_BIND)]
 }
 fn default_http_bind() -> String {
     DEFAULT_HTTP_BIND.into()

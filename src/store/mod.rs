@@ -22,6 +22,7 @@
 //! - this file: [`Store`], the broker's handle on the raft group.
 
 mod command;
+mod error;
 mod events;
 mod format;
 mod index;
@@ -34,6 +35,7 @@ mod setup;
 mod tests;
 
 pub use command::Command;
+pub use error::{CommitError, OpenError};
 pub use events::{InboxEvent, InboxListeners, Listener};
 pub use format::{FormatError, FORMAT};
 pub use index::PersistentIndex;
@@ -100,7 +102,7 @@ impl Store {
     pub async fn open(
         config: ClusterConfig,
         registry: &prometheus::Registry,
-    ) -> Result<Store, ClusterError> {
+    ) -> Result<Store, OpenError> {
         let retained = Arc::new(MemoryRetained::default());
         let node_id = config.node_id;
         let routes = Arc::new(std::sync::RwLock::new(RemoteRoutes::new(node_id)));
@@ -110,9 +112,7 @@ impl Store {
             "QoS 1/2 messages stored for persistent sessions (queued or awaiting the client's acknowledgement).",
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(inbox.clone()))
-            .map_err(|e| ClusterError::Start(e.to_string()))?;
+        registry.register(Box::new(inbox.clone()))?;
         let not_applied = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "cicada_store_commands_not_applied_total",
@@ -121,17 +121,13 @@ impl Store {
             &["command", "outcome"],
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(not_applied.clone()))
-            .map_err(|e| ClusterError::Start(e.to_string()))?;
+        registry.register(Box::new(not_applied.clone()))?;
         let wills_recorded = prometheus::IntGauge::new(
             "cicada_cluster_wills_recorded",
             "Wills of live connections recorded for the cluster to fire if their node dies.",
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(wills_recorded.clone()))
-            .map_err(|e| ClusterError::Start(e.to_string()))?;
+        registry.register(Box::new(wills_recorded.clone()))?;
         let index = Arc::new(std::sync::RwLock::new(PersistentIndex::default()));
         let listeners = Arc::new(InboxListeners::default());
         let local = Arc::new(machine::LocalMessages::default());
@@ -162,7 +158,7 @@ impl Store {
                     tracing::warn!(error = %e, "waiting for a raft leader before serving");
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         };
         tracing::info!(applied, retained = retained.len(), "store opened");
@@ -279,7 +275,7 @@ impl Store {
         publisher: Option<&str>,
         max_messages: u64,
         max_bytes: u64,
-    ) -> impl std::future::Future<Output = Result<Published, ClusterError>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<Published, CommitError>> + Send + 'static {
         let id = self.local.keep(m.clone());
         let cmd = Command::Publish {
             topic: &m.topic,
@@ -305,7 +301,7 @@ impl Store {
             local.take(id);
             match Outcome::decode(&outcome?) {
                 Outcome::Published { stored, refused } => Ok(Published { stored, refused }),
-                _ => Err(ClusterError::Rejected("publish not applied".into())),
+                _ => Err(CommitError::NotPublished),
             }
         }
     }
@@ -615,7 +611,7 @@ impl Store {
         client_id: &str,
         token: u64,
         seen: u64,
-    ) -> impl std::future::Future<Output = Result<u64, ClusterError>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<u64, CommitError>> + Send + 'static {
         let commit = self.cluster.submit(
             Command::Claim {
                 client_id,
@@ -629,9 +625,7 @@ impl Store {
             let r = commit.await?;
             match Outcome::decode(&r) {
                 Outcome::Claimed(epoch) => Ok(epoch),
-                _ => Err(ClusterError::Rejected(
-                    "claim not applied: another node claimed the client since".into(),
-                )),
+                _ => Err(CommitError::ClaimSuperseded),
             }
         }
     }
@@ -643,7 +637,7 @@ impl Store {
         client_id: &str,
         token: u64,
         seen: u64,
-    ) -> impl std::future::Future<Output = Result<(Option<u64>, u64), ClusterError>> + Send + 'static
+    ) -> impl std::future::Future<Output = Result<(Option<u64>, u64), CommitError>> + Send + 'static
     {
         let commit = self.cluster.submit(
             Command::TakeSession {
@@ -657,9 +651,7 @@ impl Store {
         async move {
             match Outcome::decode(&commit.await?) {
                 Outcome::Taken { incarnation, epoch } => Ok((incarnation, epoch)),
-                _ => Err(ClusterError::Rejected(
-                    "takeover not applied: another node claimed the client since".into(),
-                )),
+                _ => Err(CommitError::TakeoverSuperseded),
             }
         }
     }

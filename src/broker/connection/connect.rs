@@ -86,7 +86,7 @@ pub(super) fn negotiate(
     } else if v == ProtocolVersion::V31 && client_id.len() > 23 {
         return Err(ConnectRefusal::ClientIdTooLong);
     }
-    let max_qos = QoS::from_u8(cfg.mqtt.max_qos).unwrap_or(QoS::ExactlyOnce);
+    let max_qos = cfg.mqtt.max_qos;
     if let Some(w) = &c.will {
         if w.qos > max_qos {
             return Err(ConnectRefusal::WillQos);

@@ -128,7 +128,7 @@ fn refusals_carry_their_reason_code() {
         ),
         (
             "Will QoS above max_qos",
-            |c| c.mqtt.max_qos = 1,
+            |c| c.mqtt.max_qos = QoS::AtLeastOnce,
             0,
             0,
             Connect {
@@ -294,7 +294,7 @@ fn mqtt_5_connack_announces_the_limits_and_what_is_not_available() {
         (ReasonCode::SUCCESS, false)
     );
 
-    cfg.mqtt.max_qos = 1;
+    cfg.mqtt.max_qos = QoS::AtLeastOnce;
     cfg.mqtt.retain_available = false;
     cfg.mqtt.wildcard_subscription_available = false;
     cfg.mqtt.subscription_identifier_available = false;

@@ -6,8 +6,8 @@ use crate::broker::message::{Delivery, SessionId};
 use crate::broker::shard::{ShardMsg, Subscriber};
 use crate::broker::Context;
 use crate::protocol::{
-    topic, Packet, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions,
-    UnsubAck, Unsubscribe,
+    topic, Packet, ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
+    Unsubscribe,
 };
 use ractor::ActorRef;
 use std::time::Instant;
@@ -117,7 +117,7 @@ impl SessionState {
         };
         let v5 = conn.version.is_v5();
         let sub_id = packet.properties.subscription_identifiers.first().copied();
-        let max_qos = QoS::from_u8(self.ctx.config.mqtt.max_qos).unwrap_or(QoS::ExactlyOnce);
+        let max_qos = self.ctx.config.mqtt.max_qos;
         let mut reasons = Vec::with_capacity(packet.filters.len());
         let mut retained: Vec<Delivery> = Vec::new();
         let now = Instant::now();
