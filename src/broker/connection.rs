@@ -233,7 +233,11 @@ async fn run<R, W>(
     else {
         // The cluster could not take the session over (no leader, or the store failed): the client tries
         // again later or elsewhere; nothing was acknowledged.
-        tracing::warn!(client_id = %a.client_id, "no session could be opened: refused with server unavailable");
+        let why = match &opened {
+            Ok(CallResult::Success(Err(e))) => e.to_string(),
+            _ => "the registry did not answer".to_string(),
+        };
+        tracing::warn!(client_id = %a.client_id, why, "no session could be opened: refused with server unavailable");
         let mut wr = wr;
         refuse(
             &mut wr,

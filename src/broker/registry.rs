@@ -30,11 +30,22 @@ pub struct Opened {
     pub claimed: Option<tokio::sync::oneshot::Receiver<Option<RegistryMsg>>>,
 }
 
+/// Why no session could be opened for a connection (it is refused with 0x88: the client tries again).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OpenRefused {
+    #[error("the session moved to another node meanwhile")]
+    Moved,
+    #[error("the session could not be taken over: {0}")]
+    Takeover(crate::store::CommitError),
+    #[error("cannot start a session: {0}")]
+    Spawn(Arc<ractor::SpawnErr>),
+}
+
 pub enum RegistryMsg {
     Open {
         client_id: String,
         clean_start: bool,
-        reply: RpcReplyPort<Result<Opened, String>>,
+        reply: RpcReplyPort<Result<Opened, OpenRefused>>,
     },
     /// A session ended (expired, clean disconnect, discarded).
     Ended { client_id: String, id: SessionId },
@@ -389,7 +400,7 @@ impl RegistryState {
         me: &ActorRef<RegistryMsg>,
         client_id: String,
         clean_start: bool,
-    ) -> Result<Opened, String> {
+    ) -> Result<Opened, OpenRefused> {
         let store = self.ctx.store.clone().filter(|s| s.clustered());
         if let Some(l) = self.sessions.get(&client_id) {
             // Resumed here, unless another node claimed the client since (a claim this registry missed):
@@ -442,7 +453,7 @@ impl RegistryState {
                             .filter(|r| r.incarnation == incarnation);
                         // Read right after the take applied here; another node's take since then wins.
                         let Some(rec) = rec else {
-                            return Err("the session moved to another node meanwhile".into());
+                            return Err(OpenRefused::Moved);
                         };
                         restored = restore(store, &client_id, rec);
                         if restored.is_some() {
@@ -456,7 +467,7 @@ impl RegistryState {
                     Ok((None, e)) => epoch = e,
                     Err(e) => {
                         tracing::warn!(client_id, error = %e, "session takeover not committed");
-                        return Err(format!("the session could not be taken over: {e}"));
+                        return Err(OpenRefused::Takeover(e));
                     }
                 }
             }
@@ -489,7 +500,7 @@ impl RegistryState {
                     claimed,
                 })
             }
-            Err(e) => Err(format!("cannot start a session: {e}")),
+            Err(e) => Err(OpenRefused::Spawn(Arc::new(e))),
         }
     }
 
