@@ -205,3 +205,94 @@ async fn a_qos2_publish_resent_on_a_new_connection_at_once_is_delivered_once() {
         }
     }
 }
+
+/// A v5 DISCONNECT with Session Expiry 0 ends the session even when the new connection came before the old
+/// one read it: the newcomer (Clean Start 0) gets Session Present 0 and none of the old subscriptions
+/// [MQTT-3.1.2-6] (with the Will of a DISCONNECT 0x04 published as the session ends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_ending_the_session_is_honoured_by_a_reconnect_at_once() {
+    let b = TestBroker::with(|c| c.limits.client_messages_per_sec = RATE).await;
+    let mut marker = b.raw().await;
+    marker
+        .handshake(connect("ends-marker", ProtocolVersion::V5))
+        .await;
+    for (i, will_too) in [(0, false), (1, true)] {
+        let id = format!("ends-{i}");
+        let mut watcher = b.raw().await;
+        watcher
+            .handshake(connect(&format!("w-{id}"), ProtocolVersion::V5))
+            .await;
+        watcher
+            .subscribe(1, &format!("will/{id}"), QoS::AtMostOnce)
+            .await;
+        let mut old = b.raw().await;
+        let (_, present, _) = old
+            .handshake(persistent(&id, ProtocolVersion::V5, true))
+            .await;
+        assert!(!present);
+        old.subscribe(1, &format!("own/{id}"), QoS::AtMostOnce)
+            .await;
+        let properties = Properties {
+            session_expiry_interval: Some(0),
+            ..Properties::default()
+        };
+        let reason = if will_too {
+            ReasonCode::DISCONNECT_WITH_WILL
+        } else {
+            ReasonCode::SUCCESS
+        };
+        flood_then(
+            &mut old,
+            30,
+            Some(Packet::Disconnect(Disconnect { reason, properties })),
+        )
+        .await;
+        let mut new = b.raw().await;
+        let (code, present, _) = new
+            .handshake(persistent(&id, ProtocolVersion::V5, false))
+            .await;
+        assert_eq!((code, present), (ReasonCode::SUCCESS, false), "{id}");
+        // No subscription came along: a message on the old filter does not reach the new connection.
+        marker
+            .send(&publish(
+                &format!("own/{id}"),
+                QoS::AtMostOnce,
+                0,
+                Bytes::from_static(b"stale"),
+            ))
+            .await;
+        new.subscribe(2, &format!("probe/{id}"), QoS::AtMostOnce)
+            .await;
+        marker
+            .send(&publish(
+                &format!("probe/{id}"),
+                QoS::AtMostOnce,
+                0,
+                Bytes::from_static(b"marker"),
+            ))
+            .await;
+        assert_eq!(
+            payloads_until(&mut new, "marker").await,
+            Vec::<Bytes>::new(),
+            "{id}"
+        );
+        marker
+            .send(&publish(
+                &format!("will/{id}"),
+                QoS::AtMostOnce,
+                0,
+                Bytes::from_static(b"marker"),
+            ))
+            .await;
+        let expected: Vec<Bytes> = if will_too {
+            vec![Bytes::from_static(b"offline")]
+        } else {
+            vec![]
+        };
+        assert_eq!(
+            payloads_until(&mut watcher, "marker").await,
+            expected,
+            "{id}"
+        );
+    }
+}

@@ -43,18 +43,42 @@ pub struct ConnShared {
     /// the client sent before (see `Reader::settle`) and ends.
     taken_over: AtomicBool,
     wake_reader: tokio::sync::Notify,
-    /// How the reader ended ([`ReadEnd`] as a byte, 0 while it runs), for a takeover waiting on it.
+    /// How the reader ended ([`ReadEnd::bits`], 0 while it runs), for a takeover waiting on it.
     read_end: AtomicU8,
     read_ended: tokio::sync::Notify,
 }
 
-/// How a connection's reading ended, as far as its session's Will is concerned.
+/// How a connection's reading ended, as far as its session is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadEnd {
-    /// A normal DISCONNECT: the Will is discarded [MQTT-3.1.2-10].
-    WithoutWill = 1,
-    /// Anything else (including DISCONNECT 0x04).
-    WithWill = 2,
+pub struct ReadEnd {
+    /// False only after a normal DISCONNECT (v5: other than 0x04) [MQTT-3.1.2-10].
+    pub publish_will: bool,
+    /// A v5 DISCONNECT set Session Expiry Interval 0: the session ends with this connection.
+    pub ends_session: bool,
+}
+
+impl ReadEnd {
+    const ENDED: u8 = 1;
+    const WILL: u8 = 2;
+    const ENDS_SESSION: u8 = 4;
+
+    fn bits(self) -> u8 {
+        let mut b = Self::ENDED;
+        if self.publish_will {
+            b |= Self::WILL;
+        }
+        if self.ends_session {
+            b |= Self::ENDS_SESSION;
+        }
+        b
+    }
+
+    fn from_bits(b: u8) -> Option<ReadEnd> {
+        (b & Self::ENDED != 0).then_some(ReadEnd {
+            publish_will: b & Self::WILL != 0,
+            ends_session: b & Self::ENDS_SESSION != 0,
+        })
+    }
 }
 
 /// A session's handle on one connection.
@@ -89,7 +113,7 @@ impl ConnShared {
 
     /// The reader ended: a takeover waiting in [`ConnHandle::read_ended`] learns how.
     pub fn report_read_end(&self, end: ReadEnd) {
-        self.read_end.store(end as u8, Ordering::Release);
+        self.read_end.store(end.bits(), Ordering::Release);
         self.read_ended.notify_waiters();
     }
 }
@@ -109,10 +133,9 @@ impl ConnHandle {
             let woken = self.shared.read_ended.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            match self.shared.read_end.load(Ordering::Acquire) {
-                1 => return ReadEnd::WithoutWill,
-                2 => return ReadEnd::WithWill,
-                _ => woken.await,
+            match ReadEnd::from_bits(self.shared.read_end.load(Ordering::Acquire)) {
+                Some(end) => return end,
+                None => woken.await,
             }
         }
     }

@@ -19,7 +19,7 @@ use super::message::{Message, Qos2Origin, SessionId};
 use super::metrics::Metrics;
 use super::ratelimit::{self, TokenBucket};
 use super::registry::{Opened, RegistryMsg};
-use super::session::{Attach, AttachReply, Detach, SessionMsg};
+use super::session::{Attach, AttachRefused, AttachReply, Detach, SessionMsg};
 use super::ticket::{AckGate, AckOutcome, Ticket};
 use super::writer::Writer;
 use super::Context;
@@ -215,49 +215,6 @@ async fn run<R, W>(
     let Some(registry) = ctx.registry.get().cloned() else {
         return;
     };
-    let opened = registry
-        .call(
-            |reply| RegistryMsg::Open {
-                client_id: a.client_id.clone(),
-                clean_start: a.connect.clean_start,
-                reply,
-            },
-            None,
-        )
-        .await;
-    let Ok(CallResult::Success(Ok(Opened {
-        session,
-        id,
-        claimed,
-    }))) = opened
-    else {
-        // The cluster could not take the session over (no leader, or the store failed): the client tries
-        // again later or elsewhere; nothing was acknowledged.
-        let why = match &opened {
-            Ok(CallResult::Success(Err(e))) => e.to_string(),
-            _ => "the registry did not answer".to_string(),
-        };
-        tracing::warn!(client_id = %a.client_id, why, "no session could be opened: refused with server unavailable");
-        let mut wr = wr;
-        refuse(
-            &mut wr,
-            a.connect.protocol,
-            ReasonCode::SERVER_UNAVAILABLE,
-            &ctx,
-        )
-        .await;
-        return;
-    };
-    // A clean start in a cluster: its claim commits before the CONNACK. A failed one (no leader, or a
-    // concurrent connect elsewhere won) is reported to the registry once the CONNACK is out: it then decides
-    // whether this connection goes (0x8E) or works on here.
-    let claim_failed = match claimed {
-        Some(claimed) => match tokio::time::timeout(CLAIM_WAIT, claimed).await {
-            Ok(Ok(failed)) => failed,
-            _ => None,
-        },
-        None => None,
-    };
     let version = a.connect.protocol;
     // The writer queue is unbounded in type only: the session keeps its sends under `WRITER_BUDGET`, and the
     // reader stops reading once the queue holds `PAUSE_READS_AT` packets (see `flow`).
@@ -277,7 +234,7 @@ async fn run<R, W>(
             .map(|m| m as usize)
             .unwrap_or(usize::MAX),
     };
-    let writer = Writer {
+    let mut writer = Writer {
         io: wr,
         rx,
         shared,
@@ -286,32 +243,90 @@ async fn run<R, W>(
         cancel: cancel.clone(),
         ctx: ctx.clone(),
     };
+    // Opened at the registry, then attached. Once more when the session ended while it was taking this
+    // connection (the connection it took over had sent DISCONNECT with Session Expiry 0): the registry has
+    // forgotten it by then and opens a new one. The writer starts once a session holds the connection.
+    let mut attempts = 0;
+    let (session, id, claim_failed, reply) = loop {
+        attempts += 1;
+        let opened = registry
+            .call(
+                |reply| RegistryMsg::Open {
+                    client_id: a.client_id.clone(),
+                    clean_start: a.connect.clean_start,
+                    reply,
+                },
+                None,
+            )
+            .await;
+        let Ok(CallResult::Success(Ok(Opened {
+            session,
+            id,
+            claimed,
+        }))) = opened
+        else {
+            // The cluster could not take the session over (no leader, or the store failed): the client tries
+            // again later or elsewhere; nothing was acknowledged.
+            let why = match &opened {
+                Ok(CallResult::Success(Err(e))) => e.to_string(),
+                _ => "the registry did not answer".to_string(),
+            };
+            tracing::warn!(client_id = %a.client_id, why, "no session could be opened: refused with server unavailable");
+            refuse(
+                &mut writer.io,
+                version,
+                ReasonCode::SERVER_UNAVAILABLE,
+                &ctx,
+            )
+            .await;
+            return;
+        };
+        // A clean start in a cluster: its claim commits before the CONNACK. A failed one (no leader, or a
+        // concurrent connect elsewhere won) is reported to the registry once the CONNACK is out: it then
+        // decides whether this connection goes (0x8E) or works on here.
+        let claim_failed = match claimed {
+            Some(claimed) => match tokio::time::timeout(CLAIM_WAIT, claimed).await {
+                Ok(Ok(failed)) => failed,
+                _ => None,
+            },
+            None => None,
+        };
+        let attach = Attach {
+            conn: handle.clone(),
+            clean_start: a.connect.clean_start,
+            expiry: a.expiry,
+            will: a.connect.will.clone(),
+            connack: a.connack.clone(),
+            receive_maximum: cp.receive_maximum.unwrap_or(u16::MAX),
+            perms: perms.clone(),
+            username: a.connect.username.clone(),
+        };
+        let reply = session
+            .call(|port| SessionMsg::Attach(Box::new(attach), port), None)
+            .await;
+        match reply {
+            Ok(CallResult::Success(Ok(reply))) => break (session, id, claim_failed, reply),
+            Ok(CallResult::Success(Err(AttachRefused::Ended))) if attempts < 2 => continue,
+            Ok(CallResult::Success(Err(AttachRefused::Refused))) => {
+                // Refused by the session (its record could not be stored): it queued the CONNACK and the
+                // close; the writer sends them.
+                let _ = tokio::time::timeout(WRITER_GRACE, writer.run(session)).await;
+                return;
+            }
+            _ => {
+                tracing::error!("the session did not accept the connection");
+                refuse(
+                    &mut writer.io,
+                    version,
+                    ReasonCode::SERVER_UNAVAILABLE,
+                    &ctx,
+                )
+                .await;
+                return;
+            }
+        }
+    };
     let writer_task = tokio::spawn(writer.run(session.clone()).in_current_span());
-    let attach = Attach {
-        conn: handle.clone(),
-        clean_start: a.connect.clean_start,
-        expiry: a.expiry,
-        will: a.connect.will.clone(),
-        connack: a.connack,
-        receive_maximum: cp.receive_maximum.unwrap_or(u16::MAX),
-        perms: perms.clone(),
-        username: a.connect.username.clone(),
-    };
-    let reply = session
-        .call(|port| SessionMsg::Attach(Box::new(attach), port), None)
-        .await;
-    let reply = match reply {
-        Ok(CallResult::Success(Some(reply))) => reply,
-        Ok(CallResult::Success(None)) => {
-            // Refused by the session (its record could not be stored): it sent the CONNACK and closed.
-            return;
-        }
-        _ => {
-            tracing::error!("the session did not accept the connection");
-            handle.close(ReasonCode::UNSPECIFIED_ERROR);
-            return;
-        }
-    };
     if let Some(failed) = claim_failed {
         let _ = registry.cast(failed);
     }
@@ -388,9 +403,15 @@ async fn run<R, W>(
         )
         .await;
     // A takeover waits for this to decide the Will: a DISCONNECT read here (or by `settle`) discards it.
-    handle.shared.report_read_end(match end {
-        End::Normal { will: false, .. } => ReadEnd::WithoutWill,
-        _ => ReadEnd::WithWill,
+    handle.shared.report_read_end(ReadEnd {
+        publish_will: !matches!(end, End::Normal { will: false, .. }),
+        ends_session: matches!(
+            end,
+            End::Normal {
+                expiry: Some(0),
+                ..
+            }
+        ),
     });
     // The broker ends the connection with a reason the client should read: see `linger`.
     let linger = matches!(end, End::Violation(_) | End::ClosedByServer);

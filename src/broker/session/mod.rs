@@ -17,7 +17,7 @@ mod stored;
 mod subscriptions;
 mod will;
 
-use super::conn::{ConnHandle, ReadEnd};
+use super::conn::ConnHandle;
 use super::inbound::InboundQos2;
 use super::message::{Delivery, SessionId};
 use super::registry::RegistryMsg;
@@ -66,6 +66,16 @@ pub struct AttachReply {
     pub incarnation: Option<u64>,
 }
 
+/// Why a session did not take a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachRefused {
+    /// Its record could not be stored: it sent the refusing CONNACK and closed the connection.
+    Refused,
+    /// The connection it had ended it meanwhile (a DISCONNECT with Session Expiry 0, read while it was taken
+    /// over): the client gets a new session from the registry, which has forgotten this one.
+    Ended,
+}
+
 /// A connection ended.
 pub struct Detach {
     pub conn: u64,
@@ -76,8 +86,11 @@ pub struct Detach {
 }
 
 pub enum SessionMsg {
-    /// Answered with `None` when the session refused the connection (it sent the CONNACK saying why).
-    Attach(Box<Attach>, RpcReplyPort<Option<AttachReply>>),
+    /// Answered with why the session did not take the connection (see [`AttachRefused`]).
+    Attach(
+        Box<Attach>,
+        RpcReplyPort<Result<AttachReply, AttachRefused>>,
+    ),
     Detach(Box<Detach>),
     Deliver(Delivery, Ticket),
     /// PUBACK, PUBREC or PUBCOMP from the client.
@@ -318,7 +331,7 @@ impl Actor for Session {
             }
             SessionMsg::Discard(reason, done) => {
                 if reason == ReasonCode::SESSION_TAKEN_OVER {
-                    s.settle_current(reason).await;
+                    s.settle_current(&me, reason).await;
                 }
                 s.discard(&me, reason);
                 if let Some(done) = done {
@@ -391,8 +404,17 @@ impl SessionState {
         }
     }
 
-    async fn attach(&mut self, me: &ActorRef<SessionMsg>, a: Attach) -> Option<AttachReply> {
-        self.settle_current(ReasonCode::SESSION_TAKEN_OVER).await;
+    async fn attach(
+        &mut self,
+        me: &ActorRef<SessionMsg>,
+        a: Attach,
+    ) -> Result<AttachReply, AttachRefused> {
+        if self
+            .settle_current(me, ReasonCode::SESSION_TAKEN_OVER)
+            .await
+        {
+            return Err(AttachRefused::Ended);
+        }
         let ctx = self.ctx.clone();
         let m = &ctx.metrics;
         let old = self.conn.take();
@@ -449,7 +471,7 @@ impl SessionState {
                 let effects = self.lifecycle.discard(ReasonCode::SERVER_UNAVAILABLE);
                 self.execute(me, effects, None);
             }
-            return None;
+            return Err(AttachRefused::Refused);
         }
         connack.session_present = attached.session_present;
         m.connack
@@ -463,7 +485,7 @@ impl SessionState {
             self.send(&a.conn, out);
         }
         self.flush();
-        Some(AttachReply {
+        Ok(AttachReply {
             session_present: attached.session_present,
             inbound_qos2: self.inbound_qos2.clone(),
             incarnation: self.stored.then_some(self.incarnation),
@@ -475,18 +497,32 @@ impl SessionState {
     /// reconnecting discards the Will as it should [MQTT-3.1.2-10], and whatever it read is handled before
     /// the new connection reads anything (its inbound QoS 2 ids included). Bounded: a connection that does
     /// not end in [`TAKEOVER_WAIT`] is left to end by itself, its Will decided as a lost connection's.
-    async fn settle_current(&mut self, reason: ReasonCode) {
+    /// True when the old connection's DISCONNECT ended the session (Session Expiry 0): it has ended, and the
+    /// new connection needs a new one [MQTT-3.1.2-6].
+    async fn settle_current(&mut self, me: &ActorRef<SessionMsg>, reason: ReasonCode) -> bool {
         let Some(old) = self.conn.clone() else {
-            return;
+            return false;
         };
         old.take_over(reason);
         match tokio::time::timeout(TAKEOVER_WAIT, old.read_ended()).await {
-            Ok(ReadEnd::WithoutWill) => self.lifecycle.forget_will(),
-            Ok(ReadEnd::WithWill) => {}
+            Ok(end) if end.ends_session => {
+                self.detach(
+                    me,
+                    Detach {
+                        conn: old.id,
+                        publish_will: end.publish_will,
+                        expiry: Some(0),
+                    },
+                );
+                return true;
+            }
+            Ok(end) if !end.publish_will => self.lifecycle.forget_will(),
+            Ok(_) => {}
             Err(_) => {
                 tracing::warn!(client_id = %self.client_id, "the connection taken over did not end in time");
             }
         }
+        false
     }
 
     /// Ends the session at once (a clean-start connect replaced it, or it could not be stored).
