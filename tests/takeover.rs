@@ -296,3 +296,51 @@ async fn a_disconnect_ending_the_session_is_honoured_by_a_reconnect_at_once() {
         );
     }
 }
+
+/// The old connection settles without waiting on its own session (which waits for it): a client subscribed
+/// to what it publishes sends more messages than its credit in the router (32), then DISCONNECT, and
+/// reconnects at once. Its own copies sit in the session's mailbox holding that credit; the reader settles
+/// anyway, reads the DISCONNECT and the Will is discarded (it used to wait out the takeover's 2 s bound and
+/// count as a lost connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_settles_without_waiting_on_its_own_session() {
+    let b = TestBroker::with(|c| c.limits.client_messages_per_sec = RATE).await;
+    let mut marker = b.raw().await;
+    marker
+        .handshake(connect("own-marker", ProtocolVersion::V5))
+        .await;
+    for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+        let id = format!("own-{version:?}");
+        let mut watcher = b.raw().await;
+        watcher
+            .handshake(connect(&format!("w-{id}"), ProtocolVersion::V5))
+            .await;
+        watcher
+            .subscribe(1, &format!("will/{id}"), QoS::AtMostOnce)
+            .await;
+        let mut old = b.raw().await;
+        old.handshake(persistent(&id, version, true)).await;
+        old.subscribe(1, "noise", QoS::AtMostOnce).await;
+        let disconnect = Packet::Disconnect(Disconnect {
+            reason: ReasonCode::SUCCESS,
+            properties: Properties::default(),
+        });
+        flood_then(&mut old, 100, Some(disconnect)).await;
+        let mut new = b.raw().await;
+        let (code, ..) = new.handshake(persistent(&id, version, false)).await;
+        assert_eq!(code, ReasonCode::SUCCESS);
+        marker
+            .send(&publish(
+                &format!("will/{id}"),
+                QoS::AtMostOnce,
+                0,
+                Bytes::from_static(b"marker"),
+            ))
+            .await;
+        assert_eq!(
+            payloads_until(&mut watcher, "marker").await,
+            Vec::<Bytes>::new(),
+            "{id}: no Will after DISCONNECT"
+        );
+    }
+}

@@ -384,6 +384,7 @@ async fn run<R, W>(
         ),
         incarnation,
         routing: None,
+        settling: false,
     };
     let keep_alive = a.keep_alive;
     // The token's expiry as a timer: the connection ends then with 0x87 [issue: JWT].
@@ -488,6 +489,8 @@ struct Reader {
     acks: AckQueue,
     /// The last message routed after a retained change in flight; later ones queue behind it.
     routing: Option<tokio::task::JoinHandle<()>>,
+    /// Taken over and settling what the client sent before (see `settle`): nothing waits.
+    settling: bool,
 }
 
 impl Reader {
@@ -547,7 +550,7 @@ impl Reader {
                             deadline = Some(tokio::time::Instant::now() + g);
                         }
                         if self.backed_up() {
-                            if let Some(end) = self.wait_for_writer(cancel).await {
+                            if let Some(end) = self.wait_for_writer().await {
                                 return end;
                             }
                         }
@@ -574,7 +577,7 @@ impl Reader {
                     Some(Ok(0)) => return End::Closed("connection lost: closed by the client"),
                     Some(Ok(n)) => {
                         self.ctx.metrics.bytes_received.inc_by(n as u64);
-                        if let Some(end) = self.throttle(n as u64, false, cancel).await {
+                        if let Some(end) = self.throttle(n as u64, false).await {
                             return end;
                         }
                     }
@@ -625,7 +628,9 @@ impl Reader {
             // In effect before the next packet is read [MQTT-3.8.4-3]: a PUBLISH right behind a SUBSCRIBE
             // (request/response clients) is matched against it.
             Packet::Subscribe(s) => {
-                self.routed().await;
+                if let Some(end) = self.routed().await {
+                    return Some(end);
+                }
                 let (installed, done) = tokio::sync::oneshot::channel();
                 let _ = self.session.cast(SessionMsg::Subscribe {
                     conn: self.conn_id,

@@ -21,18 +21,39 @@ pub enum Qos2Id {
 
 /// The shared set (cheap to clone: one `Arc`).
 #[derive(Debug, Clone, Default)]
-pub struct InboundQos2(Arc<Mutex<HashMap<u16, Qos2Id>>>);
+pub struct InboundQos2(Arc<Shared>);
+
+#[derive(Debug, Default)]
+struct Shared {
+    ids: Mutex<HashMap<u16, Qos2Id>>,
+    /// Woken when a pending id is recorded or freed.
+    settled: tokio::sync::Notify,
+}
 
 impl InboundQos2 {
     /// Ids the store kept for a persistent session.
     pub fn restored(ids: HashSet<u16>) -> InboundQos2 {
-        InboundQos2(Arc::new(Mutex::new(
-            ids.into_iter().map(|id| (id, Qos2Id::Recorded)).collect(),
-        )))
+        InboundQos2(Arc::new(Shared {
+            ids: Mutex::new(ids.into_iter().map(|id| (id, Qos2Id::Recorded)).collect()),
+            settled: tokio::sync::Notify::new(),
+        }))
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<u16, Qos2Id>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.ids.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resolves once `pkid` is no longer pending (recorded, or freed because it could not be stored).
+    pub async fn until_settled(&self, pkid: u16) {
+        loop {
+            let woken = self.0.settled.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.get(pkid) != Some(Qos2Id::Pending) {
+                return;
+            }
+            woken.await;
+        }
     }
 
     pub fn get(&self, pkid: u16) -> Option<Qos2Id> {
@@ -53,26 +74,33 @@ impl InboundQos2 {
 
     /// PUBREL (or a refusal that ends the exchange): the id is free. Whether it was held.
     pub fn remove(&self, pkid: u16) -> bool {
-        self.lock().remove(&pkid).is_some()
+        let held = self.lock().remove(&pkid).is_some();
+        self.0.settled.notify_waiters();
+        held
     }
 
     /// The id is recorded in the store; `false` when it is no longer pending (released meanwhile).
     pub fn mark_recorded(&self, pkid: u16) -> bool {
-        match self.lock().get_mut(&pkid) {
+        let recorded = match self.lock().get_mut(&pkid) {
             Some(s @ Qos2Id::Pending) => {
                 *s = Qos2Id::Recorded;
                 true
             }
             _ => false,
-        }
+        };
+        self.0.settled.notify_waiters();
+        recorded
     }
 
     /// The message could not be stored: a pending id is freed, so the client's resend is routed.
     pub fn forget_pending(&self, pkid: u16) {
-        let mut ids = self.lock();
-        if ids.get(&pkid) == Some(&Qos2Id::Pending) {
-            ids.remove(&pkid);
+        {
+            let mut ids = self.lock();
+            if ids.get(&pkid) == Some(&Qos2Id::Pending) {
+                ids.remove(&pkid);
+            }
         }
+        self.0.settled.notify_waiters();
     }
 }
 

@@ -4,12 +4,24 @@
 
 use super::{End, Reader, Violation};
 use std::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 impl Reader {
+    /// Resolves when the reader must stop waiting: the connection is closing, or another connection took
+    /// the session over (it then settles what is buffered). While settling, never: what is settled is
+    /// bounded, and the close (the writer is done with the 0x8E) must not cut it short.
+    pub(super) async fn stopped(&self) {
+        if self.settling {
+            return std::future::pending().await;
+        }
+        tokio::select! {
+            _ = self.handle.cancel.cancelled() => {}
+            _ = self.handle.shared.until_taken_over() => {}
+        }
+    }
+
     /// The client does not read what it is sent (its own acknowledgements included): reads pause until its
     /// writer queue drains, so it is slowed, not buffered without end.
-    pub(super) async fn wait_for_writer(&self, cancel: &CancellationToken) -> Option<End> {
+    pub(super) async fn wait_for_writer(&self) -> Option<End> {
         self.ctx
             .metrics
             .reads_paused
@@ -29,7 +41,7 @@ impl Reader {
             tokio::select! {
                 _ = drained => {}
                 _ = acked => {}
-                _ = cancel.cancelled() => return Some(End::ClosedByServer),
+                _ = self.stopped() => return Some(End::ClosedByServer),
             }
         }
         None
@@ -44,10 +56,11 @@ impl Reader {
     /// Inbound QoS 1 is held to the server's Receive Maximum like QoS 2: a v5 client past it is disconnected
     /// with 0x93 [MQTT-3.3.4-7]; an older client, which was told no maximum, has its reads paused until the
     /// acknowledgements it waits for (held by commits) have left.
-    pub(super) async fn admit_qos1(&self, cancel: &CancellationToken) -> Option<End> {
+    pub(super) async fn admit_qos1(&self) -> Option<End> {
         let max = usize::from(self.ctx.config.limits.max_inflight);
         let over = || self.acks.qos1_waiting() + self.inbound_qos2.len() >= max;
-        if !over() {
+        // Settling a connection taken over: what it settles is bounded already.
+        if !over() || self.settling {
             return None;
         }
         if self.handle.version.is_v5() {
@@ -68,19 +81,14 @@ impl Reader {
             }
             tokio::select! {
                 _ = n => {}
-                _ = cancel.cancelled() => return Some(End::ClosedByServer),
+                _ = self.stopped() => return Some(End::ClosedByServer),
             }
         }
         None
     }
 
     /// Waits out a rate limit (bytes read, or one PUBLISH): reads pause, the client is not dropped.
-    pub(super) async fn throttle(
-        &mut self,
-        n: u64,
-        messages: bool,
-        cancel: &CancellationToken,
-    ) -> Option<End> {
+    pub(super) async fn throttle(&mut self, n: u64, messages: bool) -> Option<End> {
         let (bucket, label) = if messages {
             (self.message_rate.as_mut(), "client_messages")
         } else {
@@ -97,7 +105,7 @@ impl Reader {
             .inc();
         tokio::select! {
             _ = tokio::time::sleep(wait) => None,
-            _ = cancel.cancelled() => Some(End::ClosedByServer),
+            _ = self.stopped() => Some(End::ClosedByServer),
         }
     }
 
@@ -105,6 +113,16 @@ impl Reader {
     /// node is over its memory watermark.
     pub(super) async fn wait_for_credit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let ctx = &self.ctx;
+        if self.settling {
+            // A connection taken over settles what it had read without waiting for anything (its own
+            // session, which may hold its credit, waits for it): the credit grows by what is settled, 64 KiB
+            // at most, and goes with the connection.
+            if let Ok(p) = self.credit.clone().try_acquire_owned() {
+                return Some(p);
+            }
+            self.credit.add_permits(1);
+            return self.credit.clone().try_acquire_owned().ok();
+        }
         while ctx.over_watermark() {
             ctx.metrics
                 .reads_paused
@@ -118,7 +136,7 @@ impl Reader {
             }
             tokio::select! {
                 _ = woken => {}
-                _ = self.handle.cancel.cancelled() => return None,
+                _ = self.stopped() => return None,
             }
         }
         match self.credit.clone().try_acquire_owned() {
@@ -130,7 +148,7 @@ impl Reader {
                     .inc();
                 tokio::select! {
                     p = self.credit.clone().acquire_owned() => p.ok(),
-                    _ = self.handle.cancel.cancelled() => None,
+                    _ = self.stopped() => None,
                 }
             }
         }
@@ -148,7 +166,7 @@ impl Reader {
         let m = &self.ctx.metrics.read_barriers;
         let checked = tokio::select! {
             r = store.ensure_fresh() => r,
-            _ = self.handle.cancel.cancelled() => return Some(End::ClosedByServer),
+            _ = self.stopped() => return Some(End::ClosedByServer),
         };
         match checked {
             Ok(()) => {
@@ -170,7 +188,7 @@ impl Reader {
     ) -> Option<End> {
         tokio::select! {
             _ = done => None,
-            _ = self.handle.cancel.cancelled() => Some(End::ClosedByServer),
+            _ = self.stopped() => Some(End::ClosedByServer),
         }
     }
 }

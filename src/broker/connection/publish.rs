@@ -7,8 +7,7 @@ use super::*;
 impl Reader {
     pub(super) async fn publish(&mut self, mut p: Publish) -> Option<End> {
         let ctx = self.ctx.clone();
-        let cancel = self.handle.cancel.clone();
-        if let Some(end) = self.throttle(1, true, &cancel).await {
+        if let Some(end) = self.throttle(1, true).await {
             return Some(end);
         }
         let cfg = &ctx.config;
@@ -41,7 +40,7 @@ impl Reader {
         let pkid = p.pkid;
         let qos = p.qos;
         if qos == QoS::AtLeastOnce {
-            if let Some(end) = self.admit_qos1(&cancel).await {
+            if let Some(end) = self.admit_qos1().await {
                 return Some(end);
             }
         }
@@ -49,11 +48,21 @@ impl Reader {
         let mut route = true;
         let mut wait = None;
         if qos == QoS::ExactlyOnce {
+            // Resent while its first copy is still being stored (a client that reconnected at once and
+            // resent): that outcome decides, so volatile subscribers do not get it twice [MQTT-4.3.3-9]. Not
+            // while settling a connection taken over: its session, which it may wait on, waits for it.
+            if !self.settling && self.inbound_qos2.get(pkid) == Some(Qos2Id::Pending) {
+                let ids = self.inbound_qos2.clone();
+                tokio::select! {
+                    _ = ids.until_settled(pkid) => {}
+                    _ = self.stopped() => return Some(End::ClosedByServer),
+                }
+            }
             match self.inbound_qos2.get(pkid) {
                 // A re-sent QoS 2 PUBLISH before PUBREL: acknowledged, not delivered twice [MQTT-4.3.3-10].
                 Some(Qos2Id::Recorded) => route = false,
-                // Not yet stored: routed again (persistent subscribers store it at most once), so this
-                // resend is acknowledged only once the message is stored.
+                // Still pending (settling only): routed again (persistent subscribers store it at most once),
+                // so this resend is acknowledged only once the message is stored.
                 Some(Qos2Id::Pending) => {}
                 None if self.inbound_qos2.len() + self.acks.qos1_waiting()
                     >= usize::from(cfg.limits.max_inflight) =>
@@ -194,7 +203,14 @@ impl Reader {
                 }
                 if let Some(store) = &ctx.store {
                     // Queued now, so retained changes from this connection commit in publish order.
-                    retained = Some(ctx.commit_retained(store, &message, gate.clone()));
+                    let commit = ctx.commit_retained(store, &message, gate.clone());
+                    if store.cluster().fresh() {
+                        retained = Some(commit);
+                    } else {
+                        // No recent contact with a leader: the commit may wait for one (and fail), and live
+                        // traffic must not wait with it; the index gets the message whenever it commits.
+                        tokio::spawn(commit);
+                    }
                 }
             }
             let ticket = Ticket {
@@ -251,9 +267,11 @@ impl Reader {
 
     /// Waits until every message this connection published is routed and its retained change applied: a
     /// SUBSCRIBE after a retained PUBLISH finds it in the index.
-    pub(super) async fn routed(&mut self) {
-        if let Some(r) = self.routing.take() {
-            let _ = r.await;
+    pub(super) async fn routed(&mut self) -> Option<End> {
+        let r = self.routing.take()?;
+        tokio::select! {
+            _ = r => None,
+            _ = self.stopped() => Some(End::ClosedByServer),
         }
     }
 }

@@ -20,11 +20,11 @@ impl Reader {
         decoder: &mut Decoder,
     ) -> End {
         let mut budget = SETTLE_BYTES;
-        // What is settled is bounded already: no rate limit, and no wait cut short because the writer has
-        // closed the socket (the connection's token) before the DISCONNECT further on was read.
+        // What is settled is bounded already: no rate limit and no wait (see `stopped`, `wait_for_credit`),
+        // so neither the close nor this connection's own session (which waits for it) holds it up.
         self.message_rate = None;
         self.byte_rate = None;
-        self.handle.cancel = tokio_util::sync::CancellationToken::new();
+        self.settling = true;
         loop {
             loop {
                 match decoder.decode(buf) {
@@ -46,8 +46,10 @@ impl Reader {
             if buf.capacity() == buf.len() {
                 buf.reserve(buf.capacity().clamp(512, 64 * 1024));
             }
-            // A zero timeout polls the read once: what the socket holds now, without waiting for more.
-            match tokio::time::timeout(Duration::ZERO, rd.read_buf(buf)).await {
+            // A zero timeout polls the read once: what the socket holds now, without waiting for more
+            // (unconstrained: a spent cooperative budget must not make a ready read look empty).
+            let read = tokio::task::unconstrained(rd.read_buf(buf));
+            match tokio::time::timeout(Duration::ZERO, read).await {
                 Ok(Ok(n)) if n > 0 => budget = budget.saturating_sub(n),
                 _ => return End::ClosedByServer,
             }
