@@ -44,6 +44,17 @@ fn publish(topic: &str, qos: QoS, pkid: u16, payload: Bytes) -> Packet {
     })
 }
 
+/// A QoS 0 PUBLISH of `payload` on `topic` from `from`.
+async fn send_qos0(from: &mut Raw, topic: &str, payload: &'static [u8]) {
+    from.send(&publish(
+        topic,
+        QoS::AtMostOnce,
+        0,
+        Bytes::from_static(payload),
+    ))
+    .await;
+}
+
 /// `count` QoS 0 messages (more than the rate's burst: the reader takes a while), then `last`, in one write.
 async fn flood_then(raw: &mut Raw, count: usize, last: Option<Packet>) {
     let mut out = BytesMut::new();
@@ -106,14 +117,7 @@ async fn a_disconnect_the_old_connection_had_not_read_yet_still_discards_the_wil
                 let mut new = b.raw().await;
                 let (code, ..) = new.handshake(again).await;
                 assert_eq!(code, ReasonCode::SUCCESS);
-                marker
-                    .send(&publish(
-                        &format!("will/{id}"),
-                        QoS::AtMostOnce,
-                        0,
-                        Bytes::from_static(b"marker"),
-                    ))
-                    .await;
+                send_qos0(&mut marker, &format!("will/{id}"), b"marker").await;
                 let wills = payloads_until(&mut watcher, "marker").await;
                 let expected: Vec<Bytes> = if disconnect {
                     vec![]
@@ -175,14 +179,7 @@ async fn a_qos2_publish_resent_on_a_new_connection_at_once_is_delivered_once() {
                         None => panic!("closed before PUBCOMP"),
                     }
                 }
-                marker
-                    .send(&publish(
-                        "q2/t",
-                        QoS::AtMostOnce,
-                        0,
-                        Bytes::from_static(b"marker"),
-                    ))
-                    .await;
+                send_qos0(&mut marker, "q2/t", b"marker").await;
                 let mut got = Vec::new();
                 loop {
                     match sub.recv().await {
@@ -253,37 +250,16 @@ async fn a_disconnect_ending_the_session_is_honoured_by_a_reconnect_at_once() {
             .await;
         assert_eq!((code, present), (ReasonCode::SUCCESS, false), "{id}");
         // No subscription came along: a message on the old filter does not reach the new connection.
-        marker
-            .send(&publish(
-                &format!("own/{id}"),
-                QoS::AtMostOnce,
-                0,
-                Bytes::from_static(b"stale"),
-            ))
-            .await;
+        send_qos0(&mut marker, &format!("own/{id}"), b"stale").await;
         new.subscribe(2, &format!("probe/{id}"), QoS::AtMostOnce)
             .await;
-        marker
-            .send(&publish(
-                &format!("probe/{id}"),
-                QoS::AtMostOnce,
-                0,
-                Bytes::from_static(b"marker"),
-            ))
-            .await;
+        send_qos0(&mut marker, &format!("probe/{id}"), b"marker").await;
         assert_eq!(
             payloads_until(&mut new, "marker").await,
             Vec::<Bytes>::new(),
             "{id}"
         );
-        marker
-            .send(&publish(
-                &format!("will/{id}"),
-                QoS::AtMostOnce,
-                0,
-                Bytes::from_static(b"marker"),
-            ))
-            .await;
+        send_qos0(&mut marker, &format!("will/{id}"), b"marker").await;
         let expected: Vec<Bytes> = if will_too {
             vec![Bytes::from_static(b"offline")]
         } else {
@@ -329,14 +305,7 @@ async fn a_connection_settles_without_waiting_on_its_own_session() {
         let mut new = b.raw().await;
         let (code, ..) = new.handshake(persistent(&id, version, false)).await;
         assert_eq!(code, ReasonCode::SUCCESS);
-        marker
-            .send(&publish(
-                &format!("will/{id}"),
-                QoS::AtMostOnce,
-                0,
-                Bytes::from_static(b"marker"),
-            ))
-            .await;
+        send_qos0(&mut marker, &format!("will/{id}"), b"marker").await;
         assert_eq!(
             payloads_until(&mut watcher, "marker").await,
             Vec::<Bytes>::new(),
