@@ -3,5 +3,6 @@
 //! (kill -9, SIGSTOP, partitions, slow links, rolling restarts), and a checker judges the history, one verdict
 //! per promise.
 
+pub mod checker;
 pub mod history;
 pub mod rng;
