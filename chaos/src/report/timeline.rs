@@ -1,24 +1,30 @@
 //! `timeline.svg`: two panels over the run's time (seconds since the start). The top one shows acknowledged
 //! publishes and deliveries per second, the bottom one the p99 publish latency per second. Fault windows
-//! are shaded in both, one colour per kind; violations are red vertical lines, a shade per promise. The
-//! legend of the top panel names the fault kinds and the violated promises.
+//! are shaded in both, one colour per kind; violations are red vertical lines, a shade of red per promise.
+//! One legend, in a column right of the panels (so it never hides data), names the series, the fault
+//! kinds that occurred and the promises that were violated.
 
 use super::buckets::Buckets;
 use super::ReportError;
 use crate::checker::Judgement;
 use crate::history::{FaultKind, Promise, Record};
 use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
 
 /// The picture's size in pixels.
 const SIZE: (u32, u32) = (1400, 700);
+/// Width of the legend column, enough for "violation (bad_input_isolated)".
+const LEGEND_WIDTH: u32 = 260;
 /// Opacity of a fault window's shading: light enough to read the series through it.
 const SHADE: f64 = 0.2;
 const ACKED: RGBColor = RGBColor(0, 70, 160);
 const DELIVERED: RGBColor = RGBColor(0, 140, 70);
 const LATENCY: RGBColor = RGBColor(60, 60, 60);
 
+type Area<'b> = DrawingArea<SVGBackend<'b>, Shift>;
 type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 type DrawResult<T> = Result<T, DrawingAreaErrorKind<std::io::Error>>;
 
@@ -60,7 +66,8 @@ pub(crate) fn violation_colour(promise: Promise) -> RGBColor {
 fn draw(b: &Buckets, path: &Path) -> DrawResult<()> {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    let (top, bottom) = root.split_vertically(SIZE.1 / 2);
+    let (panels, side) = root.split_horizontally(SIZE.0 - LEGEND_WIDTH);
+    let (top, bottom) = panels.split_vertically(SIZE.1 / 2);
     let span = b.span_s();
 
     let rates: Vec<(f64, f64, f64)> = (0..b.acked.len())
@@ -74,53 +81,32 @@ fn draw(b: &Buckets, path: &Path) -> DrawResult<()> {
         .collect();
     let rate_max = rates.iter().map(|&(_, a, d)| a.max(d)).fold(0.0, f64::max);
     let mut chart = panel(&top, "Throughput", "per second", span, rate_max)?;
-    let y_max = top_of(rate_max);
-    shade(&mut chart, b, y_max, true)?;
-    chart
-        .draw_series(LineSeries::new(
-            rates.iter().map(|&(x, a, _)| (x, a)),
-            ACKED,
-        ))?
-        .label("acknowledged publishes/s")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], ACKED));
-    chart
-        .draw_series(LineSeries::new(
-            rates.iter().map(|&(x, _, d)| (x, d)),
-            DELIVERED,
-        ))?
-        .label("deliveries/s")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], DELIVERED));
-    mark_violations(&mut chart, b, y_max, true)?;
-    legend(&mut chart)?;
+    shade(&mut chart, b, top_of(rate_max))?;
+    chart.draw_series(LineSeries::new(
+        rates.iter().map(|&(x, a, _)| (x, a)),
+        ACKED,
+    ))?;
+    chart.draw_series(LineSeries::new(
+        rates.iter().map(|&(x, _, d)| (x, d)),
+        DELIVERED,
+    ))?;
+    mark_violations(&mut chart, b, top_of(rate_max))?;
 
     let latency_max = b.p99_ms.iter().flatten().copied().max().unwrap_or(0) as f64;
     let mut chart = panel(&bottom, "p99 publish latency", "ms", span, latency_max)?;
-    let y_max = top_of(latency_max);
-    shade(&mut chart, b, y_max, false)?;
+    shade(&mut chart, b, top_of(latency_max))?;
     // One line per run of buckets with acknowledged publishes, so a gap (nothing acknowledged, as during
     // an outage) shows as a gap rather than as a straight line across it.
-    let mut labelled = false;
-    for run in b
-        .p99_ms
-        .iter()
-        .enumerate()
-        .collect::<Vec<_>>()
-        .split(|(_, p)| p.is_none())
-        .filter(|run| !run.is_empty())
-    {
+    let indexed: Vec<(usize, Option<u64>)> = b.p99_ms.iter().copied().enumerate().collect();
+    for run in indexed.split(|(_, p)| p.is_none()) {
         let points = run
             .iter()
             .filter_map(|&(i, p)| p.map(|ms| (b.x_s(i), ms as f64)));
-        let series = chart.draw_series(LineSeries::new(points, LATENCY.stroke_width(2)))?;
-        if !labelled {
-            series
-                .label("p99 latency of acknowledged publishes (ms)")
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], LATENCY));
-            labelled = true;
-        }
+        chart.draw_series(LineSeries::new(points, LATENCY.stroke_width(2)))?;
     }
-    mark_violations(&mut chart, b, y_max, false)?;
-    legend(&mut chart)?;
+    mark_violations(&mut chart, b, top_of(latency_max))?;
+
+    legend(&side, b)?;
     root.present()
 }
 
@@ -130,7 +116,7 @@ fn top_of(max: f64) -> f64 {
 }
 
 fn panel<'a, 'b>(
-    area: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    area: &'a Area<'b>,
     caption: &str,
     y_desc: &str,
     span: f64,
@@ -150,70 +136,78 @@ fn panel<'a, 'b>(
     Ok(chart)
 }
 
-/// Shades every fault window, one series per kind (so the legend names each kind once, when `label`).
-fn shade(chart: &mut Chart<'_, '_>, b: &Buckets, y_max: f64, label: bool) -> DrawResult<()> {
-    for kind in FaultKind::ALL {
-        let colour = fault_colour(kind);
-        let windows: Vec<_> = b.windows.iter().filter(|w| w.kind == kind).collect();
-        if windows.is_empty() {
-            continue;
-        }
-        let series = chart.draw_series(windows.into_iter().map(|w| {
-            Rectangle::new(
-                [
-                    (w.start_ms as f64 / 1000.0, 0.0),
-                    (w.end_ms as f64 / 1000.0, y_max),
-                ],
-                colour.mix(SHADE).filled(),
-            )
-        }))?;
-        if label {
-            series.label(kind.name()).legend(move |(x, y)| {
-                Rectangle::new(
-                    [(x, y - 6), (x + 20, y + 6)],
-                    colour.mix(SHADE * 2.0).filled(),
-                )
-            });
-        }
-    }
+/// Shades every fault window over the panel's height.
+fn shade(chart: &mut Chart<'_, '_>, b: &Buckets, y_max: f64) -> DrawResult<()> {
+    chart.draw_series(b.windows.iter().map(|w| {
+        Rectangle::new(
+            [
+                (w.start_ms as f64 / 1000.0, 0.0),
+                (w.end_ms as f64 / 1000.0, y_max),
+            ],
+            fault_colour(w.kind).mix(SHADE).filled(),
+        )
+    }))?;
     Ok(())
 }
 
-/// A red vertical line at each violation, one series per promise (labelled "violation (promise)").
-fn mark_violations(
-    chart: &mut Chart<'_, '_>,
-    b: &Buckets,
-    y_max: f64,
-    label: bool,
-) -> DrawResult<()> {
+/// A vertical line at each violation, in its promise's red.
+fn mark_violations(chart: &mut Chart<'_, '_>, b: &Buckets, y_max: f64) -> DrawResult<()> {
     for (&promise, times) in &b.violations {
         let colour = violation_colour(promise);
-        let series = chart.draw_series(times.iter().map(|&t| {
+        chart.draw_series(times.iter().map(|&t| {
             let x = t as f64 / 1000.0;
             PathElement::new(vec![(x, 0.0), (x, y_max)], colour.stroke_width(2))
         }))?;
-        if label {
-            series
-                .label(format!("violation ({})", promise.name()))
-                .legend(move |(x, y)| {
-                    PathElement::new(
-                        vec![(x + 10, y - 6), (x + 10, y + 6)],
-                        colour.stroke_width(2),
-                    )
-                });
-        }
     }
     Ok(())
 }
 
-fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> DrawResult<()> {
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 13))
-        .draw()
+/// How a legend entry is drawn.
+enum Key {
+    Line(RGBColor),
+    Shade(RGBColor),
+    Mark(RGBColor),
+}
+
+/// The legend column: the series, then the fault kinds that occurred, then the violated promises.
+fn legend(area: &Area<'_>, b: &Buckets) -> DrawResult<()> {
+    let mut entries = vec![
+        (Key::Line(ACKED), "acknowledged publishes/s".to_string()),
+        (Key::Line(DELIVERED), "deliveries/s".to_string()),
+        (Key::Line(LATENCY), "p99 publish latency (ms)".to_string()),
+    ];
+    for kind in FaultKind::ALL {
+        if b.windows.iter().any(|w| w.kind == kind) {
+            entries.push((Key::Shade(fault_colour(kind)), kind.name().to_string()));
+        }
+    }
+    for &promise in b.violations.keys() {
+        let label = format!("violation ({})", promise.name());
+        entries.push((Key::Mark(violation_colour(promise)), label));
+    }
+    let font = ("sans-serif", 15)
+        .into_font()
+        .color(&BLACK)
+        .pos(Pos::new(HPos::Left, VPos::Center));
+    for (i, (key, label)) in entries.into_iter().enumerate() {
+        let (x, y) = (10, 50 + 24 * i as i32);
+        match key {
+            Key::Line(c) => area.draw(&PathElement::new(
+                vec![(x, y), (x + 24, y)],
+                c.stroke_width(2),
+            ))?,
+            Key::Shade(c) => area.draw(&Rectangle::new(
+                [(x, y - 7), (x + 24, y + 7)],
+                c.mix(SHADE * 2.0).filled(),
+            ))?,
+            Key::Mark(c) => area.draw(&PathElement::new(
+                vec![(x + 12, y - 9), (x + 12, y + 9)],
+                c.stroke_width(2),
+            ))?,
+        }
+        area.draw(&Text::new(label, (x + 32, y), font.clone()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -314,6 +308,7 @@ mod tests {
             "violation (acked_delivered)",
             "acknowledged publishes/s",
             "deliveries/s",
+            "p99 publish latency (ms)",
             "seconds since start",
         ] {
             assert!(texts.contains(&label), "no text {label:?} in {texts:?}");
