@@ -5,5 +5,6 @@
 
 pub mod checker;
 pub mod history;
+pub mod report;
 pub mod rng;
 pub mod workload;
