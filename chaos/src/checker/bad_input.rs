@@ -1,7 +1,7 @@
 //! Promise 5: bad input from a client affects only that client. The misbehaving client gets a reason code
 //! its misdeed allows and is disconnected (a flood need not be); every other client ("good": its id never
 //! appears in a bad-client record) is neither disconnected nor slowed outside the fault windows (each fault
-//! from its start to [`GRACE_MS`] after its heal).
+//! from its start to `GRACE_MS` (10 s) after its heal).
 //!
 //! `checked` counts the bad attempts and the good clients' PUBLISHes judged for slowness.
 

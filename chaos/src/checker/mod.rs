@@ -5,9 +5,9 @@
 //! # Layout
 //! One module per promise ([`delivery`], [`retained`], [`sessions`], [`connections`], [`bad_input`],
 //! [`rejoin`]), each with the rule it applies and what its `checked` counts; [`recovery`] and [`counts`]
-//! for the rest of the judgement; `conns`, `subscriptions` and `windows` are lookups shared between them (connections by
-//! number and client, persistent subscriptions, fault windows). Every pass groups records by client, topic or connection, so a
-//! history of a million records is judged in a few passes.
+//! for the rest of the judgement; `conns`, `subscriptions` and `windows` are lookups shared between them
+//! (connections by number and client, persistent subscriptions, fault windows). Every pass groups records
+//! by client, topic or connection, so a history of a million records is judged in a few passes.
 
 pub mod bad_input;
 pub mod connections;
