@@ -1,0 +1,104 @@
+//! The fault windows of a history: from each fault's start to its heal plus a grace period, merged. A
+//! fault is matched to its heal by kind and targets (first started, first healed); a fault never healed
+//! lasts to the end of the history.
+
+use crate::history::{Event, FaultKind, FaultPhase, NodeId, Record};
+use std::collections::{HashMap, VecDeque};
+
+/// Disjoint, sorted time spans `[from, to]` during which some fault was active or recently healed.
+pub(crate) struct FaultWindows {
+    spans: Vec<(u64, u64)>,
+}
+
+impl FaultWindows {
+    /// The windows of the faults in `records`, each extended by `grace` ms after its heal.
+    pub fn new(records: &[Record], grace: u64) -> FaultWindows {
+        let mut faults: Vec<(u64, FaultKind, FaultPhase, Vec<NodeId>)> = records
+            .iter()
+            .filter_map(|r| match &r.event {
+                Event::Fault {
+                    kind,
+                    phase,
+                    targets,
+                    ..
+                } => {
+                    let mut targets = targets.clone();
+                    targets.sort_unstable();
+                    Some((r.t, *kind, *phase, targets))
+                }
+                _ => None,
+            })
+            .collect();
+        faults.sort_by_key(|f| f.0);
+        let mut open: HashMap<(FaultKind, Vec<NodeId>), VecDeque<u64>> = HashMap::new();
+        let mut spans = Vec::new();
+        for (t, kind, phase, targets) in faults {
+            let starts = open.entry((kind, targets)).or_default();
+            match phase {
+                FaultPhase::Start => starts.push_back(t),
+                // A heal without a start (a hand-edited history) still covers its grace period.
+                FaultPhase::End => {
+                    let from = starts.pop_front().unwrap_or(t);
+                    spans.push((from, t.saturating_add(grace)));
+                }
+            }
+        }
+        spans.extend(open.into_values().flatten().map(|from| (from, u64::MAX)));
+        spans.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
+        for (from, to) in spans {
+            match merged.last_mut() {
+                Some(last) if from <= last.1 => last.1 = last.1.max(to),
+                _ => merged.push((from, to)),
+            }
+        }
+        FaultWindows { spans: merged }
+    }
+
+    /// Whether `[from, to]` overlaps a window.
+    pub fn overlaps(&self, from: u64, to: u64) -> bool {
+        let i = self.spans.partition_point(|s| s.1 < from);
+        self.spans.get(i).is_some_and(|s| s.0 <= to)
+    }
+
+    /// Whether `t` is inside a window.
+    pub fn contains(&self, t: u64) -> bool {
+        self.overlaps(t, t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checker::testkit::History;
+    use crate::history::FaultKind::{Kill, Partition};
+    use crate::history::FaultPhase::{End, Start};
+
+    #[test]
+    fn faults_pair_by_kind_and_targets_and_merge() {
+        let records = History::new()
+            .fault(100, Kill, Start, &[1])
+            .fault(150, Partition, Start, &[3, 2])
+            .fault(200, Kill, End, &[1])
+            .fault(300, Partition, End, &[2, 3])
+            .fault(1000, Kill, Start, &[2])
+            .records();
+        let w = FaultWindows::new(&records, 10);
+        assert_eq!(w.spans, vec![(100, 310), (1000, u64::MAX)]);
+        assert!(!w.contains(99));
+        assert!(w.contains(100));
+        assert!(w.contains(310));
+        assert!(!w.contains(311));
+        assert!(w.overlaps(50, 100));
+        assert!(!w.overlaps(311, 999));
+        assert!(w.overlaps(900, 1000));
+        assert!(w.contains(u64::MAX));
+    }
+
+    #[test]
+    fn no_faults_no_windows() {
+        let w = FaultWindows::new(&[], 10_000);
+        assert!(!w.contains(0));
+        assert!(!w.overlaps(0, u64::MAX));
+    }
+}
