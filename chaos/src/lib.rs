@@ -4,5 +4,7 @@
 //! per promise.
 
 pub mod checker;
+pub mod env;
 pub mod history;
+pub mod nemesis;
 pub mod rng;

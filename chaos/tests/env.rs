@@ -1,0 +1,143 @@
+//! The cluster under test, for real: three `cicada serve` processes and HAProxy; kill -9 of the leader,
+//! restart and catch-up, a partition when namespaces are available, and a clean teardown.
+
+use cicada_chaos::env::{sibling_binary, Cluster, ClusterOptions};
+use std::future::Future;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// Bound of each wait on the cluster.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Polls `check` every 100 ms until it gives a value or [`WAIT`] passes.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A v3.1.1 CONNECT with clean session and this client id.
+fn connect_packet(client_id: &str) -> Vec<u8> {
+    let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C];
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    let mut p = vec![0x10, body.len() as u8];
+    p.extend(body);
+    p
+}
+
+async fn connack_through(addr: std::net::SocketAddr, client_id: &str) -> Option<[u8; 4]> {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(&connect_packet(client_id)).await.ok()?;
+        let mut ack = [0u8; 4];
+        s.read_exact(&mut ack).await.ok()?;
+        Some(ack)
+    };
+    tokio::time::timeout(Duration::from_secs(3), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+fn command_output(args: &[&str]) -> String {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("run ip");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_survives_kill_restart_and_partition_and_is_removed() {
+    let work = tempfile::tempdir().unwrap();
+    let mut opts = ClusterOptions::new(work.path().to_path_buf());
+    opts.cicada = sibling_binary("cicada");
+    opts.extra_toml = "[store]\nfsync = \"interval\"\n".into();
+    assert!(
+        opts.cicada.exists(),
+        "build the broker first: {:?}",
+        opts.cicada
+    );
+    let mut c = Cluster::start(opts).await.expect("cluster starts");
+    let addrs = c.addrs();
+    let (spaces, bridge) = c.net_names();
+    assert_eq!(spaces.is_empty(), !c.namespaces());
+
+    // A leader, and HAProxy forwarding a CONNECT (with its PROXY v2 header) to a node.
+    let leader = eventually("a leader", || c.leader()).await;
+    let ack = eventually("CONNACK through HAProxy", || {
+        connack_through(addrs.haproxy, "chaos-env-probe")
+    })
+    .await;
+    assert_eq!(ack, [0x20, 0x02, 0x00, 0x00]);
+    assert_eq!(
+        connack_through(addrs.mqtt[0], "chaos-env-direct").await,
+        Some([0x20, 0x02, 0x00, 0x00])
+    );
+
+    // kill -9 of the leader: another node leads.
+    c.kill(leader).await.unwrap();
+    let new_leader = eventually("a new leader", || async {
+        c.leader().await.filter(|l| *l != leader)
+    })
+    .await;
+
+    // Restarted on its data, it catches up with the leader's commit index.
+    c.restart(leader).await.unwrap();
+    assert!(c.wait_ready(leader, WAIT).await, "node {leader} not ready");
+    let target = c.status(new_leader).await.unwrap().commit_index;
+    eventually("the restarted node caught up", || {
+        let c = &c;
+        async move { c.status(leader).await.filter(|s| s.applied_index >= target) }
+    })
+    .await;
+
+    if c.namespaces() {
+        // Node 1 cut off from the others loses its leader (503) while they stay ready; its HTTP stays
+        // reachable from here (only node-to-node links are cut).
+        c.partition(1).await.unwrap();
+        eventually("node 1 out of rotation", || {
+            let c = &c;
+            async move { c.ready_code(1).await.filter(|code| *code == 503) }
+        })
+        .await;
+        for n in [2, 3] {
+            assert!(
+                c.wait_ready(n, WAIT).await,
+                "node {n} not ready in the majority"
+            );
+        }
+        c.heal().await.unwrap();
+        assert!(
+            c.wait_ready(1, WAIT).await,
+            "node 1 not ready after healing"
+        );
+    } else {
+        assert!(c.partition(1).await.is_err());
+    }
+
+    c.shutdown().await;
+    c.shutdown().await; // idempotent
+    let netns = command_output(&["ip", "netns", "list"]);
+    let links = command_output(&["ip", "link", "show"]);
+    for ns in &spaces {
+        assert!(!netns.contains(ns.as_str()), "{ns} left: {netns}");
+    }
+    if let Some(br) = bridge {
+        assert!(!links.contains(&br), "{br} left: {links}");
+        let id = &br[..br.len() - 2];
+        assert!(!links.contains(id), "an interface of {id} left: {links}");
+    }
+    assert!(tokio::net::TcpStream::connect(addrs.haproxy).await.is_err());
+}
