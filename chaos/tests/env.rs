@@ -2,9 +2,13 @@
 //! restart and catch-up, a partition when namespaces are available, and a clean teardown.
 
 use cicada_chaos::env::{sibling_binary, Cluster, ClusterOptions};
+use cicada_chaos::history::{Event, FaultKind, FaultPhase, Recorder};
+use cicada_chaos::nemesis::{self, Step};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{watch, Mutex};
 use tokio::time::Instant;
 
 /// Bound of each wait on the cluster.
@@ -50,6 +54,82 @@ async fn connack_through(addr: std::net::SocketAddr, client_id: &str) -> Option<
         .flatten()
 }
 
+/// A short schedule (kill, pause, and a partition with namespaces) played by the nemesis: every fault
+/// is recorded as started and ended, and every node that came back rejoined.
+async fn nemesis_plays_a_schedule(c: Cluster) -> Cluster {
+    let namespaces = c.namespaces();
+    let c = Arc::new(Mutex::new(c));
+    let rec = Recorder::new(None).unwrap();
+    let mut steps = vec![
+        Step {
+            at_ms: 0,
+            kind: FaultKind::KillLeader,
+            hold_ms: 1_000,
+            pick: 0,
+        },
+        Step {
+            at_ms: 0,
+            kind: FaultKind::Pause,
+            hold_ms: 1_500,
+            pick: 1,
+        },
+        Step {
+            at_ms: 0,
+            kind: FaultKind::Rolling,
+            hold_ms: 0,
+            pick: 3,
+        },
+    ];
+    if namespaces {
+        steps.push(Step {
+            at_ms: 0,
+            kind: FaultKind::Partition,
+            hold_ms: 1_500,
+            pick: 2,
+        });
+    }
+    let (_stop_tx, stop) = watch::channel(false);
+    let rounds = nemesis::run(c.clone(), steps.clone(), rec.clone(), "nobody".into(), stop).await;
+    assert_eq!(rounds, steps.len() as u64);
+    let events: Vec<Event> = rec.snapshot().into_iter().map(|r| r.event).collect();
+    let phases: Vec<(FaultKind, FaultPhase)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Fault { kind, phase, .. } => Some((*kind, *phase)),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<(FaultKind, FaultPhase)> = steps
+        .iter()
+        .flat_map(|s| [(s.kind, FaultPhase::Start), (s.kind, FaultPhase::End)])
+        .collect();
+    assert_eq!(phases, expected, "{events:?}");
+    let rolled = events.iter().find_map(|e| match e {
+        Event::Fault {
+            kind: FaultKind::Rolling,
+            phase: FaultPhase::End,
+            detail,
+            ..
+        } => Some(detail.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        rolled.as_deref(),
+        Some("node 1 drained, node 2 drained, node 3 drained")
+    );
+    let rejoins: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e, Event::Rejoin { .. }))
+        .collect();
+    assert_eq!(rejoins.len(), 5, "{events:?}");
+    for r in rejoins {
+        assert!(matches!(r, Event::Rejoin { ok: true, .. }), "{r:?}");
+    }
+    Arc::into_inner(c)
+        .expect("the nemesis let the cluster go")
+        .into_inner()
+}
+
 fn command_output(args: &[&str]) -> String {
     let out = std::process::Command::new(args[0])
         .args(&args[1..])
@@ -72,6 +152,7 @@ async fn a_cluster_survives_kill_restart_and_partition_and_is_removed() {
     let mut c = Cluster::start(opts).await.expect("cluster starts");
     let addrs = c.addrs();
     let (spaces, bridge) = c.net_names();
+    eprintln!("namespaces: {} {spaces:?} {bridge:?}", c.namespaces());
     assert_eq!(spaces.is_empty(), !c.namespaces());
 
     // A leader, and HAProxy forwarding a CONNECT (with its PROXY v2 header) to a node.
@@ -127,6 +208,7 @@ async fn a_cluster_survives_kill_restart_and_partition_and_is_removed() {
         assert!(c.partition(1).await.is_err());
     }
 
+    let mut c = nemesis_plays_a_schedule(c).await;
     c.shutdown().await;
     c.shutdown().await; // idempotent
     let netns = command_output(&["ip", "netns", "list"]);

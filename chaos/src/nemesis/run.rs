@@ -127,13 +127,8 @@ impl Nemesis {
         };
         self.fault(kind, FaultPhase::Start, targets.clone(), detail);
         if kind == FaultKind::Rolling {
-            self.rolling(stop).await;
-            self.fault(
-                kind,
-                FaultPhase::End,
-                targets,
-                "every node restarted".into(),
-            );
+            let detail = self.rolling(stop).await;
+            self.fault(kind, FaultPhase::End, targets, detail);
             return true;
         }
         hold(until, stop).await;
@@ -179,13 +174,24 @@ impl Nemesis {
     }
 
     /// Drains and restarts every node in turn, each caught up before the next; stops early on `stop`.
-    async fn rolling(&self, stop: &mut watch::Receiver<bool>) {
+    /// Returns what happened to each node (for the fault's end record).
+    async fn rolling(&self, stop: &mut watch::Receiver<bool>) -> String {
+        let mut done = Vec::new();
         for n in ALL {
             let drained = self.cluster.lock().await.drain(n).await;
             match drained {
-                Ok(true) => tracing::info!(node = n, "drained"),
-                Ok(false) => tracing::warn!(node = n, "did not exit after drain: killed"),
-                Err(e) => tracing::warn!(node = n, error = %e, "drain failed: killed"),
+                Ok(true) => {
+                    tracing::info!(node = n, "drained");
+                    done.push(format!("node {n} drained"));
+                }
+                Ok(false) => {
+                    tracing::warn!(node = n, "did not exit after drain: killed");
+                    done.push(format!("node {n} killed (no exit after drain)"));
+                }
+                Err(e) => {
+                    tracing::warn!(node = n, error = %e, "drain failed: killed");
+                    done.push(format!("node {n} killed (drain failed: {e})"));
+                }
             }
             let restarted = self.cluster.lock().await.restart(n).await;
             if let Err(e) = &restarted {
@@ -193,9 +199,11 @@ impl Nemesis {
             }
             self.rejoin(n, restarted.is_ok()).await;
             if *stop.borrow() {
-                return;
+                done.push("stopped early".into());
+                break;
             }
         }
+        done.join(", ")
     }
 
     /// Records whether node `n`, just back, answers `/ready` 200 with an applied index at least the
