@@ -1,7 +1,7 @@
 //! The cluster under test, for real: three `cicada serve` processes and HAProxy; kill -9 of the leader,
 //! restart and catch-up, a partition when namespaces are available, and a clean teardown.
 
-use cicada_chaos::env::{sibling_binary, Cluster, ClusterOptions};
+use cicada_chaos::env::{sibling_binary, Cluster, ClusterOptions, NamespaceMode};
 use cicada_chaos::history::{Event, FaultKind, FaultPhase, Recorder};
 use cicada_chaos::nemesis::{self, Step};
 use std::future::Future;
@@ -138,8 +138,39 @@ fn command_output(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// One cluster at a time: two on two cores would starve raft's ticks into elections.
+static ONE_CLUSTER: Mutex<()> = Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_namespaces_nodes_run_on_loopback_and_link_faults_are_refused() {
+    let _one = ONE_CLUSTER.lock().await;
+    let work = tempfile::tempdir().unwrap();
+    let mut opts = ClusterOptions::new(work.path().to_path_buf());
+    opts.namespaces = NamespaceMode::Off;
+    let mut c = Cluster::start(opts).await.expect("cluster starts");
+    assert!(!c.namespaces());
+    let addrs = c.addrs();
+    for (i, a) in addrs.mqtt.iter().enumerate() {
+        assert_eq!(a.ip().to_string(), format!("127.0.0.{}", 11 + i));
+    }
+    eventually("a leader", || c.leader()).await;
+    let ack = eventually("CONNACK through HAProxy", || {
+        connack_through(addrs.haproxy, "chaos-env-loopback")
+    })
+    .await;
+    assert_eq!(ack, [0x20, 0x02, 0x00, 0x00]);
+    let refused = c.partition(2).await.unwrap_err().to_string();
+    assert!(refused.contains("needs network namespaces"), "{refused}");
+    assert!(c.netem(true).await.is_err());
+    assert!(!c.netem_works().await);
+    c.shutdown().await;
+    assert!(tokio::net::TcpStream::connect(addrs.haproxy).await.is_err());
+    assert!(tokio::net::TcpStream::connect(addrs.mqtt[0]).await.is_err());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_survives_kill_restart_and_partition_and_is_removed() {
+    let _one = ONE_CLUSTER.lock().await;
     let work = tempfile::tempdir().unwrap();
     let mut opts = ClusterOptions::new(work.path().to_path_buf());
     opts.cicada = sibling_binary("cicada");
@@ -204,6 +235,11 @@ async fn a_cluster_survives_kill_restart_and_partition_and_is_removed() {
             c.wait_ready(1, WAIT).await,
             "node 1 not ready after healing"
         );
+        // netem needs the kernel's sch_netem; where it is missing the fault is refused, not half-applied.
+        let netem = c.netem_works().await;
+        eprintln!("netem available: {netem}");
+        assert_eq!(c.netem(true).await.is_ok(), netem);
+        c.heal().await.unwrap();
     } else {
         assert!(c.partition(1).await.is_err());
     }

@@ -374,6 +374,12 @@ impl Cluster {
         Ok(self.net.netem(on).await?)
     }
 
+    /// Whether netem faults can be applied (namespaces, and the kernel's `sch_netem`): for the caller that
+    /// chooses the fault kinds.
+    pub async fn netem_works(&mut self) -> bool {
+        self.net.netem_works().await
+    }
+
     /// Removes every partition and netem.
     pub async fn heal(&mut self) -> Result<(), EnvError> {
         Ok(self.net.heal().await?)

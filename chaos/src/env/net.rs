@@ -162,14 +162,13 @@ pub async fn available() -> bool {
 async fn subnet_in_use(a: u8, b: u8) -> bool {
     let prefix = format!("10.{a}.{b}.");
     for args in [
-        ["ip", "-o", "route", "show", "table", "all"],
-        ["ip", "-o", "addr", "show", "", ""],
+        &["-o", "route", "show", "table", "all"][..],
+        &["-o", "addr", "show"][..],
     ] {
-        let args: Vec<&str> = args.into_iter().filter(|s| !s.is_empty()).collect();
         let out = tokio::time::timeout(
             COMMAND_TIMEOUT,
-            tokio::process::Command::new(args[0])
-                .args(&args[1..])
+            tokio::process::Command::new("ip")
+                .args(args)
                 .stderr(Stdio::null())
                 .output(),
         )
@@ -323,6 +322,25 @@ impl Net {
         }
         s.netem = on;
         Ok(())
+    }
+
+    /// Whether the kernel has netem (tried on node 1's link and removed again); false without namespaces.
+    pub async fn netem_works(&mut self) -> bool {
+        let Ok(s) = self.spaces("netem") else {
+            return false;
+        };
+        if s.netem {
+            return true;
+        }
+        let dev = s.node_if(1);
+        let on = [
+            "tc", "qdisc", "replace", "dev", &dev, "root", "netem", "delay", "1ms",
+        ];
+        let works = run(&s.in_ns(1, &on)).await.is_ok();
+        if works {
+            let _ = run(&s.in_ns(1, &["tc", "qdisc", "del", "dev", &dev, "root"])).await;
+        }
+        works
     }
 
     /// Removes every partition route and the netem qdiscs.

@@ -210,28 +210,11 @@ impl Nemesis {
     /// leader's commit index of when it came back, within [`REJOIN_WAIT`].
     async fn rejoin(&self, n: NodeId, started: bool) {
         let back = Instant::now();
-        let deadline = back + REJOIN_WAIT;
-        let (mut target, mut applied, mut ok) = (None, 0, false);
-        while started {
-            {
-                let c = self.cluster.lock().await;
-                if target.is_none() {
-                    if let Some(l) = c.leader().await {
-                        target = c.status(l).await.map(|s| s.commit_index);
-                    }
-                }
-                if let Some(s) = c.status(n).await {
-                    applied = s.applied_index;
-                    if let Some(t) = target {
-                        ok = applied >= t && c.ready_code(n).await == Some(200);
-                    }
-                }
-            }
-            if ok || Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        let (target, applied, ok) = if started {
+            self.catch_up(n, back + REJOIN_WAIT).await
+        } else {
+            (None, 0, false)
+        };
         let ms = back.elapsed().as_millis() as u64;
         let target = target.unwrap_or(0);
         if ok {
@@ -246,5 +229,30 @@ impl Nemesis {
             target,
             ms,
         });
+    }
+
+    /// Polls node `n` until it is ready with the target applied, or `deadline`: (target, applied, ok).
+    async fn catch_up(&self, n: NodeId, deadline: Instant) -> (Option<u64>, u64, bool) {
+        let (mut target, mut applied) = (None, 0);
+        loop {
+            {
+                let c = self.cluster.lock().await;
+                if target.is_none() {
+                    if let Some(l) = c.leader().await {
+                        target = c.status(l).await.map(|s| s.commit_index);
+                    }
+                }
+                if let Some(s) = c.status(n).await {
+                    applied = s.applied_index;
+                    if target.is_some_and(|t| applied >= t) && c.ready_code(n).await == Some(200) {
+                        return (target, applied, true);
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return (target, applied, false);
+            }
+            tokio::time::sleep(POLL).await;
+        }
     }
 }
