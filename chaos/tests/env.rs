@@ -130,6 +130,19 @@ async fn nemesis_plays_a_schedule(c: Cluster) -> Cluster {
         .into_inner()
 }
 
+/// The pids of live processes whose command line contains `text`.
+fn processes_naming(text: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(text))
+        })
+        .collect()
+}
+
 fn command_output(args: &[&str]) -> String {
     let out = std::process::Command::new(args[0])
         .args(&args[1..])
@@ -247,6 +260,10 @@ async fn a_cluster_survives_kill_restart_and_partition_and_is_removed() {
     let mut c = nemesis_plays_a_schedule(c).await;
     c.shutdown().await;
     c.shutdown().await; // idempotent
+    assert_eq!(
+        processes_naming(&work.path().display().to_string()),
+        Vec::<u32>::new()
+    );
     let netns = command_output(&["ip", "netns", "list"]);
     let links = command_output(&["ip", "link", "show"]);
     for ns in &spaces {
@@ -257,5 +274,33 @@ async fn a_cluster_survives_kill_restart_and_partition_and_is_removed() {
         let id = &br[..br.len() - 2];
         assert!(!links.contains(id), "an interface of {id} left: {links}");
     }
+    assert!(tokio::net::TcpStream::connect(addrs.haproxy).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_cluster_without_shutdown_removes_it_too() {
+    let _one = ONE_CLUSTER.lock().await;
+    let work = tempfile::tempdir().unwrap();
+    let c = Cluster::start(ClusterOptions::new(work.path().to_path_buf()))
+        .await
+        .expect("cluster starts");
+    let addrs = c.addrs();
+    let (spaces, bridge) = c.net_names();
+    drop(c);
+    let netns = command_output(&["ip", "netns", "list"]);
+    for ns in &spaces {
+        assert!(!netns.contains(ns.as_str()), "{ns} left: {netns}");
+    }
+    if let Some(br) = bridge {
+        let links = command_output(&["ip", "link", "show"]);
+        assert!(!links.contains(&br), "{br} left: {links}");
+    }
+    // SIGKILL was sent on drop: no process of the run is left (their command lines name the work dir).
+    let dir = work.path().display().to_string();
+    eventually("a dropped cluster's processes gone", || {
+        let left = processes_naming(&dir);
+        async move { left.is_empty().then_some(()) }
+    })
+    .await;
     assert!(tokio::net::TcpStream::connect(addrs.haproxy).await.is_err());
 }
