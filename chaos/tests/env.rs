@@ -125,6 +125,54 @@ async fn nemesis_plays_a_schedule(c: Cluster) -> Cluster {
     for r in rejoins {
         assert!(matches!(r, Event::Rejoin { ok: true, .. }), "{r:?}");
     }
+    // Stopped in the middle of a long hold: the fault is healed at once and recorded as ended.
+    let rec = Recorder::new(None).unwrap();
+    let (stop_tx, stop) = watch::channel(false);
+    let long = vec![Step {
+        at_ms: 0,
+        kind: FaultKind::Pause,
+        hold_ms: 600_000,
+        pick: 0,
+    }];
+    let player = tokio::spawn(nemesis::run(
+        c.clone(),
+        long,
+        rec.clone(),
+        "nobody".into(),
+        stop,
+    ));
+    eventually("the long pause began", || {
+        let began = rec
+            .snapshot()
+            .iter()
+            .any(|r| matches!(r.event, Event::Fault { .. }));
+        async move { began.then_some(()) }
+    })
+    .await;
+    stop_tx.send(true).unwrap();
+    let rounds = tokio::time::timeout(WAIT, player)
+        .await
+        .expect("stopped in time")
+        .unwrap();
+    assert_eq!(rounds, 1);
+    let events: Vec<Event> = rec.snapshot().into_iter().map(|r| r.event).collect();
+    assert!(
+        matches!(
+            events.as_slice(),
+            [
+                Event::Fault {
+                    phase: FaultPhase::Start,
+                    ..
+                },
+                Event::Fault {
+                    phase: FaultPhase::End,
+                    ..
+                },
+                Event::Rejoin { ok: true, .. }
+            ]
+        ),
+        "{events:?}"
+    );
     Arc::into_inner(c)
         .expect("the nemesis let the cluster go")
         .into_inner()
