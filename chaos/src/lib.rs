@@ -4,7 +4,10 @@
 //! per promise.
 
 pub mod checker;
+pub mod env;
 pub mod history;
+pub mod nemesis;
 pub mod report;
 pub mod rng;
+pub mod run;
 pub mod workload;
