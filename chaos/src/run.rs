@@ -94,24 +94,22 @@ pub async fn run(
     let workload = Workload::start(targets, rec.clone(), opts.seed, opts.load);
 
     // The faults, until the schedule ends or the run is interrupted.
+    let until = tokio::time::Instant::now() + opts.duration;
     let steps = nemesis::schedule(opts.seed, &faults, opts.duration.as_millis() as u64);
-    let rounds = if faults.is_empty() {
-        let mut interrupt = interrupt.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(opts.duration) => {}
-            _ = interrupt.wait_for(|i| *i) => {}
-        }
-        0
-    } else {
-        nemesis::run(
-            cluster.clone(),
-            steps,
-            rec.clone(),
-            Workload::OWNED.to_string(),
-            interrupt.clone(),
-        )
-        .await
-    };
+    let rounds = nemesis::run(
+        cluster.clone(),
+        steps,
+        rec.clone(),
+        Workload::OWNED.to_string(),
+        interrupt.clone(),
+    )
+    .await;
+    // The schedule's last fault may heal before the time is up: the workload runs on to the end.
+    let mut stopped = interrupt.clone();
+    tokio::select! {
+        _ = tokio::time::sleep_until(until) => {}
+        _ = stopped.wait_for(|i| *i) => {}
+    }
 
     // Everything healed: every node back, then the subscribers catch up.
     {

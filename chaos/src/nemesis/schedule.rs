@@ -48,9 +48,21 @@ pub fn schedule(seed: u64, kinds: &[FaultKind], total_ms: u64) -> Vec<Step> {
         return steps;
     }
     let mut t = 0;
+    // Kinds are dealt from a shuffled deck: every kind once before any comes again, so even a short run
+    // meets each kind it was given.
+    let mut deck: Vec<FaultKind> = Vec::new();
     loop {
         let at_ms = t + rng.range(QUIET_MS.0, QUIET_MS.1);
-        let kind = *rng.pick(kinds);
+        if deck.is_empty() {
+            deck = kinds.to_vec();
+            for i in (1..deck.len()).rev() {
+                let j = rng.below(i as u64 + 1) as usize;
+                deck.swap(i, j);
+            }
+        }
+        let Some(kind) = deck.pop() else {
+            return steps;
+        };
         let hold = rng.range(HOLD_MS.0, HOLD_MS.1);
         let step = Step {
             at_ms,
@@ -70,6 +82,16 @@ pub fn schedule(seed: u64, kinds: &[FaultKind], total_ms: u64) -> Vec<Step> {
 mod tests {
     use super::*;
     use FaultKind::*;
+
+    #[test]
+    fn every_kind_comes_once_before_any_comes_again() {
+        for seed in 0..20 {
+            let steps = schedule(seed, &FaultKind::ALL, 3_600_000);
+            let mut first: Vec<FaultKind> = steps[..7].iter().map(|s| s.kind).collect();
+            first.sort();
+            assert_eq!(first, FaultKind::ALL.to_vec(), "seed {seed}");
+        }
+    }
 
     #[test]
     fn schedules_replay_by_seed_and_stay_within_the_run() {
