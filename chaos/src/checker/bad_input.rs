@@ -80,7 +80,7 @@ pub(crate) fn check(records: &[Record]) -> Verdict {
             kind,
             closed,
             code,
-            ..
+            ms,
         } = &r.event
         else {
             continue;
@@ -88,7 +88,9 @@ pub(crate) fn check(records: &[Record]) -> Verdict {
         bad.insert(client);
         checked += 1;
         let what = described(*kind);
-        if *kind != BadKind::Flood && !closed {
+        // A node paused, killed or cut off meanwhile cannot close anything: not judged then.
+        let faulted = windows.overlaps(r.t.saturating_sub(*ms), r.t);
+        if *kind != BadKind::Flood && !closed && !faulted {
             violations.push(Violation {
                 t: r.t,
                 evidence: format!(
@@ -226,6 +228,32 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_client_on_a_node_under_a_fault_is_not_judged_for_staying_connected() {
+        // The attempt (ms = 0 in the kit) ends at 88_445 while node 2 is paused (80_000 .. 89_000).
+        let v = check(
+            &History::new()
+                .fault(80_000, Pause, Start, &[2])
+                .bad(88_445, "bad-36", BadKind::Garbage, false, None)
+                .fault(89_000, Pause, End, &[2])
+                .records(),
+        );
+        assert!(v.violations.is_empty(), "{:?}", v.violations);
+    }
+
+    #[test]
+    fn a_disconnect_just_before_a_fault_is_recorded_counts_as_the_fault() {
+        // The kill acts before the nemesis writes its start record.
+        let v = check(
+            &History::new()
+                .disconnected(142_824, "pub-4", 2, None)
+                .fault(142_825, crate::history::FaultKind::Kill, Start, &[1])
+                .fault(151_000, crate::history::FaultKind::Kill, End, &[1])
+                .records(),
+        );
+        assert!(v.violations.is_empty(), "{:?}", v.violations);
+    }
+
+    #[test]
     fn a_wrong_reason_code_is_a_violation() {
         let v = check(
             &History::new()
@@ -274,7 +302,7 @@ mod tests {
                 // Under the limit.
                 .publish(9100, 4100, "p1", 2, 18, 1)
                 // A fault that never heals covers the rest of the run.
-                .fault(10_000, Pause, Start, &[1])
+                .fault(12_000, Pause, Start, &[1])
                 .publish(60_000, 20_000, "p1", 2, 19, 1)
                 .records(),
         );

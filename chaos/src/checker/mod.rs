@@ -165,7 +165,7 @@ mod tests {
                 .read(700, "r", 3, "chaos/retained/1", 650, None)
                 .connect(800, "sub", 5, false, Some(false))
                 .publish(900, 850, "sub", 4, 1, 1)
-                .bad(950, "bad", BadKind::Garbage, false, None)
+                .bad(20_000, "bad", BadKind::Garbage, false, None)
                 .push(
                     999,
                     Event::Rejoin {

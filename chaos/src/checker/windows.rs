@@ -1,4 +1,5 @@
-//! The fault windows of a history: from each fault's start to its heal plus a grace period, merged. A
+//! The fault windows of a history: from just before each fault's start (its record is written once the
+//! fault is applied, so clients may feel it a moment earlier) to its heal plus a grace period, merged. A
 //! fault is matched to its heal by kind and targets (first started, first healed); a fault never healed
 //! lasts to the end of the history.
 
@@ -9,6 +10,10 @@ use std::collections::{HashMap, VecDeque};
 pub(crate) struct FaultWindows {
     spans: Vec<(u64, u64)>,
 }
+
+/// How long before its start record a fault counts as active: a kill, a SIGSTOP or a route takes effect
+/// before the nemesis gets to write the record (the nemesis may also wait for the cluster lock).
+pub(crate) const LEAD_MS: u64 = 1_000;
 
 impl FaultWindows {
     /// The windows of the faults in `records`, each extended by `grace` ms after its heal.
@@ -35,7 +40,7 @@ impl FaultWindows {
         for (t, kind, phase, targets) in faults {
             let starts = open.entry((kind, targets)).or_default();
             match phase {
-                FaultPhase::Start => starts.push_back(t),
+                FaultPhase::Start => starts.push_back(t.saturating_sub(LEAD_MS)),
                 // A heal without a start (a hand-edited history) still covers its grace period.
                 FaultPhase::End => {
                     let from = starts.pop_front().unwrap_or(t);
@@ -77,21 +82,22 @@ mod tests {
     #[test]
     fn faults_pair_by_kind_and_targets_and_merge() {
         let records = History::new()
-            .fault(100, Kill, Start, &[1])
-            .fault(150, Partition, Start, &[3, 2])
-            .fault(200, Kill, End, &[1])
-            .fault(300, Partition, End, &[2, 3])
-            .fault(1000, Kill, Start, &[2])
+            .fault(2000, Kill, Start, &[1])
+            .fault(2050, Partition, Start, &[3, 2])
+            .fault(2100, Kill, End, &[1])
+            .fault(2200, Partition, End, &[2, 3])
+            .fault(5000, Kill, Start, &[2])
             .records();
         let w = FaultWindows::new(&records, 10);
-        assert_eq!(w.spans, vec![(100, 310), (1000, u64::MAX)]);
-        assert!(!w.contains(99));
-        assert!(w.contains(100));
-        assert!(w.contains(310));
-        assert!(!w.contains(311));
-        assert!(w.overlaps(50, 100));
-        assert!(!w.overlaps(311, 999));
-        assert!(w.overlaps(900, 1000));
+        // Each window opens LEAD_MS before its start record.
+        assert_eq!(w.spans, vec![(1000, 2210), (4000, u64::MAX)]);
+        assert!(!w.contains(999));
+        assert!(w.contains(1000));
+        assert!(w.contains(2210));
+        assert!(!w.contains(2211));
+        assert!(w.overlaps(950, 1000));
+        assert!(!w.overlaps(2211, 3999));
+        assert!(w.overlaps(3900, 4000));
         assert!(w.contains(u64::MAX));
     }
 

@@ -66,6 +66,16 @@ impl Pump {
         }
     }
 
+    /// After the application asked the client to disconnect: records what the client had already received
+    /// (and acknowledged to the broker) but the application had not read yet, until the client ends
+    /// (bounded).
+    pub async fn finish(&mut self, events: &mut Events) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.recv()).await {
+            self.on_event(ev).await;
+        }
+    }
+
     async fn on_event(&mut self, ev: ClientEvent) {
         match ev {
             ClientEvent::Message(p) => {

@@ -159,6 +159,8 @@ pub async fn run(ctx: Ctx, spec: Spec, ledger: Arc<Ledger>, seed: u64) {
             }
             PumpEnd::Deadline => {
                 let _ = tokio::time::timeout(OP_TIMEOUT, client.disconnect()).await;
+                // Messages the client acknowledged before the DISCONNECT are delivered: record them.
+                pump.finish(&mut events).await;
                 let offline = Duration::from_millis(rng.range(1_000, 4_000));
                 let mut draining = ctx.draining.clone();
                 tokio::select! {
