@@ -292,6 +292,8 @@ pub struct Recorder {
 struct Inner {
     records: Vec<Record>,
     file: Option<io::BufWriter<std::fs::File>>,
+    /// Set by [`Recorder::seal`]: later records are dropped, so the file and the judged records agree.
+    sealed: bool,
 }
 
 impl Recorder {
@@ -305,6 +307,7 @@ impl Recorder {
             inner: Arc::new(Mutex::new(Inner {
                 records: Vec::new(),
                 file,
+                sealed: false,
             })),
             // The chaos process's own monotonic clock, for the history's times (not the broker's).
             start: Instant::now(),
@@ -323,12 +326,20 @@ impl Recorder {
             event,
         };
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.sealed {
+            return;
+        }
         if let Some(f) = inner.file.as_mut() {
             // A history that cannot be written is reported at the end (flush); the run goes on.
             let _ = serde_json::to_writer(&mut *f, &record).map_err(io::Error::from);
             let _ = f.write_all(b"\n");
         }
         inner.records.push(record);
+    }
+
+    /// Ends the history: records made after this (a client task still winding down) are dropped.
+    pub fn seal(&self) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).sealed = true;
     }
 
     /// Every record so far, in the order recorded.

@@ -89,7 +89,8 @@ fn seed_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    t ^ u64::from(std::process::id()).rotate_left(32)
+    // Below 2^53, so JSON readers (jq, JavaScript) keep it exact for a replay.
+    (t ^ u64::from(std::process::id()).rotate_left(32)) & ((1 << 53) - 1)
 }
 
 async fn main_run(cmd: Command) -> anyhow::Result<i32> {

@@ -49,8 +49,10 @@ pub enum RunError {
 }
 
 /// The node settings every run adds to the nodes' configuration: a maximum packet size the bad clients
-/// can pass without sending megabytes.
-pub const NODE_TOML: &str = "[limits]\nmax_packet_size = 65536\n";
+/// can pass without sending megabytes, and stored quotas no subscriber of the workload reaches (a copy
+/// over a session's quota is dropped while the publish is acknowledged for the other sessions, which the
+/// checker would rightly count as lost).
+pub const NODE_TOML: &str = "[limits]\nmax_packet_size = 65536\nmax_queued_messages = 10000000\nmax_queued_bytes = 4294967296\n";
 
 /// How long the subscribers get, after the faults, to receive what was acknowledged.
 const DRAIN_WITHIN: Duration = Duration::from_secs(90);
@@ -91,7 +93,7 @@ pub async fn run(
         haproxy: addrs.haproxy,
     };
     let cluster = Arc::new(Mutex::new(cluster));
-    let workload = Workload::start(targets, rec.clone(), opts.seed, opts.load);
+    let mut workload = Workload::start(targets, rec.clone(), opts.seed, opts.load);
 
     // The faults, until the schedule ends or the run is interrupted.
     let until = tokio::time::Instant::now() + opts.duration;
@@ -131,9 +133,10 @@ pub async fn run(
             "subscribers still miss acknowledged messages after the drain phase"
         );
     }
-    workload.stop().await;
     rec.record(Event::End { rounds });
+    rec.seal();
     rec.flush().map_err(io)?;
+    workload.stop().await;
     cluster.lock().await.shutdown().await;
 
     let records = rec.snapshot();

@@ -70,7 +70,7 @@ async fn the_workload_on_one_healthy_node_breaks_no_promise() {
         nodes: vec![addr],
         haproxy: addr,
     };
-    let workload = Workload::start(targets, rec.clone(), 7, Load { rate: 20 });
+    let mut workload = Workload::start(targets, rec.clone(), 7, Load { rate: 20 });
     // Let it run until the roamers have moved and every bad-client kind was tried.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -152,11 +152,12 @@ pub async fn attempt(ctx: &Ctx, node: u8, kind: BadKind, n: u64) {
                 BadKind::WildcardTopic => publish_v5("chaos/+/bad", b"x"),
                 BadKind::SecondConnect => connect_v5(&id),
                 _ => {
-                    // A PUBLISH announcing 8 MiB, with its first 16 KiB: the broker must refuse it from
-                    // the fixed header, without reading the rest.
+                    // A PUBLISH announcing 8 MiB, with a few bytes of it: the broker must refuse it from
+                    // the fixed header, without waiting for the rest (and its DISCONNECT must not be
+                    // lost to a reset caused by unread data).
                     let mut p = vec![0x30];
                     push_varint(&mut p, 8 * 1024 * 1024);
-                    p.extend_from_slice(&[0u8; 16 * 1024]);
+                    p.extend_from_slice(&[0u8; 16]);
                     p
                 }
             };

@@ -42,6 +42,8 @@ impl Default for Load {
 /// The running workload.
 pub struct Workload {
     tasks: Vec<JoinHandle<()>>,
+    /// The publishers, awaited when draining (every outcome recorded before the subscribers are judged).
+    publishing: Vec<JoinHandle<()>>,
     stop: watch::Sender<bool>,
     draining: watch::Sender<bool>,
     ledger: Arc<Ledger>,
@@ -81,7 +83,7 @@ impl Workload {
                 "sub-q2-slow",
                 QoS::ExactlyOnce,
                 ProtocolVersion::V5,
-                Some(Duration::from_millis(5)),
+                Some(Duration::from_millis(10)),
                 vec![Via::Haproxy],
                 false,
             ),
@@ -111,6 +113,7 @@ impl Workload {
             )));
         }
 
+        let mut publishing = Vec::new();
         let publishers = [
             (
                 "pub-1",
@@ -146,7 +149,7 @@ impl Workload {
                 via,
                 window: 16,
             };
-            tasks.push(tokio::spawn(publisher::run(
+            publishing.push(tokio::spawn(publisher::run(
                 ctx.clone(),
                 spec,
                 ledger.clone(),
@@ -161,6 +164,7 @@ impl Workload {
             tasks.push(tokio::spawn(retained::read(
                 ctx.clone(),
                 format!("retain-reader-{r}"),
+                r,
                 Duration::from_millis(500),
             )));
         }
@@ -179,6 +183,7 @@ impl Workload {
 
         Workload {
             tasks,
+            publishing,
             stop,
             draining,
             ledger,
@@ -190,23 +195,32 @@ impl Workload {
 
     /// The last phase: publishing stops, subscribers stay online; returns once every persistent subscriber
     /// has every acknowledged message or `within` has passed (the checker then says what is missing).
-    pub async fn drain(&self, within: Duration) -> usize {
+    pub async fn drain(&mut self, within: Duration) -> usize {
         let _ = self.draining.send(true);
         let deadline = Instant::now() + within;
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        // Publishers stop and record their last outcomes first (bounded by their operation timeout).
+        for p in self.publishing.drain(..) {
+            let abort = p.abort_handle();
+            if tokio::time::timeout_at(deadline, p).await.is_err() {
+                abort.abort();
+            }
+        }
+        // Then the subscribers catch up: nothing missing on two looks in a row.
+        let mut clear = 0;
         loop {
-            tick.tick().await;
             let missing = self.ledger.missing();
-            if missing == 0 || Instant::now() >= deadline {
+            clear = if missing == 0 { clear + 1 } else { 0 };
+            if clear >= 2 || Instant::now() >= deadline {
                 return missing;
             }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
     /// Stops every client and waits for them (bounded).
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        for t in self.tasks {
+        for t in self.publishing.into_iter().chain(self.tasks) {
             let abort = t.abort_handle();
             if tokio::time::timeout(Duration::from_secs(15), t)
                 .await

@@ -1,5 +1,6 @@
-//! The availability probe: a persistent-session connect through HAProxy every few hundred milliseconds.
-//! Its successes after a fault heals give the recovery time per fault kind.
+//! The availability probe: a persistent-session connect every few hundred milliseconds, in turn through
+//! HAProxy and straight to each node. Its successes after a fault heals (on the node the fault hit) give
+//! the recovery time per fault kind.
 
 use super::conn::Ctx;
 use crate::history::{Event, Via};
@@ -8,8 +9,13 @@ use cicada::protocol::ProtocolVersion;
 use std::time::Duration;
 
 pub async fn run(ctx: Ctx, period: Duration) {
+    let mut vias = vec![Via::Haproxy];
+    vias.extend((0..ctx.targets.nodes.len()).map(|i| ctx.targets.node(i)));
+    let mut round = 0usize;
     while !ctx.quiet() {
-        let addr = ctx.targets.haproxy;
+        let via = vias[round % vias.len()];
+        round += 1;
+        let addr = ctx.targets.addr(via);
         let mut o = ClientOptions::new(addr.ip().to_string(), addr.port(), "probe")
             .version(ProtocolVersion::V5)
             .clean_start(false)
@@ -25,7 +31,7 @@ pub async fn run(ctx: Ctx, period: Duration) {
             Err(_) => false,
         };
         ctx.rec.record(Event::Probe {
-            via: Via::Haproxy,
+            via,
             ok,
             latency_ms: ctx.rec.now() - start,
         });

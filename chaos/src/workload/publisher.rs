@@ -60,6 +60,10 @@ pub async fn run(ctx: Ctx, spec: Spec, ledger: Arc<Ledger>) {
             let Ok(permit) = window.clone().acquire_owned().await else {
                 return;
             };
+            // Draining may have begun while this waited: no message after it.
+            if ctx.quiet() {
+                break;
+            }
             seq += 1;
             let sent = ctx.rec.now();
             let publish = Publish {
@@ -103,4 +107,7 @@ pub async fn run(ctx: Ctx, spec: Spec, ledger: Arc<Ledger>) {
         let _ = tokio::time::timeout(OP_TIMEOUT, client.disconnect()).await;
         lost.abort();
     }
+    // Every publish's outcome is recorded before the publisher counts as done (each waits OP_TIMEOUT at
+    // most): the drain phase waits for this.
+    let _ = window.acquire_many(spec.window as u32).await;
 }

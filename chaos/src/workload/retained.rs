@@ -72,8 +72,8 @@ pub async fn write(ctx: Ctx, period: Duration) {
 
 /// Reads every retained topic on each node in turn with a fresh clean session, every `period`, until the
 /// workload drains.
-pub async fn read(ctx: Ctx, id: String, period: Duration) {
-    let mut round = 0usize;
+pub async fn read(ctx: Ctx, id: String, first: usize, period: Duration) {
+    let mut round = first;
     while !ctx.quiet() {
         let via = ctx.targets.node(round);
         round += 1;
@@ -86,13 +86,14 @@ pub async fn read(ctx: Ctx, id: String, period: Duration) {
             let sent = ctx.rec.now();
             let subscribed = tokio::time::timeout(
                 OP_TIMEOUT,
-                client.subscribe("chaos/retained/+", QoS::AtMostOnce),
+                client.subscribe("chaos/retained/+", QoS::AtLeastOnce),
             )
             .await;
             if matches!(subscribed, Ok(Ok(_))) {
-                // Retained values come right behind the SUBACK; allow a generous time for them.
+                // Retained values come right behind the SUBACK (a node without a leader defers them);
+                // allow a generous time for them.
                 let mut got: BTreeMap<String, u64> = BTreeMap::new();
-                let deadline = Instant::now() + Duration::from_secs(2);
+                let deadline = Instant::now() + Duration::from_secs(5);
                 let mut lost = false;
                 while got.len() < KEYS {
                     let ev = tokio::select! {
