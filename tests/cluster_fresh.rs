@@ -120,3 +120,37 @@ async fn a_node_without_a_leader_refuses_a_qos1_publish_after_taking_qos0() {
             >= 1.0
     );
 }
+
+/// Promise 4 (one live connection per client id), as `cicada-chaos` found it broken: a client connected
+/// to node 3 while node 3 is frozen connects again on node 1 (the takeover commits without node 3); once
+/// node 3 wakes, a QoS 1 PUBLISH on the old connection must not be acknowledged (node 3 reads through the
+/// leader, learns of the takeover and closes the old connection with 0x8E).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stalled_through_a_takeover_acknowledges_nothing_on_the_old_connection() {
+    let c = Cluster::three("", "");
+    let mut old = Raw::connect(addr(c.port(3))).await;
+    assert_eq!(
+        old.handshake(persistent("roamer")).await.0,
+        ReasonCode::SUCCESS
+    );
+    c.nodes[2].signal(libc::SIGSTOP);
+    let mut new = Raw::connect(addr(c.port(1))).await;
+    let (code, present, _) = new.handshake(persistent("roamer")).await;
+    assert_eq!((code, present), (ReasonCode::SUCCESS, true));
+    // Sent after the new connection's CONNACK; node 3 reads it as soon as it wakes.
+    old.send(&publish("roam/1", 1, b"from the old connection"))
+        .await;
+    c.nodes[2].signal(libc::SIGCONT);
+    match old.recv().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::SESSION_TAKEN_OVER),
+        None => {}
+        other => panic!("the old connection was still served: {other:?}"),
+    }
+    // The new connection works on.
+    new.send(&publish("roam/1", 2, b"from the new connection"))
+        .await;
+    match new.recv().await {
+        Some(Packet::PubAck(a)) => assert!(!a.reason.is_error(), "{a:?}"),
+        other => panic!("expected PUBACK on the new connection, got {other:?}"),
+    }
+}

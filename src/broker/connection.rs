@@ -263,6 +263,7 @@ async fn run<R, W>(
             session,
             id,
             claimed,
+            elsewhere,
         }))) = opened
         else {
             // The cluster could not take the session over (no leader, or the store failed): the client tries
@@ -291,6 +292,17 @@ async fn run<R, W>(
             },
             None => None,
         };
+        // Taken from another node: that node closes its connection for the client once it applies this
+        // node's claim or take. The CONNACK waits (bounded) until the other nodes have applied it, so the
+        // client is never told it is connected here while its older connection is still served there
+        // (one live connection per client id, ARCHITECTURE §5.4). A node that does not answer in time is
+        // past its freshness lease by then: it reads through the leader, and learns of the takeover,
+        // before it acknowledges anything again (see `Reader::ensure_fresh`).
+        if elsewhere && claim_failed.is_none() {
+            if let Some(remote) = &ctx.remote {
+                remote.sync_peers().await;
+            }
+        }
         let attach = Attach {
             conn: handle.clone(),
             clean_start: a.connect.clean_start,

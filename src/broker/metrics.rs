@@ -237,7 +237,7 @@ impl Metrics {
             read_barriers: counter_vec(
                 &r,
                 "cicada_cluster_read_barriers_total",
-                "QoS 1/2 publishes that waited for a read barrier (this node had stalled or lost contact with the leader) before matching persistent sessions, by outcome (ok, refused).",
+                "QoS 1/2 publishes that waited for a read barrier (this node had stalled or lost contact with the leader) before matching persistent sessions, by outcome (ok; refused: no leader; taken_over: another node took the client over meanwhile, the message is not acknowledged).",
                 &["outcome"],
             ),
             wills_fired_by_cluster: counter(

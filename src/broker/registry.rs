@@ -28,6 +28,10 @@ pub struct Opened {
     /// A failed claim comes with the message that tells the registry, for the connection to send once its
     /// CONNACK is out.
     pub claimed: Option<tokio::sync::oneshot::Receiver<Option<RegistryMsg>>>,
+    /// Another node held the client when it connected here: before its CONNACK the connection waits until
+    /// the other nodes have applied this node's claim or take (and so closed their connection for it), so
+    /// that no older connection is served once the client is told it is connected here.
+    pub elsewhere: bool,
 }
 
 /// Why no session could be opened for a connection (it is refused with 0x88: the client tries again).
@@ -61,6 +65,13 @@ pub enum RegistryMsg {
     List(RpcReplyPort<Vec<(String, bool)>>),
     /// The cluster fired the Will of this node's connection `conn` of the client.
     WillFired { client_id: Arc<str>, conn: u64 },
+    /// Whether this node still holds the client, by the owners as applied here (a connection asks after a
+    /// read barrier, before it acknowledges a message): answered at once; a client another node claimed
+    /// meanwhile is then taken over here as on [`RegistryMsg::Owner`].
+    Confirm {
+        client_id: String,
+        reply: RpcReplyPort<bool>,
+    },
 }
 
 /// A local session and its claim.
@@ -83,6 +94,22 @@ pub struct Registry;
 pub struct RegistryState {
     ctx: Arc<Context>,
     sessions: HashMap<String, Local>,
+}
+
+/// Whether the stored owner of `id`, as applied here, is another node's claim newer than this node's (and
+/// this node's own claim is not still on its way); updates the local claim state from the stored owner.
+fn lost_to_another(store: &Store, id: &str, l: &mut Local) -> bool {
+    match store.owner(id) {
+        Some(o) if o.node == store.node_id() => {
+            if o.token == l.token {
+                l.pending = false;
+            }
+            l.epoch = l.epoch.max(o.epoch);
+            false
+        }
+        Some(o) => !l.pending && o.epoch > l.epoch,
+        None => false,
+    }
 }
 
 /// A token naming one claim: per-process random state and a counter (no clock).
@@ -321,18 +348,23 @@ impl Actor for Registry {
                 };
                 let mut lost = Vec::new();
                 for (id, l) in s.sessions.iter_mut() {
-                    match store.owner(id) {
-                        Some(o) if o.node == store.node_id() => {
-                            if o.token == l.token {
-                                l.pending = false;
-                            }
-                            l.epoch = l.epoch.max(o.epoch);
-                        }
-                        Some(o) if !l.pending && o.epoch > l.epoch => lost.push(id.clone()),
-                        _ => {}
+                    if lost_to_another(&store, id, l) {
+                        lost.push(id.clone());
                     }
                 }
                 for client_id in lost {
+                    s.taken_elsewhere(&client_id).await;
+                }
+            }
+            RegistryMsg::Confirm { client_id, reply } => {
+                let lost = match (&s.ctx.store, s.sessions.get_mut(&client_id)) {
+                    (Some(store), Some(l)) => lost_to_another(store, &client_id, l),
+                    // Gone from the registry: its connection is being closed.
+                    (_, None) => true,
+                    (None, Some(_)) => false,
+                };
+                let _ = reply.send(!lost);
+                if lost {
                     s.taken_elsewhere(&client_id).await;
                 }
             }
@@ -418,6 +450,7 @@ impl RegistryState {
                     session,
                     id,
                     claimed: None,
+                    elsewhere: false,
                 });
             }
             // Clean start: the old session (and its connection, 0x8E) goes [MQTT-3.1.2-4]. Its successor
@@ -429,6 +462,9 @@ impl RegistryState {
         }
         let (mut token, mut pending, mut restored, mut epoch) = (0, false, None, 0);
         let mut claimed = None;
+        let elsewhere = store
+            .as_ref()
+            .is_some_and(|st| st.owner(&client_id).is_some_and(|o| o.node != st.node_id()));
         if let Some(store) = &store {
             token = claim_token(&self.ctx);
             if clean_start {
@@ -498,6 +534,7 @@ impl RegistryState {
                     session,
                     id,
                     claimed,
+                    elsewhere,
                 })
             }
             Err(e) => Err(OpenRefused::Spawn(Arc::new(e))),

@@ -3,7 +3,13 @@
 //! a rate limit, its credit in the router, or the node's memory watermark.
 
 use super::{End, Reader, Violation};
+use crate::broker::registry::RegistryMsg;
+use ractor::rpc::CallResult;
 use std::time::Instant;
+
+/// How long a reader waits for the registry to confirm the client is still held here, and then for its
+/// close when it is not.
+const CONFIRM_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl Reader {
     /// Resolves when the reader must stop waiting: the connection is closing, or another connection took
@@ -171,13 +177,43 @@ impl Reader {
         match checked {
             Ok(()) => {
                 m.with_label_values(&["ok"]).inc();
-                None
+                self.still_owner().await
             }
             Err(e) => {
                 m.with_label_values(&["refused"]).inc();
                 Some(End::Violation(Violation::NoLeader(e)))
             }
         }
+    }
+
+    /// After a read barrier: whether this node still holds the client. A node that was paused or cut off
+    /// may have missed a takeover by another node (whose CONNACK did not wait for it); the barrier has
+    /// applied the claim, and the registry, asked here, ends the session (0x8E) instead of letting this
+    /// connection have the message acknowledged. The reader then waits for that close.
+    async fn still_owner(&self) -> Option<End> {
+        let registry = self.ctx.registry.get()?;
+        let confirmed = registry
+            .call(
+                |reply| RegistryMsg::Confirm {
+                    client_id: self.client_id.clone(),
+                    reply,
+                },
+                Some(CONFIRM_WAIT),
+            )
+            .await;
+        if matches!(confirmed, Ok(CallResult::Success(false))) {
+            self.ctx
+                .metrics
+                .read_barriers
+                .with_label_values(&["taken_over"])
+                .inc();
+            tracing::info!(
+                "taken over by another node while this one was not fresh: not acknowledged"
+            );
+            let _ = tokio::time::timeout(CONFIRM_WAIT, self.stopped()).await;
+            return Some(End::ClosedByServer);
+        }
+        None
     }
 
     /// Waits until the session has queued a SUBSCRIBE's or UNSUBSCRIBE's change on the shards (an answer
