@@ -92,7 +92,7 @@ pub fn check(records: &[Record]) -> Judgement {
             retained::check(records),
             sessions::check(&connects),
             connections::check(records, &connects),
-            bad_input::check(records),
+            bad_input::check(records, &connects),
             rejoin::check(records),
         ],
         recovery_ms: recovery::recovery_ms(records),
