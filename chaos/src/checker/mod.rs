@@ -162,7 +162,8 @@ mod tests {
         let j = check(
             &clean()
                 .publish(600, 590, "p1", 2, 3, 2)
-                .read(700, "r", 3, "chaos/retained/1", 650, None)
+                // After the kill's window (its heal, the rejoin of node 2, 10 s of grace).
+                .read(30_700, "r", 3, "chaos/retained/1", 30_650, None)
                 .connect(800, "sub", 5, false, Some(false))
                 .publish(900, 850, "sub", 4, 1, 1)
                 .bad(20_000, "bad", BadKind::Garbage, false, None)
