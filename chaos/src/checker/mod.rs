@@ -32,8 +32,8 @@ use std::collections::BTreeMap;
 pub struct Judgement {
     /// One per promise, in the order of [`Promise::ALL`].
     pub verdicts: Vec<Verdict>,
-    /// Per fault kind, for each healed fault: milliseconds from the heal to the first persistent connect
-    /// that succeeded.
+    /// Per fault kind, for each healed fault: milliseconds from the heal to the first successful probe (a
+    /// persistent connect) through one of the nodes it acted on (any probe for a fault on every node).
     pub recovery_ms: BTreeMap<FaultKind, Vec<u64>>,
     pub counts: Counts,
 }
@@ -125,6 +125,7 @@ mod tests {
             .fault(200, Kill, End, &[2])
             .connect(210, "sub", 4, false, Some(true))
             .probe(250, true)
+            .via(crate::history::Via::Node(2))
             .publish(300, 290, "p1", 2, 2, 1)
             .deliver(305, "sub", 4, "p1", 2)
             .push(
