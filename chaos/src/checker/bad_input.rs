@@ -1,17 +1,28 @@
 //! Promise 5: bad input from a client affects only that client. The misbehaving client gets a reason code
 //! its misdeed allows and is disconnected (a flood need not be); every other client ("good": its id never
 //! appears in a bad-client record) is neither disconnected nor slowed outside the fault windows (each fault
-//! from its start to `GRACE_MS` (10 s) after its heal).
+//! from just before its start to `GRACE_MS` (10 s) after its heal, or after the rejoin of its nodes).
+//!
+//! A bad client that sent a wildcard topic, an oversized packet or a second CONNECT did so over MQTT 5
+//! after its CONNACK: the broker must close it with a DISCONNECT that carries a reason code, so a close
+//! without one is a violation too (garbage and floods may be closed silently). An attempt that overlaps a
+//! fault window is not judged for how it was (or was not) closed: a paused or cut-off node closes nothing.
+//!
+//! A good client's disconnection is excused when its connection was superseded: the same client had
+//! another connection accepted after this one's and no later than `SUPERSEDED_MS` (5 s) after the
+//! disconnection (the 0x8E Session taken over may be lost in a race with a failing write).
 //!
 //! `checked` counts the bad attempts and the good clients' PUBLISHes judged for slowness.
 
-use super::windows::FaultWindows;
+use super::conns::Connects;
+use super::windows::{FaultWindows, GRACE_MS};
 use super::{Verdict, Violation};
 use crate::history::{BadKind, Event, Outcome, Promise, Record};
 use std::collections::HashSet;
 
-/// How long after a fault heals its effects are excused: clients reconnect and the cluster settles.
-pub(crate) const GRACE_MS: u64 = 10_000;
+/// A good client's connection lost no later than this before another of its connections was accepted was
+/// superseded, not harmed.
+const SUPERSEDED_MS: u64 = 5_000;
 
 /// A good client's PUBLISH taking longer than this to be acknowledged (or timing out) is slowed.
 const SLOW_MS: u64 = 5_000;
@@ -67,8 +78,31 @@ fn described(kind: BadKind) -> &'static str {
     }
 }
 
+/// Whether `kind` is sent over an MQTT 5 connection after its CONNACK, so that the broker must close it
+/// with a DISCONNECT carrying a reason code.
+fn needs_disconnect_code(kind: BadKind) -> bool {
+    matches!(
+        kind,
+        BadKind::WildcardTopic | BadKind::Oversized | BadKind::SecondConnect
+    )
+}
+
+/// Whether connection `conn` of `client`, lost at `t`, was superseded: another connection of the client was
+/// accepted after `conn`'s own accept and no later than [`SUPERSEDED_MS`] after `t`.
+fn superseded(connects: &Connects<'_>, client: &str, conn: u64, t: u64) -> bool {
+    let Some(own) = connects.get(conn).filter(|c| c.ok() && c.client == client) else {
+        return false;
+    };
+    let list = connects.of_client(client);
+    let from = list.partition_point(|c| c.t <= own.t);
+    list[from..]
+        .iter()
+        .take_while(|c| c.t <= t.saturating_add(SUPERSEDED_MS))
+        .any(|c| c.ok() && c.conn != conn)
+}
+
 /// Judges promise 5.
-pub(crate) fn check(records: &[Record]) -> Verdict {
+pub(crate) fn check(records: &[Record], connects: &Connects<'_>) -> Verdict {
     let windows = FaultWindows::new(records, GRACE_MS);
     let mut bad: HashSet<&str> = HashSet::new();
     let mut checked = 0;
@@ -99,6 +133,16 @@ pub(crate) fn check(records: &[Record]) -> Verdict {
                 ),
             });
         }
+        if needs_disconnect_code(*kind) && *closed && code.is_none() && !faulted {
+            violations.push(Violation {
+                t: r.t,
+                evidence: format!(
+                    "the broker closed {client}'s connection on node {node} after {what} at {} ms without the DISCONNECT reason code MQTT 5 requires (expected {})",
+                    r.t,
+                    expected(*kind)
+                ),
+            });
+        }
         if let Some(code) = code {
             if !allowed(*kind, *code) {
                 violations.push(Violation {
@@ -121,7 +165,10 @@ pub(crate) fn check(records: &[Record]) -> Verdict {
                 code,
                 reason,
             } if !bad.contains(client.as_str()) => {
-                if *code == Some(TAKEN_OVER) || windows.contains(r.t) {
+                if *code == Some(TAKEN_OVER)
+                    || windows.contains(r.t)
+                    || superseded(connects, client, *conn, r.t)
+                {
                     continue;
                 }
                 let how = code.map_or_else(
@@ -184,6 +231,10 @@ mod tests {
     use crate::history::FaultKind::Pause;
     use crate::history::FaultPhase::{End, Start};
 
+    fn check(records: &[Record]) -> Verdict {
+        super::check(records, &Connects::new(records))
+    }
+
     #[test]
     fn bad_clients_closed_with_the_right_codes_and_good_clients_unharmed_pass() {
         let v = check(
@@ -192,7 +243,10 @@ mod tests {
                 .bad(11, "bad-1", BadKind::Garbage, true, Some(0x84))
                 .bad(12, "bad-2", BadKind::WildcardTopic, true, Some(0x90))
                 .bad(13, "bad-3", BadKind::Oversized, true, Some(0x95))
-                .bad(14, "bad-4", BadKind::SecondConnect, true, None)
+                .bad(14, "bad-4", BadKind::SecondConnect, true, Some(0x82))
+                // Garbage and a flood may be closed without a reason code.
+                .bad(16, "bad-6", BadKind::Garbage, true, None)
+                .bad(17, "bad-5", BadKind::Flood, true, None)
                 .bad(15, "bad-5", BadKind::Flood, false, None)
                 // A bad client's own troubles are not judged.
                 .disconnected(20, "bad-5", 9, Some(0x97))
@@ -207,7 +261,7 @@ mod tests {
                 .publish(30_000, 29_000, "p1", 2, 3, 1)
                 .records(),
         );
-        assert_eq!(v.checked, 6 + 3);
+        assert_eq!(v.checked, 8 + 3);
         assert!(v.violations.is_empty(), "{:?}", v.violations);
     }
 
@@ -316,5 +370,59 @@ mod tests {
             v.violations[1].evidence,
             "good client p2 was slowed: PUBLISH p2#4 timed out after 7000 ms (sent at 2000 ms) outside any fault"
         );
+    }
+
+    #[test]
+    fn an_mqtt5_bad_client_closed_without_a_reason_code_is_a_violation_outside_faults() {
+        let v = check(
+            &History::new()
+                .bad(500, "bad-1", BadKind::Oversized, true, None)
+                .bad(600, "bad-2", BadKind::WildcardTopic, true, None)
+                .bad(700, "bad-3", BadKind::SecondConnect, true, None)
+                .bad(800, "bad-4", BadKind::Garbage, true, None)
+                .bad(900, "bad-5", BadKind::Flood, true, None)
+                // Under a fault: not judged.
+                .fault(20_000, Pause, Start, &[2])
+                .bad(20_500, "bad-6", BadKind::Oversized, true, None)
+                .fault(21_000, Pause, End, &[2])
+                .records(),
+        );
+        assert_eq!(v.checked, 6);
+        assert_eq!(v.violations.len(), 3, "{:?}", v.violations);
+        assert_eq!(
+            v.violations[0].evidence,
+            "the broker closed bad-1's connection on node 2 after an oversized packet at 500 ms without the DISCONNECT reason code MQTT 5 requires (expected 0x95)"
+        );
+        assert!(v.violations[1].evidence.contains("bad-2's connection"));
+        assert!(v.violations[2].evidence.contains("bad-3's connection"));
+    }
+
+    #[test]
+    fn a_good_client_disconnected_because_it_reconnected_elsewhere_is_excused() {
+        let v = check(
+            &History::new()
+                .connect(100, "sub", 1, false, Some(false))
+                .connect(200, "pub", 2, true, Some(false))
+                .connect(300, "obs", 3, true, Some(false))
+                .connect(400, "old", 4, true, Some(false))
+                // Superseded: conn 5 accepted 4 s after conn 1 was lost (its 0x8E lost in the race).
+                .disconnected(20_000, "sub", 1, None)
+                .connect(24_000, "sub", 5, false, Some(true))
+                // Not superseded: the next accept comes more than 5 s later ...
+                .disconnected(30_000, "pub", 2, None)
+                .connect(35_001, "pub", 6, true, Some(false))
+                // ... or is refused ...
+                .disconnected(40_000, "obs", 3, None)
+                .connect(40_100, "obs", 7, true, None)
+                .outcome(crate::checker::testkit::refused(0x89))
+                // ... or was accepted before this connection's own accept.
+                .connect(399, "old", 8, true, Some(false))
+                .disconnected(50_000, "old", 4, Some(0x8B))
+                .records(),
+        );
+        assert_eq!(v.violations.len(), 3, "{:?}", v.violations);
+        assert!(v.violations[0].evidence.contains("pub (conn 2)"));
+        assert!(v.violations[1].evidence.contains("obs (conn 3)"));
+        assert!(v.violations[2].evidence.contains("old (conn 4)"));
     }
 }

@@ -79,6 +79,11 @@ impl<'a> Connects<'a> {
         self.by_conn.get(&conn)
     }
 
+    /// The CONNECTs of `client` (every outcome), ordered by the time of their outcome.
+    pub fn of_client(&self, client: &str) -> &[Connect<'a>] {
+        self.by_client.get(client).map_or(&[], Vec::as_slice)
+    }
+
     /// Each client's CONNECTs (every outcome), ordered by the time of their outcome.
     pub fn by_client(&self) -> impl Iterator<Item = (&'a str, &[Connect<'a>])> + '_ {
         self.by_client.iter().map(|(k, v)| (*k, v.as_slice()))

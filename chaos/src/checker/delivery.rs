@@ -3,11 +3,23 @@
 //! to it, and nothing is delivered that was never published.
 //!
 //! A persistent subscription is a (client, filter) whose first successful SUBSCRIBE was made on a
-//! connection that succeeded with clean start = false; its granted QoS is that SUBSCRIBE's. A message is
-//! expected when its PUBLISH was acknowledged, is not retained, has QoS 1 or 2, matches the filter and was
+//! connection that succeeded with clean start = false; its granted QoS is that SUBSCRIBE's. A message
+//! concerns a subscription when it is not retained, has QoS 1 or 2, matches the filter and its PUBLISH was
 //! sent after the SUBACK came. A clean start of the client (successful, or of unknown outcome) ends the
-//! subscription: messages acknowledged after that CONNECT was sent are not expected, and a later SUBSCRIBE
-//! starts a new subscription. `checked` counts expected (client, message) pairs.
+//! subscription: messages whose PUBLISH ended after that CONNECT was sent do not concern it, and a later
+//! SUBSCRIBE starts a new subscription.
+//!
+//! - Missing: a message that concerns a subscription and whose PUBLISH was acknowledged must reach the
+//!   client at least once.
+//! - Exactly once: a message that concerns a subscription at effective QoS 2 (publish QoS 2, subscription
+//!   QoS 2) must not reach the client more than once per matching subscription, whatever its PUBLISH's
+//!   outcome (acknowledged, timed out, failed, refused): an unacknowledged QoS 2 message may be lost, never
+//!   doubled.
+//! - QoS: no copy of a message may come at a QoS below the lowest min(publish QoS, subscription QoS) of
+//!   the client's subscriptions it concerns (each overlapping subscription may bring its own copy at its
+//!   own QoS), whatever the PUBLISH's outcome.
+//!
+//! `checked` counts expected (client, acknowledged message) pairs.
 
 use super::conns::Connects;
 use super::subscriptions::subscriptions;
@@ -33,11 +45,35 @@ struct Publish<'a> {
 }
 
 /// The copies of one message handed to one client.
-#[derive(Default)]
 struct Copies {
     count: u32,
-    first: u64,
     second: u64,
+    /// The lowest QoS a copy came at, and the first copy at that QoS (time, connection).
+    lowest_qos: u8,
+    lowest_at: u64,
+    lowest_conn: u64,
+}
+
+impl Default for Copies {
+    fn default() -> Copies {
+        Copies {
+            count: 0,
+            second: 0,
+            lowest_qos: u8::MAX,
+            lowest_at: 0,
+            lowest_conn: 0,
+        }
+    }
+}
+
+/// How a PUBLISH ended, for the evidence.
+fn ended(p: &Publish<'_>) -> String {
+    match p.outcome {
+        Outcome::Ok => format!("acknowledged at {} ms", p.t),
+        Outcome::Timeout => format!("timed out at {} ms", p.t),
+        Outcome::Failed { .. } => format!("failed at {} ms", p.t),
+        Outcome::Refused { code } => format!("refused with 0x{code:02X} at {} ms", p.t),
+    }
 }
 
 /// Judges promise 1.
@@ -75,18 +111,23 @@ pub(crate) fn check(records: &[Record], connects: &Connects<'_>) -> Verdict {
             }
             Event::Deliver {
                 client,
+                conn,
                 publisher,
                 seq,
+                qos,
                 ..
             } => {
                 let c = copies
                     .entry((client.as_str(), publisher.as_str(), *seq))
                     .or_default();
                 c.count += 1;
-                match c.count {
-                    1 => c.first = r.t,
-                    2 => c.second = r.t,
-                    _ => {}
+                if c.count == 2 {
+                    c.second = r.t;
+                }
+                if *qos < c.lowest_qos {
+                    c.lowest_qos = *qos;
+                    c.lowest_at = r.t;
+                    c.lowest_conn = *conn;
                 }
             }
             _ => {}
@@ -100,7 +141,7 @@ pub(crate) fn check(records: &[Record], connects: &Connects<'_>) -> Verdict {
         let Some(p) = publishes.get(key) else {
             continue;
         };
-        if !p.outcome.is_ok() || p.qos == 0 || p.retain {
+        if p.qos == 0 || p.retain {
             continue;
         }
         let subs_of_topic = matching.entry(p.topic).or_insert_with(|| {
@@ -108,9 +149,9 @@ pub(crate) fn check(records: &[Record], connects: &Connects<'_>) -> Verdict {
                 .filter(|&i| matches(subs[i].filter, p.topic))
                 .collect()
         });
-        // Per subscribed client: the effective QoS (the highest over its matching subscriptions) and how
-        // many subscriptions match (each may bring its own copy).
-        let mut expected: Vec<(&str, u8, u32)> = Vec::new();
+        // Per subscribed client: the effective QoS (the highest over its matching subscriptions), the
+        // lowest, and how many subscriptions match (each may bring its own copy).
+        let mut expected: Vec<(&str, u8, u8, u32)> = Vec::new();
         for &i in subs_of_topic.iter() {
             let s = &subs[i];
             if p.sent <= s.since || s.until.is_some_and(|u| p.t >= u) {
@@ -120,16 +161,34 @@ pub(crate) fn check(records: &[Record], connects: &Connects<'_>) -> Verdict {
             match expected.iter_mut().find(|e| e.0 == s.client) {
                 Some(e) => {
                     e.1 = e.1.max(qos);
-                    e.2 += 1;
+                    e.2 = e.2.min(qos);
+                    e.3 += 1;
                 }
-                None => expected.push((s.client, qos, 1)),
+                None => expected.push((s.client, qos, qos, 1)),
             }
         }
-        for (client, qos, subscriptions) in expected {
-            checked += 1;
+        for (client, qos, lowest, subscriptions) in expected {
             let got = copies.get(&(client, p.publisher, p.seq));
             let count = got.map_or(0, |c| c.count);
-            if count == 0 {
+            if let Some(c) = got.filter(|c| c.lowest_qos < lowest) {
+                violations.push(Violation {
+                    t: c.lowest_at,
+                    evidence: format!(
+                        "{client} (conn {}) got {}#{} at {} ms delivered at QoS {}, expected {lowest} (published at QoS {}, {})",
+                        c.lowest_conn,
+                        p.publisher,
+                        p.seq,
+                        c.lowest_at,
+                        c.lowest_qos,
+                        p.qos,
+                        ended(p)
+                    ),
+                });
+            }
+            if p.outcome.is_ok() {
+                checked += 1;
+            }
+            if count == 0 && p.outcome.is_ok() {
                 violations.push(Violation {
                     t: p.t,
                     evidence: format!(
@@ -142,8 +201,10 @@ pub(crate) fn check(records: &[Record], connects: &Connects<'_>) -> Verdict {
                 violations.push(Violation {
                     t: second,
                     evidence: format!(
-                        "{client} got {}#{} {count} times (QoS 2, acknowledged at {} ms, second copy at {second} ms)",
-                        p.publisher, p.seq, p.t
+                        "{client} got {}#{} {count} times (QoS 2, {}, second copy at {second} ms)",
+                        p.publisher,
+                        p.seq,
+                        ended(p)
                     ),
                 });
             }
@@ -387,6 +448,97 @@ mod tests {
                 .deliver(46, "sub", 1, "p1", 1),
         );
         assert_eq!(v.checked, 1);
+        assert!(v.violations.is_empty(), "{:?}", v.violations);
+    }
+
+    #[test]
+    fn an_unacknowledged_qos2_message_delivered_twice_is_a_violation() {
+        let v = judge(
+            subscribed(2)
+                .publish(40, 30, "p1", 2, 1, 2)
+                .outcome(timeout())
+                .publish(41, 31, "p1", 2, 2, 2)
+                .outcome(failed())
+                .publish(42, 32, "p1", 2, 3, 2)
+                .outcome(refused(0x97))
+                // QoS 1 duplicates are allowed, whatever the outcome.
+                .publish(43, 33, "p1", 2, 4, 1)
+                .outcome(timeout())
+                // Sent before the SUBACK: not judged.
+                .publish(44, 19, "p1", 2, 5, 2)
+                .outcome(timeout())
+                // Lost: fine, it was never acknowledged.
+                .publish(45, 35, "p1", 2, 6, 2)
+                .outcome(timeout())
+                .deliver(50, "sub", 1, "p1", 1)
+                .deliver(51, "sub", 1, "p1", 1)
+                .deliver(52, "sub", 1, "p1", 2)
+                .deliver(53, "sub", 1, "p1", 2)
+                .deliver(54, "sub", 1, "p1", 3)
+                .deliver(55, "sub", 1, "p1", 3)
+                .deliver(56, "sub", 1, "p1", 4)
+                .deliver(57, "sub", 1, "p1", 4)
+                .deliver(58, "sub", 1, "p1", 5)
+                .deliver(59, "sub", 1, "p1", 5),
+        );
+        assert_eq!(v.checked, 0);
+        let e: Vec<&str> = v.violations.iter().map(|v| v.evidence.as_str()).collect();
+        assert_eq!(
+            e,
+            vec![
+                "sub got p1#1 2 times (QoS 2, timed out at 40 ms, second copy at 51 ms)",
+                "sub got p1#2 2 times (QoS 2, failed at 41 ms, second copy at 53 ms)",
+                "a refused message was delivered: sub (conn 1) got p1#3 at 54 ms, whose PUBLISH was refused with 0x97 at 42 ms",
+                "sub got p1#3 2 times (QoS 2, refused with 0x97 at 42 ms, second copy at 55 ms)",
+                "a refused message was delivered: sub (conn 1) got p1#3 at 55 ms, whose PUBLISH was refused with 0x97 at 42 ms",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_copy_delivered_below_the_effective_qos_is_a_violation() {
+        let v = judge(
+            subscribed(1)
+                .publish(40, 30, "p1", 2, 1, 1)
+                .deliver(45, "sub", 1, "p1", 1)
+                .deliver(46, "sub", 1, "p1", 1)
+                .qos(0)
+                // Unacknowledged: still judged.
+                .publish(50, 47, "p1", 2, 2, 2)
+                .outcome(timeout())
+                .deliver(55, "sub", 1, "p1", 2)
+                .qos(0)
+                // min(QoS 2 publish, QoS 1 subscription) = 1: a QoS 1 copy is right.
+                .publish(60, 57, "p1", 2, 3, 2)
+                .deliver(65, "sub", 1, "p1", 3)
+                .qos(1)
+                // QoS 0 publishes and subscribers of other clients are not judged.
+                .publish(70, 67, "p1", 2, 4, 0)
+                .deliver(75, "sub", 1, "p1", 4)
+                .deliver(76, "other", 9, "p1", 3)
+                .qos(0),
+        );
+        assert_eq!(v.checked, 2);
+        let e: Vec<&str> = v.violations.iter().map(|v| v.evidence.as_str()).collect();
+        assert_eq!(
+            e,
+            vec![
+                "sub (conn 1) got p1#1 at 46 ms delivered at QoS 0, expected 1 (published at QoS 1, acknowledged at 40 ms)",
+                "sub (conn 1) got p1#2 at 55 ms delivered at QoS 0, expected 1 (published at QoS 2, timed out at 50 ms)",
+            ]
+        );
+    }
+
+    #[test]
+    fn with_overlapping_subscriptions_a_copy_may_come_at_the_lower_qos() {
+        let v = judge(
+            subscribed(2)
+                .subscribe(21, "sub", 1, "chaos/data/p1", 1)
+                .publish(40, 30, "p1", 2, 1, 2)
+                .deliver(45, "sub", 1, "p1", 1)
+                .deliver(46, "sub", 1, "p1", 1)
+                .qos(1),
+        );
         assert!(v.violations.is_empty(), "{:?}", v.violations);
     }
 }

@@ -32,8 +32,8 @@ use std::collections::BTreeMap;
 pub struct Judgement {
     /// One per promise, in the order of [`Promise::ALL`].
     pub verdicts: Vec<Verdict>,
-    /// Per fault kind, for each healed fault: milliseconds from the heal to the first persistent connect
-    /// that succeeded.
+    /// Per fault kind, for each healed fault: milliseconds from the heal to the first successful probe (a
+    /// persistent connect) through one of the nodes it acted on (any probe for a fault on every node).
     pub recovery_ms: BTreeMap<FaultKind, Vec<u64>>,
     pub counts: Counts,
 }
@@ -92,7 +92,7 @@ pub fn check(records: &[Record]) -> Judgement {
             retained::check(records),
             sessions::check(&connects),
             connections::check(records, &connects),
-            bad_input::check(records),
+            bad_input::check(records, &connects),
             rejoin::check(records),
         ],
         recovery_ms: recovery::recovery_ms(records),
@@ -125,6 +125,7 @@ mod tests {
             .fault(200, Kill, End, &[2])
             .connect(210, "sub", 4, false, Some(true))
             .probe(250, true)
+            .via(crate::history::Via::Node(2))
             .publish(300, 290, "p1", 2, 2, 1)
             .deliver(305, "sub", 4, "p1", 2)
             .push(
@@ -162,7 +163,8 @@ mod tests {
         let j = check(
             &clean()
                 .publish(600, 590, "p1", 2, 3, 2)
-                .read(700, "r", 3, "chaos/retained/1", 650, None)
+                // After the kill's window (its heal, the rejoin of node 2, 10 s of grace).
+                .read(30_700, "r", 3, "chaos/retained/1", 30_650, None)
                 .connect(800, "sub", 5, false, Some(false))
                 .publish(900, 850, "sub", 4, 1, 1)
                 .bad(20_000, "bad", BadKind::Garbage, false, None)

@@ -4,8 +4,16 @@
 //! Monotonic: a read on node n whose SUBSCRIBE was sent after an earlier read on n (of the same topic)
 //! completed must see a sequence number at least as high ("nothing" is below every number). Fresh: a read
 //! whose SUBSCRIBE was sent after a retained PUBLISH of that topic was acknowledged must see at least that
-//! message. `checked` counts reads.
+//! message.
+//!
+//! A read that got nothing while a fault was active is not judged (for either rule): a node without a
+//! leader defers retained deliveries rather than serve values it cannot vouch for, and the reader gives up
+//! after a few seconds. That is a read whose span from its SUBSCRIBE to its record overlaps a fault window
+//! (the shared windows: from just before the fault's start to `GRACE_MS` (10 s) after its heal or the
+//! rejoin of its nodes). A stale value (a number lower than required) is always judged, in or out of
+//! faults. `checked` counts the reads judged.
 
+use super::windows::{FaultWindows, GRACE_MS};
 use super::{Verdict, Violation};
 use crate::history::{Event, NodeId, Outcome, Promise, Record};
 use std::collections::HashMap;
@@ -86,6 +94,7 @@ fn shown(seq: Option<u64>) -> String {
 
 /// Judges promise 2.
 pub(crate) fn check(records: &[Record]) -> Verdict {
+    let windows = FaultWindows::new(records, GRACE_MS);
     let mut reads = Vec::new();
     let mut acked: HashMap<&str, Timeline> = HashMap::new();
     for r in records {
@@ -96,7 +105,7 @@ pub(crate) fn check(records: &[Record]) -> Verdict {
                 topic,
                 sent,
                 seq,
-            } => reads.push(Read {
+            } if seq.is_some() || !windows.overlaps(*sent, r.t) => reads.push(Read {
                 t: r.t,
                 client,
                 node: *node,
@@ -193,6 +202,8 @@ pub(crate) fn check(records: &[Record]) -> Verdict {
 mod tests {
     use super::*;
     use crate::checker::testkit::{timeout, History};
+    use crate::history::FaultKind::Kill;
+    use crate::history::FaultPhase::{End, Start};
 
     const T: &str = "chaos/retained/3";
 
@@ -262,5 +273,35 @@ mod tests {
         assert!(v.violations[1]
             .evidence
             .contains("(r2) on node 1 at 1200 ms got nothing"));
+    }
+
+    #[test]
+    fn a_read_that_got_nothing_during_a_fault_is_not_judged_but_a_stale_one_is() {
+        let v = judge(
+            History::new()
+                .retain(1000, "w", 1, T, 4)
+                .read(1100, "r1", 2, T, 1050, Some(4))
+                .fault(20_000, Kill, Start, &[1])
+                // Nothing on node 2 while node 1 (the leader) is down: not judged.
+                .read(21_000, "r1", 2, T, 19_500, None)
+                // A stale value is judged even during the fault.
+                .read(22_000, "r2", 2, T, 21_500, Some(3))
+                .fault(30_000, Kill, End, &[1])
+                // Within the grace period after the heal: not judged.
+                .read(39_000, "r1", 2, T, 37_000, None)
+                // After it: judged (freshness and monotonicity).
+                .read(42_000, "r1", 2, T, 40_001, None),
+        );
+        assert_eq!(v.checked, 3);
+        let e: Vec<&str> = v.violations.iter().map(|v| v.evidence.as_str()).collect();
+        assert_eq!(
+            e,
+            vec![
+                "a subscriber (r2) on node 2 at 21500 ms got #3 of chaos/retained/3 after #4 was acknowledged at 1000 ms",
+                "node 2 served chaos/retained/3 #3 to r2 at 22000 ms (SUBSCRIBE sent at 21500 ms) after serving #4 to r1 at 1100 ms",
+                "a subscriber (r1) on node 2 at 40001 ms got nothing of chaos/retained/3 after #4 was acknowledged at 1000 ms",
+                "node 2 served chaos/retained/3 nothing to r1 at 42000 ms (SUBSCRIBE sent at 40001 ms) after serving #4 to r1 at 1100 ms",
+            ]
+        );
     }
 }

@@ -122,8 +122,23 @@ impl History {
         )
     }
 
-    /// Message `seq` of `publisher` handed to `client` (QoS 1, from the publisher's data topic).
+    /// Message `seq` of `publisher` handed to `client`, from the publisher's data topic, at the QoS of its
+    /// latest PUBLISH recorded so far (QoS 1 when there is none); [`History::qos`] changes it.
     pub fn deliver(self, t: u64, client: &str, conn: u64, publisher: &str, seq: u64) -> History {
+        let qos = self
+            .records
+            .iter()
+            .rev()
+            .find_map(|r| match &r.event {
+                Event::Publish {
+                    publisher: p,
+                    seq: s,
+                    qos,
+                    ..
+                } if p == publisher && *s == seq => Some(*qos),
+                _ => None,
+            })
+            .unwrap_or(1);
         self.push(
             t,
             Event::Deliver {
@@ -132,7 +147,7 @@ impl History {
                 publisher: publisher.into(),
                 seq,
                 topic: data(publisher),
-                qos: 1,
+                qos,
                 dup: false,
                 retain: false,
             },
@@ -229,14 +244,24 @@ impl History {
         self
     }
 
-    /// Changes where the last record (a connect) connected.
+    /// Changes where the last record (a connect or probe) connected.
     pub fn via(mut self, new: Via) -> History {
-        if let Some(Record {
-            event: Event::Connect { via, .. },
-            ..
-        }) = self.records.last_mut()
-        {
-            *via = new;
+        if let Some(Record { event, .. }) = self.records.last_mut() {
+            match event {
+                Event::Connect { via, .. } | Event::Probe { via, .. } => *via = new,
+                _ => panic!("the last record has no via"),
+            }
+        }
+        self
+    }
+
+    /// Changes the QoS of the last record (a publish or deliver).
+    pub fn qos(mut self, new: u8) -> History {
+        if let Some(Record { event, .. }) = self.records.last_mut() {
+            match event {
+                Event::Publish { qos, .. } | Event::Deliver { qos, .. } => *qos = new,
+                _ => panic!("the last record has no QoS"),
+            }
         }
         self
     }
