@@ -175,17 +175,18 @@ async fn a_node_without_a_leader_defers_retained_messages_until_a_barrier_comple
         sub.subscribe(1, "door/#", QoS::AtLeastOnce).await,
         [ReasonCode::GRANTED_QOS_1]
     );
-    // ...the retained delivery is deferred (no barrier without a leader)...
-    let deadline = Instant::now() + WAIT;
-    while metric(http, "cicada_retained_reads_total{result=\"deferred\"}").await < 1.0 {
-        assert!(Instant::now() < deadline, "the deferral was never counted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // ...nothing was served (a PINGRESP comes before any PUBLISH), and live messages keep flowing.
+    // ...but no retained value: a PINGRESP comes before any PUBLISH (before the fix, the stale local value
+    // followed the SUBACK at once)...
     sub.send(&Packet::PingReq).await;
     match sub.recv().await {
         Some(Packet::PingResp) => {}
         other => panic!("expected PINGRESP before any retained message, got {other:?}"),
+    }
+    // ...the retained delivery is deferred (no barrier without a leader), and live messages keep flowing.
+    let deadline = Instant::now() + WAIT;
+    while metric(http, "cicada_retained_reads_total{result=\"deferred\"}").await < 1.0 {
+        assert!(Instant::now() < deadline, "the deferral was never counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut publisher = Raw::connect(addr(c.port(3))).await;
     publisher
