@@ -45,6 +45,8 @@ pub struct Metrics {
     pub sessions_expired_by_cluster: IntCounter,
     /// Read barriers a QoS 1/2 publish waited for because this node's state was not fresh, by outcome.
     pub read_barriers: IntCounterVec,
+    /// Retained reads for SUBSCRIBEs in a cluster, by result (`fresh`, `deferred`).
+    pub retained_reads: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -239,6 +241,12 @@ impl Metrics {
                 "cicada_cluster_read_barriers_total",
                 "QoS 1/2 publishes that waited for a read barrier (this node had stalled or lost contact with the leader) before matching persistent sessions, by outcome (ok; refused: no leader; taken_over: another node took the client over meanwhile, the message is not acknowledged).",
                 &["outcome"],
+            ),
+            retained_reads: counter_vec(
+                &r,
+                "cicada_retained_reads_total",
+                "SUBSCRIBEs in a cluster whose retained messages were read after a read barrier through the leader, by result: fresh (the barrier completed within the hold window), deferred (no barrier could complete in time, e.g. no leader: the retained messages are sent once one does).",
+                &["result"],
             ),
             wills_fired_by_cluster: counter(
                 &r,

@@ -56,6 +56,22 @@ impl Store {
         }
     }
 
+    /// A read barrier asked now and asked again while there is no leader (minority side, election): resolves
+    /// once this node has applied everything the leader had committed when the answered barrier was asked.
+    /// Never gives up by itself (the caller drops it when it no longer needs it); `Err` only when the node
+    /// stopped or refused the read for another reason than a missing leader.
+    pub async fn barrier(&self) -> Result<u64, ClusterError> {
+        loop {
+            match self.cluster.read_index().await {
+                Ok(index) => return Ok(index),
+                Err(ClusterError::NoLeader | ClusterError::Timeout | ClusterError::Busy) => {
+                    tokio::time::sleep(RETRY).await
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// The nodes that left the cluster, as applied here.
     pub fn departed(&self) -> Vec<u64> {
         self.cluster

@@ -67,12 +67,20 @@ impl Cluster {
 
     /// Kills nodes 2 and 3 with SIGKILL and waits until node 1, alone, answers `/ready` 503 (no leader).
     pub fn leave_node_1_alone(&mut self) {
-        for n in &mut self.nodes[1..] {
-            n.signal(libc::SIGKILL);
-            n.wait_exit();
+        self.leave_alone(1);
+    }
+
+    /// Kills every node but `node` (1-based) with SIGKILL and waits until `node`, alone, answers `/ready`
+    /// 503 (no leader). The others restart with `kill9_and_spawn_after_exit`.
+    pub fn leave_alone(&mut self, node: usize) {
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            if i + 1 != node {
+                n.signal(libc::SIGKILL);
+                n.wait_exit();
+            }
         }
         let deadline = Instant::now() + WAIT;
-        while http_status(self.nodes[0].http_port, "/ready") != Some(503) {
+        while http_status(self.nodes[node - 1].http_port, "/ready") != Some(503) {
             assert!(
                 Instant::now() < deadline,
                 "/ready never said 503 without a quorum"

@@ -10,6 +10,7 @@
 
 mod delivery;
 mod durable;
+mod fence;
 pub mod inbox;
 pub mod outbox;
 pub mod state;
@@ -26,7 +27,6 @@ use super::ticket::Ticket;
 use super::Context;
 use crate::auth::acl::Who;
 use crate::auth::Permissions;
-use crate::broker::metrics::Metrics;
 use crate::protocol::{ConnAck, LastWill, Packet, ReasonCode, Subscribe, Unsubscribe};
 use inbox::{InboxCursor, Pending};
 use outbox::{InboxChange, Outbox, OutboxLimits};
@@ -135,6 +135,8 @@ pub enum SessionMsg {
 
     /// The cluster published the Will of this connection (this node was counted as down).
     WillFired(u64),
+    /// The read barrier of a pending retained read (see [`fence`]).
+    Fence(fence::FenceEvent),
 }
 
 pub struct Session;
@@ -195,6 +197,10 @@ pub struct SessionState {
     /// cluster: see [`will`]).
     will_conn: u64,
     will_recorded: Option<u64>,
+    /// Retained messages owed to SUBSCRIBEs until a read barrier completes (in a cluster; see [`fence`]), and
+    /// the generation of the latest barrier asked.
+    fence: Option<fence::Pending>,
+    fence_gen: u64,
 }
 
 impl Actor for Session {
@@ -233,6 +239,8 @@ impl Actor for Session {
             reported: (0, 0, 0),
             will_conn: 0,
             will_recorded: None,
+            fence: None,
+            fence_gen: 0,
             ctx: a.ctx,
         };
         if let Some(r) = restored {
@@ -296,10 +304,7 @@ impl Actor for Session {
                 let _ = reply.send(r);
             }
             SessionMsg::Detach(d) => s.detach(&me, *d),
-            SessionMsg::Deliver(d, ticket) => {
-                s.deliver(d, &ticket);
-                drop(ticket);
-            }
+            SessionMsg::Deliver(d, ticket) => s.deliver_live(d, ticket),
             SessionMsg::Ack { conn, packet } if s.is_current(conn) => s.ack(packet),
             SessionMsg::Subscribe {
                 conn,
@@ -350,6 +355,7 @@ impl Actor for Session {
             }
 
             SessionMsg::WillFired(conn) => s.will_fired(conn),
+            SessionMsg::Fence(event) => s.fence_event(event),
         }
         s.sync_inbox();
         s.sync_will();
@@ -418,6 +424,8 @@ impl SessionState {
         let ctx = self.ctx.clone();
         let m = &ctx.metrics;
         let old = self.conn.take();
+        // Retained messages owed to the old connection are not the new one's (it subscribes again or not).
+        self.drop_fence();
         if old.is_some() {
             // Still one online session.
             tracing::info!(client_id = %self.client_id, "session taken over");
@@ -543,6 +551,7 @@ impl SessionState {
         let effects = self.lifecycle.detach(d.conn, d.publish_will, d.expiry);
         self.report_ending();
         self.conn = None;
+        self.drop_fence();
         self.ctx.metrics.sessions_online.dec();
         self.ctx.metrics.sessions_offline.inc();
         // The read-ahead of the stored inbox leaves memory; it is read again when the client is back.
@@ -596,35 +605,6 @@ impl SessionState {
         } else {
             auth.can_read(who, topic)
         }
-    }
-
-    fn publish_will(&mut self, w: LastWill) {
-        if !self.allowed(&w.topic, true) {
-            self.ctx
-                .metrics
-                .acl_denied
-                .with_label_values(&["will"])
-                .inc();
-            tracing::info!(client_id = %self.client_id, topic = %w.topic, "Will denied by the ACL");
-            return;
-        }
-        tracing::debug!(client_id = %self.client_id, topic = %w.topic, "publishing Will");
-        let qos = w.qos;
-        let message = self.will_message(w);
-        self.ctx
-            .metrics
-            .messages_received
-            .with_label_values(&[Metrics::qos_label(qos)])
-            .inc();
-        let mut message = message;
-        message.stored_fanout = self.ctx.needs_fanout(&message);
-        let message = Arc::new(message);
-        if message.stored_fanout {
-            // Nobody waits for a Will: its fan-out is committed in the background.
-            self.ctx
-                .fan_out(&message, Some(&self.client_id), Ticket::default());
-        }
-        self.ctx.route(message, Ticket::default());
     }
 
     /// Tells the registry whether this session ends with its connection (see [`SessionArgs`]).

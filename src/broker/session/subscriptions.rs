@@ -1,6 +1,7 @@
 //! SUBSCRIBE and UNSUBSCRIBE in a session: per-filter checks and reason codes, installing the filter in the
 //! shards, and retained messages by Retain Handling.
 
+use super::fence::Owed;
 use super::{SessionMsg, SessionState};
 use crate::broker::message::{Delivery, SessionId};
 use crate::broker::shard::{ShardMsg, Subscriber};
@@ -120,6 +121,9 @@ impl SessionState {
         let max_qos = self.ctx.config.mqtt.max_qos;
         let mut reasons = Vec::with_capacity(packet.filters.len());
         let mut retained: Vec<Delivery> = Vec::new();
+        // In a cluster: the filters whose retained messages wait for a read barrier.
+        let fenced = self.fences_retained();
+        let mut owed = Vec::new();
         let now = Instant::now();
         // New routes in the cluster's table: the SUBACK waits for their commit.
         let mut routes = Vec::new();
@@ -151,22 +155,23 @@ impl SessionState {
                     RetainHandling::SendIfNew => !existed,
                     RetainHandling::DoNotSend => false,
                 };
-            if send_retained {
-                for m in self.ctx.retained.matching(plain, now) {
-                    retained.push(Delivery {
-                        qos: m.qos.min(options.qos),
-                        // Retained messages sent on subscribe carry RETAIN = 1 [MQTT-3.3.1-9].
-                        retain: true,
-                        sub_ids: sub_id.into_iter().collect(),
-                        shared: None,
-                        durable: None,
-                        message: m,
-                    });
-                }
+            if send_retained && fenced {
+                owed.push(Owed {
+                    full: f.filter.clone(),
+                    plain: plain.to_string(),
+                    qos: options.qos,
+                    sub_id,
+                });
+            } else if send_retained {
+                retained.extend(self.retained_matching(plain, options.qos, sub_id, now));
             }
         }
+        // In a cluster the retained messages are read once a read barrier asked now has completed (see
+        // [`super::fence`]); live copies wait behind them meanwhile, for a bounded time.
+        self.owe_retained(me, owed);
         // Every shard has the new subscriptions queued ahead of anything the connection sends next; this actor
-        // handles nothing else (no live copy) until the SUBACK and the retained messages are out. A stored
+        // handles nothing else (no live copy) until the SUBACK and the retained messages are out (in a
+        // cluster, live copies are held behind the retained ones until the barrier, for a bounded time). A stored
         // session's QoS 1/2 messages are matched through the store's index instead (apply fans them out): its
         // next packet waits until the record is applied here.
         let installed = self.installed_now(installed);
@@ -235,6 +240,7 @@ impl SessionState {
             match self.subs.remove(&filter) {
                 Some(rec) => {
                     rec.remove_from_shards(&self.ctx, self.id, &filter);
+                    self.forget_owed(&filter);
                     self.ctx.metrics.subscriptions.dec();
                     reasons.push(ReasonCode::SUCCESS);
                 }

@@ -1,13 +1,45 @@
-//! The session's Will in a cluster: while the lifecycle holds a Will (the connection is up, or gone within
+//! The session's Will: publishing it (checked against the ACL), and in a cluster: while the lifecycle holds a Will (the connection is up, or gone within
 //! its Will Delay), the store records it, so that if this node dies the cluster fires it (see
 //! [`crate::broker::failover`]); once this node publishes or cancels it, the record goes.
 
 use super::SessionState;
 use crate::broker::message::Message;
+use crate::broker::metrics::Metrics;
+use crate::broker::ticket::Ticket;
 use crate::protocol::LastWill;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 impl SessionState {
+    /// Publishes a Will (checked against the ACL the client connected with).
+    pub(super) fn publish_will(&mut self, w: LastWill) {
+        if !self.allowed(&w.topic, true) {
+            self.ctx
+                .metrics
+                .acl_denied
+                .with_label_values(&["will"])
+                .inc();
+            tracing::info!(client_id = %self.client_id, topic = %w.topic, "Will denied by the ACL");
+            return;
+        }
+        tracing::debug!(client_id = %self.client_id, topic = %w.topic, "publishing Will");
+        let qos = w.qos;
+        let message = self.will_message(w);
+        self.ctx
+            .metrics
+            .messages_received
+            .with_label_values(&[Metrics::qos_label(qos)])
+            .inc();
+        let mut message = message;
+        message.stored_fanout = self.ctx.needs_fanout(&message);
+        let message = Arc::new(message);
+        if message.stored_fanout {
+            // Nobody waits for a Will: its fan-out is committed in the background.
+            self.ctx
+                .fan_out(&message, Some(&self.client_id), Ticket::default());
+        }
+        self.ctx.route(message, Ticket::default());
+    }
     /// The message a Will becomes when it is published.
     pub(super) fn will_message(&self, w: LastWill) -> Message {
         let mut properties = w.properties;
