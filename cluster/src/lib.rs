@@ -190,6 +190,8 @@ pub struct Cluster {
     /// The node's view of the leader (the `cicada_raft_leader` gauge), readable without a call.
     leader: prometheus::IntGauge,
     freshness: Arc<contact::Freshness>,
+    /// How long a read barrier keeps this node fresh (see [`Cluster::fresh`]).
+    lease_window: Duration,
 }
 
 impl Cluster {
@@ -311,6 +313,9 @@ impl Cluster {
         let mut machine = machine;
         machine.restored(&view);
         let freshness = Arc::new(contact::Freshness::default());
+        // Half an election timeout: heartbeats go every `heartbeat_ticks`, and freshness runs out well before
+        // a follower that lost its leader could see another one elected.
+        let lease_window = config.tick * (config.election_ticks as u32 / 2).max(1);
         let args = NodeArgs {
             raw,
             db,
@@ -327,9 +332,7 @@ impl Cluster {
             incarnation: node::incarnation()?,
             crash: crash::Crasher::new(config.crash_at),
             snapshots,
-            // Half an election timeout: heartbeats go every `heartbeat_ticks`, and freshness runs out well before
-            // a follower that lost its leader could see another one elected.
-            contact_window: config.tick * (config.election_ticks as u32 / 2).max(1),
+            contact_window: lease_window,
             freshness: freshness.clone(),
             snapshot_interval: config.snapshot_interval.max(1),
             log_retention: config.log_retention,
@@ -351,7 +354,16 @@ impl Cluster {
             timeout: config.propose_timeout + Duration::from_secs(1),
             leader,
             freshness,
+            lease_window,
         })
+    }
+
+    /// How long after a read barrier was asked this node counts as fresh. Every node of a cluster runs
+    /// with the same tick and election timeout, so a node that last asked before a command committed at
+    /// `t` is no longer fresh after `t` + this (clocks that run at about the same rate), unless it
+    /// applied that command.
+    pub fn lease_window(&self) -> Duration {
+        self.lease_window
     }
 
     /// Proposes a command; the answer is the state machine's result once the command is committed and

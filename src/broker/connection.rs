@@ -71,6 +71,10 @@ pub enum Identity {
     Missing,
 }
 
+/// Beyond the previous owner's freshness lease, how long a takeover's CONNACK may wait for it: for the
+/// owner's registry to act on the applied take, and for clocks that do not run at exactly one rate.
+const TAKEOVER_SYNC_MARGIN: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Serves one accepted socket until it closes.
 pub async fn serve<S>(
     stream: S,
@@ -293,14 +297,21 @@ async fn run<R, W>(
             None => None,
         };
         // Taken from another node: that node closes its connection for the client once it applies this
-        // node's claim or take. The CONNACK waits (bounded) until the other nodes have applied it, so the
-        // client is never told it is connected here while its older connection is still served there
-        // (one live connection per client id, ARCHITECTURE §5.4). A node that does not answer in time is
-        // past its freshness lease by then: it reads through the leader, and learns of the takeover,
-        // before it acknowledges anything again (see `Reader::ensure_fresh`).
-        if elsewhere && claim_failed.is_none() {
-            if let Some(remote) = &ctx.remote {
-                remote.sync_peers().await;
+        // node's claim or take. The CONNACK waits until that node has applied it, so the client is never
+        // told it is connected here while its older connection is still served there (one live connection
+        // per client id, ARCHITECTURE §5.4): at most a freshness lease and a margin, after which a node
+        // that did not answer (dead, frozen, cut off) cannot be fresh without having applied the take: it
+        // reads through the leader, and learns of it, before it acknowledges anything on the old connection
+        // (see `Reader::ensure_fresh`).
+        if let (Some(node), None) = (elsewhere, &claim_failed) {
+            if let (Some(remote), Some(store)) = (&ctx.remote, &ctx.store) {
+                let wait = store.cluster().lease_window() + TAKEOVER_SYNC_MARGIN;
+                if !remote.sync_peer(node, wait).await {
+                    tracing::debug!(
+                        node,
+                        "the previous owner did not confirm the takeover: its lease ran out"
+                    );
+                }
             }
         }
         let attach = Attach {

@@ -28,10 +28,11 @@ pub struct Opened {
     /// A failed claim comes with the message that tells the registry, for the connection to send once its
     /// CONNACK is out.
     pub claimed: Option<tokio::sync::oneshot::Receiver<Option<RegistryMsg>>>,
-    /// Another node held the client when it connected here: before its CONNACK the connection waits until
-    /// the other nodes have applied this node's claim or take (and so closed their connection for it), so
-    /// that no older connection is served once the client is told it is connected here.
-    pub elsewhere: bool,
+    /// The node that held the client when it connected here, if another one: before its CONNACK the
+    /// connection waits until that node has applied this node's claim or take (and so closed its
+    /// connection for it) or can no longer be fresh without applying it, so that no older connection is
+    /// served once the client is told it is connected here.
+    pub elsewhere: Option<u64>,
 }
 
 /// Why no session could be opened for a connection (it is refused with 0x88: the client tries again).
@@ -450,7 +451,7 @@ impl RegistryState {
                     session,
                     id,
                     claimed: None,
-                    elsewhere: false,
+                    elsewhere: None,
                 });
             }
             // Clean start: the old session (and its connection, 0x8E) goes [MQTT-3.1.2-4]. Its successor
@@ -462,9 +463,11 @@ impl RegistryState {
         }
         let (mut token, mut pending, mut restored, mut epoch) = (0, false, None, 0);
         let mut claimed = None;
-        let elsewhere = store
-            .as_ref()
-            .is_some_and(|st| st.owner(&client_id).is_some_and(|o| o.node != st.node_id()));
+        let elsewhere = store.as_ref().and_then(|st| {
+            st.owner(&client_id)
+                .map(|o| o.node)
+                .filter(|n| *n != st.node_id())
+        });
         if let Some(store) = &store {
             token = claim_token(&self.ctx);
             if clean_start {

@@ -10,6 +10,7 @@ pub mod ledger;
 pub mod probe;
 pub mod publisher;
 pub mod pump;
+pub mod resuming;
 pub mod retained;
 pub mod roamer;
 pub mod subscriber;
@@ -156,6 +157,14 @@ impl Workload {
             )));
         }
 
+        // A QoS 2 publisher that keeps its session and resends on whichever node it reconnects to.
+        publishing.push(tokio::spawn(resuming::run(
+            ctx.clone(),
+            "pub-5-resuming".into(),
+            load.rate,
+            nodes.clone(),
+            ledger.clone(),
+        )));
         tasks.push(tokio::spawn(retained::write(
             ctx.clone(),
             Duration::from_millis(200),

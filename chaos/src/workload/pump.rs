@@ -6,6 +6,7 @@ use super::conn::{disconnect_code, outcome_of, parse_payload, Ctx, RotatingConne
 use super::ledger::Ledger;
 use crate::history::{Event, Outcome, Via};
 use cicada::client::{Event as ClientEvent, Events};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -22,6 +23,8 @@ pub struct Pump {
     pub ledger: Option<Arc<Ledger>>,
     /// Time taken per message, for a slow subscriber.
     pub slow: Option<Duration>,
+    /// The current connection's number, for the client's other tasks.
+    pub current: Arc<AtomicU64>,
     connected: bool,
 }
 
@@ -45,6 +48,7 @@ impl Pump {
             connector: None,
             ledger: None,
             slow: None,
+            current: Arc::new(AtomicU64::new(conn)),
             connected: true,
         }
     }
@@ -101,6 +105,7 @@ impl Pump {
             }
             ClientEvent::Reconnected(ack) => {
                 self.conn = self.ctx.next_conn();
+                self.current.store(self.conn, Ordering::Relaxed);
                 self.connected = true;
                 let now = self.ctx.rec.now();
                 self.ctx.rec.record(Event::Connect {

@@ -28,7 +28,7 @@ use protobuf::Message as _;
 use raft::eraftpb::Message;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use stream::Halves;
 pub use stream::PeerTls;
 use tokio::io::AsyncWriteExt;
@@ -38,6 +38,10 @@ use tokio::sync::mpsc;
 /// Default largest frame: an entry of the largest MQTT message with room around it.
 pub const MAX_FRAME: usize = 256 << 20;
 const RAFT_QUEUE: usize = 4096;
+/// A raft message queued longer than this is not sent: raft resends heartbeats and appends, and a forwarded
+/// proposal this old may have been given up on by its proposer (it waits `propose_timeout`, 5 s by default;
+/// this stays well below).
+const RAFT_STALE: Duration = Duration::from_secs(1);
 const APP_QUEUE: usize = 256;
 /// Snapshot frames queued per peer (each at most a chunk): the stream waits for room.
 const SNAP_QUEUE: usize = 4;
@@ -81,7 +85,7 @@ pub enum AppSendError {
 }
 
 struct Peer {
-    raft: mpsc::Sender<Message>,
+    raft: mpsc::Sender<(Instant, Message)>,
     app: mpsc::Sender<Bytes>,
     snap: mpsc::Sender<(u8, Bytes)>,
     accepted: [mpsc::Sender<Halves>; 3],
@@ -114,7 +118,7 @@ impl WeakTransport {
 }
 
 enum Queue {
-    Raft(mpsc::Receiver<Message>),
+    Raft(mpsc::Receiver<(Instant, Message)>),
     App(mpsc::Receiver<Bytes>),
     Snap(mpsc::Receiver<(u8, Bytes)>),
 }
@@ -128,12 +132,21 @@ impl Queue {
                 let mut msg = rx.recv().await?;
                 let mut n = 0;
                 loop {
-                    match msg.write_to_bytes() {
-                        Ok(b) => {
-                            frame(KIND_RAFT, &b, out);
-                            n += 1;
+                    let (queued, m) = &msg;
+                    if queued.elapsed() > RAFT_STALE {
+                        // Queued while the peer was away: raft has resent what still matters, and a
+                        // proposal forwarded to a leader long gone must not reach whoever leads now, long
+                        // after its proposer gave up on it (found by cicada-chaos: a retained value
+                        // failed to its publisher was applied 9 s later, over newer ones).
+                        tracing::debug!(msg_type = ?m.get_msg_type(), to = m.to, "stale raft message dropped");
+                    } else {
+                        match m.write_to_bytes() {
+                            Ok(b) => {
+                                frame(KIND_RAFT, &b, out);
+                                n += 1;
+                            }
+                            Err(e) => tracing::error!(error = %e, "cannot encode a raft message"),
                         }
-                        Err(e) => tracing::error!(error = %e, "cannot encode a raft message"),
                     }
                     if out.len() >= WRITE_BATCH {
                         return Some(n);
@@ -286,7 +299,9 @@ impl Transport {
         let to = m.to;
         let sent = {
             let peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
-            peers.get(&to).map(|p| p.raft.try_send(m).is_ok())
+            peers
+                .get(&to)
+                .map(|p| p.raft.try_send((Instant::now(), m)).is_ok())
         };
         if sent != Some(true) {
             self.inner
@@ -660,5 +675,35 @@ impl Transport {
                 tokio::time::sleep(backoff).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::MessageType;
+
+    fn proposal(to: u64) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.to = to;
+        m
+    }
+
+    #[tokio::test]
+    async fn a_raft_message_queued_while_the_peer_was_away_is_not_sent_late() {
+        let (tx, rx) = mpsc::channel(8);
+        let long_ago = Instant::now()
+            .checked_sub(RAFT_STALE * 2)
+            .expect("a monotonic clock past its first seconds");
+        tx.send((long_ago, proposal(2))).await.unwrap();
+        tx.send((Instant::now(), proposal(3))).await.unwrap();
+        let mut q = Queue::Raft(rx);
+        let mut out = BytesMut::new();
+        assert_eq!(q.next_batch(&mut out).await, Some(1), "only the fresh one");
+        let fresh = proposal(3).write_to_bytes().unwrap();
+        let mut expected = BytesMut::new();
+        frame(KIND_RAFT, &fresh, &mut expected);
+        assert_eq!(out, expected);
     }
 }

@@ -238,6 +238,25 @@ impl RemoteLink {
         }
     }
 
+    /// Waits until `node` has applied what this node has, at most `wait`, whether or not it answered a
+    /// sync lately: true when it answered.
+    pub async fn sync_peer(&self, node: u64, wait: Duration) -> bool {
+        let Ok(index) = self.store.cluster().view().applied() else {
+            return false;
+        };
+        let id = self.next_sync.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        lock(&self.syncs).insert(id, tx);
+        let answered = self
+            .store
+            .cluster()
+            .try_send_app(node, frame::sync(id, index))
+            .is_ok()
+            && matches!(tokio::time::timeout(wait, rx.recv()).await, Ok(Some(_)));
+        lock(&self.syncs).remove(&id);
+        answered
+    }
+
     /// A peer asks to be told once this node has applied up to `index` (bounded by `SYNC_WAIT`).
     fn answer_sync(&self, from: u64, id: u64, index: u64) {
         let cluster_applied = self.store.cluster().applied();
