@@ -21,7 +21,8 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 
 /// Runs the publisher `id` at `rate` msg/s over `via` (in turn, one per reconnect) until the drain.
 pub async fn run(ctx: Ctx, id: String, rate: u32, via: Vec<Via>, ledger: Arc<Ledger>) {
-    let targets = via.iter().map(|v| (*v, ctx.targets.addr(*v))).collect();
+    let targets: Vec<(Via, std::net::SocketAddr)> =
+        via.iter().map(|v| (*v, ctx.targets.addr(*v))).collect();
     let mut attempt = 0;
     let (conn, client, mut events, connector) = loop {
         let connector = RotatingConnector::new(targets.clone(), attempt);
