@@ -463,7 +463,7 @@ impl RegistryState {
         }
         let (mut token, mut pending, mut restored, mut epoch) = (0, false, None, 0);
         let mut claimed = None;
-        let elsewhere = store.as_ref().and_then(|st| {
+        let mut elsewhere = store.as_ref().and_then(|st| {
             st.owner(&client_id)
                 .map(|o| o.node)
                 .filter(|n| *n != st.node_id())
@@ -480,8 +480,15 @@ impl RegistryState {
                 tokio::spawn(claim_until_decided(store2, registry, id, token, done));
             } else {
                 // Resuming: whatever session the cluster stores for the client moves here.
+                // The owner read right after the barrier (not the one applied here before it, which may
+                // lag): the node whose connection the take closes, which the CONNACK waits for.
+                let before = &mut elsewhere;
                 let taken = async {
                     let seen = store.fresh_owner_epoch(&client_id).await?;
+                    *before = store
+                        .owner(&client_id)
+                        .map(|o| o.node)
+                        .filter(|n| *n != store.node_id());
                     store.take_session(&client_id, token, seen).await
                 };
                 match taken.await {

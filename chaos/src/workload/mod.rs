@@ -84,7 +84,7 @@ impl Workload {
                 "sub-q2-slow",
                 QoS::ExactlyOnce,
                 ProtocolVersion::V5,
-                Some(Duration::from_millis(10)),
+                Some(Duration::from_millis(25)),
                 vec![Via::Haproxy],
                 false,
             ),

@@ -99,8 +99,12 @@ impl Pump {
                     dup: p.dup,
                     retain: p.retain,
                 });
+                // Slow for 5 s of every 20: a backlog builds at the broker and drains again (always slow,
+                // it would only ever fall further behind the workload's steady rate).
                 if let Some(d) = self.slow {
-                    tokio::time::sleep(d).await;
+                    if self.ctx.rec.now() % 20_000 < 5_000 {
+                        tokio::time::sleep(d).await;
+                    }
                 }
             }
             ClientEvent::Reconnected(ack) => {
