@@ -70,10 +70,12 @@ pub enum FaultKind {
     Netem,
     /// Every node drained (`cicada ctl drain`) and restarted, one at a time.
     Rolling,
+    /// One node's wall clock moved forward or back (libfaketime), set right when the fault heals.
+    ClockJump,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 8] = [
         FaultKind::Kill,
         FaultKind::KillLeader,
         FaultKind::KillOwner,
@@ -81,6 +83,7 @@ impl FaultKind {
         FaultKind::Partition,
         FaultKind::Netem,
         FaultKind::Rolling,
+        FaultKind::ClockJump,
     ];
 
     /// Whether the fault needs network namespaces (it acts on links, not processes).
@@ -97,6 +100,7 @@ impl FaultKind {
             FaultKind::Partition => "partition",
             FaultKind::Netem => "netem",
             FaultKind::Rolling => "rolling",
+            FaultKind::ClockJump => "clock_jump",
         }
     }
 

@@ -32,7 +32,8 @@ enum Command {
         /// The schedule's seed (printed at the start; the same seed replays the same schedule).
         #[arg(long)]
         seed: Option<u64>,
-        /// Fault kinds, comma-separated: kill, kill_leader, kill_owner, pause, partition, netem, rolling
+        /// Fault kinds, comma-separated: kill, kill_leader, kill_owner, pause, partition, netem, rolling,
+        /// clock_jump
         /// (default: all; those needing network namespaces are skipped without them).
         #[arg(long, value_delimiter = ',')]
         faults: Option<Vec<String>>,
@@ -146,7 +147,10 @@ async fn main_run(cmd: Command) -> anyhow::Result<i32> {
             }
             if !out.skipped.is_empty() {
                 let s: Vec<&str> = out.skipped.iter().map(|k| k.name()).collect();
-                println!("skipped (need network namespaces): {}", s.join(", "));
+                println!(
+                    "skipped (need network namespaces, or libfaketime for clock_jump): {}",
+                    s.join(", ")
+                );
             }
             print!("{}", report::summary(seed, out.namespaces, &out.judgement));
             println!("report: {}", report.display());

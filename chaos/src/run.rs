@@ -77,10 +77,12 @@ pub async fn run(
     })
     .await?;
     let namespaces = cluster.namespaces();
-    let (faults, skipped): (Vec<FaultKind>, Vec<FaultKind>) = opts
-        .faults
-        .iter()
-        .partition(|k| namespaces || !k.needs_namespaces());
+    let clocks = cluster.clocks();
+    let (faults, skipped): (Vec<FaultKind>, Vec<FaultKind>) =
+        opts.faults.iter().partition(|k| match k {
+            FaultKind::ClockJump => clocks,
+            k => namespaces || !k.needs_namespaces(),
+        });
     rec.record(Event::Start {
         seed: opts.seed,
         nodes: 3,

@@ -8,6 +8,7 @@
 //! - `admin`: the nodes' admin API (`/ready`, `/api/v1/cluster`, `/api/v1/sessions/{id}`).
 
 pub mod admin;
+pub mod clock;
 pub mod haproxy;
 pub mod net;
 pub mod node;
@@ -45,6 +46,8 @@ pub enum EnvError {
     NotReady { what: String, logs: PathBuf },
     #[error("there is no node {0} (nodes are 1..=3)")]
     NoSuchNode(NodeId),
+    #[error("clock jumps need libfaketime ({})", clock::LIBFAKETIME)]
+    NoClock,
 }
 
 /// Whether to put the nodes in network namespaces.
@@ -346,6 +349,23 @@ impl Cluster {
     /// SIGSTOP node `n`.
     pub fn pause(&mut self, n: NodeId) -> Result<(), EnvError> {
         Ok(self.node(n)?.pause()?)
+    }
+
+    /// Whether clock jumps can be injected (libfaketime is installed).
+    pub fn clocks(&self) -> bool {
+        self.nodes.iter().all(|n| n.clock.is_some())
+    }
+
+    /// Moves node `n`'s wall clock `secs` seconds from real time (0: back to real time).
+    pub fn clock_jump(&mut self, n: NodeId, secs: i64) -> Result<(), EnvError> {
+        let node = self.node(n)?;
+        let Some(clock) = &node.clock else {
+            return Err(EnvError::NoClock);
+        };
+        clock.set(secs).map_err(|source| EnvError::Io {
+            path: clock.path().to_path_buf(),
+            source,
+        })
     }
 
     /// SIGCONT node `n`.

@@ -90,6 +90,8 @@ pub struct Node {
     cicada: PathBuf,
     child: Option<tokio::process::Child>,
     starts: u32,
+    /// The node's wall-clock offset (libfaketime), where available.
+    pub clock: Option<super::clock::Clock>,
 }
 
 impl Node {
@@ -122,6 +124,11 @@ impl Node {
             cicada: cicada.to_path_buf(),
             child: None,
             starts: 0,
+            clock: if super::clock::available() {
+                Some(super::clock::Clock::new(dir).map_err(io("writing its clock offset"))?)
+            } else {
+                None
+            },
         })
     }
 
@@ -159,6 +166,9 @@ impl Node {
             .stdout(log)
             .stderr(err_log)
             .kill_on_drop(true);
+        if let Some(clock) = &self.clock {
+            cmd.envs(clock.env());
+        }
         let child = cmd.spawn().map_err(io("starting cicada"))?;
         let pid = child.id().unwrap_or(0);
         self.child = Some(child);

@@ -112,6 +112,14 @@ impl Nemesis {
             FaultKind::Rolling => {
                 Ok((ALL.to_vec(), "drain and restart, one node at a time".into()))
             }
+            FaultKind::ClockJump => {
+                // Forward or back, 10 minutes to 2 hours: past the workload's session expiry (600 s for
+                // the roamers) either way.
+                let minutes = 10 + (step.pick >> 8) % 111;
+                let secs = (minutes * 60) as i64 * if step.pick & 0x10 == 0 { 1 } else { -1 };
+                let r = self.cluster.lock().await.clock_jump(random, secs);
+                r.map(|()| (vec![random], format!("node {random}'s clock {secs:+} s")))
+            }
         };
         let (targets, detail) = match applied {
             Ok(a) => a,
@@ -133,6 +141,7 @@ impl Nemesis {
             FaultKind::Partition | FaultKind::Netem => {
                 (self.cluster.lock().await.heal().await, false)
             }
+            FaultKind::ClockJump => (self.cluster.lock().await.clock_jump(n, 0), false),
             _ => (self.cluster.lock().await.restart(n).await, true),
         };
         let detail = match &healed {

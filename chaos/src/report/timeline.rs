@@ -48,6 +48,7 @@ pub(crate) fn fault_colour(kind: FaultKind) -> RGBColor {
         FaultKind::Partition => RGBColor(34, 139, 34),
         FaultKind::Netem => RGBColor(218, 165, 32),
         FaultKind::Rolling => RGBColor(112, 128, 144),
+        FaultKind::ClockJump => RGBColor(0, 139, 139),
     }
 }
 
