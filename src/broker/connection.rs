@@ -306,7 +306,7 @@ async fn run<R, W>(
         if let (Some(node), None) = (elsewhere, &claim_failed) {
             if let (Some(remote), Some(store)) = (&ctx.remote, &ctx.store) {
                 let wait = store.cluster().lease_window() + TAKEOVER_SYNC_MARGIN;
-                if !remote.sync_peer(node, wait).await {
+                if !remote.release_on(node, &a.client_id, wait).await {
                     tracing::debug!(
                         node,
                         "the previous owner did not confirm the takeover: its lease ran out"

@@ -73,6 +73,13 @@ pub enum RegistryMsg {
         client_id: String,
         reply: RpcReplyPort<bool>,
     },
+    /// Another node took the client over and waits for this node to let go (a peer's `RELEASE` frame,
+    /// after the take was applied here): the local session, if another node holds the client now, is
+    /// ended (its connection closed with 0x8E and settled) before the answer.
+    Release {
+        client_id: String,
+        reply: RpcReplyPort<()>,
+    },
 }
 
 /// A local session and its claim.
@@ -356,6 +363,16 @@ impl Actor for Registry {
                 for client_id in lost {
                     s.taken_elsewhere(&client_id).await;
                 }
+            }
+            RegistryMsg::Release { client_id, reply } => {
+                let lost = match (&s.ctx.store, s.sessions.get_mut(&client_id)) {
+                    (Some(store), Some(l)) => lost_to_another(store, &client_id, l),
+                    _ => false,
+                };
+                if lost {
+                    s.taken_elsewhere(&client_id).await;
+                }
+                let _ = reply.send(());
             }
             RegistryMsg::Confirm { client_id, reply } => {
                 let lost = match (&s.ctx.store, s.sessions.get_mut(&client_id)) {

@@ -25,7 +25,7 @@ use handshake::{
 };
 pub use handshake::{Lane, Secret};
 use protobuf::Message as _;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,9 +38,9 @@ use tokio::sync::mpsc;
 /// Default largest frame: an entry of the largest MQTT message with room around it.
 pub const MAX_FRAME: usize = 256 << 20;
 const RAFT_QUEUE: usize = 4096;
-/// A raft message queued longer than this is not sent: raft resends heartbeats and appends, and a forwarded
-/// proposal this old may have been given up on by its proposer (it waits `propose_timeout`, 5 s by default;
-/// this stays well below).
+/// A forwarded proposal queued longer than this is not sent: its proposer may have given up on it (it
+/// waits `propose_timeout`, 5 s by default; this stays well below). Other raft messages go however late
+/// (dropping them gains nothing: raft would only have to resend).
 const RAFT_STALE: Duration = Duration::from_secs(1);
 const APP_QUEUE: usize = 256;
 /// Snapshot frames queued per peer (each at most a chunk): the stream waits for room.
@@ -133,7 +133,8 @@ impl Queue {
                 let mut n = 0;
                 loop {
                     let (queued, m) = &msg;
-                    if queued.elapsed() > RAFT_STALE {
+                    if m.get_msg_type() == MessageType::MsgPropose && queued.elapsed() > RAFT_STALE
+                    {
                         // Queued while the peer was away: raft has resent what still matters, and a
                         // proposal forwarded to a leader long gone must not reach whoever leads now, long
                         // after its proposer gave up on it (found by cicada-chaos: a retained value

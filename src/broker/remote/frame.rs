@@ -8,6 +8,10 @@
 //! `SYNC` (id, index): "answer once you have applied the log up to `index`"; `SYNCED` (id) is the answer.
 //! A SUBACK whose route is new waits for them, so every node routes by the new route before the client
 //! can publish to it.
+//!
+//! `RELEASE` (id, index, client id): as `SYNC`, and once applied the receiver's registry has ended its
+//! session for the client if another node now holds it (its connection closed, 0x8E, and settled) before
+//! `SYNCED` goes back. A takeover's CONNACK waits for it (one live connection per client id).
 
 use super::plan::GroupRef;
 use crate::broker::message::Message;
@@ -18,6 +22,9 @@ const VERSION: u8 = 2;
 const FORWARD: u8 = 1;
 const SYNC: u8 = 2;
 const SYNCED: u8 = 3;
+const RELEASE: u8 = 4;
+/// A client id is at most 65535 bytes (MQTT's string length).
+const MAX_CLIENT_ID: usize = 65_535;
 
 #[derive(Serialize, Deserialize)]
 struct ForwardHeader<'a> {
@@ -59,6 +66,22 @@ pub enum Frame {
     Synced {
         id: u64,
     },
+    Release {
+        id: u64,
+        index: u64,
+        client_id: String,
+    },
+}
+
+pub fn release(id: u64, index: u64, client_id: &str) -> Bytes {
+    let id_bytes = &client_id.as_bytes()[..client_id.len().min(MAX_CLIENT_ID)];
+    let mut buf = BytesMut::with_capacity(18 + id_bytes.len());
+    buf.put_u8(VERSION);
+    buf.put_u8(RELEASE);
+    buf.put_u64(id);
+    buf.put_u64(index);
+    buf.put_slice(id_bytes);
+    buf.freeze()
 }
 
 pub fn sync(id: u64, index: u64) -> Bytes {
@@ -137,7 +160,16 @@ pub fn decode(frame: &[u8]) -> Result<Frame, FrameError> {
         [VERSION, SYNCED, rest @ ..] if rest.len() == 8 => Ok(Frame::Synced {
             id: u64_at(rest, 0)?,
         }),
-        [VERSION, SYNC | SYNCED, ..] => Err(FrameError::Malformed),
+        [VERSION, RELEASE, rest @ ..] if rest.len() >= 16 && rest.len() <= 16 + MAX_CLIENT_ID => {
+            Ok(Frame::Release {
+                id: u64_at(rest, 0)?,
+                index: u64_at(rest, 8)?,
+                client_id: std::str::from_utf8(&rest[16..])
+                    .map_err(|_| FrameError::Malformed)?
+                    .to_string(),
+            })
+        }
+        [VERSION, SYNC | SYNCED | RELEASE, ..] => Err(FrameError::Malformed),
         [VERSION, kind, ..] => Err(FrameError::Kind(*kind)),
         [v, ..] => Err(FrameError::Version(*v)),
         [] => Err(FrameError::Malformed),
@@ -218,6 +250,18 @@ mod tests {
             Ok(Frame::Sync { id: 7, index: 99 })
         ));
         assert!(matches!(decode(&synced(7)), Ok(Frame::Synced { id: 7 })));
+        match decode(&release(7, 99, "dev-1")) {
+            Ok(Frame::Release {
+                id: 7,
+                index: 99,
+                client_id,
+            }) => assert_eq!(client_id, "dev-1"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            decode(&[VERSION, RELEASE, 1, 2]).unwrap_err(),
+            FrameError::Malformed
+        );
         assert_eq!(
             decode(&[VERSION, FORWARD, 0xff, 0xff]).unwrap_err(),
             FrameError::Malformed

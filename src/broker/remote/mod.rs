@@ -22,6 +22,7 @@ pub mod table;
 pub use plan::{GroupRef, GroupTurns, Planner};
 pub use table::{RemoteMatch, RemoteRoutes};
 
+use crate::broker::registry::RegistryMsg;
 use crate::broker::shard::ShardMsg;
 use crate::broker::ticket::Ticket;
 use crate::broker::Context;
@@ -45,6 +46,8 @@ const FORWARD_WAIT: Duration = Duration::from_secs(1);
 const FORWARD_CREDIT: usize = 256;
 /// How long a SUBACK waits for the other nodes to apply its new route.
 const SYNC_WAIT: Duration = Duration::from_secs(2);
+/// How long a release may wait for the registry (it settles the closed connection, at most 2 s).
+const RELEASE_WAIT: Duration = Duration::from_secs(3);
 /// How long a SUBACK waits for its route's commit (a leaderless cluster answers sooner: see `subscribed`).
 const ROUTE_WAIT: Duration = Duration::from_secs(5);
 
@@ -68,6 +71,26 @@ pub struct RemoteLink {
     /// Peers that did not answer a sync in time: later syncs do not wait for them until they answer again
     /// (a dead node must not slow every SUBACK).
     unresponsive: Mutex<HashSet<u64>>,
+}
+
+/// Waits until this node has applied up to `index`, at most `SYNC_WAIT`: true when it has.
+async fn applied_up_to(store: &Store, index: u64) -> bool {
+    let mut applied = store.cluster().applied();
+    let reached = async {
+        loop {
+            if store.cluster().view().applied().is_ok_and(|a| a >= index) {
+                return;
+            }
+            match applied.recv().await {
+                Ok(a) if a.index >= index => return,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    std::future::pending::<()>().await
+                }
+            }
+        }
+    };
+    tokio::time::timeout(SYNC_WAIT, reached).await.is_ok()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -238,46 +261,73 @@ impl RemoteLink {
         }
     }
 
-    /// Waits until `node` has applied what this node has, at most `wait`, whether or not it answered a
-    /// sync lately: true when it answered.
-    pub async fn sync_peer(&self, node: u64, wait: Duration) -> bool {
+    /// Waits until `node` has applied what this node has and ended its session for `client_id` if it no
+    /// longer holds the client (see [`frame::release`]), at most `wait`, whether or not it answered a sync
+    /// lately: true when it answered.
+    pub async fn release_on(&self, node: u64, client_id: &str, wait: Duration) -> bool {
         let Ok(index) = self.store.cluster().view().applied() else {
+            tokio::time::sleep(wait).await;
             return false;
         };
+        let deadline = tokio::time::Instant::now() + wait;
         let id = self.next_sync.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
         lock(&self.syncs).insert(id, tx);
-        let answered = self
-            .store
-            .cluster()
-            .try_send_app(node, frame::sync(id, index))
-            .is_ok()
-            && matches!(tokio::time::timeout(wait, rx.recv()).await, Ok(Some(_)));
+        // The whole wait even when the frame cannot be queued at once (a full lane): the caller's
+        // guarantee is that the old owner answered or ran out of its lease, never that it was skipped.
+        let cluster = self.store.cluster();
+        let answered = tokio::time::timeout(wait, async {
+            cluster
+                .send_app(node, frame::release(id, index, client_id))
+                .await
+                .is_ok()
+                && rx.recv().await.is_some()
+        })
+        .await
+        .unwrap_or(false);
+        if !answered {
+            // Unqueued, or refused at once (an unknown peer): the rest of the wait still passes.
+            tokio::time::sleep_until(deadline).await;
+        }
         lock(&self.syncs).remove(&id);
         answered
     }
 
+    /// A peer took `client_id` over: once this node has applied up to `index` (the take), its registry ends
+    /// its session for the client if another node holds it now (closing the connection, 0x8E, and
+    /// settling it), then the peer is told. Bounded: `SYNC_WAIT` for the apply, `RELEASE_WAIT` for the
+    /// registry.
+    fn answer_release(
+        &self,
+        ctx: &Arc<Context>,
+        from: u64,
+        id: u64,
+        index: u64,
+        client_id: String,
+    ) {
+        let store = self.store.clone();
+        let registry = ctx.registry.get().cloned();
+        tokio::spawn(async move {
+            if !applied_up_to(&store, index).await {
+                return;
+            }
+            if let Some(registry) = registry {
+                let _ = registry
+                    .call(
+                        |reply| RegistryMsg::Release { client_id, reply },
+                        Some(RELEASE_WAIT),
+                    )
+                    .await;
+            }
+            let _ = store.cluster().send_app(from, frame::synced(id)).await;
+        });
+    }
+
     /// A peer asks to be told once this node has applied up to `index` (bounded by `SYNC_WAIT`).
     fn answer_sync(&self, from: u64, id: u64, index: u64) {
-        let cluster_applied = self.store.cluster().applied();
         let store = self.store.clone();
         tokio::spawn(async move {
-            let mut applied = cluster_applied;
-            let reached = async {
-                loop {
-                    if store.cluster().view().applied().is_ok_and(|a| a >= index) {
-                        return;
-                    }
-                    match applied.recv().await {
-                        Ok(a) if a.index >= index => return,
-                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                            std::future::pending::<()>().await
-                        }
-                    }
-                }
-            };
-            if tokio::time::timeout(SYNC_WAIT, reached).await.is_ok() {
+            if applied_up_to(&store, index).await {
                 let _ = store.cluster().send_app(from, frame::synced(id)).await;
             }
         });
@@ -423,6 +473,11 @@ impl RemoteLink {
                     ));
                 }
                 Ok(frame::Frame::Sync { id, index }) => self.answer_sync(from, id, index),
+                Ok(frame::Frame::Release {
+                    id,
+                    index,
+                    client_id,
+                }) => self.answer_release(&ctx, from, id, index, client_id),
                 Ok(frame::Frame::Synced { id }) => {
                     lock(&self.unresponsive).remove(&from);
                     if let Some(tx) = lock(&self.syncs).get(&id) {
