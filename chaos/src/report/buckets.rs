@@ -153,22 +153,7 @@ mod tests {
     use crate::history::Outcome;
     use crate::report::fixtures;
 
-    fn publish(t: u64, sent: u64, outcome: Outcome) -> Record {
-        Record {
-            t,
-            event: Event::Publish {
-                client: "p1".into(),
-                conn: 1,
-                publisher: "p1".into(),
-                seq: t,
-                topic: "chaos/data/p1".into(),
-                qos: 1,
-                retain: false,
-                sent,
-                outcome,
-            },
-        }
-    }
+    use fixtures::publish;
 
     fn fault(t: u64, kind: FaultKind, phase: FaultPhase, targets: Vec<NodeId>) -> Record {
         Record {

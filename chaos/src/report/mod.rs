@@ -111,8 +111,26 @@ pub(crate) mod fixtures {
     //! Hand-made judgements for the report's tests (the checker is tested on its own).
 
     use crate::checker::{Counts, Judgement, Verdict, Violation};
-    use crate::history::{FaultKind, Promise};
+    use crate::history::{Event, FaultKind, Outcome, Promise, Record};
     use std::collections::BTreeMap;
+
+    /// A data PUBLISH of `p1` (numbered by its time) sent at `sent`, ended at `t` with `outcome`.
+    pub fn publish(t: u64, sent: u64, outcome: Outcome) -> Record {
+        Record {
+            t,
+            event: Event::Publish {
+                client: "p1".into(),
+                conn: 1,
+                publisher: "p1".into(),
+                seq: t,
+                topic: "chaos/data/p1".into(),
+                qos: 1,
+                retain: false,
+                sent,
+                outcome,
+            },
+        }
+    }
 
     /// Two faults (kill, partition), one violation of `acked_delivered`, one of `rejoin`.
     pub fn judgement() -> Judgement {

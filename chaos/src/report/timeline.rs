@@ -218,20 +218,7 @@ mod tests {
     use crate::report::fixtures;
 
     fn publish(t: u64, sent: u64) -> Record {
-        Record {
-            t,
-            event: Event::Publish {
-                client: "p1".into(),
-                conn: 1,
-                publisher: "p1".into(),
-                seq: t,
-                topic: "chaos/data/p1".into(),
-                qos: 1,
-                retain: false,
-                sent,
-                outcome: Outcome::Ok,
-            },
-        }
+        fixtures::publish(t, sent, Outcome::Ok)
     }
 
     fn deliver(t: u64) -> Record {
