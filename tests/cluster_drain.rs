@@ -8,27 +8,12 @@ use cicada::protocol::{Packet, ProtocolVersion, ReasonCode};
 use common::broker::{connect, Raw};
 use common::cluster::{http_status, Cluster};
 use common::WAIT;
-use std::time::{Duration, Instant};
-
-async fn leader(c: &Cluster) -> usize {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        for (i, n) in c.nodes.iter().enumerate() {
-            if n.child_alive()
-                && common::process::metric(n.http_port, "cicada_raft_role").await == 2.0
-            {
-                return i;
-            }
-        }
-        assert!(Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use std::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_leader_hands_leadership_over_disconnects_with_0x8b_and_exits_0() {
     let mut c = Cluster::three("[mqtt]\nserver_reference = \"mqtt.example.com:1883\"\n", "");
-    let l = leader(&c).await;
+    let l = c.leader().await;
     let mut client = Raw::connect(format!("127.0.0.1:{}", c.nodes[l].port).parse().unwrap()).await;
     assert_eq!(
         client
@@ -55,7 +40,7 @@ async fn a_drained_leader_hands_leadership_over_disconnects_with_0x8b_and_exits_
     );
     assert!(c.nodes[l].wait_exit().success(), "a drain exits 0");
     // Another node leads at once: the handover does not wait for an election timeout.
-    let next = leader(&c).await;
+    let next = c.leader().await;
     assert_ne!(next, l);
     assert!(started.elapsed() < WAIT);
     let log = {

@@ -249,6 +249,17 @@ async fn the_will_of_a_connection_on_a_killed_node_fires_once_from_the_cluster_u
     archiver.subscribe(1, "status/#", QoS::AtLeastOnce).await;
     archiver.send(&Packet::Disconnect(Default::default())).await;
     assert_eq!(archiver.expect_close().await, None);
+    // A shared group with members on node 1 and node 3: one of them gets the Will, once cluster-wide.
+    let mut ops = Vec::new();
+    for (node, id) in [(1, "ops-1"), (3, "ops-3")] {
+        let opts = ClientOptions::new("127.0.0.1", c.port(node), id).version(ProtocolVersion::V5);
+        let (member, events, _) = Client::connect(opts).await.unwrap();
+        member
+            .subscribe("$share/ops/status/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        ops.push((member, events));
+    }
     // Two devices with Wills on node 2: dev-1 stays away after the crash; dev-2 (Will Delay 30 s) connects
     // again on node 3 within its delay.
     let mut d1 = Raw::connect(addr(c.port(2))).await;
@@ -287,6 +298,21 @@ async fn the_will_of_a_connection_on_a_killed_node_fires_once_from_the_cluster_u
     assert_eq!(
         (m.topic.as_str(), &m.payload[..]),
         ("status/dev-1", &b"offline"[..])
+    );
+    let (first, m) = {
+        let (a, b) = ops.split_at_mut(1);
+        let (e1, e3) = (&mut a[0].1, &mut b[0].1);
+        tokio::select! {
+            m = common::next_message(e1, "the Will on the group's member on node 1") => (0, m),
+            m = common::next_message(e3, "the Will on the group's member on node 3") => (1, m),
+        }
+    };
+    assert_eq!(m.topic, "status/dev-1", "the group gets the fired Will");
+    let other = &mut ops[1 - first].1;
+    let extra = tokio::time::timeout(Duration::from_millis(300), other.next_message()).await;
+    assert!(
+        extra.is_err(),
+        "one member of the group, cluster-wide: {extra:?}"
     );
     // Nothing is left to fire (dev-2's record went with its new connection, which has no Will), and it
     // fired once.

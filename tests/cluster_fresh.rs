@@ -3,7 +3,8 @@
 //! frozen node — reads through the leader before the first publish it handles after waking, so the message
 //! reaches the subscription (issue 12: once a client has its SUBACK, any PUBLISH received afterwards by any
 //! node with a leader reaches it). A node without a leader refuses QoS 1/2 instead of acknowledging what it
-//! cannot check.
+//! cannot check. And a node that stalled through a takeover acknowledges nothing on the old connection,
+//! neither a PUBLISH it reads after waking nor one whose acknowledgement waited for a commit (promise 4).
 
 mod common;
 
@@ -152,5 +153,79 @@ async fn a_node_that_stalled_through_a_takeover_acknowledges_nothing_on_the_old_
     match new.recv().await {
         Some(Packet::PubAck(a)) => assert!(!a.reason.is_error(), "{a:?}"),
         other => panic!("expected PUBACK on the new connection, got {other:?}"),
+    }
+}
+
+/// Promise 4 again, for an acknowledgement that waits for a commit (a QoS 1 copy for a persistent
+/// session): the commit is on its way when the publisher's node freezes; the client connects again on
+/// another node, which takes the session over (its CONNACK stops waiting for the frozen node). When that
+/// node wakes it applies the message and the take together: the held PUBACK must not leave on the old
+/// connection (it checks, after the wait, that the node still holds the client). The message itself was
+/// committed before the take: its subscriber gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_held_for_a_commit_through_a_stall_and_a_takeover_never_leaves() {
+    let c = Cluster::three("", "");
+    let l = c.leader().await;
+    // `old`: the node the client is on; `other`: the third node, where it connects again.
+    let old_node = (l + 1) % 3;
+    let other = (l + 2) % 3;
+    let (old_port, other_port) = (c.nodes[old_node].port, c.nodes[other].port);
+    let mut sub = Raw::connect(addr(old_port)).await;
+    assert_eq!(
+        sub.handshake(persistent("keeper")).await.0,
+        ReasonCode::SUCCESS
+    );
+    assert_eq!(
+        sub.subscribe(1, "held/#", QoS::AtLeastOnce).await,
+        [ReasonCode::GRANTED_QOS_1]
+    );
+    sub.send(&Packet::Disconnect(Default::default())).await;
+    assert_eq!(sub.expect_close().await, None);
+    let mut old = Raw::connect(addr(old_port)).await;
+    assert_eq!(
+        old.handshake(persistent("roamer")).await.0,
+        ReasonCode::SUCCESS
+    );
+    let proposals = |n: usize| metric(c.nodes[n].http_port, "cicada_raft_proposals_total");
+    let before = proposals(old_node).await;
+    // The leader freezes: the copy's proposal waits in its socket.
+    c.nodes[l].signal(libc::SIGSTOP);
+    old.send(&publish("held/1", 1, b"committed before the take"))
+        .await;
+    let deadline = Instant::now() + WAIT;
+    while proposals(old_node).await <= before {
+        assert!(Instant::now() < deadline, "the copy was never proposed");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // A margin for the forwarded proposal to be written to the leader's socket (the node proposes, then its
+    // peer link writes), well under an election timeout.
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    c.nodes[old_node].signal(libc::SIGSTOP);
+    c.nodes[l].signal(libc::SIGCONT);
+    // The copy commits without the frozen node; then the client connects again elsewhere.
+    let mut new = Raw::connect(addr(other_port)).await;
+    let (code, present, _) = new.handshake(persistent("roamer")).await;
+    assert_eq!((code, present), (ReasonCode::SUCCESS, true));
+    c.nodes[old_node].signal(libc::SIGCONT);
+    match old.recv().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::SESSION_TAKEN_OVER),
+        None => {}
+        other => panic!("the old connection was still served after the new CONNACK: {other:?}"),
+    }
+    assert!(
+        metric(
+            c.nodes[old_node].http_port,
+            "cicada_cluster_read_barriers_total{outcome=\"taken_over\"}"
+        )
+        .await
+            >= 1.0
+    );
+    // Committed before the take: the subscriber has it.
+    let mut back = Raw::connect(addr(other_port)).await;
+    let (code, present, _) = back.handshake(persistent("keeper")).await;
+    assert_eq!((code, present), (ReasonCode::SUCCESS, true));
+    match back.recv().await {
+        Some(Packet::Publish(p)) => assert_eq!(&p.payload[..], b"committed before the take"),
+        other => panic!("expected the committed message, got {other:?}"),
     }
 }

@@ -4,9 +4,11 @@
 //! client's Receive Maximum bounds how many wait).
 
 use super::conn::ConnHandle;
+use super::held::{close_unconfirmed, held, Held};
 use super::inbound::InboundQos2;
 use super::metrics::Metrics;
 use super::ticket::{AckOutcome, AckWait};
+use super::Context;
 use crate::protocol::{Packet, ReasonCode};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,6 +31,16 @@ pub struct AckQueue {
     inbound_qos2: InboundQos2,
     /// Frees such an id in the store too (a persistent session's ids are stored).
     forget_qos2: Option<ForgetQos2>,
+    /// In a cluster: the client id, whose holding node is checked again before an acknowledgement that
+    /// waited for a commit leaves (see [`held`]).
+    holder: Option<Holder>,
+}
+
+/// What an acknowledgement that waited checks first: that this node still holds the client.
+#[derive(Clone)]
+pub struct Holder {
+    pub ctx: Arc<Context>,
+    pub client_id: String,
 }
 
 /// Frees an inbound QoS 2 id of a persistent session in the store.
@@ -40,6 +52,7 @@ impl AckQueue {
         metrics: Arc<Metrics>,
         inbound_qos2: InboundQos2,
         forget_qos2: Option<ForgetQos2>,
+        holder: Option<Holder>,
     ) -> AckQueue {
         AckQueue {
             handle,
@@ -50,6 +63,7 @@ impl AckQueue {
             tx: None,
             inbound_qos2,
             forget_qos2,
+            holder,
         }
     }
 
@@ -74,6 +88,7 @@ impl AckQueue {
                 },
                 self.inbound_qos2.clone(),
                 self.forget_qos2.clone(),
+                self.holder.clone(),
             ));
             tx
         });
@@ -123,8 +138,10 @@ async fn drain(
     counts: Counts,
     inbound_qos2: InboundQos2,
     forget_qos2: Option<ForgetQos2>,
+    holder: Option<Holder>,
 ) {
     while let Some((mut ack, wait)) = rx.recv().await {
+        let waited = wait.is_some();
         let outcome = match wait {
             Some(w) => {
                 let started = Instant::now();
@@ -134,6 +151,30 @@ async fn drain(
             }
             None => AckOutcome::Stored,
         };
+        // The wait may have outlasted this node's hold on the client (it stalled, or applied another
+        // node's take in the same batch as the commit, before its registry closed this connection): the
+        // acknowledgement leaves only if the client is still held here [ARCHITECTURE §5.4]. What was
+        // committed stays committed and moved with the session; the client resends what it was not told.
+        if let (true, Some(h), AckOutcome::Stored | AckOutcome::QuotaExceeded) =
+            (waited, &holder, outcome)
+        {
+            match held(&h.ctx, &h.client_id, true).await {
+                Held::Yes => {}
+                Held::No => return,
+                Held::Unconfirmed => {
+                    close_unconfirmed(&handle);
+                    return;
+                }
+                Held::NoLeader(e) => {
+                    tracing::warn!(error = %e, "not fresh and no leader: closing the publisher's connection unacknowledged");
+                    handle.close_with(
+                        ReasonCode::UNSPECIFIED_ERROR,
+                        Some("no leader: the node cannot vouch for this session".into()),
+                    );
+                    return;
+                }
+            }
+        }
         match outcome {
             AckOutcome::Stored => {}
             AckOutcome::QuotaExceeded if handle.version.is_v5() => match &mut ack {

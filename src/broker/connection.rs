@@ -289,20 +289,13 @@ async fn run<R, W>(
         // A clean start in a cluster: its claim commits before the CONNACK. A failed one (no leader, or a
         // concurrent connect elsewhere won) is reported to the registry once the CONNACK is out: it then
         // decides whether this connection goes (0x8E) or works on here.
-        let claim_failed = match claimed {
+        let (claim_failed, elsewhere) = match claimed {
             Some(claimed) => match tokio::time::timeout(CLAIM_WAIT, claimed).await {
-                Ok(Ok(failed)) => failed,
-                _ => None,
+                Ok(Ok(decided)) => (decided.failed, decided.previous),
+                _ => (None, None),
             },
-            None => None,
+            None => (None, elsewhere),
         };
-        // Taken from another node: that node closes its connection for the client once it applies this
-        // node's claim or take. The CONNACK waits until that node has applied it, so the client is never
-        // told it is connected here while its older connection is still served there (one live connection
-        // per client id, ARCHITECTURE §5.4): at most a freshness lease and a margin, after which a node
-        // that did not answer (dead, frozen, cut off) cannot be fresh without having applied the take: it
-        // reads through the leader, and learns of it, before it acknowledges anything on the old connection
-        // (see `Reader::ensure_fresh`).
         if let (Some(node), None) = (elsewhere, &claim_failed) {
             if let (Some(remote), Some(store)) = (&ctx.remote, &ctx.store) {
                 let wait = store.cluster().lease_window() + TAKEOVER_SYNC_MARGIN;
@@ -404,6 +397,13 @@ async fn run<R, W>(
             ctx.metrics.clone(),
             inbound_qos2,
             forget_qos2,
+            ctx.store
+                .as_ref()
+                .is_some_and(|s| s.clustered())
+                .then(|| super::acks::Holder {
+                    ctx: ctx.clone(),
+                    client_id: a.client_id.clone(),
+                }),
         ),
         incarnation,
         routing: None,

@@ -14,6 +14,7 @@ pub mod conn;
 pub mod connection;
 pub mod drain;
 pub mod failover;
+pub mod held;
 pub mod inbound;
 pub mod listener;
 pub mod message;
@@ -214,15 +215,17 @@ impl Context {
     }
 
     /// A Will the cluster fired (its node is down), as this node's apply hands it over: for this node's
-    /// subscribers only (every node's apply does the same); persistent sessions have their copies from apply.
-    pub fn route_fired_will(&self, m: Arc<Message>) {
+    /// subscribers only (every node's apply does the same), and the shared groups apply chose this node for
+    /// (one node per group, so one member cluster-wide gets it); persistent sessions' plain subscriptions
+    /// have their copies from apply.
+    pub fn route_fired_will(&self, m: Arc<Message>, groups: Vec<remote::GroupRef>) {
         self.metrics
             .messages_received
             .with_label_values(&[metrics::Metrics::qos_label(m.qos)])
             .inc();
-        let _ =
-            self.shard_for(&m.topic)
-                .cast(ShardMsg::Forwarded(m, Vec::new(), Ticket::default()));
+        let _ = self
+            .shard_for(&m.topic)
+            .cast(ShardMsg::Forwarded(m, groups, Ticket::default()));
     }
 
     /// Routes a message whose retained part (if any) the caller already handed to the store.
@@ -396,9 +399,9 @@ impl Broker {
         if let Some(store) = ctx.store.clone() {
             // Wills the cluster fires: every node's apply hands them to its own subscribers.
             let weak = Arc::downgrade(&ctx);
-            store.will_router.set(Box::new(move |m| {
+            store.will_router.set(Box::new(move |m, groups| {
                 if let Some(ctx) = weak.upgrade() {
-                    ctx.route_fired_will(m);
+                    ctx.route_fired_will(m, groups);
                 }
             }));
             // The Wills this node's previous process left recorded fire before any client connects here.

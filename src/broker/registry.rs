@@ -27,12 +27,23 @@ pub struct Opened {
     /// for it (bounded) before its CONNACK, so a later connect on any node reads it and wins over it.
     /// A failed claim comes with the message that tells the registry, for the connection to send once its
     /// CONNACK is out.
-    pub claimed: Option<tokio::sync::oneshot::Receiver<Option<RegistryMsg>>>,
-    /// The node that held the client when it connected here, if another one: before its CONNACK the
-    /// connection waits until that node has applied this node's claim or take (and so closed its
+    pub claimed: Option<tokio::sync::oneshot::Receiver<ClaimDecided>>,
+    /// A resume's take: the node that held the client right before it (in log order), if another one:
+    /// before its CONNACK the connection waits until that node has applied the take (and so closed its
     /// connection for it) or can no longer be fresh without applying it, so that no older connection is
-    /// served once the client is told it is connected here.
+    /// served once the client is told it is connected here. (A clean start learns it from its claim,
+    /// [`ClaimDecided::previous`].)
     pub elsewhere: Option<u64>,
+}
+
+/// What became of a clean start's claim, for its connection (see [`Opened::claimed`]).
+#[derive(Default)]
+pub struct ClaimDecided {
+    /// The claim failed: the message to send the registry once the CONNACK is out.
+    pub failed: Option<RegistryMsg>,
+    /// The node that held the client right before the committed claim, in log order (not this node):
+    /// the node whose connection the claim closes, which the CONNACK waits for.
+    pub previous: Option<u64>,
 }
 
 /// Why no session could be opened for a connection (it is refused with 0x88: the client tries again).
@@ -95,6 +106,18 @@ struct Local {
     epoch: u64,
     /// Set by the session: it ends with its connection (see `SessionArgs::ends_with_connection`).
     ends: Arc<std::sync::atomic::AtomicBool>,
+    /// [`RegistryMsg::Confirm`]s asked while the claim was pending: answered once it is decided.
+    confirms: Vec<RpcReplyPort<bool>>,
+}
+
+impl Local {
+    /// The claim is decided (applied here, failed, or the session ended): the confirms waiting for it learn
+    /// whether the client is still held here.
+    fn answer_confirms(&mut self, held: bool) {
+        for reply in self.confirms.drain(..) {
+            let _ = reply.send(held);
+        }
+    }
 }
 
 pub struct Registry;
@@ -180,7 +203,7 @@ async fn claim_until_decided(
     registry: ActorRef<RegistryMsg>,
     client_id: String,
     token: u64,
-    first: tokio::sync::oneshot::Sender<Option<RegistryMsg>>,
+    first: tokio::sync::oneshot::Sender<ClaimDecided>,
 ) {
     use crate::store::CommitError;
     let mut first = Some(first);
@@ -202,16 +225,25 @@ async fn claim_until_decided(
             token,
         };
         match result {
-            Ok(_) => {
+            Ok(claim) => {
                 if let Some(f) = first.take() {
-                    let _ = f.send(None);
+                    let _ = f.send(ClaimDecided {
+                        failed: None,
+                        previous: claim.previous,
+                    });
                 }
                 return;
             }
             // Stale: a newer claim won. The connection (or this task, once it is gone) tells the registry.
             Err(CommitError::ClaimSuperseded) => {
                 let msg = match first.take() {
-                    Some(f) => f.send(Some(failed())).err().flatten(),
+                    Some(f) => f
+                        .send(ClaimDecided {
+                            failed: Some(failed()),
+                            previous: None,
+                        })
+                        .err()
+                        .and_then(|d| d.failed),
                     None => Some(failed()),
                 };
                 if let Some(msg) = msg {
@@ -223,7 +255,7 @@ async fn claim_until_decided(
                 tracing::debug!(client_id, attempt, error = %e, "claim not committed; trying again");
                 // The client is served meanwhile (as on a node without a leader).
                 if let Some(f) = first.take() {
-                    let _ = f.send(None);
+                    let _ = f.send(ClaimDecided::default());
                 }
             }
         }
@@ -301,6 +333,7 @@ impl Actor for Registry {
                         pending: false,
                         epoch: owner.map_or(0, |o| o.epoch),
                         ends,
+                        confirms: Vec::new(),
                     },
                 );
                 restored += 1;
@@ -361,7 +394,7 @@ impl Actor for Registry {
                     }
                 }
                 for client_id in lost {
-                    s.taken_elsewhere(&client_id).await;
+                    s.taken_elsewhere(&client_id);
                 }
             }
             RegistryMsg::Release { client_id, reply } => {
@@ -369,21 +402,34 @@ impl Actor for Registry {
                     (Some(store), Some(l)) => lost_to_another(store, &client_id, l),
                     _ => false,
                 };
-                if lost {
-                    s.taken_elsewhere(&client_id).await;
+                // Answered once the session has ended (its connection closed and settled), off the registry.
+                match lost.then(|| s.taken_elsewhere(&client_id)).flatten() {
+                    Some(ended) => {
+                        tokio::spawn(async move {
+                            let _ = ended.await;
+                            let _ = reply.send(());
+                        });
+                    }
+                    None => {
+                        let _ = reply.send(());
+                    }
                 }
-                let _ = reply.send(());
             }
             RegistryMsg::Confirm { client_id, reply } => {
-                let lost = match (&s.ctx.store, s.sessions.get_mut(&client_id)) {
-                    (Some(store), Some(l)) => lost_to_another(store, &client_id, l),
-                    // Gone from the registry: its connection is being closed.
-                    (_, None) => true,
-                    (None, Some(_)) => false,
+                let (Some(store), Some(l)) = (&s.ctx.store, s.sessions.get_mut(&client_id)) else {
+                    // Gone from the registry: its connection is being closed. (No store: one node, held.)
+                    let _ = reply.send(s.ctx.store.is_none());
+                    return Ok(());
                 };
-                let _ = reply.send(!lost);
-                if lost {
-                    s.taken_elsewhere(&client_id).await;
+                if lost_to_another(store, &client_id, l) {
+                    let _ = reply.send(false);
+                    s.taken_elsewhere(&client_id);
+                } else if l.pending {
+                    // This node's claim is on its way: it decides (applied here: held; failed and another
+                    // node's claim is newer: taken over).
+                    l.confirms.push(reply);
+                } else {
+                    let _ = reply.send(true);
                 }
             }
             RegistryMsg::List(reply) => {
@@ -421,7 +467,9 @@ impl Actor for Registry {
                 let me_id = s.ctx.store.as_ref().map_or(0, |st| st.node_id());
                 let owner = s.ctx.store.as_ref().and_then(|st| st.owner(&client_id));
                 if owner.is_some_and(|o| o.node != me_id && o.epoch > epoch) {
-                    s.taken_elsewhere(&client_id).await;
+                    s.taken_elsewhere(&client_id);
+                } else {
+                    l.answer_confirms(true);
                 }
             }
         }
@@ -479,55 +527,48 @@ impl RegistryState {
             self.sessions.remove(&client_id);
         }
         let (mut token, mut pending, mut restored, mut epoch) = (0, false, None, 0);
-        let mut claimed = None;
-        let mut elsewhere = store.as_ref().and_then(|st| {
-            st.owner(&client_id)
-                .map(|o| o.node)
-                .filter(|n| *n != st.node_id())
-        });
+        let (mut claimed, mut elsewhere) = (None, None);
         if let Some(store) = &store {
             token = claim_token(&self.ctx);
             if clean_start {
                 // The claim closes the client's connection on any other node; this connect does not wait for
-                // it (a clean session works on a node without a leader too).
+                // it (a clean session works on a node without a leader too). The connection learns from the
+                // committed claim which node held the client before it (see `ClaimDecided::previous`).
                 pending = true;
                 let (store2, registry, id) = (store.clone(), me.clone(), client_id.clone());
                 let (done, wait) = tokio::sync::oneshot::channel();
                 claimed = Some(wait);
                 tokio::spawn(claim_until_decided(store2, registry, id, token, done));
             } else {
-                // Resuming: whatever session the cluster stores for the client moves here.
-                // The owner read right after the barrier (not the one applied here before it, which may
-                // lag): the node whose connection the take closes, which the CONNACK waits for.
-                let before = &mut elsewhere;
+                // Resuming: whatever session the cluster stores for the client moves here. The take's apply
+                // says which node held the client right before it (in log order, however far this node
+                // lagged): the node whose connection the take closes, which the CONNACK waits for.
                 let taken = async {
                     let seen = store.fresh_owner_epoch(&client_id).await?;
-                    *before = store
-                        .owner(&client_id)
-                        .map(|o| o.node)
-                        .filter(|n| *n != store.node_id());
                     store.take_session(&client_id, token, seen).await
                 };
                 match taken.await {
-                    Ok((Some(incarnation), e)) => {
-                        epoch = e;
-                        let rec = store
-                            .session(&client_id)
-                            .filter(|r| r.incarnation == incarnation);
-                        // Read right after the take applied here; another node's take since then wins.
-                        let Some(rec) = rec else {
-                            return Err(OpenRefused::Moved);
-                        };
-                        restored = restore(store, &client_id, rec);
-                        if restored.is_some() {
-                            tracing::info!(
-                                client_id,
-                                incarnation,
-                                "session taken over from another node"
-                            );
+                    Ok((incarnation, claim)) => {
+                        epoch = claim.epoch;
+                        elsewhere = claim.previous;
+                        if let Some(incarnation) = incarnation {
+                            let rec = store
+                                .session(&client_id)
+                                .filter(|r| r.incarnation == incarnation);
+                            // Read right after the take applied here; another node's take since then wins.
+                            let Some(rec) = rec else {
+                                return Err(OpenRefused::Moved);
+                            };
+                            restored = restore(store, &client_id, rec);
+                            if restored.is_some() {
+                                tracing::info!(
+                                    client_id,
+                                    incarnation,
+                                    "session taken over from another node"
+                                );
+                            }
                         }
                     }
-                    Ok((None, e)) => epoch = e,
                     Err(e) => {
                         tracing::warn!(client_id, error = %e, "session takeover not committed");
                         return Err(OpenRefused::Takeover(e));
@@ -555,6 +596,7 @@ impl RegistryState {
                         pending,
                         epoch,
                         ends,
+                        confirms: Vec::new(),
                     },
                 );
                 Ok(Opened {
@@ -580,6 +622,7 @@ impl RegistryState {
         if change.owner.node == store.node_id() {
             if l.token == change.owner.token {
                 l.pending = false;
+                l.answer_confirms(true);
             }
             l.epoch = l.epoch.max(change.owner.epoch);
             return;
@@ -590,16 +633,19 @@ impl RegistryState {
             return;
         }
         let client_id = change.client_id.to_string();
-        self.taken_elsewhere(&client_id).await;
+        self.taken_elsewhere(&client_id);
     }
 
-    /// Another node holds the client now: the local session ends, its connection closed with 0x8E. Its late
-    /// store commands carry an incarnation that is no longer the stored one and change nothing.
-    async fn taken_elsewhere(&mut self, client_id: &str) {
-        let Some(l) = self.sessions.remove(client_id) else {
-            return;
-        };
+    /// Another node holds the client now: the local session ends, its connection closed with 0x8E, in the
+    /// background (the registry goes on: a takeover settles the old connection, which may take a while);
+    /// the returned task ends when it has. Its late store commands carry an incarnation that is no longer
+    /// the stored one and change nothing.
+    fn taken_elsewhere(&mut self, client_id: &str) -> Option<tokio::task::JoinHandle<()>> {
+        let mut l = self.sessions.remove(client_id)?;
+        l.answer_confirms(false);
         tracing::info!(client_id, "session taken over by another node");
-        end_taken_over(&l.session).await;
+        Some(tokio::spawn(
+            async move { end_taken_over(&l.session).await },
+        ))
     }
 }

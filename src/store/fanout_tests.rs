@@ -196,7 +196,7 @@ async fn a_recorded_will_is_replaced_cleared_or_fired_once_and_a_claim_elsewhere
     };
     assert!(matches!(
         propose(&store, claim(me, 1)).await,
-        Outcome::Claimed(_)
+        Outcome::Claimed { .. }
     ));
     let mut will = retained_msg("status/dev", b"offline");
     will.retain = true;
@@ -244,12 +244,12 @@ async fn a_recorded_will_is_replaced_cleared_or_fired_once_and_a_claim_elsewhere
     assert!(store.set_will("dev", 8, &will, None, 0, 600).await.unwrap());
     assert!(matches!(
         propose(&store, claim(me, 2)).await,
-        Outcome::Claimed(_)
+        Outcome::Claimed { .. }
     ));
     assert_eq!(store.wills().len(), 1);
     assert!(matches!(
         propose(&store, claim(me + 1, 3)).await,
-        Outcome::Claimed(_)
+        Outcome::Claimed { .. }
     ));
     assert!(store.wills().is_empty());
     assert!(

@@ -37,12 +37,18 @@ pub enum Outcome {
     Duplicate,
     /// A session was created (or taken over) with this incarnation.
     Created(u64),
-    /// A claim was committed with this epoch.
-    Claimed(u64),
-    /// A takeover: the session's new incarnation (`None`: no session was stored) and the claim's epoch.
+    /// A claim was committed with this epoch; `previous` is the node that held the client until then (0:
+    /// none, or the claiming node itself), as the log orders it.
+    Claimed {
+        epoch: u64,
+        previous: u64,
+    },
+    /// A takeover: the session's new incarnation (`None`: no session was stored), the claim's epoch and
+    /// the node that held the client until then (as for [`Outcome::Claimed`]).
     Taken {
         incarnation: Option<u64>,
         epoch: u64,
+        previous: u64,
     },
     /// A fan-out ([`Command::Publish`]): copies stored, and sessions that refused theirs (quota full).
     Published {
@@ -108,7 +114,7 @@ pub struct BrokerMachine {
     pub(super) node_id: u64,
     pub(super) local: Arc<LocalMessages>,
     /// Wills fired in the batch being applied, handed to this node's subscribers once it is written.
-    pub(super) wills: Vec<Arc<Message>>,
+    pub(super) wills: Vec<(Arc<Message>, Vec<crate::broker::remote::GroupRef>)>,
     pub(super) will_router: Arc<WillRouter>,
 }
 
@@ -275,7 +281,8 @@ impl BrokerMachine {
                 if !owned_here && stored_record(txn, client_id).is_some() {
                     self.drop_session(txn, client_id);
                 }
-                return Outcome::Claimed(self.claim(txn, client_id, node, token));
+                let (epoch, previous) = self.claim(txn, client_id, node, token);
+                return Outcome::Claimed { epoch, previous };
             }
             Command::TakeSession {
                 client_id,
@@ -287,8 +294,12 @@ impl BrokerMachine {
                     return Outcome::Ignored;
                 }
                 let incarnation = self.take(txn, client_id, token);
-                let epoch = self.claim(txn, client_id, node, token);
-                return Outcome::Taken { incarnation, epoch };
+                let (epoch, previous) = self.claim(txn, client_id, node, token);
+                return Outcome::Taken {
+                    incarnation,
+                    epoch,
+                    previous,
+                };
             }
             Command::PutSession {
                 client_id,
@@ -597,7 +608,12 @@ impl BrokerMachine {
     }
 
     /// Records that `node` holds the client's connection, with the next epoch, and tells the registries.
-    fn claim(&mut self, txn: &mut Txn<'_>, client_id: &str, node: u64, token: u64) -> u64 {
+    /// Answers the new epoch, and the node that held the client before (0: none, or `node` itself).
+    fn claim(&mut self, txn: &mut Txn<'_>, client_id: &str, node: u64, token: u64) -> (u64, u64) {
+        let previous = stored_owner(txn, client_id)
+            .map(|o| o.node)
+            .filter(|n| *n != node)
+            .unwrap_or(0);
         let owner = OwnerRecord {
             node,
             epoch: next(txn, LAST_EPOCH),
@@ -617,7 +633,7 @@ impl BrokerMachine {
             client_id: client_id.into(),
             owner,
         }));
-        owner.epoch
+        (owner.epoch, previous)
     }
 
     fn routes_mut(&self) -> std::sync::RwLockWriteGuard<'_, RemoteRoutes> {
@@ -694,8 +710,8 @@ impl StateMachine for BrokerMachine {
         for (client_id, e) in self.events.drain(..) {
             self.listeners.tell(&client_id, e);
         }
-        for m in self.wills.drain(..) {
-            self.will_router.route(m);
+        for (m, groups) in self.wills.drain(..) {
+            self.will_router.route(m, groups);
         }
     }
 }

@@ -84,6 +84,15 @@ pub struct Published {
     pub refused: u32,
 }
 
+/// A committed claim of a client for this node ([`Store::claim`], [`Store::take_session`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The owner epoch the claim got.
+    pub epoch: u64,
+    /// The node that held the client right before the claim, in log order (`None`: no node, or this one).
+    pub previous: Option<u64>,
+}
+
 /// What became of an [`Store::inbox_push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
@@ -604,14 +613,14 @@ impl Store {
     }
 
     /// Claims the client's connection for this node (in the background: see [`Command::Claim`]); `seen`: the
-    /// owner epoch this node knows. The future answers the epoch once committed, or an error when the claim
-    /// failed or was stale.
+    /// owner epoch this node knows. The future answers the epoch once committed (and the node the log says
+    /// held the client before), or an error when the claim failed or was stale.
     pub fn claim(
         &self,
         client_id: &str,
         token: u64,
         seen: u64,
-    ) -> impl std::future::Future<Output = Result<u64, CommitError>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<Claim, CommitError>> + Send + 'static {
         let commit = self.cluster.submit(
             Command::Claim {
                 client_id,
@@ -624,20 +633,23 @@ impl Store {
         async move {
             let r = commit.await?;
             match Outcome::decode(&r) {
-                Outcome::Claimed(epoch) => Ok(epoch),
+                Outcome::Claimed { epoch, previous } => Ok(Claim {
+                    epoch,
+                    previous: (previous != 0).then_some(previous),
+                }),
                 _ => Err(CommitError::ClaimSuperseded),
             }
         }
     }
 
     /// Takes the client's stored session over for this node (see [`Command::TakeSession`]): the new
-    /// incarnation (`None` when no session is stored; the claim is made either way) and the claim's epoch.
+    /// incarnation (`None` when no session is stored; the claim is made either way) and the claim.
     pub fn take_session(
         &self,
         client_id: &str,
         token: u64,
         seen: u64,
-    ) -> impl std::future::Future<Output = Result<(Option<u64>, u64), CommitError>> + Send + 'static
+    ) -> impl std::future::Future<Output = Result<(Option<u64>, Claim), CommitError>> + Send + 'static
     {
         let commit = self.cluster.submit(
             Command::TakeSession {
@@ -650,7 +662,17 @@ impl Store {
         );
         async move {
             match Outcome::decode(&commit.await?) {
-                Outcome::Taken { incarnation, epoch } => Ok((incarnation, epoch)),
+                Outcome::Taken {
+                    incarnation,
+                    epoch,
+                    previous,
+                } => Ok((
+                    incarnation,
+                    Claim {
+                        epoch,
+                        previous: (previous != 0).then_some(previous),
+                    },
+                )),
                 _ => Err(CommitError::TakeoverSuperseded),
             }
         }

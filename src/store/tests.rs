@@ -490,7 +490,8 @@ async fn claims_and_takeovers_are_ordered_by_the_log_and_a_stale_one_changes_not
     assert!(append(&store, inc, &delivery("a", b"1", 1)).await);
     assert!(append(&store, inc, &delivery("a", b"2", 2)).await);
 
-    // Node 3 takes it over: a new incarnation, the same inbox (same seqs), the owner moves.
+    // Node 3 takes it over: a new incarnation, the same inbox (same seqs), the owner moves; the apply says
+    // which node held it before (the node whose connection the take closes).
     let taken = propose(
         &store,
         Command::TakeSession {
@@ -504,6 +505,7 @@ async fn claims_and_takeovers_are_ordered_by_the_log_and_a_stale_one_changes_not
     let Outcome::Taken {
         incarnation: Some(new),
         epoch: e3,
+        previous: 1,
     } = taken
     else {
         panic!("taken: {taken:?}");
@@ -549,7 +551,22 @@ async fn claims_and_takeovers_are_ordered_by_the_log_and_a_stale_one_changes_not
         token: 20,
         seen: e3,
     };
-    assert!(matches!(propose(&store, claim).await, Outcome::Claimed(e) if e > e3));
+    assert!(matches!(
+        propose(&store, claim).await,
+        Outcome::Claimed { epoch, previous: 3 } if epoch > e3
+    ));
+    // Claimed again by the node holding it: no previous node.
+    let e2 = store.owner("dev").unwrap().epoch;
+    let again = Command::Claim {
+        client_id: "dev",
+        node: 2,
+        token: 21,
+        seen: e2,
+    };
+    assert!(matches!(
+        propose(&store, again).await,
+        Outcome::Claimed { previous: 0, .. }
+    ));
     assert!(store.session("dev").is_none());
     assert_eq!(store.inbox_summary("dev", new).count, 0);
     // Resuming a session nobody stores still claims the client.
@@ -564,6 +581,7 @@ async fn claims_and_takeovers_are_ordered_by_the_log_and_a_stale_one_changes_not
         propose(&store, none).await,
         Outcome::Taken {
             incarnation: None,
+            previous: 2,
             ..
         }
     ));

@@ -136,6 +136,22 @@ impl Cluster {
     pub fn port(&self, node: usize) -> u16 {
         self.nodes[node - 1].port
     }
+
+    /// The index (0-based) of the running node that is leader, once one is.
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            for (i, n) in self.nodes.iter().enumerate() {
+                if n.child_alive()
+                    && super::process::metric(n.http_port, "cicada_raft_role").await == 2.0
+                {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// Blocks until `/ready` on this HTTP port answers 200.

@@ -3,13 +3,8 @@
 //! a rate limit, its credit in the router, or the node's memory watermark.
 
 use super::{End, Reader, Violation};
-use crate::broker::registry::RegistryMsg;
-use ractor::rpc::CallResult;
+use crate::broker::held::{close_unconfirmed, held, Held, CONFIRM_WAIT};
 use std::time::Instant;
-
-/// How long a reader waits for the registry to confirm the client is still held here, and then for its
-/// close when it is not.
-const CONFIRM_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl Reader {
     /// Resolves when the reader must stop waiting: the connection is closing, or another connection took
@@ -163,57 +158,31 @@ impl Reader {
     /// A QoS 1/2 publish is matched against the persistent sessions as this node applied them: if the node
     /// stalled or lost contact with the leader (it may not have applied a subscription whose SUBACK did not
     /// wait for it), it reads through the leader first. Without a leader the message is refused, never
-    /// acknowledged and lost: v5 DISCONNECT 0x80 with a reason string, 3.x a close.
+    /// acknowledged and lost: v5 DISCONNECT 0x80 with a reason string, 3.x a close. A node that was paused
+    /// or cut off may also have missed a takeover by another node: the registry then ends the session
+    /// (0x8E) instead of letting this connection have the message acknowledged, and the reader waits for
+    /// that close (see [`held`]).
     pub(super) async fn ensure_fresh(&self) -> Option<End> {
-        let store = self.ctx.store.as_ref()?;
-        if store.cluster().fresh() {
+        // The common case, per message: fresh, nothing to wait for.
+        if self.ctx.store.as_ref().is_none_or(|s| s.cluster().fresh()) {
             return None;
         }
-        let m = &self.ctx.metrics.read_barriers;
         let checked = tokio::select! {
-            r = store.ensure_fresh() => r,
+            h = held(&self.ctx, &self.client_id, false) => h,
             _ = self.stopped() => return Some(End::ClosedByServer),
         };
         match checked {
-            Ok(()) => {
-                m.with_label_values(&["ok"]).inc();
-                self.still_owner().await
+            Held::Yes => None,
+            Held::NoLeader(e) => Some(End::Violation(Violation::NoLeader(e))),
+            Held::No => {
+                let _ = tokio::time::timeout(CONFIRM_WAIT, self.stopped()).await;
+                Some(End::ClosedByServer)
             }
-            Err(e) => {
-                m.with_label_values(&["refused"]).inc();
-                Some(End::Violation(Violation::NoLeader(e)))
+            Held::Unconfirmed => {
+                close_unconfirmed(&self.handle);
+                Some(End::ClosedByServer)
             }
         }
-    }
-
-    /// After a read barrier: whether this node still holds the client. A node that was paused or cut off
-    /// may have missed a takeover by another node (whose CONNACK did not wait for it); the barrier has
-    /// applied the claim, and the registry, asked here, ends the session (0x8E) instead of letting this
-    /// connection have the message acknowledged. The reader then waits for that close.
-    async fn still_owner(&self) -> Option<End> {
-        let registry = self.ctx.registry.get()?;
-        let confirmed = registry
-            .call(
-                |reply| RegistryMsg::Confirm {
-                    client_id: self.client_id.clone(),
-                    reply,
-                },
-                Some(CONFIRM_WAIT),
-            )
-            .await;
-        if matches!(confirmed, Ok(CallResult::Success(false))) {
-            self.ctx
-                .metrics
-                .read_barriers
-                .with_label_values(&["taken_over"])
-                .inc();
-            tracing::info!(
-                "taken over by another node while this one was not fresh: not acknowledged"
-            );
-            let _ = tokio::time::timeout(CONFIRM_WAIT, self.stopped()).await;
-            return Some(End::ClosedByServer);
-        }
-        None
     }
 
     /// Waits until the session has queued a SUBSCRIBE's or UNSUBSCRIBE's change on the shards (an answer

@@ -2,6 +2,7 @@
 //! ([`Command::SetWill`], [`Command::ClearWill`], [`Command::FireWill`]).
 
 use super::*;
+use crate::broker::remote::GroupRef;
 
 /// How the broker of this node takes the Wills the cluster fires (set once the broker runs: Wills applied
 /// before, while the log is replayed at start, were delivered when they fired).
@@ -10,19 +11,40 @@ pub struct WillRouter {
     route: std::sync::RwLock<Option<RouteWill>>,
 }
 
-/// What the broker does with a fired Will.
-pub type RouteWill = Box<dyn Fn(Arc<Message>) + Send + Sync>;
+/// What the broker does with a fired Will: this node's subscribers get it, and the shared groups named
+/// (plain filter, group) that this node serves for it.
+pub type RouteWill = Box<dyn Fn(Arc<Message>, Vec<GroupRef>) + Send + Sync>;
 
 impl WillRouter {
     pub fn set(&self, route: RouteWill) {
         *self.route.write().unwrap_or_else(|e| e.into_inner()) = Some(route);
     }
 
-    pub(super) fn route(&self, m: Arc<Message>) {
+    pub(super) fn route(&self, m: Arc<Message>, groups: Vec<GroupRef>) {
         if let Some(r) = &*self.route.read().unwrap_or_else(|e| e.into_inner()) {
-            r(m);
+            r(m, groups);
         }
     }
+}
+
+/// The node that hands a fired Will to a shared group: one of the nodes with members, the same on every
+/// node (they apply the same routing table at the same log index), spread over the nodes by the client id.
+pub fn will_group_node(client_id: &str, filter: &str, group: &str, nodes: &[u64]) -> Option<u64> {
+    if nodes.is_empty() {
+        return None;
+    }
+    // FNV-1a: stable across processes and builds (the std hasher is seeded per process).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in client_id
+        .bytes()
+        .chain([0])
+        .chain(filter.bytes())
+        .chain([0])
+        .chain(group.bytes())
+    {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    Some(nodes[(h % nodes.len() as u64) as usize])
 }
 
 impl BrokerMachine {
@@ -154,7 +176,20 @@ impl BrokerMachine {
             publish,
         };
         let (stored, refused) = self.fan_out(txn, fan, Some(m.clone()));
-        self.wills.push(m);
+        // Each shared group matching it gets it from one node: the table is the same on every node here.
+        let groups = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .matching(&m.topic)
+            .groups
+            .into_iter()
+            .filter(|g| {
+                will_group_node(client_id, &g.filter, &g.group, &g.nodes) == Some(self.node_id)
+            })
+            .map(|g| (g.filter, g.group))
+            .collect();
+        self.wills.push((m, groups));
         Outcome::Published { stored, refused }
     }
 }
@@ -162,4 +197,26 @@ impl BrokerMachine {
 /// The client's recorded Will, as applied so far.
 pub(super) fn recorded_will(txn: &Txn<'_>, client_id: &str) -> Option<Vec<u8>> {
     txn.get(&will_key(client_id)).ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::will_group_node;
+
+    #[test]
+    fn a_fired_wills_group_node_is_one_with_members_the_same_everywhere_and_spread_over_clients() {
+        assert_eq!(will_group_node("dev", "status/#", "ops", &[]), None);
+        assert_eq!(will_group_node("dev", "status/#", "ops", &[2]), Some(2));
+        let nodes = [1, 2, 3];
+        let mut chosen = std::collections::BTreeSet::new();
+        for i in 0..64 {
+            let id = format!("dev-{i}");
+            let n = will_group_node(&id, "status/#", "ops", &nodes).unwrap();
+            assert!(nodes.contains(&n));
+            // A pure function of its inputs: every node computes the same.
+            assert_eq!(will_group_node(&id, "status/#", "ops", &nodes), Some(n));
+            chosen.insert(n);
+        }
+        assert_eq!(chosen.len(), 3, "spread over the nodes with members");
+    }
 }
