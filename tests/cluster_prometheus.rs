@@ -181,6 +181,8 @@ async fn prometheus_scrapes_every_node_with_the_shipped_config_and_loads_the_ale
         "CicadaNoLeader",
         "CicadaRaftApplyLag",
         "CicadaDroppedMessages",
+        "CicadaForwardDrops",
+        "CicadaForwardAnswersTimingOut",
         "CicadaAuthFailures",
     ] {
         assert!(names.contains(&alert), "{alert} loaded: {names:?}");

@@ -84,6 +84,8 @@ pub enum RegistryMsg {
         client_id: String,
         reply: RpcReplyPort<bool>,
     },
+    /// A session ended in the background (see `RegistryState::ending`) has ended.
+    EndDone { client_id: String, id: SessionId },
     /// Another node took the client over and waits for this node to let go (a peer's `RELEASE` frame,
     /// after the take was applied here): the local session, if another node holds the client now, is
     /// ended (its connection closed with 0x8E and settled) before the answer.
@@ -125,6 +127,18 @@ pub struct Registry;
 pub struct RegistryState {
     ctx: Arc<Context>,
     sessions: HashMap<String, Local>,
+    /// Sessions another node took, still ending in the background (their connections closing and
+    /// settling), by client id and session id: a `Release` and a new connect here for the client wait for
+    /// them, so nothing of the old connection is served once another connection is told it is connected.
+    ending: HashMap<String, (SessionId, Ending)>,
+}
+
+/// Turns true once a session being ended in the background has ended (or its task is gone).
+type Ending = tokio::sync::watch::Receiver<bool>;
+
+/// Resolves once the ending session has ended.
+async fn until_ended(mut ending: Ending) {
+    let _ = ending.wait_for(|ended| *ended).await;
 }
 
 /// Whether the stored owner of `id`, as applied here, is another node's claim newer than this node's (and
@@ -134,6 +148,7 @@ fn lost_to_another(store: &Store, id: &str, l: &mut Local) -> bool {
         Some(o) if o.node == store.node_id() => {
             if o.token == l.token {
                 l.pending = false;
+                l.answer_confirms(true);
             }
             l.epoch = l.epoch.max(o.epoch);
             false
@@ -345,7 +360,11 @@ impl Actor for Registry {
                 );
             }
         }
-        Ok(RegistryState { ctx, sessions })
+        Ok(RegistryState {
+            ctx,
+            sessions,
+            ending: HashMap::new(),
+        })
     }
 
     async fn handle(
@@ -377,7 +396,7 @@ impl Actor for Registry {
                 }
                 let _ = done.send(());
             }
-            RegistryMsg::Owner(change) => s.owner_changed(&change).await,
+            RegistryMsg::Owner(change) => s.owner_changed(&me, &change),
             RegistryMsg::WillFired { client_id, conn } => {
                 if let Some(l) = s.sessions.get(&*client_id) {
                     let _ = l.session.cast(SessionMsg::WillFired(conn));
@@ -394,7 +413,7 @@ impl Actor for Registry {
                     }
                 }
                 for client_id in lost {
-                    s.taken_elsewhere(&client_id);
+                    s.taken_elsewhere(&me, &client_id);
                 }
             }
             RegistryMsg::Release { client_id, reply } => {
@@ -402,17 +421,26 @@ impl Actor for Registry {
                     (Some(store), Some(l)) => lost_to_another(store, &client_id, l),
                     _ => false,
                 };
-                // Answered once the session has ended (its connection closed and settled), off the registry.
-                match lost.then(|| s.taken_elsewhere(&client_id)).flatten() {
-                    Some(ended) => {
+                if lost {
+                    s.taken_elsewhere(&me, &client_id);
+                }
+                // Answered once the session has ended (its connection closed and settled), off the registry:
+                // also when the applied take reached the registry first and its end is already under way.
+                match s.ending_of(&client_id) {
+                    Some(ending) => {
                         tokio::spawn(async move {
-                            let _ = ended.await;
+                            until_ended(ending).await;
                             let _ = reply.send(());
                         });
                     }
                     None => {
                         let _ = reply.send(());
                     }
+                }
+            }
+            RegistryMsg::EndDone { client_id, id } => {
+                if s.ending.get(&client_id).is_some_and(|(e, _)| *e == id) {
+                    s.ending.remove(&client_id);
                 }
             }
             RegistryMsg::Confirm { client_id, reply } => {
@@ -423,7 +451,7 @@ impl Actor for Registry {
                 };
                 if lost_to_another(store, &client_id, l) {
                     let _ = reply.send(false);
-                    s.taken_elsewhere(&client_id);
+                    s.taken_elsewhere(&me, &client_id);
                 } else if l.pending {
                     // This node's claim is on its way: it decides (applied here: held; failed and another
                     // node's claim is newer: taken over).
@@ -467,7 +495,7 @@ impl Actor for Registry {
                 let me_id = s.ctx.store.as_ref().map_or(0, |st| st.node_id());
                 let owner = s.ctx.store.as_ref().and_then(|st| st.owner(&client_id));
                 if owner.is_some_and(|o| o.node != me_id && o.epoch > epoch) {
-                    s.taken_elsewhere(&client_id);
+                    s.taken_elsewhere(&me, &client_id);
                 } else {
                     l.answer_confirms(true);
                 }
@@ -500,6 +528,11 @@ impl RegistryState {
         clean_start: bool,
     ) -> Result<Opened, OpenRefused> {
         let store = self.ctx.store.clone().filter(|s| s.clustered());
+        // A session here that another node took is still ending: this connect waits for its end (bounded
+        // by the session's takeover wait), so the old connection is gone before the new one is served.
+        if let Some(ending) = self.ending_of(&client_id) {
+            until_ended(ending).await;
+        }
         if let Some(l) = self.sessions.get(&client_id) {
             // Resumed here, unless another node claimed the client since (a claim this registry missed):
             // then the session is taken over from the store like any other.
@@ -612,7 +645,7 @@ impl RegistryState {
 
     /// A claim was applied: ours (the session stops waiting for it) or another node's (our session for the
     /// client goes, unless our own claim is still on its way: it is later in the log and wins).
-    async fn owner_changed(&mut self, change: &OwnerChange) {
+    fn owner_changed(&mut self, me: &ActorRef<RegistryMsg>, change: &OwnerChange) {
         let Some(store) = &self.ctx.store else {
             return;
         };
@@ -633,19 +666,34 @@ impl RegistryState {
             return;
         }
         let client_id = change.client_id.to_string();
-        self.taken_elsewhere(&client_id);
+        self.taken_elsewhere(me, &client_id);
     }
 
     /// Another node holds the client now: the local session ends, its connection closed with 0x8E, in the
     /// background (the registry goes on: a takeover settles the old connection, which may take a while);
-    /// the returned task ends when it has. Its late store commands carry an incarnation that is no longer
-    /// the stored one and change nothing.
-    fn taken_elsewhere(&mut self, client_id: &str) -> Option<tokio::task::JoinHandle<()>> {
-        let mut l = self.sessions.remove(client_id)?;
+    /// `Release` and a new connect for the client here wait for that end (see [`RegistryState::ending`]).
+    /// Its late store commands carry an incarnation that is no longer the stored one and change nothing.
+    fn taken_elsewhere(&mut self, me: &ActorRef<RegistryMsg>, client_id: &str) {
+        let Some(mut l) = self.sessions.remove(client_id) else {
+            return;
+        };
         l.answer_confirms(false);
         tracing::info!(client_id, "session taken over by another node");
-        Some(tokio::spawn(
-            async move { end_taken_over(&l.session).await },
-        ))
+        let (done, ending) = tokio::sync::watch::channel(false);
+        self.ending.insert(client_id.to_string(), (l.id, ending));
+        let (me, client_id, id) = (me.clone(), client_id.to_string(), l.id);
+        tokio::spawn(async move {
+            end_taken_over(&l.session).await;
+            let _ = done.send(true);
+            let _ = me.cast(RegistryMsg::EndDone { client_id, id });
+        });
+    }
+
+    /// The end under way of the client's session another node took, if it has not ended yet.
+    fn ending_of(&self, client_id: &str) -> Option<Ending> {
+        self.ending
+            .get(client_id)
+            .map(|(_, e)| e.clone())
+            .filter(|e| !*e.borrow())
     }
 }

@@ -5,7 +5,7 @@
 
 use super::message::{Delivery, Message, SessionId};
 use super::metrics::Metrics;
-use super::remote::{frame, GroupRef, GroupTurns, Planner, RemoteLink};
+use super::remote::{GroupRef, GroupTurns, Planner, RemoteLink};
 use super::routes::{NoMember, Route, Routes};
 use super::session::SessionMsg;
 use super::ticket::Ticket;
@@ -130,7 +130,7 @@ impl ShardState {
         self.turns.trim(100_000);
         self.send(&message, copies, &ticket, !frames.is_empty());
         for (node, groups) in frames {
-            link.forward(node, frame::forward(&message, &groups)).await;
+            link.forward_message(node, &message, &groups, &ticket).await;
         }
     }
 

@@ -21,14 +21,29 @@ pub enum AckOutcome {
 
 /// Held while a persistent session's copy of a message is not yet committed; the publisher's PUBACK/PUBREC
 /// goes out when the last holder drops it.
-#[derive(Debug)]
 pub struct AckGate {
-    done: Option<oneshot::Sender<AckOutcome>>,
+    done: Option<Done>,
     failed: AtomicBool,
     /// Places the message went to (sessions, and the retained store), and how many of them refused it
     /// because a stored quota is full.
     copies: AtomicUsize,
     refused: AtomicUsize,
+}
+
+/// Who learns the outcome.
+enum Done {
+    /// The publisher's connection, waiting.
+    Wait(oneshot::Sender<AckOutcome>),
+    /// A call made where the last holder drops the gate (a peer's forwarded message: its answer frame).
+    Call(Box<dyn FnOnce(AckOutcome) + Send + Sync>),
+}
+
+impl std::fmt::Debug for AckGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AckGate")
+            .field("outcome", &self.outcome())
+            .finish()
+    }
 }
 
 /// The publisher's side of an [`AckGate`].
@@ -37,13 +52,31 @@ pub type AckWait = oneshot::Receiver<AckOutcome>;
 impl AckGate {
     pub fn new() -> (Arc<AckGate>, AckWait) {
         let (tx, rx) = oneshot::channel();
-        let gate = AckGate {
-            done: Some(tx),
+        (Self::with(Done::Wait(tx)), rx)
+    }
+
+    /// A gate whose outcome is handed to `call` once the last holder drops it (it must not block).
+    pub fn calling(call: impl FnOnce(AckOutcome) + Send + Sync + 'static) -> Arc<AckGate> {
+        Self::with(Done::Call(Box::new(call)))
+    }
+
+    fn with(done: Done) -> Arc<AckGate> {
+        Arc::new(AckGate {
+            done: Some(done),
             failed: AtomicBool::new(false),
             copies: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
-        };
-        (Arc::new(gate), rx)
+        })
+    }
+
+    /// Takes another gate's outcome as one copy of this one's (a peer's answer for the copies it made).
+    pub fn merge(&self, outcome: AckOutcome) {
+        self.add_copies(1);
+        match outcome {
+            AckOutcome::Stored => {}
+            AckOutcome::QuotaExceeded => self.refuse_quota(),
+            AckOutcome::Failed => self.fail(),
+        }
     }
 
     /// A durable copy could not be committed: the publisher must not get a success acknowledgement.
@@ -83,8 +116,13 @@ impl AckGate {
 
 impl Drop for AckGate {
     fn drop(&mut self) {
-        if let Some(tx) = self.done.take() {
-            let _ = tx.send(self.outcome());
+        let outcome = self.outcome();
+        match self.done.take() {
+            Some(Done::Wait(tx)) => {
+                let _ = tx.send(outcome);
+            }
+            Some(Done::Call(call)) => call(outcome),
+            None => {}
         }
     }
 }
@@ -127,5 +165,39 @@ mod tests {
         gate.refuse_quota();
         drop(gate);
         assert_eq!(wait.await, Ok(AckOutcome::QuotaExceeded));
+    }
+
+    #[tokio::test]
+    async fn a_calling_gate_answers_once_its_last_holder_drops_and_a_merged_answer_counts_as_one_copy(
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let gate = AckGate::calling(move |o| {
+            let _ = tx.send(o);
+        });
+        let held = gate.clone();
+        drop(gate);
+        assert!(rx.try_recv().is_err(), "a holder remains");
+        drop(held);
+        assert_eq!(rx.recv().await, Some(AckOutcome::Stored));
+        assert_eq!(rx.recv().await, None, "answered once");
+
+        // A peer's answers merged into the publisher's gate: a full quota there is one refusing copy.
+        let (gate, wait) = AckGate::new();
+        gate.add_copies(1);
+        gate.merge(AckOutcome::QuotaExceeded);
+        drop(gate);
+        assert_eq!(
+            wait.await,
+            Ok(AckOutcome::Stored),
+            "one of two copies stored"
+        );
+        let (gate, wait) = AckGate::new();
+        gate.merge(AckOutcome::QuotaExceeded);
+        drop(gate);
+        assert_eq!(wait.await, Ok(AckOutcome::QuotaExceeded));
+        let (gate, wait) = AckGate::new();
+        gate.merge(AckOutcome::Failed);
+        drop(gate);
+        assert_eq!(wait.await, Ok(AckOutcome::Failed));
     }
 }

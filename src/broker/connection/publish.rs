@@ -150,12 +150,15 @@ impl Reader {
             // A persistent session's inbound QoS 2 id is stored with it: a resend after kill -9 or a takeover
             // is not routed again, and the PUBREC waits for that commit [MQTT-4.3.3-9].
             let record_qos2 = qos == QoS::ExactlyOnce && self.incarnation.is_some();
+            // Shared groups with members on other nodes: a persistent member there stores its copy before
+            // the acknowledgement (the peer answers; see `RemoteLink::forward_message`).
             let needs_gate = qos != QoS::AtMostOnce
                 && ctx.store.is_some()
                 && (message.retain
                     || record_qos2
                     || fanout
-                    || ctx.durable_sessions.load(Ordering::Acquire) > 0);
+                    || ctx.durable_sessions.load(Ordering::Acquire) > 0
+                    || ctx.remote.as_ref().is_some_and(|l| l.has_remote_groups()));
             let gate = needs_gate.then(|| {
                 let (gate, w) = AckGate::new();
                 wait = Some(w);

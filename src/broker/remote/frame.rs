@@ -9,20 +9,27 @@
 //! A SUBACK whose route is new waits for them, so every node routes by the new route before the client
 //! can publish to it.
 //!
+//! A `FORWARD` that names shared groups for a QoS 1/2 message whose publisher waits for its copies carries an
+//! answer id: the receiver answers `FORWARD_ACK` (id, outcome) once the group's copy is stored (a persistent
+//! member) or handed over (a clean one), so the publisher is acknowledged only then (issue 12: a QoS 1/2
+//! publish matching a persistent session is stored before it is acknowledged, shared groups included).
+//!
 //! `RELEASE` (id, index, client id): as `SYNC`, and once applied the receiver's registry has ended its
 //! session for the client if another node now holds it (its connection closed, 0x8E, and settled) before
 //! `SYNCED` goes back. A takeover's CONNACK waits for it (one live connection per client id).
 
 use super::plan::GroupRef;
 use crate::broker::message::Message;
+use crate::broker::ticket::AckOutcome;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 const FORWARD: u8 = 1;
 const SYNC: u8 = 2;
 const SYNCED: u8 = 3;
 const RELEASE: u8 = 4;
+const FORWARD_ACK: u8 = 5;
 /// A client id is at most 65535 bytes (MQTT's string length).
 const MAX_CLIENT_ID: usize = 65_535;
 
@@ -37,6 +44,8 @@ struct ForwardHeader<'a> {
     /// The sending node proposed the message's fan-out to persistent sessions through the store (see
     /// `Message::stored_fanout`).
     fanout: bool,
+    /// Answer with `FORWARD_ACK` and this id once the groups' copies are stored or handed over.
+    ack: Option<u64>,
 }
 
 /// Why a frame was not understood.
@@ -58,6 +67,11 @@ pub enum Frame {
     Forward {
         message: Box<Message>,
         groups: Vec<GroupRef>,
+        ack: Option<u64>,
+    },
+    ForwardAck {
+        id: u64,
+        outcome: AckOutcome,
     },
     Sync {
         id: u64,
@@ -108,7 +122,20 @@ fn u64_at(b: &[u8], at: usize) -> Result<u64, FrameError> {
         .ok_or(FrameError::Malformed)
 }
 
-pub fn forward(message: &Message, groups: &[GroupRef]) -> Bytes {
+pub fn forward_ack(id: u64, outcome: AckOutcome) -> Bytes {
+    let mut buf = BytesMut::with_capacity(11);
+    buf.put_u8(VERSION);
+    buf.put_u8(FORWARD_ACK);
+    buf.put_u64(id);
+    buf.put_u8(match outcome {
+        AckOutcome::Stored => 0,
+        AckOutcome::QuotaExceeded => 1,
+        AckOutcome::Failed => 2,
+    });
+    buf.freeze()
+}
+
+pub fn forward(message: &Message, groups: &[GroupRef], ack: Option<u64>) -> Bytes {
     let mut buf = BytesMut::with_capacity(message.payload.len() + message.topic.len() + 64);
     buf.put_u8(VERSION);
     buf.put_u8(FORWARD);
@@ -119,6 +146,7 @@ pub fn forward(message: &Message, groups: &[GroupRef]) -> Bytes {
             .as_ref()
             .map(|o| (o.client_id.as_str(), o.pkid)),
         fanout: message.stored_fanout,
+        ack,
     };
     let taken = std::mem::take(&mut buf);
     buf = postcard::to_extend(&header, taken).expect("postcard into a BytesMut");
@@ -151,8 +179,18 @@ pub fn decode(frame: &[u8]) -> Result<Frame, FrameError> {
                     .into_iter()
                     .map(|(f, g)| (f.into(), g.into()))
                     .collect(),
+                ack: h.ack,
             })
         }
+        [VERSION, FORWARD_ACK, rest @ ..] if rest.len() == 9 => Ok(Frame::ForwardAck {
+            id: u64_at(rest, 0)?,
+            outcome: match rest[8] {
+                0 => AckOutcome::Stored,
+                1 => AckOutcome::QuotaExceeded,
+                2 => AckOutcome::Failed,
+                _ => return Err(FrameError::Malformed),
+            },
+        }),
         [VERSION, SYNC, rest @ ..] if rest.len() == 16 => Ok(Frame::Sync {
             id: u64_at(rest, 0)?,
             index: u64_at(rest, 8)?,
@@ -169,7 +207,7 @@ pub fn decode(frame: &[u8]) -> Result<Frame, FrameError> {
                     .to_string(),
             })
         }
-        [VERSION, SYNC | SYNCED | RELEASE, ..] => Err(FrameError::Malformed),
+        [VERSION, SYNC | SYNCED | RELEASE | FORWARD_ACK, ..] => Err(FrameError::Malformed),
         [VERSION, kind, ..] => Err(FrameError::Kind(*kind)),
         [v, ..] => Err(FrameError::Version(*v)),
         [] => Err(FrameError::Malformed),
@@ -203,10 +241,15 @@ mod tests {
             })),
         };
         let groups: Vec<GroupRef> = vec![("device/+/status".into(), "workers".into())];
-        let Ok(Frame::Forward { message, groups: g }) = decode(&forward(&m, &groups)) else {
+        let Ok(Frame::Forward {
+            message,
+            groups: g,
+            ack,
+        }) = decode(&forward(&m, &groups, Some(41)))
+        else {
             panic!("a forward decodes as one");
         };
-        assert_eq!(g, groups);
+        assert_eq!((g, ack), (groups, Some(41)));
         assert_eq!(
             (
                 message.topic.as_str(),
@@ -250,6 +293,23 @@ mod tests {
             Ok(Frame::Sync { id: 7, index: 99 })
         ));
         assert!(matches!(decode(&synced(7)), Ok(Frame::Synced { id: 7 })));
+        for outcome in [
+            AckOutcome::Stored,
+            AckOutcome::QuotaExceeded,
+            AckOutcome::Failed,
+        ] {
+            match decode(&forward_ack(7, outcome)) {
+                Ok(Frame::ForwardAck { id: 7, outcome: o }) => assert_eq!(o, outcome),
+                other => panic!("{other:?}"),
+            }
+        }
+        let mut bad = forward_ack(7, AckOutcome::Stored).to_vec();
+        *bad.last_mut().unwrap() = 9;
+        assert_eq!(decode(&bad).unwrap_err(), FrameError::Malformed);
+        assert_eq!(
+            decode(&[VERSION, FORWARD_ACK, 1]).unwrap_err(),
+            FrameError::Malformed
+        );
         match decode(&release(7, 99, "dev-1")) {
             Ok(Frame::Release {
                 id: 7,

@@ -5,6 +5,7 @@
 //! - [`local`]: this node's filters, counted, and what the table must change to agree with them;
 //! - [`plan`]: which nodes a message goes to, shared groups included (pure);
 //! - [`frame`]: what goes over the peer link's application lane;
+//! - [`answers`]: forwarded shared-group copies whose publisher waits for the receiving node's answer;
 //! - this file: [`RemoteLink`], which proposes this node's routes, sends frames with back-pressure and
 //!   hands received messages to the local shards.
 //!
@@ -14,6 +15,7 @@
 //! proposes the difference: a route lost to a leaderless moment or left over from before a restart is
 //! repaired without anyone waiting for it.
 
+pub mod answers;
 pub mod frame;
 pub mod local;
 pub mod plan;
@@ -24,9 +26,10 @@ pub use table::{RemoteMatch, RemoteRoutes};
 
 use crate::broker::registry::RegistryMsg;
 use crate::broker::shard::ShardMsg;
-use crate::broker::ticket::Ticket;
+use crate::broker::ticket::{AckGate, AckOutcome, Ticket};
 use crate::broker::Context;
 use crate::store::Store;
+use answers::Answers;
 use bytes::Bytes;
 use local::LocalRoutes;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
@@ -71,6 +74,10 @@ pub struct RemoteLink {
     /// Peers that did not answer a sync in time: later syncs do not wait for them until they answer again
     /// (a dead node must not slow every SUBACK).
     unresponsive: Mutex<HashSet<u64>>,
+    /// Forwarded shared-group copies whose publishers wait for the peer's answer.
+    answers: Mutex<Answers>,
+    /// `cicada_forward_answers_total{result}`.
+    answered: IntCounterVec,
 }
 
 /// Waits until this node has applied up to `index`, at most `SYNC_WAIT`: true when it has.
@@ -122,7 +129,15 @@ impl RemoteLink {
         )?;
         registry.register(Box::new(forwarded.clone()))?;
         registry.register(Box::new(forward_dropped.clone()))?;
+        let answered = IntCounterVec::new(
+            Opts::new(
+                "cicada_forward_answers_total",
+                "Shared-group copies of QoS 1/2 messages forwarded to another node whose publisher waited for that node's answer, by result (stored, quota_exceeded, failed: as the peer answered; timeout: no answer in time, the publisher is not acknowledged).",
+            ),
+            &["result"],
+        )?;
         registry.register(Box::new(local_routes.clone()))?;
+        registry.register(Box::new(answered.clone()))?;
         let me = store.node_id();
         let link = Arc::new(RemoteLink {
             store,
@@ -137,6 +152,8 @@ impl RemoteLink {
             syncs: Mutex::new(HashMap::new()),
             next_sync: std::sync::atomic::AtomicU64::new(1),
             unresponsive: Mutex::new(HashSet::new()),
+            answers: Mutex::new(Answers::default()),
+            answered,
         });
         link.refresh_membership();
         Ok(link)
@@ -159,6 +176,12 @@ impl RemoteLink {
     /// Whether a publish must look at the table: other nodes have routes.
     pub fn has_remote_routes(&self) -> bool {
         self.clustered.load(Ordering::Relaxed) && self.table().has_others()
+    }
+
+    /// Whether other nodes have members of shared groups (a QoS 1/2 publisher may then wait for a peer's
+    /// answer: see [`RemoteLink::forward_message`]).
+    pub fn has_remote_groups(&self) -> bool {
+        self.clustered.load(Ordering::Relaxed) && self.table().has_other_groups()
     }
 
     fn refresh_membership(&self) -> bool {
@@ -360,7 +383,7 @@ impl RemoteLink {
     /// Sends a frame to a peer on the application lane, waiting (back-pressure on the shard, and through
     /// its ticket on the publisher) while the lane is full, up to `FORWARD_WAIT`; a peer whose lane stays
     /// full counts as stalled and its frames are dropped, counted, until its lane has room again.
-    pub async fn forward(&self, to: u64, frame: Bytes) {
+    pub async fn forward(&self, to: u64, frame: Bytes) -> bool {
         let peer = to.to_string();
         let cluster = self.store.cluster();
         let result = match cluster.try_send_app(to, frame.clone()) {
@@ -389,12 +412,85 @@ impl RemoteLink {
             }
         };
         match result {
-            Ok(()) => self.forwarded.with_label_values(&[&peer, "out"]).inc(),
-            Err(reason) => self
-                .forward_dropped
-                .with_label_values(&[&peer, reason])
-                .inc(),
+            Ok(()) => {
+                self.forwarded.with_label_values(&[&peer, "out"]).inc();
+                true
+            }
+            Err(reason) => {
+                self.forward_dropped
+                    .with_label_values(&[&peer, reason])
+                    .inc();
+                false
+            }
         }
+    }
+
+    /// Forwards a message to `to` for its plain subscribers and the shared `groups` named. A QoS 1/2
+    /// message whose publisher waits (its ticket has a gate) and that names groups makes the publisher wait
+    /// for the peer's answer too: a persistent member there stores its copy before the publisher is
+    /// acknowledged, as on one node. A frame that could not be queued fails the publisher's wait at once.
+    pub async fn forward_message(
+        &self,
+        to: u64,
+        message: &crate::broker::message::Message,
+        groups: &[GroupRef],
+        ticket: &Ticket,
+    ) {
+        let gate = ticket
+            .gate
+            .as_ref()
+            .filter(|_| !groups.is_empty() && message.qos != crate::protocol::QoS::AtMostOnce);
+        let id = gate.map(|g| lock(&self.answers).expect(g.clone(), std::time::Instant::now()));
+        if !self.forward(to, frame::forward(message, groups, id)).await {
+            if let Some(id) = id {
+                self.answer_arrived(id, AckOutcome::Failed);
+            }
+        }
+    }
+
+    /// A peer's answer (or this node's own verdict) for a forwarded group copy.
+    fn answer_arrived(&self, id: u64, outcome: AckOutcome) {
+        if lock(&self.answers).answered(id, outcome) {
+            let result = match outcome {
+                AckOutcome::Stored => "stored",
+                AckOutcome::QuotaExceeded => "quota_exceeded",
+                AckOutcome::Failed => "failed",
+            };
+            self.answered.with_label_values(&[result]).inc();
+        }
+    }
+
+    /// Fails the forwarded group copies whose answer did not come in time.
+    fn expire_answers(&self) {
+        let expired = lock(&self.answers).expire(std::time::Instant::now());
+        if expired > 0 {
+            tracing::warn!(
+                expired,
+                "no answer from a peer for forwarded shared-group copies: their publishers are not acknowledged"
+            );
+            self.answered
+                .with_label_values(&["timeout"])
+                .inc_by(expired as u64);
+        }
+    }
+
+    /// The gate of a forwarded message this node is asked to answer for: once the copies it made are
+    /// stored or handed over, the answer goes back to `from` (waiting for room on a full lane, bounded).
+    fn answering_gate(self: &Arc<Self>, from: u64, id: u64) -> Arc<AckGate> {
+        let link = self.clone();
+        AckGate::calling(move |outcome| {
+            let bytes = frame::forward_ack(id, outcome);
+            let cluster = link.store.cluster();
+            if let Err(cicada_cluster::transport::AppSendError::Full(_)) =
+                cluster.try_send_app(from, bytes.clone())
+            {
+                let link = link.clone();
+                tokio::spawn(async move {
+                    let cluster = link.store.cluster();
+                    let _ = tokio::time::timeout(FORWARD_WAIT, cluster.send_app(from, bytes)).await;
+                });
+            }
+        })
     }
 
     /// Compares this node's filters with its routes in the table and proposes the difference; also follows
@@ -450,21 +546,30 @@ impl RemoteLink {
         // Messages from peers in the shards at once: past it, this loop (and, through the lane, the
         // sending shards and their publishers) waits.
         let credit = Arc::new(tokio::sync::Semaphore::new(FORWARD_CREDIT));
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
         loop {
             let (from, bytes) = tokio::select! {
                 _ = ctx.shutdown.cancelled() => return,
+                _ = sweep.tick() => {
+                    self.expire_answers();
+                    continue;
+                }
                 f = frames.recv() => match f { Some(f) => f, None => return },
             };
             let peer = from.to_string();
             match frame::decode(&bytes) {
-                Ok(frame::Frame::Forward { message, groups }) => {
+                Ok(frame::Frame::Forward {
+                    message,
+                    groups,
+                    ack,
+                }) => {
                     self.forwarded.with_label_values(&[&peer, "in"]).inc();
                     let Ok(permit) = credit.clone().acquire_owned().await else {
                         return;
                     };
                     let ticket = Ticket {
                         credit: Some(Arc::new(permit)),
-                        gate: None,
+                        gate: ack.map(|id| self.answering_gate(from, id)),
                     };
                     let _ = ctx.shard_for(&message.topic).cast(ShardMsg::Forwarded(
                         Arc::new(*message),
@@ -472,6 +577,7 @@ impl RemoteLink {
                         ticket,
                     ));
                 }
+                Ok(frame::Frame::ForwardAck { id, outcome }) => self.answer_arrived(id, outcome),
                 Ok(frame::Frame::Sync { id, index }) => self.answer_sync(from, id, index),
                 Ok(frame::Frame::Release {
                     id,

@@ -48,6 +48,8 @@ pub struct RemoteRoutes {
     by_node: HashMap<u64, BTreeSet<String>>,
     /// Routes of other nodes: while there are none, a publish costs nothing here.
     others: usize,
+    /// Of them, shared groups' routes.
+    other_groups: usize,
 }
 
 /// Splits a route's filter into (group, plain filter).
@@ -65,6 +67,7 @@ impl RemoteRoutes {
             trie: Trie::default(),
             by_node: HashMap::new(),
             others: 0,
+            other_groups: 0,
         }
     }
 
@@ -77,6 +80,11 @@ impl RemoteRoutes {
         self.others > 0
     }
 
+    /// Whether any other node has members of a shared group.
+    pub fn has_other_groups(&self) -> bool {
+        self.other_groups > 0
+    }
+
     /// Node `node` has subscribers for `full` (`$share/g/f` for a group's members). Idempotent.
     pub fn add(&mut self, node: u64, full: &str) {
         if !self
@@ -87,10 +95,11 @@ impl RemoteRoutes {
         {
             return;
         }
+        let (group, filter) = split(full);
         if node != self.me {
             self.others += 1;
+            self.other_groups += usize::from(group.is_some());
         }
-        let (group, filter) = split(full);
         let entry = self.trie.entry(filter, || Entry {
             filter: filter.into(),
             nodes: BTreeSet::new(),
@@ -117,10 +126,11 @@ impl RemoteRoutes {
         if set.is_empty() {
             self.by_node.remove(&node);
         }
+        let (group, filter) = split(full);
         if node != self.me {
             self.others -= 1;
+            self.other_groups -= usize::from(group.is_some());
         }
-        let (group, filter) = split(full);
         if let Some(entry) = self.trie.get_mut(filter) {
             match group {
                 None => {
@@ -187,6 +197,7 @@ mod tests {
         t.add(2, "$share/workers/device/+/status");
         t.add(1, "$share/workers/device/+/status");
         t.add(3, "$share/audit/device/#");
+        assert!(t.has_other_groups());
         let m = t.matching("device/7/status");
         assert_eq!(m.nodes, BTreeSet::from([2, 3]));
         let mut groups: Vec<_> = m

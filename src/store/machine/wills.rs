@@ -122,12 +122,13 @@ impl BrokerMachine {
         let expires = w
             .message_expiry
             .map_or(0, |i| now.saturating_add(u64::from(i)).saturating_mul(1000));
-        self.fire_will(txn, client_id, record, expires, quota)
+        self.fire_will(txn, client_id, record, expires, quota, node)
     }
 
     /// A recorded Will fires (its owner node is down): retained if it says so, appended for the persistent
     /// sessions it matches, and handed to this node's other subscribers once the batch is written.
-    /// `expires`: its expiry (unix milliseconds, 0 for none), as the proposer fixed it.
+    /// `expires`: its expiry (unix milliseconds, 0 for none), as the proposer fixed it; `down`: the node
+    /// counted as down, which no shared group gets it from while another node has members.
     pub(super) fn fire_will(
         &mut self,
         txn: &mut Txn<'_>,
@@ -135,6 +136,7 @@ impl BrokerMachine {
         record: &[u8],
         expires: u64,
         quota: (u64, u64),
+        down: u64,
     ) -> Outcome {
         let Some((_, publish)) = split_record(record) else {
             return Outcome::Ignored;
@@ -185,7 +187,9 @@ impl BrokerMachine {
             .groups
             .into_iter()
             .filter(|g| {
-                will_group_node(client_id, &g.filter, &g.group, &g.nodes) == Some(self.node_id)
+                let up: Vec<u64> = g.nodes.iter().copied().filter(|n| *n != down).collect();
+                let nodes = if up.is_empty() { &g.nodes } else { &up };
+                will_group_node(client_id, &g.filter, &g.group, nodes) == Some(self.node_id)
             })
             .map(|g| (g.filter, g.group))
             .collect();
