@@ -436,6 +436,11 @@ impl Cluster {
         self.peer_addr
     }
 
+    /// Whether the application lane to a peer is connected now.
+    pub fn app_link_up(&self, to: u64) -> bool {
+        self.transport.app_link_up(to)
+    }
+
     /// Sends an opaque frame to a peer on the application lane, waiting while the lane is full.
     pub async fn send_app(&self, to: u64, frame: Bytes) -> Result<(), transport::AppSendError> {
         self.transport.send_app(to, frame).await

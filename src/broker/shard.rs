@@ -121,7 +121,8 @@ impl ShardState {
             self.send(&message, copies, &ticket, false);
             return;
         };
-        let remote = link.table().matching(&message.topic);
+        let mut remote = link.table().matching(&message.topic);
+        link.prefer_reachable(&mut remote);
         let mut planner = Planner::new(link.me(), &remote, &mut self.turns);
         let copies = self
             .routes

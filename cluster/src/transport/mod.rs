@@ -100,6 +100,8 @@ struct Inner {
     snapshots: Arc<Snapshots>,
     metrics: Metrics,
     acceptor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Peers whose application lane is connected now.
+    app_up: Mutex<std::collections::HashSet<u64>>,
 }
 
 /// The node's peer links.
@@ -224,6 +226,7 @@ impl Transport {
                 snapshots,
                 metrics,
                 acceptor: Mutex::new(None),
+                app_up: Mutex::new(std::collections::HashSet::new()),
             }),
         };
         for (&id, addr) in peers {
@@ -279,8 +282,28 @@ impl Transport {
         );
     }
 
+    /// Whether the application lane to `id` is connected now (a peer that died or is cut off is not, once
+    /// its link noticed).
+    pub fn app_link_up(&self, id: u64) -> bool {
+        self.inner
+            .app_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
+    }
+
+    fn set_app_up(&self, id: u64, up: bool) {
+        let mut set = self.inner.app_up.lock().unwrap_or_else(|e| e.into_inner());
+        if up {
+            set.insert(id);
+        } else {
+            set.remove(&id);
+        }
+    }
+
     /// Drops the link to a removed node.
     pub fn remove_peer(&self, id: u64) {
+        self.set_app_up(id, false);
         if let Some(p) = self
             .inner
             .peers
@@ -567,6 +590,9 @@ impl Transport {
             };
             backoff = BACKOFF_MIN;
             m.peer_up.with_label_values(&labels).set(1);
+            if lane == Lane::App {
+                self.set_app_up(id, true);
+            }
             tracing::info!(peer = id, lane = lane.label(), "peer link up");
             let Halves { mut rd, mut wr } = stream;
             let inbound = self.inner.inbound.clone();
@@ -663,6 +689,9 @@ impl Transport {
             };
             drop(reader);
             m.peer_up.with_label_values(&labels).set(0);
+            if lane == Lane::App {
+                self.set_app_up(id, false);
+            }
             m.peer_link_down
                 .with_label_values(&[peer.as_str(), lane.label(), reason])
                 .inc();

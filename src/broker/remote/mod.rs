@@ -178,6 +178,19 @@ impl RemoteLink {
         self.clustered.load(Ordering::Relaxed) && self.table().has_others()
     }
 
+    /// Shared groups go to nodes whose peer link is up when there is one (a node that died or is cut off
+    /// would hold its turns' messages, and their publishers, until its answers time out); a group whose
+    /// nodes are all unreachable keeps them (its messages wait in the lane as before).
+    pub fn prefer_reachable(&self, remote: &mut RemoteMatch) {
+        let cluster = self.store.cluster();
+        for g in &mut remote.groups {
+            let reachable = |n: &u64| *n == self.me || cluster.app_link_up(*n);
+            if !g.nodes.iter().all(reachable) && g.nodes.iter().any(reachable) {
+                g.nodes.retain(reachable);
+            }
+        }
+    }
+
     /// Whether other nodes have members of shared groups (a QoS 1/2 publisher may then wait for a peer's
     /// answer: see [`RemoteLink::forward_message`]).
     pub fn has_remote_groups(&self) -> bool {
