@@ -8,7 +8,7 @@ use super::metrics::Metrics;
 use super::remote::{GroupRef, GroupTurns, Planner, RemoteLink};
 use super::routes::{NoMember, Route, Routes};
 use super::session::SessionMsg;
-use super::ticket::Ticket;
+use super::ticket::{Handed, Ticket};
 use crate::protocol::QoS;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
@@ -99,10 +99,24 @@ impl Actor for TopicShard {
             }
             ShardMsg::Publish(message, ticket) => s.route(message, ticket).await,
             ShardMsg::Forwarded(message, groups, ticket) => {
+                let mut served = 0;
                 let copies = s.routes.route_with(&message, |f, g| {
-                    groups.iter().any(|(gf, gg)| &**gf == f && &**gg == g)
+                    let named = groups.iter().any(|(gf, gg)| &**gf == f && &**gg == g);
+                    served += usize::from(named);
+                    named
                 });
-                s.send(&message, copies, &ticket, true);
+                // A peer waits to hear where its group copies went (its ticket has a gate): a group named
+                // that has no member here any more (it left, or moved to another node, before the route
+                // did) fails it, so the publisher sends again rather than being told it was stored.
+                if let Some(gate) = ticket.gate.as_ref().filter(|_| served < groups.len()) {
+                    s.metrics
+                        .dropped
+                        .with_label_values(&["no_group_member"])
+                        .inc();
+                    gate.fail();
+                }
+                let strict = ticket.gate.is_some();
+                s.send(&message, copies, &ticket, true, strict);
             }
             ShardMsg::Redeliver { delivery, exclude } => s.redeliver(delivery, exclude),
         }
@@ -118,7 +132,7 @@ impl ShardState {
         let link = self.link.clone().filter(|l| l.has_remote_routes());
         let Some(link) = link else {
             let copies = self.routes.route(&message);
-            self.send(&message, copies, &ticket, false);
+            self.send(&message, copies, &ticket, false, false);
             return;
         };
         let mut remote = link.table().matching(&message.topic);
@@ -129,20 +143,22 @@ impl ShardState {
             .route_with(&message, |f, g| planner.local_group(f, g));
         let frames = planner.finish();
         self.turns.trim(100_000);
-        self.send(&message, copies, &ticket, !frames.is_empty());
+        self.send(&message, copies, &ticket, !frames.is_empty(), false);
         for (node, groups) in frames {
             link.forward_message(node, &message, &groups, &ticket).await;
         }
     }
 
     /// Casts the copies to their sessions; `elsewhere`: the message also went to (or came from) another
-    /// node, so no local copy is not a drop.
+    /// node, so no local copy is not a drop; `strict`: a copy dropped unhandled fails the gate (see
+    /// [`Handed`]).
     fn send(
         &self,
         message: &Message,
         copies: Vec<(ActorRef<SessionMsg>, Delivery)>,
         ticket: &Ticket,
         elsewhere: bool,
+        strict: bool,
     ) {
         if let Some(gate) = &ticket.gate {
             // Counted before any session can refuse its copy (quota): all refusing means 0x97.
@@ -155,7 +171,10 @@ impl ShardState {
                 .inc();
         }
         for (session, delivery) in copies {
-            let _ = session.cast(SessionMsg::Deliver(delivery, ticket.clone()));
+            let _ = session.cast(SessionMsg::Deliver(
+                delivery,
+                Handed::new(ticket.clone(), strict),
+            ));
         }
     }
 
@@ -163,7 +182,10 @@ impl ShardState {
         let (topic, qos) = (delivery.message.topic.clone(), delivery.qos);
         match self.routes.redeliver(delivery, exclude) {
             Ok((session, delivery)) => {
-                let _ = session.cast(SessionMsg::Deliver(delivery, Ticket::default()));
+                let _ = session.cast(SessionMsg::Deliver(
+                    delivery,
+                    Handed::new(Ticket::default(), false),
+                ));
             }
             Err(NoMember) => {
                 if qos != QoS::AtMostOnce {

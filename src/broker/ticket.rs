@@ -134,6 +134,48 @@ pub struct Ticket {
     pub gate: Option<Arc<AckGate>>,
 }
 
+/// A copy's ticket on its way to a session. `strict`: a copy a peer waits to hear about (see
+/// `RemoteLink::answering_gate`): dropped unhandled (the session stopped with it still in its mailbox: it
+/// moved to another node, or ended), its gate fails, so the peer's publisher is not told it was stored.
+/// A local publisher's copies are not strict: a session that ended with them queued is, for it, a
+/// subscriber that went away, as on one node.
+pub struct Handed {
+    ticket: Option<Ticket>,
+    strict: bool,
+}
+
+impl Handed {
+    pub fn new(ticket: Ticket, strict: bool) -> Handed {
+        Handed {
+            ticket: Some(ticket),
+            strict,
+        }
+    }
+
+    /// The session has the copy: its ticket.
+    pub fn take(mut self) -> Ticket {
+        self.ticket.take().unwrap_or_default()
+    }
+}
+
+impl Drop for Handed {
+    fn drop(&mut self) {
+        if let (true, Some(t)) = (self.strict, self.ticket.take()) {
+            if let Some(g) = &t.gate {
+                g.fail();
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Handed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handed")
+            .field("strict", &self.strict)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +207,28 @@ mod tests {
         gate.refuse_quota();
         drop(gate);
         assert_eq!(wait.await, Ok(AckOutcome::QuotaExceeded));
+    }
+
+    #[tokio::test]
+    async fn a_strict_copy_dropped_unhandled_fails_its_gate_and_a_handled_one_does_not() {
+        let (gate, wait) = AckGate::new();
+        let ticket = Ticket {
+            credit: None,
+            gate: Some(gate),
+        };
+        let handled = Handed::new(ticket.clone(), true).take();
+        drop(Handed::new(ticket.clone(), false));
+        drop((handled, ticket));
+        assert_eq!(wait.await, Ok(AckOutcome::Stored));
+        let (gate, wait) = AckGate::new();
+        drop(Handed::new(
+            Ticket {
+                credit: None,
+                gate: Some(gate),
+            },
+            true,
+        ));
+        assert_eq!(wait.await, Ok(AckOutcome::Failed));
     }
 
     #[tokio::test]

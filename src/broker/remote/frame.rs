@@ -9,10 +9,12 @@
 //! A SUBACK whose route is new waits for them, so every node routes by the new route before the client
 //! can publish to it.
 //!
-//! A `FORWARD` that names shared groups for a QoS 1/2 message whose publisher waits for its copies carries an
-//! answer id: the receiver answers `FORWARD_ACK` (id, outcome) once the group's copy is stored (a persistent
-//! member) or handed over (a clean one), so the publisher is acknowledged only then (issue 12: a QoS 1/2
-//! publish matching a persistent session is stored before it is acknowledged, shared groups included).
+//! `FORWARD_ANSWERED` (id, then a `FORWARD`'s body): a forward that names shared groups for a QoS 1/2 message
+//! whose publisher waits for its copies: the receiver answers `FORWARD_ACK` (id, outcome) once the group's
+//! copy is stored (a persistent member) or handed over (a clean one), so the publisher is acknowledged only
+//! then (issue 12: a QoS 1/2 publish matching a persistent session is stored before it is acknowledged,
+//! shared groups included). A kind of its own, so a node of an earlier build still reads every other frame
+//! during a rolling upgrade; it drops this one as unknown, and the publisher, never answered, is refused.
 //!
 //! `RELEASE` (id, index, client id): as `SYNC`, and once applied the receiver's registry has ended its
 //! session for the client if another node now holds it (its connection closed, 0x8E, and settled) before
@@ -24,12 +26,13 @@ use crate::broker::ticket::AckOutcome;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
-const VERSION: u8 = 3;
+const VERSION: u8 = 2;
 const FORWARD: u8 = 1;
 const SYNC: u8 = 2;
 const SYNCED: u8 = 3;
 const RELEASE: u8 = 4;
 const FORWARD_ACK: u8 = 5;
+const FORWARD_ANSWERED: u8 = 6;
 /// A client id is at most 65535 bytes (MQTT's string length).
 const MAX_CLIENT_ID: usize = 65_535;
 
@@ -44,8 +47,6 @@ struct ForwardHeader<'a> {
     /// The sending node proposed the message's fan-out to persistent sessions through the store (see
     /// `Message::stored_fanout`).
     fanout: bool,
-    /// Answer with `FORWARD_ACK` and this id once the groups' copies are stored or handed over.
-    ack: Option<u64>,
 }
 
 /// Why a frame was not understood.
@@ -135,10 +136,17 @@ pub fn forward_ack(id: u64, outcome: AckOutcome) -> Bytes {
     buf.freeze()
 }
 
+/// A `FORWARD`, or with `ack` a `FORWARD_ANSWERED` the receiver answers with that id.
 pub fn forward(message: &Message, groups: &[GroupRef], ack: Option<u64>) -> Bytes {
-    let mut buf = BytesMut::with_capacity(message.payload.len() + message.topic.len() + 64);
+    let mut buf = BytesMut::with_capacity(message.payload.len() + message.topic.len() + 72);
     buf.put_u8(VERSION);
-    buf.put_u8(FORWARD);
+    match ack {
+        None => buf.put_u8(FORWARD),
+        Some(id) => {
+            buf.put_u8(FORWARD_ANSWERED);
+            buf.put_u64(id);
+        }
+    }
     let header = ForwardHeader {
         groups: groups.iter().map(|(f, g)| (&**f, &**g)).collect(),
         origin: message
@@ -146,7 +154,6 @@ pub fn forward(message: &Message, groups: &[GroupRef], ack: Option<u64>) -> Byte
             .as_ref()
             .map(|o| (o.client_id.as_str(), o.pkid)),
         fanout: message.stored_fanout,
-        ack,
     };
     let taken = std::mem::take(&mut buf);
     buf = postcard::to_extend(&header, taken).expect("postcard into a BytesMut");
@@ -154,34 +161,41 @@ pub fn forward(message: &Message, groups: &[GroupRef], ack: Option<u64>) -> Byte
     buf.freeze()
 }
 
+/// A `FORWARD`'s body: its header, then the message.
+fn decode_forward(rest: &[u8], ack: Option<u64>) -> Result<Frame, FrameError> {
+    let (h, tail): (ForwardHeader<'_>, &[u8]) =
+        postcard::take_from_bytes(rest).map_err(|_| FrameError::Malformed)?;
+    // An expired message and a broken one both decode to nothing: tell them apart by the header.
+    let mut message = crate::store::decode_record(tail).ok_or(if tail.len() > 2 {
+        FrameError::Expired
+    } else {
+        FrameError::Malformed
+    })?;
+    message.stored_fanout = h.fanout;
+    message.qos2_origin = h.origin.map(|(client_id, pkid)| {
+        std::sync::Arc::new(crate::broker::message::Qos2Origin {
+            client_id: client_id.to_string(),
+            pkid,
+        })
+    });
+    Ok(Frame::Forward {
+        message: Box::new(message),
+        groups: h
+            .groups
+            .into_iter()
+            .map(|(f, g)| (f.into(), g.into()))
+            .collect(),
+        ack,
+    })
+}
+
 pub fn decode(frame: &[u8]) -> Result<Frame, FrameError> {
     match frame {
-        [VERSION, FORWARD, rest @ ..] => {
-            let (h, tail): (ForwardHeader<'_>, &[u8]) =
-                postcard::take_from_bytes(rest).map_err(|_| FrameError::Malformed)?;
-            // An expired message and a broken one both decode to nothing: tell them apart by the header.
-            let mut message = crate::store::decode_record(tail).ok_or(if tail.len() > 2 {
-                FrameError::Expired
-            } else {
-                FrameError::Malformed
-            })?;
-            message.stored_fanout = h.fanout;
-            message.qos2_origin = h.origin.map(|(client_id, pkid)| {
-                std::sync::Arc::new(crate::broker::message::Qos2Origin {
-                    client_id: client_id.to_string(),
-                    pkid,
-                })
-            });
-            Ok(Frame::Forward {
-                message: Box::new(message),
-                groups: h
-                    .groups
-                    .into_iter()
-                    .map(|(f, g)| (f.into(), g.into()))
-                    .collect(),
-                ack: h.ack,
-            })
-        }
+        [VERSION, FORWARD, rest @ ..] => decode_forward(rest, None),
+        [VERSION, FORWARD_ANSWERED, rest @ ..] => decode_forward(
+            rest.get(8..).ok_or(FrameError::Malformed)?,
+            Some(u64_at(rest, 0)?),
+        ),
         [VERSION, FORWARD_ACK, rest @ ..] if rest.len() == 9 => Ok(Frame::ForwardAck {
             id: u64_at(rest, 0)?,
             outcome: match rest[8] {
@@ -249,7 +263,18 @@ mod tests {
         else {
             panic!("a forward decodes as one");
         };
-        assert_eq!((g, ack), (groups, Some(41)));
+        assert_eq!((g, ack), (groups.clone(), Some(41)));
+        // Without an answer id: the frame an earlier build reads.
+        let plain = forward(&m, &groups, None);
+        assert_eq!(plain[..2], [2, FORWARD]);
+        assert!(matches!(
+            decode(&plain),
+            Ok(Frame::Forward { ack: None, .. })
+        ));
+        assert_eq!(
+            decode(&[VERSION, FORWARD_ANSWERED, 1, 2]).unwrap_err(),
+            FrameError::Malformed
+        );
         assert_eq!(
             (
                 message.topic.as_str(),

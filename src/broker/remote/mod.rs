@@ -178,15 +178,17 @@ impl RemoteLink {
         self.clustered.load(Ordering::Relaxed) && self.table().has_others()
     }
 
-    /// Shared groups go to nodes whose peer link is up when there is one (a node that died or is cut off
-    /// would hold its turns' messages, and their publishers, until its answers time out); a group whose
-    /// nodes are all unreachable keeps them (its messages wait in the lane as before).
+    /// Shared groups go to other nodes whose peer link is up when there is one (a node that died or is
+    /// cut off would hold its turns' messages, and their publishers, until its answers time out). This
+    /// node stays a candidate (it takes a turn only with a member here); a group with no other node
+    /// reachable keeps them all (its messages wait in the lane, and fail, as before: never nowhere).
     pub fn prefer_reachable(&self, remote: &mut RemoteMatch) {
         let cluster = self.store.cluster();
         for g in &mut remote.groups {
-            let reachable = |n: &u64| *n == self.me || cluster.app_link_up(*n);
-            if !g.nodes.iter().all(reachable) && g.nodes.iter().any(reachable) {
-                g.nodes.retain(reachable);
+            let up = |n: &u64| *n != self.me && cluster.app_link_up(*n);
+            let down = |n: &u64| *n != self.me && !cluster.app_link_up(*n);
+            if g.nodes.iter().any(down) && g.nodes.iter().any(up) {
+                g.nodes.retain(|n| *n == self.me || up(n));
             }
         }
     }
@@ -453,17 +455,17 @@ impl RemoteLink {
             .gate
             .as_ref()
             .filter(|_| !groups.is_empty() && message.qos != crate::protocol::QoS::AtMostOnce);
-        let id = gate.map(|g| lock(&self.answers).expect(g.clone(), std::time::Instant::now()));
+        let id = gate.map(|g| lock(&self.answers).expect(to, g.clone(), std::time::Instant::now()));
         if !self.forward(to, frame::forward(message, groups, id)).await {
             if let Some(id) = id {
-                self.answer_arrived(id, AckOutcome::Failed);
+                self.answer_arrived(to, id, AckOutcome::Failed);
             }
         }
     }
 
     /// A peer's answer (or this node's own verdict) for a forwarded group copy.
-    fn answer_arrived(&self, id: u64, outcome: AckOutcome) {
-        if lock(&self.answers).answered(id, outcome) {
+    fn answer_arrived(&self, from: u64, id: u64, outcome: AckOutcome) {
+        if lock(&self.answers).answered(from, id, outcome) {
             let result = match outcome {
                 AckOutcome::Stored => "stored",
                 AckOutcome::QuotaExceeded => "quota_exceeded",
@@ -590,7 +592,9 @@ impl RemoteLink {
                         ticket,
                     ));
                 }
-                Ok(frame::Frame::ForwardAck { id, outcome }) => self.answer_arrived(id, outcome),
+                Ok(frame::Frame::ForwardAck { id, outcome }) => {
+                    self.answer_arrived(from, id, outcome)
+                }
                 Ok(frame::Frame::Sync { id, index }) => self.answer_sync(from, id, index),
                 Ok(frame::Frame::Release {
                     id,

@@ -92,7 +92,7 @@ pub enum SessionMsg {
         RpcReplyPort<Result<AttachReply, AttachRefused>>,
     ),
     Detach(Box<Detach>),
-    Deliver(Delivery, Ticket),
+    Deliver(Delivery, crate::broker::ticket::Handed),
     /// PUBACK, PUBREC or PUBCOMP from the client.
     Ack {
         conn: u64,
@@ -304,7 +304,7 @@ impl Actor for Session {
                 let _ = reply.send(r);
             }
             SessionMsg::Detach(d) => s.detach(&me, *d),
-            SessionMsg::Deliver(d, ticket) => s.deliver_live(d, ticket),
+            SessionMsg::Deliver(d, handed) => s.deliver_live(d, handed.take()),
             SessionMsg::Ack { conn, packet } if s.is_current(conn) => s.ack(packet),
             SessionMsg::Subscribe {
                 conn,
