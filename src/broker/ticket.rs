@@ -234,9 +234,9 @@ mod tests {
     #[tokio::test]
     async fn a_calling_gate_answers_once_its_last_holder_drops_and_a_merged_answer_counts_as_one_copy(
     ) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
         let gate = AckGate::calling(move |o| {
-            let _ = tx.send(o);
+            let _ = tx.try_send(o);
         });
         let held = gate.clone();
         drop(gate);
