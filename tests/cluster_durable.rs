@@ -10,7 +10,7 @@ mod common;
 use cicada::client::{Client, ClientOptions, Events};
 use cicada::protocol::{Packet, Properties, ProtocolVersion, PubAck, QoS, ReasonCode};
 use common::broker::{connect, Raw};
-use common::cluster::Cluster;
+use common::cluster::{resume_on, Cluster};
 use common::WAIT;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -136,18 +136,7 @@ async fn killing_the_owner_of_a_persistent_subscriber_loses_no_acknowledged_qos1
     assert_eq!(published.len(), 2 * PER_PUBLISHER);
 
     // The client resumes on node 3 (retried while the two survivors elect a leader, if node 2 led).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut sub = loop {
-        let mut s = Raw::connect(addr(c.port(3))).await;
-        conn.clean_start = false;
-        let (code, present, _) = s.handshake(conn.clone()).await;
-        if code == ReasonCode::SUCCESS {
-            assert!(present, "the session survives its node");
-            break s;
-        }
-        assert!(Instant::now() < deadline, "never resumed: {code:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let mut sub = resume_on(c.port(3), &conn).await;
     let wanted: BTreeMap<String, QoS> = published.into_iter().collect();
     let mut got: BTreeMap<String, usize> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -278,20 +267,9 @@ async fn the_will_of_a_connection_on_a_killed_node_fires_once_from_the_cluster_u
 
     c.nodes[1].signal(libc::SIGKILL);
     c.nodes[1].wait_exit();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut _d2 = loop {
-        let mut s = Raw::connect(addr(c.port(3))).await;
-        let mut again = c2.clone();
-        again.clean_start = false;
-        again.will = None;
-        let (code, present, _) = s.handshake(again).await;
-        if code == ReasonCode::SUCCESS {
-            assert!(present);
-            break s;
-        }
-        assert!(Instant::now() < deadline, "dev-2 never came back: {code:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let mut again = c2.clone();
+    again.will = None;
+    let mut _d2 = resume_on(c.port(3), &again).await;
 
     // dev-1's Will reaches the subscriber on node 1 once the leader counts node 2 as down.
     let m = common::next_message(&mut events, "dev-1's Will from the cluster").await;

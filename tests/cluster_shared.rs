@@ -10,7 +10,7 @@ mod common;
 use cicada::client::{Client, ClientOptions};
 use cicada::protocol::{Packet, Properties, ProtocolVersion, PubAck, QoS, ReasonCode};
 use common::broker::{connect, Raw};
-use common::cluster::Cluster;
+use common::cluster::{resume_on, Cluster};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -61,19 +61,7 @@ async fn a_shared_groups_persistent_member_on_a_killed_node_has_every_acknowledg
     c.nodes[1].wait_exit();
 
     // The member resumes on node 3 (retried while the survivors elect a leader, if node 2 led).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut m = loop {
-        let mut s = Raw::connect(addr(c.port(3))).await;
-        let mut again = member.clone();
-        again.clean_start = false;
-        let (code, present, _) = s.handshake(again).await;
-        if code == ReasonCode::SUCCESS {
-            assert!(present, "the session survives its node");
-            break s;
-        }
-        assert!(Instant::now() < deadline, "never resumed: {code:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let mut m = resume_on(c.port(3), &member).await;
     let mut got = BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while got.len() < N {

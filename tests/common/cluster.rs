@@ -154,6 +154,25 @@ impl Cluster {
     }
 }
 
+/// Resumes `connect`'s session (clean start = false) on the node listening on `port`: retried for up to
+/// 30 s while the survivors of a killed node elect a leader; the session must be present.
+pub async fn resume_on(port: u16, connect: &cicada::protocol::Connect) -> super::broker::Raw {
+    let mut again = connect.clone();
+    again.clean_start = false;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut s = super::broker::Raw::connect(addr).await;
+        let (code, present, _) = s.handshake(again.clone()).await;
+        if code == cicada::protocol::ReasonCode::SUCCESS {
+            assert!(present, "the session survives its node");
+            return s;
+        }
+        assert!(Instant::now() < deadline, "never resumed: {code:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// Blocks until `/ready` on this HTTP port answers 200.
 pub fn wait_ready(http_port: u16) {
     let deadline = Instant::now() + WAIT;
