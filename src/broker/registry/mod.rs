@@ -9,11 +9,15 @@
 //! subscriptions, stored inbox and inbound QoS 2 ids come from the replicated state, under a new
 //! incarnation that fences off every late command of the previous owner.
 
+mod open;
+
 use super::message::SessionId;
-use super::session::{Restored, Session, SessionArgs, SessionMsg};
+use super::session::{Session, SessionArgs, SessionMsg};
 use super::Context;
 use crate::protocol::ReasonCode;
-use crate::store::{OwnerChange, OwnerEvent, SessionRecord, Store};
+use crate::store::{OwnerChange, OwnerEvent, Store};
+pub use open::ClaimDecided;
+use open::{restore, OpenReply, Opening, Prepared};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -36,16 +40,6 @@ pub struct Opened {
     pub elsewhere: Option<u64>,
 }
 
-/// What became of a clean start's claim, for its connection (see [`Opened::claimed`]).
-#[derive(Default)]
-pub struct ClaimDecided {
-    /// The claim failed: the message to send the registry once the CONNACK is out.
-    pub failed: Option<RegistryMsg>,
-    /// The node that held the client right before the committed claim, in log order (not this node):
-    /// the node whose connection the claim closes, which the CONNACK waits for.
-    pub previous: Option<u64>,
-}
-
 /// Why no session could be opened for a connection (it is refused with 0x88: the client tries again).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum OpenRefused {
@@ -55,14 +49,24 @@ pub enum OpenRefused {
     Takeover(crate::store::CommitError),
     #[error("cannot start a session: {0}")]
     Spawn(Arc<ractor::SpawnErr>),
+    #[error("the node is shutting down")]
+    ShuttingDown,
 }
 
 pub enum RegistryMsg {
     Open {
         client_id: String,
         clean_start: bool,
-        reply: RpcReplyPort<Result<Opened, OpenRefused>>,
+        reply: OpenReply,
     },
+    /// A resume's take, run off the registry, is done (see [`open`]).
+    Prepared {
+        client_id: String,
+        prepared: Result<Prepared, OpenRefused>,
+        reply: OpenReply,
+    },
+    /// The session a connect waited for has ended: the client's waiting connects go on.
+    OpenNext { client_id: String },
     /// A session ended (expired, clean disconnect, discarded).
     Ended { client_id: String, id: SessionId },
     /// Close every connection with this reason and wait until each session has sent it.
@@ -131,6 +135,10 @@ pub struct RegistryState {
     /// settling), by client id and session id: a `Release` and a new connect here for the client wait for
     /// them, so nothing of the old connection is served once another connection is told it is connected.
     ending: HashMap<String, (SessionId, Ending)>,
+    /// Client ids whose open waits off the registry (see [`open`]), with what came for them meanwhile.
+    opening: HashMap<String, Opening>,
+    /// Shutting down: no session starts any more.
+    shutting_down: bool,
 }
 
 /// Turns true once a session being ended in the background has ended (or its task is gone).
@@ -158,41 +166,6 @@ fn lost_to_another(store: &Store, id: &str, l: &mut Local) -> bool {
     }
 }
 
-/// A token naming one claim: per-process random state and a counter (no clock).
-fn claim_token(ctx: &Context) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(ctx.next_session_id.load(Ordering::Relaxed));
-    h.finish() | 1
-}
-
-/// What a stored session needs to start again (offline, with its subscriptions); `None` (and its deletion
-/// proposed) when it expired while nobody held it.
-fn restore(store: &Store, client_id: &str, rec: SessionRecord) -> Option<Restored> {
-    let now = crate::store::unix_now();
-    let elapsed = match rec.offline_since {
-        0 => 0, // connected when its node stopped: offline from now
-        t => now.saturating_sub(t),
-    };
-    let remaining = if rec.expiry == u32::MAX {
-        u32::MAX
-    } else if elapsed >= u64::from(rec.expiry) {
-        let commit = store.delete_session(client_id, rec.incarnation);
-        store.in_background("delete_session", client_id, commit);
-        return None;
-    } else {
-        rec.expiry - elapsed as u32
-    };
-    Some(Restored {
-        incarnation: rec.incarnation,
-        inbox: store.inbox_summary(client_id, rec.incarnation),
-        expiry: rec.expiry,
-        remaining,
-        inbound_qos2: store.qos2_ids(client_id),
-        subscriptions: rec.subscriptions,
-    })
-}
-
 /// Ends a session whose client connected again (here or on another node): its connection gets 0x8E.
 /// Returns once it has ended.
 async fn end_taken_over(session: &ActorRef<SessionMsg>) {
@@ -202,84 +175,6 @@ async fn end_taken_over(session: &ActorRef<SessionMsg>) {
             None,
         )
         .await;
-}
-
-/// Attempts a clean start's claim may take while there is no leader (one a second): once a leader is back
-/// the claim commits and any other node's connection for the client goes, or a newer claim made this one
-/// stale and this node's connection goes.
-const CLAIM_ATTEMPTS: u32 = 60;
-
-/// Claims the client for this node. The first attempt's outcome goes to the connection (`first`), which
-/// waits for it before its CONNACK and reports a stale claim once the CONNACK is out. Without a leader the
-/// claim is tried again (with the owner epoch first read, so a claim another node committed meanwhile makes
-/// this one stale rather than this one ending a newer connection).
-async fn claim_until_decided(
-    store: Arc<Store>,
-    registry: ActorRef<RegistryMsg>,
-    client_id: String,
-    token: u64,
-    first: tokio::sync::oneshot::Sender<ClaimDecided>,
-) {
-    use crate::store::CommitError;
-    let mut first = Some(first);
-    let mut seen = None;
-    for attempt in 0..CLAIM_ATTEMPTS {
-        if attempt > 0 {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        }
-        let result = async {
-            let s = match seen {
-                Some(s) => s,
-                None => *seen.insert(store.fresh_owner_epoch(&client_id).await?),
-            };
-            store.claim(&client_id, token, s).await
-        }
-        .await;
-        let failed = || RegistryMsg::ClaimFailed {
-            client_id: client_id.clone(),
-            token,
-        };
-        match result {
-            Ok(claim) => {
-                if let Some(f) = first.take() {
-                    let _ = f.send(ClaimDecided {
-                        failed: None,
-                        previous: claim.previous,
-                    });
-                }
-                return;
-            }
-            // Stale: a newer claim won. The connection (or this task, once it is gone) tells the registry.
-            Err(CommitError::ClaimSuperseded) => {
-                let msg = match first.take() {
-                    Some(f) => f
-                        .send(ClaimDecided {
-                            failed: Some(failed()),
-                            previous: None,
-                        })
-                        .err()
-                        .and_then(|d| d.failed),
-                    None => Some(failed()),
-                };
-                if let Some(msg) = msg {
-                    let _ = registry.cast(msg);
-                }
-                return;
-            }
-            Err(e) => {
-                tracing::debug!(client_id, attempt, error = %e, "claim not committed; trying again");
-                // The client is served meanwhile (as on a node without a leader).
-                if let Some(f) = first.take() {
-                    let _ = f.send(ClaimDecided::default());
-                }
-            }
-        }
-    }
-    tracing::warn!(
-        client_id,
-        "claim never committed: the client stays served here unclaimed"
-    );
-    let _ = registry.cast(RegistryMsg::ClaimFailed { client_id, token });
 }
 
 impl Actor for Registry {
@@ -364,6 +259,8 @@ impl Actor for Registry {
             ctx,
             sessions,
             ending: HashMap::new(),
+            opening: HashMap::new(),
+            shutting_down: false,
         })
     }
 
@@ -378,16 +275,20 @@ impl Actor for Registry {
                 client_id,
                 clean_start,
                 reply,
-            } => {
-                let r = s.open(&me, client_id, clean_start).await;
-                let _ = reply.send(r);
-            }
+            } => s.open(&me, client_id, clean_start, reply).await,
+            RegistryMsg::Prepared {
+                client_id,
+                prepared,
+                reply,
+            } => s.prepared(&me, client_id, prepared, reply).await,
+            RegistryMsg::OpenNext { client_id } => s.open_next(&me, &client_id).await,
             RegistryMsg::Ended { client_id, id } => {
                 if s.sessions.get(&client_id).is_some_and(|l| l.id == id) {
                     s.sessions.remove(&client_id);
                 }
             }
             RegistryMsg::Shutdown(reason, done) => {
+                s.shutting_down = true;
                 for l in s.sessions.values() {
                     let _ = l
                         .session
@@ -416,28 +317,7 @@ impl Actor for Registry {
                     s.taken_elsewhere(&me, &client_id);
                 }
             }
-            RegistryMsg::Release { client_id, reply } => {
-                let lost = match (&s.ctx.store, s.sessions.get_mut(&client_id)) {
-                    (Some(store), Some(l)) => lost_to_another(store, &client_id, l),
-                    _ => false,
-                };
-                if lost {
-                    s.taken_elsewhere(&me, &client_id);
-                }
-                // Answered once the session has ended (its connection closed and settled), off the registry:
-                // also when the applied take reached the registry first and its end is already under way.
-                match s.ending_of(&client_id) {
-                    Some(ending) => {
-                        tokio::spawn(async move {
-                            until_ended(ending).await;
-                            let _ = reply.send(());
-                        });
-                    }
-                    None => {
-                        let _ = reply.send(());
-                    }
-                }
-            }
+            RegistryMsg::Release { client_id, reply } => s.release(&me, &client_id, reply),
             RegistryMsg::EndDone { client_id, id } => {
                 if s.ending.get(&client_id).is_some_and(|(e, _)| *e == id) {
                     s.ending.remove(&client_id);
@@ -521,128 +401,6 @@ impl Actor for Registry {
 }
 
 impl RegistryState {
-    async fn open(
-        &mut self,
-        me: &ActorRef<RegistryMsg>,
-        client_id: String,
-        clean_start: bool,
-    ) -> Result<Opened, OpenRefused> {
-        let store = self.ctx.store.clone().filter(|s| s.clustered());
-        // A session here that another node took is still ending: this connect waits for its end (bounded
-        // by the session's takeover wait), so the old connection is gone before the new one is served.
-        if let Some(ending) = self.ending_of(&client_id) {
-            until_ended(ending).await;
-        }
-        if let Some(l) = self.sessions.get(&client_id) {
-            // Resumed here, unless another node claimed the client since (a claim this registry missed):
-            // then the session is taken over from the store like any other.
-            let still_owner = store.as_ref().is_none_or(|st| {
-                l.pending || st.owner(&client_id).is_none_or(|o| o.node == st.node_id())
-            });
-            // A session with expiry 0 ends with its connection [MQTT-3.1.2-6]: even while that connection is
-            // still open, or its end is still on the way, it is not resumed (session present 0, no
-            // subscriptions) but replaced, as on a clean start.
-            let (session, id) = (l.session.clone(), l.id);
-            let ends = l.ends.load(Ordering::Acquire);
-            if !clean_start && still_owner && !ends {
-                return Ok(Opened {
-                    session,
-                    id,
-                    claimed: None,
-                    elsewhere: None,
-                });
-            }
-            // Clean start: the old session (and its connection, 0x8E) goes [MQTT-3.1.2-4]. Its successor
-            // starts only once it has ended: whatever it still had to propose (a create its own connect asked
-            // for, its delete) is in the log before the successor's create, so apply, which ignores commands
-            // of any incarnation but the stored one, never lets the old life undo the new.
-            end_taken_over(&session).await;
-            self.sessions.remove(&client_id);
-        }
-        let (mut token, mut pending, mut restored, mut epoch) = (0, false, None, 0);
-        let (mut claimed, mut elsewhere) = (None, None);
-        if let Some(store) = &store {
-            token = claim_token(&self.ctx);
-            if clean_start {
-                // The claim closes the client's connection on any other node; this connect does not wait for
-                // it (a clean session works on a node without a leader too). The connection learns from the
-                // committed claim which node held the client before it (see `ClaimDecided::previous`).
-                pending = true;
-                let (store2, registry, id) = (store.clone(), me.clone(), client_id.clone());
-                let (done, wait) = tokio::sync::oneshot::channel();
-                claimed = Some(wait);
-                tokio::spawn(claim_until_decided(store2, registry, id, token, done));
-            } else {
-                // Resuming: whatever session the cluster stores for the client moves here. The take's apply
-                // says which node held the client right before it (in log order, however far this node
-                // lagged): the node whose connection the take closes, which the CONNACK waits for.
-                let taken = async {
-                    let seen = store.fresh_owner_epoch(&client_id).await?;
-                    store.take_session(&client_id, token, seen).await
-                };
-                match taken.await {
-                    Ok((incarnation, claim)) => {
-                        epoch = claim.epoch;
-                        elsewhere = claim.previous;
-                        if let Some(incarnation) = incarnation {
-                            let rec = store
-                                .session(&client_id)
-                                .filter(|r| r.incarnation == incarnation);
-                            // Read right after the take applied here; another node's take since then wins.
-                            let Some(rec) = rec else {
-                                return Err(OpenRefused::Moved);
-                            };
-                            restored = restore(store, &client_id, rec);
-                            if restored.is_some() {
-                                tracing::info!(
-                                    client_id,
-                                    incarnation,
-                                    "session taken over from another node"
-                                );
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(client_id, error = %e, "session takeover not committed");
-                        return Err(OpenRefused::Takeover(e));
-                    }
-                }
-            }
-        }
-        let id = self.ctx.next_session_id.fetch_add(1, Ordering::Relaxed);
-        let ends = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let args = SessionArgs {
-            ctx: self.ctx.clone(),
-            client_id: client_id.clone(),
-            id,
-            restored,
-            ends_with_connection: ends.clone(),
-        };
-        match Actor::spawn_linked(None, Session, args, me.get_cell()).await {
-            Ok((session, _)) => {
-                self.sessions.insert(
-                    client_id,
-                    Local {
-                        id,
-                        session: session.clone(),
-                        token,
-                        pending,
-                        epoch,
-                        ends,
-                        confirms: Vec::new(),
-                    },
-                );
-                Ok(Opened {
-                    session,
-                    id,
-                    claimed,
-                    elsewhere,
-                })
-            }
-            Err(e) => Err(OpenRefused::Spawn(Arc::new(e))),
-        }
-    }
-
     /// A claim was applied: ours (the session stops waiting for it) or another node's (our session for the
     /// client goes, unless our own claim is still on its way: it is later in the log and wins).
     fn owner_changed(&mut self, me: &ActorRef<RegistryMsg>, change: &OwnerChange) {
@@ -674,19 +432,61 @@ impl RegistryState {
     /// `Release` and a new connect for the client here wait for that end (see [`RegistryState::ending`]).
     /// Its late store commands carry an incarnation that is no longer the stored one and change nothing.
     fn taken_elsewhere(&mut self, me: &ActorRef<RegistryMsg>, client_id: &str) {
+        if self.sessions.contains_key(client_id) {
+            tracing::info!(client_id, "session taken over by another node");
+            self.end_in_background(me, client_id);
+        }
+    }
+
+    /// Ends the client's local session in the background, its connection closed with 0x8E (taken over
+    /// here or on another node); `Release` and a new connect for the client wait for it. An end still
+    /// under way for the client is waited for first, so the latest end covers every earlier one.
+    fn end_in_background(&mut self, me: &ActorRef<RegistryMsg>, client_id: &str) {
         let Some(mut l) = self.sessions.remove(client_id) else {
             return;
         };
         l.answer_confirms(false);
-        tracing::info!(client_id, "session taken over by another node");
+        let earlier = self.ending_of(client_id);
         let (done, ending) = tokio::sync::watch::channel(false);
         self.ending.insert(client_id.to_string(), (l.id, ending));
         let (me, client_id, id) = (me.clone(), client_id.to_string(), l.id);
         tokio::spawn(async move {
+            if let Some(earlier) = earlier {
+                until_ended(earlier).await;
+            }
             end_taken_over(&l.session).await;
             let _ = done.send(true);
             let _ = me.cast(RegistryMsg::EndDone { client_id, id });
         });
+    }
+
+    /// Another node took the client over and asks this node to let go: the local session ends if another
+    /// node holds the client now, and the answer goes once it has ended (off the registry: also when the
+    /// applied take reached the registry first and the end is already under way). While an open for the
+    /// client is under way here, the release waits for it.
+    fn release(&mut self, me: &ActorRef<RegistryMsg>, client_id: &str, reply: RpcReplyPort<()>) {
+        if let Some(o) = self.opening.get_mut(client_id) {
+            o.releases.push(reply);
+            return;
+        }
+        let lost = match (&self.ctx.store, self.sessions.get_mut(client_id)) {
+            (Some(store), Some(l)) => lost_to_another(store, client_id, l),
+            _ => false,
+        };
+        if lost {
+            self.taken_elsewhere(me, client_id);
+        }
+        match self.ending_of(client_id) {
+            Some(ending) => {
+                tokio::spawn(async move {
+                    until_ended(ending).await;
+                    let _ = reply.send(());
+                });
+            }
+            None => {
+                let _ = reply.send(());
+            }
+        }
     }
 
     /// The end under way of the client's session another node took, if it has not ended yet.
