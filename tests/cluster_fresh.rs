@@ -236,3 +236,66 @@ async fn an_acknowledgement_held_for_a_commit_through_a_stall_and_a_takeover_nev
         other => panic!("expected the committed message, got {other:?}"),
     }
 }
+
+/// The owner of `client_id` as node `http_port` has applied it.
+async fn owner_on(http_port: u16, client_id: &str) -> Option<u64> {
+    let (status, body) = common::broker::http_request(
+        addr(http_port),
+        "GET",
+        &format!("/api/v1/sessions/{client_id}"),
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    (status == 200).then(|| v["owner_node"].as_u64()).flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hopping_over_three_nodes_is_not_told_connected_before_the_first_let_go() {
+    let c = Cluster::three("", "");
+    // A and B are followers, C leads: with A frozen, B and C still commit.
+    let leader = c.leader().await;
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let (a, b, cc) = (others[0], others[1], leader);
+    let mut hop = connect("hop", ProtocolVersion::V5);
+    hop.properties.session_expiry_interval = Some(600);
+    let mut old = Raw::connect(addr(c.nodes[a].port)).await;
+    assert_eq!(old.handshake(hop.clone()).await.0, ReasonCode::SUCCESS);
+    // A stalls with the client's connection open.
+    c.nodes[a].signal(libc::SIGSTOP);
+    // The client resumes on B: B's take commits, and its CONNACK waits for A to let go.
+    hop.clean_start = false;
+    let b_port = c.nodes[b].port;
+    let b_hop = hop.clone();
+    let on_b = tokio::spawn(async move {
+        let mut s = Raw::connect(addr(b_port)).await;
+        s.decoder.version = ProtocolVersion::V5;
+        s.send(&Packet::Connect(Box::new(b_hop))).await;
+        s.recv_or_close().await
+    });
+    let deadline = Instant::now() + WAIT;
+    while owner_on(c.nodes[cc].http_port, "hop").await != Some(b as u64 + 1) {
+        assert!(Instant::now() < deadline, "B's take never applied on C");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Then on C, while B still waits for A: C's CONNACK waits for B, and B answers only once its own wait
+    // for A is over (A answered, or its lease ran out: it can no longer serve the old connection).
+    let mut on_c = Raw::connect(addr(c.nodes[cc].port)).await;
+    assert_eq!(on_c.handshake(hop.clone()).await.0, ReasonCode::SUCCESS);
+    let b_waited = metric(
+        c.nodes[b].http_port,
+        "cicada_cluster_release_waits_total{outcome=\"lease_ran_out\"}",
+    )
+    .await;
+    assert_eq!(
+        b_waited, 1.0,
+        "C's client was told it is connected while B still waited for A to let go"
+    );
+    // B's connection never got the session (C took it meanwhile).
+    assert!(!matches!(
+        on_b.await.unwrap(),
+        Some(Packet::ConnAck(ack)) if ack.reason == ReasonCode::SUCCESS
+    ));
+    // A wakes, applies the claims and closes the old connection.
+    c.nodes[a].signal(libc::SIGCONT);
+    assert_eq!(old.expect_close().await, Some(ReasonCode(0x8E)));
+}

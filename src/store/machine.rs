@@ -104,6 +104,12 @@ pub struct BrokerMachine {
     pub(super) routes: Arc<RwLock<RemoteRoutes>>,
     /// Committed claims, for the registries (a bounded ring: a registry that lags re-reads the owners).
     pub(super) owners: tokio::sync::broadcast::Sender<OwnerEvent>,
+    /// Owner events of the batch being applied, sent once it is written: a registry that reads the owners
+    /// when it handles one finds the change there.
+    pub(super) owner_events: Vec<OwnerEvent>,
+    /// Counts the batches written (and state reloads): whoever waits until this node has applied up to an
+    /// index reads the view again after each (see [`super::Store::batches_written`]).
+    pub(super) batches: tokio::sync::watch::Sender<u64>,
     /// The persistent sessions' subscriptions, kept from their records (read by publishers too).
     pub(super) index: Arc<RwLock<PersistentIndex>>,
     /// This node's sessions, told of their appends once a batch is written.
@@ -629,7 +635,7 @@ impl BrokerMachine {
                 self.wills_recorded.dec();
             }
         }
-        let _ = self.owners.send(OwnerEvent::Changed(OwnerChange {
+        self.owner_events.push(OwnerEvent::Changed(OwnerChange {
             client_id: client_id.into(),
             owner,
         }));
@@ -702,11 +708,17 @@ impl StateMachine for BrokerMachine {
     fn restored(&mut self, view: &View) {
         self.events.clear();
         self.wills.clear();
+        self.owner_events.clear();
         self.load(view);
         let _ = self.owners.send(OwnerEvent::Reloaded);
+        self.batches.send_modify(|n| *n += 1);
     }
 
     fn committed(&mut self) {
+        self.batches.send_modify(|n| *n += 1);
+        for e in self.owner_events.drain(..) {
+            let _ = self.owners.send(e);
+        }
         for (client_id, e) in self.events.drain(..) {
             self.listeners.tell(&client_id, e);
         }

@@ -65,6 +65,8 @@ pub struct Store {
     /// The cluster's routing table (apply keeps it).
     pub routes: Arc<std::sync::RwLock<RemoteRoutes>>,
     owners: tokio::sync::broadcast::Sender<OwnerEvent>,
+    /// Batches written so far (see [`Store::batches_written`]).
+    batches: tokio::sync::watch::Receiver<u64>,
     not_applied: prometheus::IntCounterVec,
     /// The persistent sessions' subscriptions as applied here.
     index: Arc<std::sync::RwLock<PersistentIndex>>,
@@ -116,6 +118,7 @@ impl Store {
         let node_id = config.node_id;
         let routes = Arc::new(std::sync::RwLock::new(RemoteRoutes::new(node_id)));
         let (owners, _) = tokio::sync::broadcast::channel(OWNER_CHANGES);
+        let (batches_tx, batches) = tokio::sync::watch::channel(0);
         let inbox = prometheus::IntGauge::new(
             "cicada_store_inbox_messages",
             "QoS 1/2 messages stored for persistent sessions (queued or awaiting the client's acknowledgement).",
@@ -151,6 +154,8 @@ impl Store {
             inbox,
             routes: routes.clone(),
             owners: owners.clone(),
+            owner_events: Vec::new(),
+            batches: batches_tx,
             index: index.clone(),
             listeners: listeners.clone(),
             events: Vec::new(),
@@ -177,6 +182,7 @@ impl Store {
             retained,
             routes,
             owners,
+            batches,
             not_applied,
             index,
             listeners,
@@ -678,9 +684,16 @@ impl Store {
         }
     }
 
-    /// Committed claims as this node applies them.
+    /// Committed claims as this node applies them, each once its batch is written.
     pub fn owner_changes(&self) -> tokio::sync::broadcast::Receiver<OwnerEvent> {
         self.owners.subscribe()
+    }
+
+    /// Changes once per batch written to this node's state (and on a reload): the view's applied index
+    /// and everything read from it are then up to date with that batch. (The per-command applied events
+    /// of the cluster come before their batch is written.)
+    pub fn batches_written(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.batches.clone()
     }
 
     /// The client's owner epoch after a read barrier: every claim committed before this call is counted, so

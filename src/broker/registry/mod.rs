@@ -51,6 +51,8 @@ pub enum OpenRefused {
     Spawn(Arc<ractor::SpawnErr>),
     #[error("the node is shutting down")]
     ShuttingDown,
+    #[error("the takeover did not finish")]
+    Unfinished,
 }
 
 pub enum RegistryMsg {
@@ -408,6 +410,12 @@ impl RegistryState {
             return;
         };
         let Some(l) = self.sessions.get_mut(&*change.client_id) else {
+            // A take under way here that this claim of another node follows in the log loses to it.
+            if let Some(o) = self.opening.get_mut(&*change.client_id) {
+                if change.owner.node != store.node_id() {
+                    o.overtaken = o.overtaken.max(change.owner.epoch);
+                }
+            }
             return;
         };
         if change.owner.node == store.node_id() {
@@ -494,6 +502,7 @@ impl RegistryState {
         self.ending
             .get(client_id)
             .map(|(_, e)| e.clone())
-            .filter(|e| !*e.borrow())
+            // Ended, or its task is gone (then nothing is left to wait for).
+            .filter(|e| !*e.borrow() && e.has_changed().is_ok())
     }
 }

@@ -27,6 +27,9 @@ pub(super) struct Opening {
     /// Another node's `Release`s: answered once the open under way is done (it may start a session that
     /// the other node's take, later in the log, ends).
     pub(super) releases: Vec<RpcReplyPort<()>>,
+    /// The newest epoch of another node's claim applied while the take was under way (the registry had
+    /// no session to end for it): a take with an older epoch lost.
+    pub(super) overtaken: u64,
 }
 
 /// A session to start, as prepared off the registry.
@@ -149,7 +152,11 @@ impl RegistryState {
         self.opening.insert(client_id.clone(), Opening::default());
         let me = me.clone();
         tokio::spawn(async move {
-            let prepared = take(&store, &client_id, token).await;
+            // Run as a task of its own: a panic in it still answers the connect (and frees the client id).
+            let id = client_id.clone();
+            let prepared = tokio::spawn(async move { take(&store, &id, token).await })
+                .await
+                .unwrap_or(Err(OpenRefused::Unfinished));
             // A registry that is gone drops the reply with the message: the connection is refused.
             let _ = me.cast(RegistryMsg::Prepared {
                 client_id,
@@ -168,11 +175,13 @@ impl RegistryState {
         prepared: Result<Prepared, OpenRefused>,
         reply: OpenReply,
     ) {
+        let overtaken = self.opening.get(&client_id).map_or(0, |o| o.overtaken);
         let taken_since = |p: &Prepared| {
-            self.ctx.store.as_ref().is_some_and(|st| {
-                st.owner(&client_id)
-                    .is_some_and(|o| o.node != st.node_id() && o.epoch > p.epoch)
-            })
+            overtaken > p.epoch
+                || self.ctx.store.as_ref().is_some_and(|st| {
+                    st.owner(&client_id)
+                        .is_some_and(|o| o.node != st.node_id() && o.epoch > p.epoch)
+                })
         };
         let result = match prepared {
             Err(e) => Err(e),

@@ -6,6 +6,8 @@
 //! - [`plan`]: which nodes a message goes to, shared groups included (pure);
 //! - [`frame`]: what goes over the peer link's application lane;
 //! - [`answers`]: forwarded shared-group copies whose publisher waits for the receiving node's answer;
+//! - [`releases`]: this node's waits for another node to let go of a client, which its own answers
+//!   to releases wait for;
 //! - this file: [`RemoteLink`], which proposes this node's routes, sends frames with back-pressure and
 //!   hands received messages to the local shards.
 //!
@@ -19,6 +21,7 @@ pub mod answers;
 pub mod frame;
 pub mod local;
 pub mod plan;
+pub mod releases;
 pub mod table;
 
 pub use plan::{GroupRef, GroupTurns, Planner};
@@ -78,22 +81,20 @@ pub struct RemoteLink {
     answers: Mutex<Answers>,
     /// `cicada_forward_answers_total{result}`.
     answered: IntCounterVec,
+    /// This node's waits for other nodes to let go of clients (see [`RemoteLink::release_on`]).
+    releases: Arc<releases::Releases>,
+    /// `cicada_cluster_release_waits_total{outcome}`.
+    release_waits: IntCounterVec,
 }
 
-/// Waits until this node has applied up to `index`, at most `SYNC_WAIT`: true when it has.
+/// Waits until this node has applied up to `index` and written that batch (what the registry then reads
+/// of the owners includes it), at most `SYNC_WAIT`: true when it has.
 async fn applied_up_to(store: &Store, index: u64) -> bool {
-    let mut applied = store.cluster().applied();
+    let mut written = store.batches_written();
     let reached = async {
-        loop {
-            if store.cluster().view().applied().is_ok_and(|a| a >= index) {
-                return;
-            }
-            match applied.recv().await {
-                Ok(a) if a.index >= index => return,
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                    std::future::pending::<()>().await
-                }
+        while !store.cluster().view().applied().is_ok_and(|a| a >= index) {
+            if written.changed().await.is_err() {
+                std::future::pending::<()>().await
             }
         }
     };
@@ -136,8 +137,16 @@ impl RemoteLink {
             ),
             &["result"],
         )?;
+        let release_waits = IntCounterVec::new(
+            Opts::new(
+                "cicada_cluster_release_waits_total",
+                "Connects that waited before their CONNACK for the node that held the client before to let go of it, by outcome (released: it answered; lease_ran_out: it did not answer within its lease window, after which it cannot serve the client without having applied the takeover).",
+            ),
+            &["outcome"],
+        )?;
         registry.register(Box::new(local_routes.clone()))?;
         registry.register(Box::new(answered.clone()))?;
+        registry.register(Box::new(release_waits.clone()))?;
         let me = store.node_id();
         let link = Arc::new(RemoteLink {
             store,
@@ -154,6 +163,8 @@ impl RemoteLink {
             unresponsive: Mutex::new(HashSet::new()),
             answers: Mutex::new(Answers::default()),
             answered,
+            releases: Arc::default(),
+            release_waits,
         });
         link.refresh_membership();
         Ok(link)
@@ -303,6 +314,8 @@ impl RemoteLink {
     /// longer holds the client (see [`frame::release`]), at most `wait`, whether or not it answered a sync
     /// lately: true when it answered.
     pub async fn release_on(&self, node: u64, client_id: &str, wait: Duration) -> bool {
+        // This node's own answer to a release of the client waits for this one (see [`releases`]).
+        let _waiting = self.releases.begin(client_id, node);
         let Ok(index) = self.store.cluster().view().applied() else {
             tokio::time::sleep(wait).await;
             return false;
@@ -328,6 +341,12 @@ impl RemoteLink {
             tokio::time::sleep_until(deadline).await;
         }
         lock(&self.syncs).remove(&id);
+        let outcome = if answered {
+            "released"
+        } else {
+            "lease_ran_out"
+        };
+        self.release_waits.with_label_values(&[outcome]).inc();
         answered
     }
 
@@ -345,11 +364,13 @@ impl RemoteLink {
     ) {
         let store = self.store.clone();
         let registry = ctx.registry.get().cloned();
+        let releases = self.releases.clone();
         tokio::spawn(async move {
             if !applied_up_to(&store, index).await {
                 return;
             }
             if let Some(registry) = registry {
+                let client_id = client_id.clone();
                 let _ = registry
                     .call(
                         |reply| RegistryMsg::Release { client_id, reply },
@@ -357,6 +378,9 @@ impl RemoteLink {
                     )
                     .await;
             }
+            // A connection of this node still waiting for a third node to let go of the client: the peer
+            // is answered once that wait is over (each is bounded by its own deadline).
+            releases.settled(&client_id, from).await;
             let _ = store.cluster().send_app(from, frame::synced(id)).await;
         });
     }

@@ -113,7 +113,7 @@ impl BrokerMachine {
         if node == self.node_id {
             // This node was only counted as down (paused, cut off): its connection must not publish the Will
             // again.
-            let _ = self.owners.send(OwnerEvent::WillFired {
+            self.owner_events.push(OwnerEvent::WillFired {
                 client_id: client_id.into(),
                 conn: w.conn,
             });
