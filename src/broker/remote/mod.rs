@@ -64,6 +64,8 @@ pub struct RemoteLink {
     local: Mutex<LocalRoutes>,
     /// More than one member: routes are proposed and messages forwarded.
     clustered: AtomicBool,
+    /// Other nodes' routes, counted by the table as it changes (read without its lock per publish).
+    counts: Arc<table::RouteCounts>,
     /// Wakes the reconciliation pass (a route proposal failed).
     dirty: Notify,
     /// Peers whose lane stayed full past `FORWARD_WAIT`.
@@ -148,9 +150,15 @@ impl RemoteLink {
         registry.register(Box::new(answered.clone()))?;
         registry.register(Box::new(release_waits.clone()))?;
         let me = store.node_id();
+        let counts = store
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .counts();
         let link = Arc::new(RemoteLink {
             store,
             me,
+            counts,
             local: Mutex::new(LocalRoutes::default()),
             clustered: AtomicBool::new(false),
             dirty: Notify::new(),
@@ -186,7 +194,7 @@ impl RemoteLink {
 
     /// Whether a publish must look at the table: other nodes have routes.
     pub fn has_remote_routes(&self) -> bool {
-        self.clustered.load(Ordering::Relaxed) && self.table().has_others()
+        self.clustered.load(Ordering::Relaxed) && self.counts.has_others()
     }
 
     /// Shared groups go to other nodes whose peer link is up when there is one (a node that died or is
@@ -194,10 +202,19 @@ impl RemoteLink {
     /// node stays a candidate (it takes a turn only with a member here); a group with no other node
     /// reachable keeps them all (its messages wait in the lane, and fail, as before: never nowhere).
     pub fn prefer_reachable(&self, remote: &mut RemoteMatch) {
-        let cluster = self.store.cluster();
+        // Each other node's link is looked at once per message (a short lock each).
+        let mut links: Vec<(u64, bool)> = Vec::new();
+        for n in remote.groups.iter().flat_map(|g| g.nodes.iter()) {
+            if *n != self.me && !links.iter().any(|(m, _)| m == n) {
+                links.push((*n, self.store.cluster().app_link_up(*n)));
+            }
+        }
+        if links.iter().all(|(_, up)| *up) {
+            return;
+        }
+        let up = |n: &u64| links.iter().any(|(m, u)| m == n && *u);
+        let down = |n: &u64| links.iter().any(|(m, u)| m == n && !*u);
         for g in &mut remote.groups {
-            let up = |n: &u64| *n != self.me && cluster.app_link_up(*n);
-            let down = |n: &u64| *n != self.me && !cluster.app_link_up(*n);
             if g.nodes.iter().any(down) && g.nodes.iter().any(up) {
                 g.nodes.retain(|n| *n == self.me || up(n));
             }
@@ -207,7 +224,7 @@ impl RemoteLink {
     /// Whether other nodes have members of shared groups (a QoS 1/2 publisher may then wait for a peer's
     /// answer: see [`RemoteLink::forward_message`]).
     pub fn has_remote_groups(&self) -> bool {
-        self.clustered.load(Ordering::Relaxed) && self.table().has_other_groups()
+        self.clustered.load(Ordering::Relaxed) && self.counts.has_other_groups()
     }
 
     fn refresh_membership(&self) -> bool {

@@ -7,6 +7,8 @@
 use crate::broker::trie::Trie;
 use crate::protocol::topic;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 struct Entry {
     /// The filter this entry sits at (a match reports it with the groups).
@@ -46,10 +48,29 @@ pub struct RemoteRoutes {
     trie: Trie<Entry>,
     /// Each node's filters as written (`$share/g/f` included): what reconciliation compares.
     by_node: HashMap<u64, BTreeSet<String>>,
-    /// Routes of other nodes: while there are none, a publish costs nothing here.
-    others: usize,
+    /// How many routes other nodes have, shared with publishers that read it without the table's lock.
+    counts: Arc<RouteCounts>,
+}
+
+/// Routes of other nodes, counted as the table changes (under its write lock): while there are none a
+/// publish need not take the table's lock at all.
+#[derive(Default)]
+pub struct RouteCounts {
+    others: AtomicUsize,
     /// Of them, shared groups' routes.
-    other_groups: usize,
+    other_groups: AtomicUsize,
+}
+
+impl RouteCounts {
+    /// Whether any other node has a route.
+    pub fn has_others(&self) -> bool {
+        self.others.load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether any other node has members of a shared group.
+    pub fn has_other_groups(&self) -> bool {
+        self.other_groups.load(Ordering::Relaxed) > 0
+    }
 }
 
 /// Splits a route's filter into (group, plain filter).
@@ -66,9 +87,13 @@ impl RemoteRoutes {
             me,
             trie: Trie::default(),
             by_node: HashMap::new(),
-            others: 0,
-            other_groups: 0,
+            counts: Arc::default(),
         }
+    }
+
+    /// The counts of other nodes' routes, readable without the table's lock (they follow every change).
+    pub fn counts(&self) -> Arc<RouteCounts> {
+        self.counts.clone()
     }
 
     pub fn me(&self) -> u64 {
@@ -77,12 +102,12 @@ impl RemoteRoutes {
 
     /// Whether any other node has a route (else publishing need not look).
     pub fn has_others(&self) -> bool {
-        self.others > 0
+        self.counts.has_others()
     }
 
     /// Whether any other node has members of a shared group.
     pub fn has_other_groups(&self) -> bool {
-        self.other_groups > 0
+        self.counts.has_other_groups()
     }
 
     /// Node `node` has subscribers for `full` (`$share/g/f` for a group's members). Idempotent.
@@ -97,8 +122,10 @@ impl RemoteRoutes {
         }
         let (group, filter) = split(full);
         if node != self.me {
-            self.others += 1;
-            self.other_groups += usize::from(group.is_some());
+            self.counts.others.fetch_add(1, Ordering::Relaxed);
+            if group.is_some() {
+                self.counts.other_groups.fetch_add(1, Ordering::Relaxed);
+            }
         }
         let entry = self.trie.entry(filter, || Entry {
             filter: filter.into(),
@@ -128,8 +155,10 @@ impl RemoteRoutes {
         }
         let (group, filter) = split(full);
         if node != self.me {
-            self.others -= 1;
-            self.other_groups -= usize::from(group.is_some());
+            self.counts.others.fetch_sub(1, Ordering::Relaxed);
+            if group.is_some() {
+                self.counts.other_groups.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         if let Some(entry) = self.trie.get_mut(filter) {
             match group {
@@ -151,7 +180,14 @@ impl RemoteRoutes {
 
     /// Forgets every route (a snapshot replaced the state: the table is rebuilt from it).
     pub fn clear(&mut self) {
-        *self = RemoteRoutes::new(self.me);
+        // The counts are shared with publishers: kept, and zeroed.
+        let counts = self.counts.clone();
+        counts.others.store(0, Ordering::Relaxed);
+        counts.other_groups.store(0, Ordering::Relaxed);
+        *self = RemoteRoutes {
+            counts,
+            ..RemoteRoutes::new(self.me)
+        };
     }
 
     /// A node's filters.
@@ -184,6 +220,33 @@ impl RemoteRoutes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_counts_publishers_read_without_the_lock_follow_adds_removes_and_a_clear() {
+        let mut t = RemoteRoutes::new(1);
+        let counts = t.counts();
+        t.add(1, "$share/g/a");
+        assert!(
+            !counts.has_others(),
+            "this node's own routes are not counted"
+        );
+        t.add(2, "a/#");
+        t.add(2, "a/#");
+        assert!(counts.has_others() && !counts.has_other_groups());
+        t.add(3, "$share/g/a");
+        assert!(counts.has_other_groups());
+        t.remove(3, "$share/g/a");
+        t.remove(3, "$share/g/a");
+        assert!(counts.has_others() && !counts.has_other_groups());
+        t.add(3, "$share/g/b");
+        t.clear();
+        assert!(!counts.has_others() && !counts.has_other_groups());
+        t.add(2, "$share/h/c");
+        assert!(
+            counts.has_other_groups(),
+            "the counts handed out before a clear still follow the table"
+        );
+    }
 
     #[test]
     fn a_topic_matches_other_nodes_plain_routes_and_every_group_with_its_nodes() {
