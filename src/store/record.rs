@@ -138,6 +138,11 @@ pub(super) fn put_delivery(buf: &mut BytesMut, d: &Delivery) {
     put_publish(buf, &d.message);
 }
 
+/// The shared subscription (`$share/{group}/{filter}`) a stored copy came through, if any.
+pub(super) fn copy_group(entry: &[u8]) -> Option<&str> {
+    format::decode::<CopyHeader>(entry).ok()?.0.shared
+}
+
 /// The stored form of a session's copy of a message, alone (tests; the store writes it into its command).
 pub fn encode_delivery(d: &Delivery) -> Vec<u8> {
     let mut buf = BytesMut::new();

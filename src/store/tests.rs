@@ -590,3 +590,45 @@ async fn claims_and_takeovers_are_ordered_by_the_log_and_a_stale_one_changes_not
 
 #[path = "fanout_tests.rs"]
 mod fanout_tests;
+
+#[tokio::test]
+async fn a_shared_groups_qos2_copy_is_stored_once_for_the_group_whichever_member_it_reaches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        single(dir.path(), cicada_cluster::Fsync::Always),
+        &prometheus::Registry::new(),
+    )
+    .await
+    .unwrap();
+    let mut incs = Vec::new();
+    for (i, id) in ["m1", "m2", "sensor"].into_iter().enumerate() {
+        incs.push(
+            store
+                .create_session(id, 20 + i as u64, record(0), 0)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let copy = |shared: &str| {
+        let mut d = delivery("cmd/q2", b"x", 1);
+        d.qos = QoS::ExactlyOnce;
+        d.shared = Some(shared.into());
+        d
+    };
+    let (g, h) = (copy("$share/g/cmd/#"), copy("$share/h/cmd/#"));
+    let push = |client: &'static str, inc: u64, d: &Delivery| {
+        store.inbox_push(client, inc, d, Some(("sensor", 9)), UNLIMITED)
+    };
+    assert_eq!(push("m1", incs[0], &g).await.unwrap(), Pushed::Stored(1));
+    // The publisher's resend took m2's turn in group g: the group has it already.
+    assert_eq!(push("m2", incs[1], &g).await.unwrap(), Pushed::Duplicate);
+    // Another group gets its own copy.
+    assert_eq!(push("m2", incs[1], &h).await.unwrap(), Pushed::Stored(1));
+    // Released by its publisher: the id's next message is new to the group.
+    assert!(store.qos2_released("sensor", incs[2], 9).await.unwrap());
+    assert_eq!(push("m2", incs[1], &g).await.unwrap(), Pushed::Stored(2));
+    assert_eq!(inbox_of(&store, "m1", incs[0]).len(), 1);
+    assert_eq!(inbox_of(&store, "m2", incs[1]).len(), 2);
+    store.shutdown().await;
+}

@@ -19,7 +19,8 @@
 //!   the client's subscriptions it concerns (each overlapping subscription may bring its own copy at its
 //!   own QoS), whatever the PUBLISH's outcome.
 //!
-//! `checked` counts expected (client, acknowledged message) pairs.
+//! `checked` counts expected (client, acknowledged message) pairs, and (group, acknowledged message) pairs
+//! of shared groups, which `groups` judges.
 
 use super::conns::Connects;
 use super::subscriptions::subscriptions;
@@ -256,6 +257,10 @@ pub(crate) fn check(records: &[Record], connects: &Connects<'_>) -> Verdict {
         }
     }
 
+    // Shared groups: one member per message (see `groups`).
+    let (group_checked, group_violations) = super::groups::check(records, &subs);
+    checked += group_checked;
+    violations.extend(group_violations);
     violations.sort_by_key(|v| v.t);
     Verdict {
         promise: Promise::AckedDelivered,

@@ -3,7 +3,7 @@
 //! judgement out, so a saved history can be judged again.
 //!
 //! # Layout
-//! One module per promise ([`delivery`], [`retained`], [`sessions`], [`connections`], [`bad_input`],
+//! One module per promise ([`delivery`] with `groups` for shared subscriptions, [`retained`], [`sessions`], [`connections`], [`bad_input`],
 //! [`rejoin`]), each with the rule it applies and what its `checked` counts; [`recovery`] and [`counts`]
 //! for the rest of the judgement; `conns`, `subscriptions` and `windows` are lookups shared between them
 //! (connections by number and client, persistent subscriptions, fault windows). Every pass groups records
@@ -14,6 +14,7 @@ pub mod connections;
 mod conns;
 pub mod counts;
 pub mod delivery;
+mod groups;
 pub mod recovery;
 pub mod rejoin;
 pub mod retained;

@@ -1,6 +1,7 @@
 //! The workload: real MQTT clients (Cicada's own client, and raw sockets for the bad ones) through HAProxy
 //! and straight to nodes, recording every operation in the history. Publishers with numbered messages,
-//! persistent subscribers at QoS 1 and 2 (slow ones, one that goes offline, ones that move between nodes),
+//! persistent subscribers at QoS 1 and 2 (slow ones, one that goes offline, ones that move between nodes,
+//! two members of one shared group on different nodes),
 //! a retained writer and readers on every node, roamers that take their sessions over from node to node,
 //! misbehaving clients, and an availability probe.
 
@@ -63,6 +64,12 @@ impl Workload {
             .collect();
         let mut tasks = Vec::new();
 
+        // The shared group's members start on different nodes and move on when their node fails.
+        let mut from_second = nodes.clone();
+        let second = 1.min(from_second.len());
+        from_second.rotate_left(second);
+        let group = subscriber::GROUP_FILTER;
+        let data = subscriber::DATA_FILTER;
         let subscribers = [
             (
                 "sub-q1-haproxy",
@@ -71,6 +78,7 @@ impl Workload {
                 None,
                 vec![Via::Haproxy],
                 false,
+                data,
             ),
             (
                 "sub-q2-roaming",
@@ -79,6 +87,7 @@ impl Workload {
                 None,
                 nodes.clone(),
                 false,
+                data,
             ),
             (
                 "sub-q2-slow",
@@ -87,6 +96,7 @@ impl Workload {
                 Some(Duration::from_millis(25)),
                 vec![Via::Haproxy],
                 false,
+                data,
             ),
             (
                 "sub-q1-v311-offline",
@@ -95,9 +105,28 @@ impl Workload {
                 None,
                 nodes.clone(),
                 true,
+                data,
+            ),
+            (
+                "sub-share-1",
+                QoS::ExactlyOnce,
+                ProtocolVersion::V5,
+                None,
+                nodes.clone(),
+                false,
+                group,
+            ),
+            (
+                "sub-share-2",
+                QoS::ExactlyOnce,
+                ProtocolVersion::V5,
+                None,
+                from_second,
+                false,
+                group,
             ),
         ];
-        for (id, qos, version, slow, via, offline) in subscribers {
+        for (id, qos, version, slow, via, offline, filter) in subscribers {
             let spec = subscriber::Spec {
                 id: id.into(),
                 qos,
@@ -105,6 +134,7 @@ impl Workload {
                 slow,
                 via,
                 offline,
+                filter,
             };
             tasks.push(tokio::spawn(subscriber::run(
                 ctx.clone(),

@@ -19,8 +19,9 @@ pub struct Pump {
     pub conn: u64,
     /// Where the client's own reconnects go (None: it does not reconnect by itself).
     pub connector: Option<Arc<RotatingConnector>>,
-    /// Deliveries are counted here (persistent subscribers).
-    pub ledger: Option<Arc<Ledger>>,
+    /// Deliveries are counted here (persistent subscribers), under this name (the client's, or its
+    /// shared group's).
+    pub ledger: Option<(Arc<Ledger>, String)>,
     /// Time taken per message, for a slow subscriber.
     pub slow: Option<Duration>,
     /// The current connection's number, for the client's other tasks.
@@ -86,8 +87,8 @@ impl Pump {
                 let Some((publisher, seq)) = parse_payload(&p.payload) else {
                     return;
                 };
-                if let Some(l) = &self.ledger {
-                    l.delivered(&self.client, &publisher, seq);
+                if let Some((l, name)) = &self.ledger {
+                    l.delivered(name, &publisher, seq);
                 }
                 self.ctx.rec.record(Event::Deliver {
                     client: self.client.clone(),

@@ -1,7 +1,7 @@
 //! Persistent subscribers: each holds a session (clean start off, long expiry) subscribed to every data
-//! topic, and records what it gets. Some reconnect by themselves and move to another node (one client
-//! object, so its QoS 2 state survives the move), some are slow, one goes offline for a while and comes
-//! back on another node.
+//! topic (directly, or as a member of a shared group), and records what it gets. Some reconnect by
+//! themselves and move to another node (one client object, so its QoS 2 state survives the move), some
+//! are slow, one goes offline for a while and comes back on another node.
 
 use super::conn::{outcome_of, Ctx, RotatingConnector, OP_TIMEOUT};
 use super::ledger::Ledger;
@@ -16,6 +16,8 @@ use tokio::time::Instant;
 
 /// Every data topic.
 pub const DATA_FILTER: &str = "chaos/data/#";
+/// Every data topic, for the members of the workload's shared group (one of them gets each message).
+pub const GROUP_FILTER: &str = "$share/chaos-g/chaos/data/#";
 /// Session Expiry of the persistent sessions (v5), seconds: longer than any run.
 pub const SESSION_EXPIRY: u32 = 86_400;
 
@@ -31,6 +33,18 @@ pub struct Spec {
     pub via: Vec<Via>,
     /// Goes offline now and then (normal DISCONNECT, session kept) and comes back elsewhere.
     pub offline: bool,
+    /// What it subscribes to: [`DATA_FILTER`], or [`GROUP_FILTER`] as a member of the shared group.
+    pub filter: &'static str,
+}
+
+impl Spec {
+    /// The name its deliveries count under in the ledger: a shared group's members count as one.
+    fn ledger_name(&self) -> String {
+        match cicada::protocol::topic::parse_shared(self.filter) {
+            Some(Ok(s)) => format!("$share/{}", s.group),
+            _ => self.id.clone(),
+        }
+    }
 }
 
 fn options(ctx: &Ctx, spec: &Spec, connector: Arc<RotatingConnector>) -> ClientOptions {
@@ -91,7 +105,7 @@ async fn open(
 async fn subscribe(ctx: &Ctx, spec: &Spec, conn: u64, client: &Client, ledger: &Ledger) -> bool {
     loop {
         let sent = ctx.rec.now();
-        let r = tokio::time::timeout(OP_TIMEOUT, client.subscribe(DATA_FILTER, spec.qos)).await;
+        let r = tokio::time::timeout(OP_TIMEOUT, client.subscribe(spec.filter, spec.qos)).await;
         let outcome = match &r {
             Ok(Ok(_)) => Outcome::Ok,
             Ok(Err(e)) => outcome_of(e),
@@ -101,13 +115,13 @@ async fn subscribe(ctx: &Ctx, spec: &Spec, conn: u64, client: &Client, ledger: &
         ctx.rec.record(Event::Subscribe {
             client: spec.id.clone(),
             conn,
-            filter: DATA_FILTER.into(),
+            filter: spec.filter.into(),
             qos: spec.qos as u8,
             sent,
             outcome,
         });
         if ok {
-            ledger.subscribed(&spec.id, ctx.rec.now());
+            ledger.subscribed(&spec.ledger_name(), ctx.rec.now());
             return true;
         }
         if ctx.pause(Duration::from_millis(300)).await {
@@ -136,7 +150,7 @@ pub async fn run(ctx: Ctx, spec: Spec, ledger: Arc<Ledger>, seed: u64) {
         }
         let mut pump = Pump::new(ctx.clone(), spec.id.clone(), conn);
         pump.connector = Some(connector);
-        pump.ledger = Some(ledger.clone());
+        pump.ledger = Some((ledger.clone(), spec.ledger_name()));
         pump.slow = spec.slow;
         if !spec.offline {
             // One client for the whole run: it reconnects by itself.

@@ -123,7 +123,8 @@ impl BrokerMachine {
     }
 
     /// Appends a copy (its inbox entry `entry`, counting `weight` bytes) with the inbox's next seq, unless
-    /// the session has it already (`once`) or its quota (messages, bytes) is full.
+    /// the session (or, for a shared group's copy, the group) has it already (`once`) or its quota (messages,
+    /// bytes) is full.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn append(
         &mut self,
@@ -135,21 +136,30 @@ impl BrokerMachine {
         weight: u64,
         (max_messages, max_bytes): (u64, u64),
     ) -> Result<InboxCounter, NotAppended> {
-        let mut once_key = None;
+        let mut once_keys = Vec::new();
         if let Some((publisher, pkid)) = once {
-            let mut k = once_prefix(publisher, Some(pkid));
+            let prefix = once_prefix(publisher, Some(pkid));
+            let mut k = prefix.clone();
             k.extend_from_slice(client_id.as_bytes());
-            if matches!(txn.get(&k), Ok(Some(_))) {
+            once_keys.push(k);
+            // A shared group's copy: the group has the message once, whichever member stored it first (a
+            // resend routed again may take another member's turn). `\0` cannot start a client id.
+            if let Some(group) = crate::store::record::copy_group(entry) {
+                let mut k = prefix;
+                k.push(0);
+                k.extend_from_slice(group.as_bytes());
+                once_keys.push(k);
+            }
+            if once_keys.iter().any(|k| matches!(txn.get(k), Ok(Some(_)))) {
                 return Err(NotAppended::Duplicate);
             }
-            once_key = Some(k);
         }
         let c = read_counter(txn, client_id, incarnation);
         if c.messages >= max_messages || c.bytes.saturating_add(weight) > max_bytes {
             return Err(NotAppended::Full);
         }
-        if let Some(k) = once_key {
-            txn.insert(&k, &[]);
+        for k in &once_keys {
+            txn.insert(k, &[]);
         }
         let c = InboxCounter {
             incarnation,
