@@ -12,12 +12,26 @@ use serde_json::Value;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
-/// Why a key could not be loaded (names the file).
+/// Why a key could not be loaded (names the file, or the `[auth.jwt]` key that is missing).
 #[derive(Debug, Error)]
-#[error("{file}: {message}")]
-pub struct JwtKeyError {
-    pub file: String,
-    pub message: String,
+pub enum JwtKeyError {
+    #[error("{}: cannot read: {source}", file.display())]
+    Read {
+        file: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: an HS256 secret needs at least 32 bytes", file.display())]
+    ShortSecret { file: std::path::PathBuf },
+    #[error("[auth.jwt]: HS256 needs secret or secret_file")]
+    NoSecret,
+    #[error("[auth.jwt]: {0} needs public_key")]
+    NoPublicKey(JwtAlgorithm),
+    #[error("{}: not a {algorithm} PEM public key: {source}", file.display())]
+    BadKey {
+        file: std::path::PathBuf,
+        algorithm: JwtAlgorithm,
+        source: jsonwebtoken::errors::Error,
+    },
 }
 
 /// Why a token was refused.
@@ -71,14 +85,15 @@ impl Verifier {
     /// Reads the key the configuration names.
     pub fn load(config: &JwtConfig) -> Result<Verifier, JwtKeyError> {
         let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| JwtKeyError {
-                file: p.display().to_string(),
-                message: format!("cannot read: {e}"),
+            std::fs::read(p).map_err(|source| JwtKeyError::Read {
+                file: p.to_path_buf(),
+                source,
             })
         };
-        let bad_key = |p: &std::path::Path, e: jsonwebtoken::errors::Error| JwtKeyError {
-            file: p.display().to_string(),
-            message: format!("not a {} PEM public key: {e}", config.algorithm),
+        let bad_key = |p: &std::path::Path, source| JwtKeyError::BadKey {
+            file: p.to_path_buf(),
+            algorithm: config.algorithm,
+            source,
         };
         let (algorithm, key) = match config.algorithm {
             JwtAlgorithm::HS256 => {
@@ -90,28 +105,19 @@ impl Verifier {
                             s.pop();
                         }
                         if s.len() < 32 {
-                            return Err(JwtKeyError {
-                                file: p.display().to_string(),
-                                message: "an HS256 secret needs at least 32 bytes".into(),
+                            return Err(JwtKeyError::ShortSecret {
+                                file: p.to_path_buf(),
                             });
                         }
                         s
                     }
-                    (None, None) => {
-                        return Err(JwtKeyError {
-                            file: "[auth.jwt]".into(),
-                            message: "HS256 needs secret or secret_file".into(),
-                        })
-                    }
+                    (None, None) => return Err(JwtKeyError::NoSecret),
                 };
                 (Algorithm::HS256, DecodingKey::from_secret(&secret))
             }
             alg @ (JwtAlgorithm::RS256 | JwtAlgorithm::ES256) => {
                 let Some(p) = &config.public_key else {
-                    return Err(JwtKeyError {
-                        file: "[auth.jwt]".into(),
-                        message: format!("{alg} needs public_key"),
-                    });
+                    return Err(JwtKeyError::NoPublicKey(alg));
                 };
                 let pem = read(p)?;
                 if alg == JwtAlgorithm::RS256 {

@@ -7,15 +7,36 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use thiserror::Error;
 use tokio_rustls::TlsAcceptor;
 
+/// Why a TLS configuration could not be built; each names the file it concerns.
 #[derive(Debug, Error)]
 pub enum TlsError {
-    #[error("{file}: {message}")]
-    File { file: String, message: String },
+    #[error("{}: cannot read certificates: {source}", file.display())]
+    Certificates {
+        file: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{}: no certificate in the file", file.display())]
+    NoCertificate { file: PathBuf },
+    #[error("{}: not a usable CA certificate: {source}", file.display())]
+    CaCertificate {
+        file: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{}: cannot read the private key: {source}", file.display())]
+    PrivateKey {
+        file: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{}: the key does not fit the certificate: {source}", file.display())]
+    KeyMismatch {
+        file: PathBuf,
+        source: rustls::Error,
+    },
     /// rustls refused the protocol versions or the provider.
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
@@ -24,21 +45,20 @@ pub enum TlsError {
     ClientVerifier(#[from] rustls::server::VerifierBuilderError),
 }
 
-fn file_err(p: &Path, message: impl std::fmt::Display) -> TlsError {
-    TlsError::File {
-        file: p.display().to_string(),
-        message: message.to_string(),
-    }
-}
-
 /// The certificates of a PEM file (at least one). Shared with the client's TLS connector.
 pub(crate) fn certs(p: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bad = |source| TlsError::Certificates {
+        file: p.to_path_buf(),
+        source,
+    };
     let certs: Vec<_> = CertificateDer::pem_file_iter(p)
-        .map_err(|e| file_err(p, format!("cannot read certificates: {e}")))?
+        .map_err(bad)?
         .collect::<Result<_, _>>()
-        .map_err(|e| file_err(p, format!("bad PEM: {e}")))?;
+        .map_err(bad)?;
     if certs.is_empty() {
-        return Err(file_err(p, "no certificate in the file"));
+        return Err(TlsError::NoCertificate {
+            file: p.to_path_buf(),
+        });
     }
     Ok(certs)
 }
@@ -47,17 +67,20 @@ pub(crate) fn certs(p: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> 
 pub(crate) fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in certs(ca)? {
-        roots
-            .add(c)
-            .map_err(|e| file_err(ca, format!("not a usable CA certificate: {e}")))?;
+        roots.add(c).map_err(|source| TlsError::CaCertificate {
+            file: ca.to_path_buf(),
+            source,
+        })?;
     }
     Ok(roots)
 }
 
 /// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub(crate) fn private_key(p: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(p)
-        .map_err(|e| file_err(p, format!("cannot read the private key: {e}")))
+    PrivateKeyDer::from_pem_file(p).map_err(|source| TlsError::PrivateKey {
+        file: p.to_path_buf(),
+        source,
+    })
 }
 
 /// Builds a rustls server configuration from the files.
@@ -80,12 +103,12 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
         }
         None => builder.with_no_client_auth(),
     };
-    let config = builder.with_single_cert(chain, key).map_err(|e| {
-        file_err(
-            &cfg.key,
-            format!("the key does not fit the certificate: {e}"),
-        )
-    })?;
+    let config = builder
+        .with_single_cert(chain, key)
+        .map_err(|source| TlsError::KeyMismatch {
+            file: cfg.key.clone(),
+            source,
+        })?;
     Ok(Arc::new(config))
 }
 
@@ -105,11 +128,9 @@ pub fn peer_tls(cfg: &crate::config::PeerTlsSection) -> Result<cicada_cluster::P
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_root_certificates(roots)
         .with_client_auth_cert(certs(&cfg.cert)?, private_key(&cfg.key)?)
-        .map_err(|e| {
-            file_err(
-                &cfg.key,
-                format!("the key does not fit the certificate: {e}"),
-            )
+        .map_err(|source| TlsError::KeyMismatch {
+            file: cfg.key.clone(),
+            source,
         })?;
     Ok(cicada_cluster::PeerTls {
         server,
