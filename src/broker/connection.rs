@@ -268,6 +268,7 @@ async fn run<R, W>(
             id,
             claimed,
             elsewhere,
+            releasing,
         }))) = opened
         else {
             // The cluster could not take the session over (no leader, or the store failed): the client tries
@@ -296,16 +297,19 @@ async fn run<R, W>(
             },
             None => (None, elsewhere),
         };
-        if let (Some(node), None) = (elsewhere, &claim_failed) {
-            if let (Some(remote), Some(store)) = (&ctx.remote, &ctx.store) {
+        let previous = elsewhere.filter(|_| claim_failed.is_none());
+        match (previous, &ctx.remote, &ctx.store) {
+            (Some(node), Some(remote), Some(store)) => {
                 let wait = store.cluster().lease_window() + TAKEOVER_SYNC_MARGIN;
-                if !remote.release_on(node, &a.client_id, wait).await {
+                if !remote.release_on(node, &a.client_id, wait, releasing).await {
                     tracing::debug!(
                         node,
                         "the previous owner did not confirm the takeover: its lease ran out"
                     );
                 }
             }
+            // Nothing to wait for: this node's answers to releases of the client need not wait either.
+            _ => drop(releasing),
         }
         let attach = Attach {
             conn: handle.clone(),

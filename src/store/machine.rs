@@ -660,6 +660,7 @@ impl BrokerMachine {
                     }
                 }
             }
+            routes.recount();
         }
         {
             let mut index = self.index_mut();

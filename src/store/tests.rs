@@ -623,12 +623,20 @@ async fn a_shared_groups_qos2_copy_is_stored_once_for_the_group_whichever_member
     assert_eq!(push("m1", incs[0], &g).await.unwrap(), Pushed::Stored(1));
     // The publisher's resend took m2's turn in group g: the group has it already.
     assert_eq!(push("m2", incs[1], &g).await.unwrap(), Pushed::Duplicate);
-    // Another group gets its own copy.
-    assert_eq!(push("m2", incs[1], &h).await.unwrap(), Pushed::Stored(1));
+    // Another group gets its own copy, also through a member that stored the first group's.
+    assert_eq!(push("m1", incs[0], &h).await.unwrap(), Pushed::Stored(2));
+    assert_eq!(push("m2", incs[1], &h).await.unwrap(), Pushed::Duplicate);
+    // So does the member's own plain subscription.
+    let mut plain = copy("$share/g/cmd/#");
+    plain.shared = None;
+    assert_eq!(
+        push("m2", incs[1], &plain).await.unwrap(),
+        Pushed::Stored(1)
+    );
     // Released by its publisher: the id's next message is new to the group.
     assert!(store.qos2_released("sensor", incs[2], 9).await.unwrap());
     assert_eq!(push("m2", incs[1], &g).await.unwrap(), Pushed::Stored(2));
-    assert_eq!(inbox_of(&store, "m1", incs[0]).len(), 1);
+    assert_eq!(inbox_of(&store, "m1", incs[0]).len(), 2);
     assert_eq!(inbox_of(&store, "m2", incs[1]).len(), 2);
     store.shutdown().await;
 }

@@ -38,6 +38,10 @@ pub struct Opened {
     /// served once the client is told it is connected here. (A clean start learns it from its claim,
     /// [`ClaimDecided::previous`].)
     pub elsewhere: Option<u64>,
+    /// This node's wait for the previous holder to let go, begun at the open (towards `elsewhere`, or a
+    /// node the claim will name): the connection keeps it until its wait is over, and this node's answer
+    /// to another node's release of the client waits for it (see [`crate::broker::remote::releases`]).
+    pub releasing: Option<crate::broker::remote::releases::Waiting>,
 }
 
 /// Why no session could be opened for a connection (it is refused with 0x88: the client tries again).
@@ -116,6 +120,9 @@ struct Local {
     ends: Arc<std::sync::atomic::AtomicBool>,
     /// [`RegistryMsg::Confirm`]s asked while the claim was pending: answered once it is decided.
     confirms: Vec<RpcReplyPort<bool>>,
+    /// [`RegistryMsg::Release`]s asked while the claim was pending (this node could not tell yet whether
+    /// its own claim came before the asker's): handled again once it is decided.
+    releases: Vec<RpcReplyPort<()>>,
 }
 
 impl Local {
@@ -141,6 +148,8 @@ pub struct RegistryState {
     opening: HashMap<String, Opening>,
     /// Shutting down: no session starts any more.
     shutting_down: bool,
+    /// Client ids whose local session holds releases until its claim is decided.
+    deferred: std::collections::HashSet<String>,
 }
 
 /// Turns true once a session being ended in the background has ended (or its task is gone).
@@ -246,6 +255,7 @@ impl Actor for Registry {
                         epoch: owner.map_or(0, |o| o.epoch),
                         ends,
                         confirms: Vec::new(),
+                        releases: Vec::new(),
                     },
                 );
                 restored += 1;
@@ -263,6 +273,7 @@ impl Actor for Registry {
             ending: HashMap::new(),
             opening: HashMap::new(),
             shutting_down: false,
+            deferred: Default::default(),
         })
     }
 
@@ -383,6 +394,8 @@ impl Actor for Registry {
                 }
             }
         }
+        // A claim decided by this message (applied, failed, found in a recheck) lets its releases go.
+        s.flush_releases(&me);
         Ok(())
     }
 
@@ -456,6 +469,14 @@ impl RegistryState {
         l.answer_confirms(false);
         let earlier = self.ending_of(client_id);
         let (done, ending) = tokio::sync::watch::channel(false);
+        // Releases that waited for its claim: answered once it has ended.
+        for reply in l.releases.drain(..) {
+            let ending = ending.clone();
+            tokio::spawn(async move {
+                until_ended(ending).await;
+                let _ = reply.send(());
+            });
+        }
         self.ending.insert(client_id.to_string(), (l.id, ending));
         let (me, client_id, id) = (me.clone(), client_id.to_string(), l.id);
         tokio::spawn(async move {
@@ -484,6 +505,11 @@ impl RegistryState {
         if lost {
             self.taken_elsewhere(me, client_id);
         }
+        if let Some(l) = self.sessions.get_mut(client_id).filter(|l| l.pending) {
+            l.releases.push(reply);
+            self.deferred.insert(client_id.to_string());
+            return;
+        }
         match self.ending_of(client_id) {
             Some(ending) => {
                 tokio::spawn(async move {
@@ -493,6 +519,30 @@ impl RegistryState {
             }
             None => {
                 let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Releases held until a pending claim was decided: handled now for every client whose claim is.
+    fn flush_releases(&mut self, me: &ActorRef<RegistryMsg>) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let decided: Vec<String> = self
+            .deferred
+            .iter()
+            .filter(|id| self.sessions.get(*id).is_none_or(|l| !l.pending))
+            .cloned()
+            .collect();
+        for client_id in decided {
+            self.deferred.remove(&client_id);
+            let replies = self
+                .sessions
+                .get_mut(&client_id)
+                .map(|l| std::mem::take(&mut l.releases))
+                .unwrap_or_default();
+            for reply in replies {
+                self.release(me, &client_id, reply);
             }
         }
     }

@@ -104,6 +104,7 @@ impl RegistryState {
                     id: l.id,
                     claimed: None,
                     elsewhere: None,
+                    releasing: None,
                 }));
                 return;
             }
@@ -234,6 +235,11 @@ impl RegistryState {
         let (session, _) = Actor::spawn_linked(None, Session, args, me.get_cell())
             .await
             .map_err(|e| OpenRefused::Spawn(Arc::new(e)))?;
+        // A connect that will wait for the previous holder: its wait counts from now.
+        let releasing = (p.claimed.is_some() || p.elsewhere.is_some())
+            .then(|| self.ctx.remote.as_ref())
+            .flatten()
+            .map(|r| r.releases().begin(&client_id, p.elsewhere));
         self.sessions.insert(
             client_id,
             super::Local {
@@ -244,6 +250,7 @@ impl RegistryState {
                 epoch: p.epoch,
                 ends,
                 confirms: Vec::new(),
+                releases: Vec::new(),
             },
         );
         Ok(Opened {
@@ -251,6 +258,7 @@ impl RegistryState {
             id,
             claimed: p.claimed,
             elsewhere: p.elsewhere,
+            releasing,
         })
     }
 }

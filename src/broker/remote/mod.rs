@@ -187,6 +187,11 @@ impl RemoteLink {
         self.store.routes.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// This node's waits for other nodes to let go of clients (a connect's begins at its open).
+    pub fn releases(&self) -> &Arc<releases::Releases> {
+        &self.releases
+    }
+
     /// Whether the cluster has more than one member (as last seen).
     pub fn clustered(&self) -> bool {
         self.clustered.load(Ordering::Relaxed)
@@ -330,9 +335,21 @@ impl RemoteLink {
     /// Waits until `node` has applied what this node has and ended its session for `client_id` if it no
     /// longer holds the client (see [`frame::release`]), at most `wait`, whether or not it answered a sync
     /// lately: true when it answered.
-    pub async fn release_on(&self, node: u64, client_id: &str, wait: Duration) -> bool {
+    pub async fn release_on(
+        &self,
+        node: u64,
+        client_id: &str,
+        wait: Duration,
+        waiting: Option<releases::Waiting>,
+    ) -> bool {
         // This node's own answer to a release of the client waits for this one (see [`releases`]).
-        let _waiting = self.releases.begin(client_id, node);
+        let _waiting = match waiting {
+            Some(w) => {
+                w.towards(node);
+                w
+            }
+            None => self.releases.begin(client_id, Some(node)),
+        };
         let Ok(index) = self.store.cluster().view().applied() else {
             tokio::time::sleep(wait).await;
             return false;
@@ -387,13 +404,22 @@ impl RemoteLink {
                 return;
             }
             if let Some(registry) = registry {
-                let client_id = client_id.clone();
-                let _ = registry
+                let id = client_id.clone();
+                let asked = registry
                     .call(
-                        |reply| RegistryMsg::Release { client_id, reply },
+                        |reply| RegistryMsg::Release {
+                            client_id: id,
+                            reply,
+                        },
                         Some(RELEASE_WAIT),
                     )
                     .await;
+                // The old session still ending after the whole wait: no answer (the peer's own wait runs
+                // out with this node's lease, after which nothing of it is served here unchecked).
+                if matches!(asked, Ok(ractor::rpc::CallResult::Timeout)) {
+                    tracing::warn!(client_id, peer = from, "release not confirmed in time");
+                    return;
+                }
             }
             // A connection of this node still waiting for a third node to let go of the client: the peer
             // is answered once that wait is over (each is bounded by its own deadline).

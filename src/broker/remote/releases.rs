@@ -9,13 +9,14 @@
 //! A's new connection is not the one B waited on), and every wait is bounded by its own deadline.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
-/// One wait under way: its id, the node waited for, and whether it is over.
+/// One wait under way: its id, the node waited for (`None`: not known yet, a clean start's claim still
+/// on its way), and whether it is over.
 struct Wait {
     id: u64,
-    node: u64,
+    node: Option<u64>,
     over: watch::Receiver<bool>,
 }
 
@@ -26,9 +27,10 @@ pub struct Releases {
     next: std::sync::atomic::AtomicU64,
 }
 
-/// A wait under way; over when dropped.
-pub struct Waiting<'a> {
-    releases: &'a Releases,
+/// A wait under way; over when dropped. It begins when the registry opens the session (before the
+/// connection could be told anything), so an answer to a release never misses it.
+pub struct Waiting {
+    releases: Arc<Releases>,
     client_id: String,
     id: u64,
     over: watch::Sender<bool>,
@@ -39,8 +41,8 @@ impl Releases {
         self.waits.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// This node starts waiting for `node` to let go of `client_id`.
-    pub fn begin(&self, client_id: &str, node: u64) -> Waiting<'_> {
+    /// This node starts waiting for `node` (`None`: a node not known yet) to let go of `client_id`.
+    pub fn begin(self: &Arc<Self>, client_id: &str, node: Option<u64>) -> Waiting {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (over, rx) = watch::channel(false);
         self.lock()
@@ -48,7 +50,7 @@ impl Releases {
             .or_default()
             .push(Wait { id, node, over: rx });
         Waiting {
-            releases: self,
+            releases: self.clone(),
             client_id: client_id.to_string(),
             id,
             over,
@@ -66,7 +68,7 @@ impl Releases {
             .get(client_id)
             .map(|ws| {
                 ws.iter()
-                    .filter(|w| w.node != asker)
+                    .filter(|w| w.node != Some(asker))
                     .map(|w| w.over.clone())
                     .collect()
             })
@@ -86,7 +88,20 @@ impl Releases {
     }
 }
 
-impl Drop for Waiting<'_> {
+impl Waiting {
+    /// The node waited for is known now.
+    pub fn towards(&self, node: u64) {
+        let mut waits = self.releases.lock();
+        if let Some(w) = waits
+            .get_mut(&self.client_id)
+            .and_then(|ws| ws.iter_mut().find(|w| w.id == self.id))
+        {
+            w.node = Some(node);
+        }
+    }
+}
+
+impl Drop for Waiting {
     fn drop(&mut self) {
         let _ = self.over.send(true);
         let mut waits = self.releases.lock();
@@ -106,9 +121,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_waits_for_this_nodes_own_wait_for_the_client_but_not_for_the_asker() {
-        let r = Releases::default();
+        let r = Arc::new(Releases::default());
         // B waits for A (node 1) to let go of "c"; C (node 3) asks B to let go.
-        let towards_a = r.begin("c", 1);
+        let towards_a = r.begin("c", Some(1));
         let mut answer = Box::pin(r.settled("c", 3));
         assert!(
             (&mut answer).now_or_never().is_none(),
@@ -127,15 +142,29 @@ mod tests {
 
     #[tokio::test]
     async fn a_wait_begun_after_the_question_does_not_hold_the_answer() {
-        let r = Releases::default();
-        let first = r.begin("c", 1);
+        let r = Arc::new(Releases::default());
+        let first = r.begin("c", Some(1));
         let answer = r.settled("c", 3);
-        let _later = r.begin("c", 2);
+        let _later = r.begin("c", Some(2));
         drop(first);
         assert!(
             answer.now_or_never().is_some(),
             "only the waits under way when asked count"
         );
         assert_eq!(r.clients(), 1);
+    }
+
+    #[test]
+    fn a_wait_towards_a_node_not_known_yet_holds_every_answer_until_it_is() {
+        let r = Arc::new(Releases::default());
+        let claim = r.begin("c", None);
+        assert!(r.settled("c", 1).now_or_never().is_none());
+        assert!(r.settled("c", 3).now_or_never().is_none());
+        claim.towards(1);
+        assert!(
+            r.settled("c", 1).now_or_never().is_some(),
+            "known now: the asker is the node waited for"
+        );
+        assert!(r.settled("c", 3).now_or_never().is_none());
     }
 }

@@ -179,15 +179,28 @@ impl RemoteRoutes {
     }
 
     /// Forgets every route (a snapshot replaced the state: the table is rebuilt from it).
+    /// The counts publishers read without the lock are left as they were (at least what they were): a
+    /// publisher that reads them while the table is rebuilt takes the lock and waits for the rebuilt table,
+    /// rather than seeing no routes at all. [`RemoteRoutes::recount`] sets them once it is rebuilt.
     pub fn clear(&mut self) {
-        // The counts are shared with publishers: kept, and zeroed.
         let counts = self.counts.clone();
-        counts.others.store(0, Ordering::Relaxed);
-        counts.other_groups.store(0, Ordering::Relaxed);
         *self = RemoteRoutes {
             counts,
             ..RemoteRoutes::new(self.me)
         };
+    }
+
+    /// Sets the counts from the routes (after a rebuild: see [`RemoteRoutes::clear`]).
+    pub fn recount(&mut self) {
+        let (mut others, mut groups) = (0, 0);
+        for (node, filters) in &self.by_node {
+            if *node != self.me {
+                others += filters.len();
+                groups += filters.iter().filter(|f| split(f).0.is_some()).count();
+            }
+        }
+        self.counts.others.store(others, Ordering::Relaxed);
+        self.counts.other_groups.store(groups, Ordering::Relaxed);
     }
 
     /// A node's filters.
@@ -240,11 +253,17 @@ mod tests {
         assert!(counts.has_others() && !counts.has_other_groups());
         t.add(3, "$share/g/b");
         t.clear();
-        assert!(!counts.has_others() && !counts.has_other_groups());
-        t.add(2, "$share/h/c");
         assert!(
-            counts.has_other_groups(),
-            "the counts handed out before a clear still follow the table"
+            counts.has_others() && counts.has_other_groups(),
+            "a rebuild never shows publishers an empty table"
+        );
+        t.add(2, "$share/h/c");
+        t.recount();
+        assert!(counts.has_others() && counts.has_other_groups());
+        t.remove(2, "$share/h/c");
+        assert!(
+            !counts.has_others() && !counts.has_other_groups(),
+            "the counts handed out before a rebuild still follow the table"
         );
     }
 
@@ -303,6 +322,7 @@ mod tests {
         t.add(3, "x/#");
         assert_eq!(t.of(3), BTreeSet::from(["x/#".to_string()]));
         t.clear();
+        t.recount();
         assert!(!t.has_others() && t.of(3).is_empty());
         assert_eq!(t.me(), 1);
     }

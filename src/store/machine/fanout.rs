@@ -136,30 +136,30 @@ impl BrokerMachine {
         weight: u64,
         (max_messages, max_bytes): (u64, u64),
     ) -> Result<InboxCounter, NotAppended> {
-        let mut once_keys = Vec::new();
+        let mut once_key = None;
         if let Some((publisher, pkid)) = once {
-            let prefix = once_prefix(publisher, Some(pkid));
-            let mut k = prefix.clone();
-            k.extend_from_slice(client_id.as_bytes());
-            once_keys.push(k);
-            // A shared group's copy: the group has the message once, whichever member stored it first (a
-            // resend routed again may take another member's turn). `\0` cannot start a client id.
-            if let Some(group) = crate::store::record::copy_group(entry) {
-                let mut k = prefix;
-                k.push(0);
-                k.extend_from_slice(group.as_bytes());
-                once_keys.push(k);
+            let mut k = once_prefix(publisher, Some(pkid));
+            match crate::store::record::copy_group(entry) {
+                // A shared group's copy: the group has the message once, whichever member stored it first
+                // (a resend routed again may take another member's turn). `\0` cannot start a client id.
+                Some(group) => {
+                    k.push(0);
+                    k.extend_from_slice(group.as_bytes());
+                }
+                // The session's own copy (its plain subscriptions): once per session.
+                None => k.extend_from_slice(client_id.as_bytes()),
             }
-            if once_keys.iter().any(|k| matches!(txn.get(k), Ok(Some(_)))) {
+            if matches!(txn.get(&k), Ok(Some(_))) {
                 return Err(NotAppended::Duplicate);
             }
+            once_key = Some(k);
         }
         let c = read_counter(txn, client_id, incarnation);
         if c.messages >= max_messages || c.bytes.saturating_add(weight) > max_bytes {
             return Err(NotAppended::Full);
         }
-        for k in &once_keys {
-            txn.insert(k, &[]);
+        if let Some(k) = once_key {
+            txn.insert(&k, &[]);
         }
         let c = InboxCounter {
             incarnation,
