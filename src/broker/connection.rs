@@ -71,10 +71,6 @@ pub enum Identity {
     Missing,
 }
 
-/// Beyond the previous owner's freshness lease, how long a takeover's CONNACK may wait for it: for the
-/// owner's registry to act on the applied take, and for clocks that do not run at exactly one rate.
-const TAKEOVER_SYNC_MARGIN: std::time::Duration = std::time::Duration::from_millis(250);
-
 /// Serves one accepted socket until it closes.
 pub async fn serve<S>(
     stream: S,
@@ -298,9 +294,9 @@ async fn run<R, W>(
             None => (None, elsewhere),
         };
         let previous = elsewhere.filter(|_| claim_failed.is_none());
-        match (previous, &ctx.remote, &ctx.store) {
-            (Some(node), Some(remote), Some(store)) => {
-                let wait = store.cluster().lease_window() + TAKEOVER_SYNC_MARGIN;
+        match (previous, &ctx.remote) {
+            (Some(node), Some(remote)) => {
+                let wait = remote.takeover_wait();
                 if !remote.release_on(node, &a.client_id, wait, releasing).await {
                     tracing::debug!(
                         node,

@@ -5,7 +5,7 @@
 //! batch as the commit, before its registry closed the connection).
 //!
 //! Another node's CONNACK for the client waits for this node to let go, or for this node's freshness lease
-//! to run out (see `connection::TAKEOVER_SYNC_MARGIN`). So a node that is fresh now has applied every take
+//! to run out (see `remote::TAKEOVER_SYNC_MARGIN`). So a node that is fresh now has applied every take
 //! whose CONNACK is already out, and its applied owner record is enough; a node that is not fresh reads
 //! through the leader first. The registry decides when the record names another node (its own claim may be
 //! on its way, later in the log).

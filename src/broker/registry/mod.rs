@@ -83,6 +83,13 @@ pub enum RegistryMsg {
     Recheck,
     /// A claim this node proposed failed: the session no longer waits for it.
     ClaimFailed { client_id: String, token: u64 },
+    /// A claim this node proposed committed with this epoch (its owner event may have been missed: a
+    /// lagging registry, a snapshot): the session no longer waits for it.
+    Claimed {
+        client_id: String,
+        token: u64,
+        epoch: u64,
+    },
     /// The local sessions: (client id, whether a connection is attached), for the admin API.
     List(RpcReplyPort<Vec<(String, bool)>>),
     /// The cluster fired the Will of this node's connection `conn` of the client.
@@ -377,6 +384,31 @@ impl Actor for Registry {
                     out.sort();
                     let _ = reply.send(out);
                 });
+            }
+            RegistryMsg::Claimed {
+                client_id,
+                token,
+                epoch,
+            } => {
+                let Some(l) = s
+                    .sessions
+                    .get_mut(&client_id)
+                    .filter(|l| l.token == token && l.pending)
+                else {
+                    return Ok(());
+                };
+                l.pending = false;
+                l.epoch = l.epoch.max(epoch);
+                let epoch = l.epoch;
+                let me_id = s.ctx.store.as_ref().map_or(0, |st| st.node_id());
+                let owner = s.ctx.store.as_ref().and_then(|st| st.owner(&client_id));
+                // Another node's claim applied after this one while it looked pending: decided now.
+                if owner.is_some_and(|o| o.node != me_id && o.epoch > epoch) {
+                    s.taken_elsewhere(&me, &client_id);
+                } else {
+                    l.answer_confirms(true);
+                }
+                s.flush_releases(&me);
             }
             RegistryMsg::ClaimFailed { client_id, token } => {
                 let Some(l) = s.sessions.get_mut(&client_id).filter(|l| l.token == token) else {

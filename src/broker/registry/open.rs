@@ -188,8 +188,21 @@ impl RegistryState {
             Err(e) => Err(e),
             Ok(_) if self.shutting_down => Err(OpenRefused::ShuttingDown),
             // Another node's claim or take applied after this one, while no session here could be ended
-            // for it: this one lost.
-            Ok(p) if taken_since(&p) => Err(OpenRefused::Moved),
+            // for it: this one lost. Its take did commit, naming the node that held the client before: this
+            // node still waits (in the background) for that node to let go, so that its answer to the newer
+            // owner's release covers it (see `remote::releases`).
+            Ok(p) if taken_since(&p) => {
+                if let (Some(node), Some(remote)) = (p.elsewhere, self.ctx.remote.clone()) {
+                    let waiting = remote.releases().begin(&client_id, Some(node));
+                    let id = client_id.clone();
+                    tokio::spawn(async move {
+                        remote
+                            .release_on(node, &id, remote.takeover_wait(), Some(waiting))
+                            .await
+                    });
+                }
+                Err(OpenRefused::Moved)
+            }
             Ok(p) => self.start(me, client_id.clone(), p).await,
         };
         let _ = reply.send(result);
@@ -373,6 +386,11 @@ async fn claim_until_decided(
         };
         match result {
             Ok(claim) => {
+                let _ = registry.cast(RegistryMsg::Claimed {
+                    client_id: client_id.clone(),
+                    token,
+                    epoch: claim.epoch,
+                });
                 if let Some(f) = first.take() {
                     let _ = f.send(ClaimDecided {
                         failed: None,

@@ -54,6 +54,9 @@ const FORWARD_CREDIT: usize = 256;
 const SYNC_WAIT: Duration = Duration::from_secs(2);
 /// How long a release may wait for the registry (it settles the closed connection, at most 2 s).
 const RELEASE_WAIT: Duration = Duration::from_secs(3);
+/// Beyond the previous owner's freshness lease, how long a takeover's CONNACK may wait for it: for the
+/// owner's registry to act on the applied take, and for clocks that do not run at exactly one rate.
+pub const TAKEOVER_SYNC_MARGIN: Duration = Duration::from_millis(250);
 /// How long a SUBACK waits for its route's commit (a leaderless cluster answers sooner: see `subscribed`).
 const ROUTE_WAIT: Duration = Duration::from_secs(5);
 
@@ -185,6 +188,12 @@ impl RemoteLink {
     /// The replicated routing table.
     pub fn table(&self) -> RwLockReadGuard<'_, RemoteRoutes> {
         self.store.routes.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How long a takeover waits for the previous holder to let go: its freshness lease and a margin (a
+    /// node that has not answered by then cannot serve the client without having applied the takeover).
+    pub fn takeover_wait(&self) -> Duration {
+        self.store.cluster().lease_window() + TAKEOVER_SYNC_MARGIN
     }
 
     /// This node's waits for other nodes to let go of clients (a connect's begins at its open).
@@ -399,6 +408,8 @@ impl RemoteLink {
         let store = self.store.clone();
         let registry = ctx.registry.get().cloned();
         let releases = self.releases.clone();
+        // As long as the asker may wait (a long lease), at least `RELEASE_WAIT`.
+        let call_wait = RELEASE_WAIT.max(self.takeover_wait());
         tokio::spawn(async move {
             if !applied_up_to(&store, index).await {
                 return;
@@ -411,7 +422,7 @@ impl RemoteLink {
                             client_id: id,
                             reply,
                         },
-                        Some(RELEASE_WAIT),
+                        Some(call_wait),
                     )
                     .await;
                 // The old session still ending after the whole wait: no answer (the peer's own wait runs
