@@ -102,13 +102,15 @@ mod crash_tests {
 
     /// Appends `keys` as one batch entry after the log's last entry, committed but not applied. `commit`
     /// false leaves the commit index where it was (persisted, not yet known committed).
-    fn persist_without_applying(dir: &std::path::Path, keys: &[&str], commit: bool) {
-        persist_entry(dir, keys, commit, context(1, 1, u64::MAX, &[]));
+    async fn persist_without_applying(dir: &std::path::Path, keys: &[&str], commit: bool) {
+        persist_entry(dir, keys, commit, context(1, 1, u64::MAX, &[])).await;
     }
 
     /// Like [`persist_without_applying`], with the context an earlier process gave the entry.
-    fn persist_entry(dir: &std::path::Path, keys: &[&str], commit: bool, ctx: Vec<u8>) {
-        let db = sled::Config::new().path(dir).open().unwrap();
+    async fn persist_entry(dir: &std::path::Path, keys: &[&str], commit: bool, ctx: Vec<u8>) {
+        // The stopped node's sled lets go of the directory's lock a moment after it is dropped: waited for
+        // as a restarting node does.
+        let db = crate::open_db(dir, 64 << 20).await.unwrap();
         let (mut storage, _) =
             SledStorage::open(&db, &crate::storage::Bootstrap::default()).unwrap();
         let last = raft::Storage::last_index(&storage).unwrap();
@@ -139,7 +141,7 @@ mod crash_tests {
         node.shutdown().await;
         drop(node);
         let earlier = incarnation().unwrap();
-        persist_entry(dir.path(), &["old"], true, context(1, earlier, 1, &[]));
+        persist_entry(dir.path(), &["old"], true, context(1, earlier, 1, &[])).await;
         let node = start(dir.path()).await;
         let n = node.propose(b"new".to_vec()).await.unwrap();
         assert_eq!(
@@ -162,9 +164,9 @@ mod crash_tests {
         drop(node);
 
         // Committed and persisted, then the process died before the apply.
-        persist_without_applying(dir.path(), &["d", "e"], true);
+        persist_without_applying(dir.path(), &["d", "e"], true).await;
         // Persisted, and the crash came before the commit index was written.
-        persist_without_applying(dir.path(), &["f"], false);
+        persist_without_applying(dir.path(), &["f"], false).await;
 
         let node = start(dir.path()).await;
         node.read_index().await.unwrap();
