@@ -390,39 +390,18 @@ impl Actor for Registry {
                 token,
                 epoch,
             } => {
-                let Some(l) = s
+                if let Some(l) = s
                     .sessions
                     .get_mut(&client_id)
                     .filter(|l| l.token == token && l.pending)
-                else {
-                    return Ok(());
-                };
-                l.pending = false;
-                l.epoch = l.epoch.max(epoch);
-                let epoch = l.epoch;
-                let me_id = s.ctx.store.as_ref().map_or(0, |st| st.node_id());
-                let owner = s.ctx.store.as_ref().and_then(|st| st.owner(&client_id));
-                // Another node's claim applied after this one while it looked pending: decided now.
-                if owner.is_some_and(|o| o.node != me_id && o.epoch > epoch) {
-                    s.taken_elsewhere(&me, &client_id);
-                } else {
-                    l.answer_confirms(true);
+                {
+                    l.epoch = l.epoch.max(epoch);
+                    s.claim_decided(&me, &client_id);
                 }
-                s.flush_releases(&me);
             }
             RegistryMsg::ClaimFailed { client_id, token } => {
-                let Some(l) = s.sessions.get_mut(&client_id).filter(|l| l.token == token) else {
-                    return Ok(());
-                };
-                l.pending = false;
-                // Claims of other nodes it let pass while pending are decided now.
-                let epoch = l.epoch;
-                let me_id = s.ctx.store.as_ref().map_or(0, |st| st.node_id());
-                let owner = s.ctx.store.as_ref().and_then(|st| st.owner(&client_id));
-                if owner.is_some_and(|o| o.node != me_id && o.epoch > epoch) {
-                    s.taken_elsewhere(&me, &client_id);
-                } else {
-                    l.answer_confirms(true);
+                if s.sessions.get(&client_id).is_some_and(|l| l.token == token) {
+                    s.claim_decided(&me, &client_id);
                 }
             }
         }
@@ -552,6 +531,23 @@ impl RegistryState {
             None => {
                 let _ = reply.send(());
             }
+        }
+    }
+
+    /// This node's claim for the client is decided (committed, or failed): claims of other nodes it let pass
+    /// while pending count now (one newer than this session's takes it over); else the confirms waiting
+    /// for the claim learn the client is held here.
+    fn claim_decided(&mut self, me: &ActorRef<RegistryMsg>, client_id: &str) {
+        let me_id = self.ctx.store.as_ref().map_or(0, |st| st.node_id());
+        let owner = self.ctx.store.as_ref().and_then(|st| st.owner(client_id));
+        let Some(l) = self.sessions.get_mut(client_id) else {
+            return;
+        };
+        l.pending = false;
+        if owner.is_some_and(|o| o.node != me_id && o.epoch > l.epoch) {
+            self.taken_elsewhere(me, client_id);
+        } else {
+            l.answer_confirms(true);
         }
     }
 
